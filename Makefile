@@ -1,0 +1,62 @@
+# jacobench — `make bench` measures, `make report` / `make compare` read result files, `make test` checks.
+# PYTHON=python3 uses an existing interpreter with the dependencies instead of creating .venv.
+
+PYTHON ?=
+GRID ?= default
+DEVICES ?=
+STRATEGIES ?=
+MODEL ?=
+RUN ?=
+RESUME ?=
+FORCE ?=
+RUNS ?=
+MEMORY_BUDGET ?=
+TIME_BUDGET ?=
+
+VENV := .venv
+ifeq ($(strip $(PYTHON)),)
+PY := $(VENV)/bin/python
+SETUP := $(VENV)/.installed
+else
+PY := $(PYTHON)
+SETUP :=
+endif
+
+BENCH_ARGS := --grid '$(GRID)' \
+	$(if $(DEVICES),--devices '$(DEVICES)') \
+	$(if $(STRATEGIES),--strategies '$(STRATEGIES)') \
+	$(if $(MODEL),--model '$(MODEL)') \
+	$(if $(RUN),--run '$(RUN)') \
+	$(if $(filter 1 yes true,$(RESUME)),--resume) \
+	$(if $(filter 1 yes true,$(FORCE)),--force) \
+	$(if $(MEMORY_BUDGET),--memory-budget '$(MEMORY_BUDGET)') \
+	$(if $(TIME_BUDGET),--time-budget '$(TIME_BUDGET)')
+
+.PHONY: setup bench report compare test lint clean
+
+setup: $(SETUP)
+
+# Re-run only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+bench: $(SETUP)
+	@$(PY) -m bench run $(BENCH_ARGS)
+
+report: $(SETUP)
+	@$(PY) -m bench report $(if $(RUN),'$(RUN)',latest)
+
+compare: $(SETUP)
+	@$(PY) -m bench compare $(RUNS)
+
+test: $(SETUP)
+	$(PY) -m pytest
+
+lint: $(SETUP)
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .benchmarks

@@ -1,0 +1,142 @@
+"""Per-sample Jacobian strategies: one module per strategy, collected into ``REGISTRY``.
+
+A strategy maps ``(model, x)`` with ``x: (B, in)`` to the per-sample Jacobian ``J: (B, out, in)``, or to
+``J.sum(1): (B, in)`` when it declares ``returns="output_sum"``. Modules in this package register themselves with
+``@register(...)``; third-party packages add strategies through the entry-point group ``jacobench.strategies``
+whose objects are ``Strategy`` instances (the entry point's name becomes the strategy's name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["REGISTRY", "Strategy", "Unsupported", "register", "load_entry_points"]
+
+ENTRY_POINT_GROUP = "jacobench.strategies"
+
+# fn(model, x: (B, in)) -> (B, out, in) or (B, in)
+StrategyFn = Callable[[nn.Module, Tensor], Tensor]
+# memory_estimate(batch, hidden, in_dim, out_dim, dtype) -> peak bytes beyond the model and the input
+MemoryEstimate = Callable[[int, int, int, int, torch.dtype], int]
+
+
+class Unsupported(Exception):
+    """Raised by a strategy for a model or input it cannot handle; the harness records ``unsupported``."""
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    fn: StrategyFn
+    returns: Literal["jacobian", "output_sum"] = "jacobian"
+    independent_samples: bool = False
+    summary: str = ""  # one line for reports: the API used
+    cost: str = ""  # asymptotic cost in B, H, in, out
+    memory_estimate: MemoryEstimate | None = None
+
+    def __call__(self, model: nn.Module, x: Tensor) -> Tensor:
+        return self.fn(model, x)
+
+
+REGISTRY: dict[str, Strategy] = {}
+
+
+def register(
+    *,
+    name: str | None = None,
+    returns: Literal["jacobian", "output_sum"] = "jacobian",
+    independent_samples: bool = False,
+    cost: str = "",
+    memory_estimate: MemoryEstimate | None = None,
+) -> Callable[[StrategyFn], Strategy]:
+    """Decorator: turn ``fn(model, x)`` into a ``Strategy`` named after its module and add it to ``REGISTRY``."""
+    if returns not in ("jacobian", "output_sum"):
+        raise ValueError(f"returns must be 'jacobian' or 'output_sum', not {returns!r}")
+
+    def decorate(fn: StrategyFn) -> Strategy:
+        doc = (fn.__doc__ or "").strip().splitlines()
+        strategy = Strategy(
+            name=name or fn.__module__.rsplit(".", 1)[-1],
+            fn=fn,
+            returns=returns,
+            independent_samples=independent_samples,
+            summary=doc[0] if doc else "",
+            cost=cost,
+            memory_estimate=memory_estimate,
+        )
+        _add(strategy)
+        return strategy
+
+    return decorate
+
+
+def _add(strategy: Strategy) -> None:
+    if strategy.name in REGISTRY:
+        raise ValueError(f"strategy {strategy.name!r} is registered twice")
+    REGISTRY[strategy.name] = strategy
+
+
+# The order strategies appear in tables: from the naive to the closed form. Files not listed come after, by name.
+_BUILTIN_ORDER = (
+    "grad_summed",
+    "grad_loop",
+    "grad_batched",
+    "jacobian_diagonal",
+    "jacobian_sum",
+    "vmap_jacrev",
+    "vmap_jacfwd",
+    "jvp_loop",
+    "analytic",
+)
+
+
+def _import_builtins() -> None:
+    found = {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+    ordered = [n for n in _BUILTIN_ORDER if n in found] + sorted(found - set(_BUILTIN_ORDER))
+    for module_name in ordered:
+        importlib.import_module(f"{__name__}.{module_name}")
+
+
+def load_entry_points(entry_points: list[metadata.EntryPoint] | None = None) -> list[str]:
+    """Register third-party strategies; return their names. A broken or clashing plugin is skipped with a warning."""
+    if entry_points is None:
+        entry_points = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+    added = []
+    for ep in entry_points:
+        obj = _safe_load(ep)  # importing the plugin's module may already register it through @register
+        if obj is None:
+            continue
+        if not isinstance(obj, Strategy):
+            warnings.warn(f"jacobench: entry point {ep.name!r} ({ep.value}) is not a Strategy; skipped", stacklevel=2)
+            continue
+        if REGISTRY.get(ep.name) is not obj:
+            if REGISTRY.get(obj.name) is obj:
+                del REGISTRY[obj.name]  # registered by its decorator under its module stem: rename
+            if ep.name in REGISTRY:
+                warnings.warn(f"jacobench: plugin strategy {ep.name!r} clashes with a built-in; skipped", stacklevel=2)
+                continue
+            _add(dataclasses.replace(obj, name=ep.name))
+        added.append(ep.name)
+    return added
+
+
+def _safe_load(ep: metadata.EntryPoint) -> object:
+    try:
+        return ep.load()
+    except Exception as exc:  # a broken plugin must not break the suite
+        warnings.warn(f"jacobench: cannot load plugin strategy {ep.name!r}: {exc}", stacklevel=3)
+        return None
+
+
+_import_builtins()
+load_entry_points()

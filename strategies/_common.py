@@ -1,0 +1,21 @@
+"""Helpers shared by the strategy modules (not a strategy: the leading underscore keeps it out of the registry)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def leaf(x: Tensor) -> Tensor:
+    """A fresh leaf that requires grad and shares x's storage: x itself is never modified."""
+    return x.detach().requires_grad_(True)
+
+
+def itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def activations_bytes(batch: int, hidden: int, in_dim: int, out_dim: int, dtype: torch.dtype, copies: int = 1) -> int:
+    """Bytes of `copies` forward passes' saved activations plus the (B, out, in) result."""
+    per_pass = batch * (in_dim + 3 * hidden + out_dim)  # [B, in] input, [B, H] pre/post activation + grad, [B, out]
+    return itemsize(dtype) * (copies * per_pass + batch * out_dim * in_dim)

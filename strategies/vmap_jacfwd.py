@@ -1,0 +1,25 @@
+"""torch.func.vmap(torch.func.jacfwd(f)) where f runs the model on one sample.
+
+Forward mode per sample, vectorized: cost O(in·B·H·(in+out)), memory O(in·B·H). Best when in < out.
+"""
+
+import torch
+from torch import Tensor, nn
+from torch.func import jacfwd, vmap
+
+from strategies import register
+from strategies._common import activations_bytes
+
+
+def _memory(batch: int, hidden: int, in_dim: int, out_dim: int, dtype: torch.dtype) -> int:
+    return activations_bytes(batch, hidden, in_dim, out_dim, dtype, copies=in_dim + 1)
+
+
+@register(independent_samples=True, cost="vmapped forward mode: in JVPs per sample", memory_estimate=_memory)
+def vmap_jacfwd(model: nn.Module, x: Tensor) -> Tensor:
+    """torch.func.vmap(torch.func.jacfwd(model)) with the model seeing single samples."""
+
+    def one_sample(xi: Tensor) -> Tensor:  # [in] -> [out]
+        return model(xi.unsqueeze(0)).squeeze(0)
+
+    return vmap(jacfwd(one_sample))(x.detach())  # [B, out, in]

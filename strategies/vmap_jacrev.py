@@ -1,0 +1,25 @@
+"""torch.func.vmap(torch.func.jacrev(f)) where f runs the model on one sample.
+
+Reverse mode per sample, vectorized: cost O(out·B·H·(in+out)), memory O(out·B·H). Best when out < in.
+"""
+
+import torch
+from torch import Tensor, nn
+from torch.func import jacrev, vmap
+
+from strategies import register
+from strategies._common import activations_bytes
+
+
+def _memory(batch: int, hidden: int, in_dim: int, out_dim: int, dtype: torch.dtype) -> int:
+    return activations_bytes(batch, hidden, in_dim, out_dim, dtype, copies=out_dim + 1)
+
+
+@register(independent_samples=True, cost="vmapped reverse mode: out VJPs per sample", memory_estimate=_memory)
+def vmap_jacrev(model: nn.Module, x: Tensor) -> Tensor:
+    """torch.func.vmap(torch.func.jacrev(model)) with the model seeing single samples."""
+
+    def one_sample(xi: Tensor) -> Tensor:  # [in] -> [out]
+        return model(xi.unsqueeze(0)).squeeze(0)
+
+    return vmap(jacrev(one_sample))(x.detach())  # [B, out, in]

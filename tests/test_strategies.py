@@ -1,0 +1,247 @@
+"""Every registered strategy against an independent float64 reference (central finite differences).
+
+Parametrized over strategies.REGISTRY: a new strategy file is covered without editing this file.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import strategies
+from strategies import REGISTRY, Unsupported
+
+NAMES = list(REGISTRY)
+REQUIRED = {"grad_summed", "grad_loop", "grad_batched", "jacobian_diagonal", "jacobian_sum", "vmap_jacrev",
+            "vmap_jacfwd", "jvp_loop", "analytic"}
+
+
+class GatedResidual(nn.Module):
+    """Not an MLP: a skip connection, a LayerNorm and a multiplicative gate (samples stay independent)."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.up, self.gate, self.down = nn.Linear(in_dim, hidden), nn.Linear(in_dim, hidden), nn.Linear(hidden, out_dim)
+        self.norm, self.skip = nn.LayerNorm(hidden), nn.Linear(in_dim, out_dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, in] -> [B, out]
+        h = torch.tanh(self.norm(self.up(x))) * torch.sigmoid(self.gate(x))  # [B, H]
+        return self.down(h) + self.skip(x) * x.sum(1, keepdim=True)
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, out_dim))
+
+
+def deep_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.SiLU(),
+        nn.Sequential(nn.Linear(hidden, hidden), nn.GELU()),
+        nn.Linear(hidden, hidden), nn.Softplus(beta=2.0), nn.Dropout(0.5),
+        nn.Linear(hidden, hidden), nn.Sigmoid(),
+        nn.Linear(hidden, hidden), nn.GELU(approximate="tanh"),
+        nn.Linear(hidden, hidden), nn.ELU(), nn.Identity(), nn.LeakyReLU(0.1),
+        nn.Linear(hidden, out_dim),
+    )
+
+
+# (id, factory, batch, in, hidden, out)
+CASES = [
+    ("seed-mlp", mlp, 10, 3, 20, 2),
+    ("deep-mlp", deep_mlp, 6, 5, 12, 4),
+    ("out1", mlp, 7, 4, 9, 1),
+    ("in1", deep_mlp, 5, 1, 8, 3),
+    ("batch1", mlp, 1, 4, 8, 3),
+    ("wide-out", mlp, 4, 2, 8, 9),
+    ("non-mlp", GatedResidual, 5, 4, 8, 3),
+]
+
+
+def build(factory, batch: int, in_dim: int, hidden: int, out_dim: int, dtype=torch.float64, seed: int = 0):
+    torch.manual_seed(seed)
+    model = factory(in_dim, hidden, out_dim).to(dtype).eval()
+    x = torch.randn(batch, in_dim, dtype=dtype)  # [B, in]
+    return model, x
+
+
+@torch.no_grad()
+def finite_difference_jacobian(model: nn.Module, x: Tensor, step: float = 1e-6) -> Tensor:
+    """Diagonal blocks d y[b] / d x[b] by central differences, one sample and one input at a time (float64)."""
+    batch, in_dim = x.shape
+    out_dim = model(x).shape[1]
+    jac = torch.zeros(batch, out_dim, in_dim, dtype=torch.float64)  # [B, out, in]
+    for b in range(batch):
+        for i in range(in_dim):
+            plus, minus = x.clone(), x.clone()
+            plus[b, i] += step
+            minus[b, i] -= step
+            jac[b, :, i] = (model(plus)[b] - model(minus)[b]) / (2 * step)
+    return jac
+
+
+def expected(strategy, jac: Tensor) -> Tensor:
+    return jac.sum(1) if strategy.returns == "output_sum" else jac
+
+
+def call(strategy, model, x) -> Tensor:
+    try:
+        return strategy(model, x)
+    except Unsupported as exc:
+        pytest.skip(f"{strategy.name}: {exc}")
+
+
+def test_required_strategies_registered_in_order():
+    assert REQUIRED <= set(REGISTRY)
+    assert [n for n in NAMES if n in REQUIRED] == list(strategies._BUILTIN_ORDER)
+    for name, s in REGISTRY.items():
+        assert s.name == name
+        assert s.returns in ("jacobian", "output_sum")
+        assert s.summary, f"{name} needs a docstring: its first line is the report's summary"
+        assert isinstance(s.independent_samples, bool)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_float64_matches_finite_differences(name, case):
+    _, factory, batch, in_dim, hidden, out_dim = case
+    strategy = REGISTRY[name]
+    model, x = build(factory, batch, in_dim, hidden, out_dim)
+    reference = expected(strategy, finite_difference_jacobian(model, x))
+    got = call(strategy, model, x)
+    assert got.shape == reference.shape
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, reference, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_float32_within_dtype_tolerance(name, case):
+    _, factory, batch, in_dim, hidden, out_dim = case
+    strategy = REGISTRY[name]
+    model64, x64 = build(factory, batch, in_dim, hidden, out_dim)
+    reference = expected(strategy, finite_difference_jacobian(model64, x64))
+    model32, x32 = copy.deepcopy(model64).float(), x64.float()
+    got = call(strategy, model32, x32)
+    assert got.dtype == torch.float32
+    eps = torch.finfo(torch.float32).eps
+    scale = reference.abs().max().item() + 1
+    assert (got.double() - reference).abs().max().item() <= 100 * eps * math.sqrt(hidden) * scale
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_leaves_no_grad_and_does_not_mutate_input(name):
+    strategy = REGISTRY[name]
+    model, x = build(mlp, 4, 3, 6, 2, dtype=torch.float32)
+    x_before = x.clone()
+    call(strategy, model, x)
+    assert all(p.grad is None for p in model.parameters())
+    assert not x.requires_grad and x.grad is None
+    assert torch.equal(x, x_before)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_works_on_input_that_requires_grad(name):
+    strategy = REGISTRY[name]
+    model, x = build(mlp, 3, 2, 5, 2)
+    x.requires_grad_(True)
+    got = call(strategy, model, x)
+    reference = expected(strategy, finite_difference_jacobian(model, x.detach()))
+    torch.testing.assert_close(got.detach(), reference, rtol=1e-6, atol=1e-7)
+    assert x.grad is None
+
+
+def test_grad_summed_is_output_sum_and_jacobian_only_when_out_is_1():
+    model, x = build(mlp, 6, 3, 10, 4)
+    jac = finite_difference_jacobian(model, x)
+    summed = REGISTRY["grad_summed"](model, x)
+    assert summed.shape == (6, 3)  # (B, in), not (B, out, in)
+    torch.testing.assert_close(summed, jac.sum(1), rtol=1e-6, atol=1e-7)
+    assert (summed - jac[:, 0]).abs().max() > 1e-3  # with out > 1 it is not any row of J
+
+    model1, x1 = build(mlp, 6, 3, 10, 1)
+    exact = REGISTRY["analytic"](model1, x1)  # [B, 1, in]
+    torch.testing.assert_close(REGISTRY["grad_summed"](model1, x1), exact[:, 0], rtol=1e-12, atol=1e-14)
+
+
+def test_seed_example_reproduced():
+    """The seed's shape (B=10, H=20, in=3, out=2, float64): summed grad == diag jacobian summed; loop == diag."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 20), nn.Tanh(), nn.Linear(20, 2)).double()
+    x = torch.rand(10, 3, dtype=torch.float64)
+    diagonal = REGISTRY["jacobian_diagonal"](model, x)
+    assert diagonal.shape == (10, 2, 3)
+    torch.testing.assert_close(REGISTRY["grad_summed"](model, x), diagonal.sum(1), rtol=0, atol=1e-14)
+    torch.testing.assert_close(REGISTRY["grad_loop"](model, x), diagonal, rtol=0, atol=1e-14)
+
+
+def batchnorm_model() -> tuple[nn.Module, Tensor]:
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 2)).double().train()
+    return model, torch.randn(6, 3, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_coupled_samples_exact_or_declared(name):
+    """BatchNorm1d in train mode couples samples: a strategy either matches the true diagonal blocks, raises,
+    or declares independent_samples=True."""
+    strategy = REGISTRY[name]
+    model, x = batchnorm_model()
+    truth = expected(strategy, finite_difference_jacobian(model, x))
+    try:
+        got = strategy(model, x)
+    except Exception:  # raising is an acceptable answer; a silent wrong one is not
+        return
+    matches = got.shape == truth.shape and torch.allclose(got, truth, rtol=1e-6, atol=1e-7)
+    if not strategy.independent_samples:
+        assert matches, f"{name} is wrong on a batch-coupled model but declares independent_samples=False"
+
+
+def test_coupling_is_visible_to_this_test():
+    """Guard for the test above: on the BatchNorm model a per-sample strategy really does differ."""
+    model, x = batchnorm_model()
+    truth = finite_difference_jacobian(model, x)
+    assert not torch.allclose(REGISTRY["grad_loop"](model, x), truth, atol=1e-4)
+
+
+def test_analytic_refuses_what_it_cannot_differentiate():
+    analytic = REGISTRY["analytic"]
+    model, x = build(GatedResidual, 3, 4, 6, 2)
+    with pytest.raises(Unsupported):
+        analytic(model, x)
+    bn, xb = batchnorm_model()
+    with pytest.raises(Unsupported):
+        analytic(bn, xb)
+    dropout = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 2)).double().train()
+    with pytest.raises(Unsupported):
+        analytic(dropout, torch.randn(2, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("in_dim,out_dim", [(2, 9), (9, 2), (4, 4)])
+def test_analytic_both_association_orders(in_dim, out_dim):
+    model, x = build(deep_mlp, 3, in_dim, 7, out_dim)
+    torch.testing.assert_close(REGISTRY["analytic"](model, x), finite_difference_jacobian(model, x),
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_memory_estimates():
+    diag = REGISTRY["jacobian_diagonal"].memory_estimate
+    assert diag is not None
+    small = diag(64, 32, 8, 8, torch.float32)
+    assert diag(128, 32, 8, 8, torch.float32) > 3.5 * small  # O(B²)
+    assert diag(64, 32, 8, 8, torch.float64) > 1.9 * small
+    assert small >= 64 * 64 * 8 * 8 * 4
+    for s in REGISTRY.values():
+        if s.memory_estimate is not None:
+            assert s.memory_estimate(4, 8, 3, 2, torch.float32) > 0
+
+
+def test_register_rejects_duplicates_and_bad_returns():
+    with pytest.raises(ValueError):
+        strategies.register(name="grad_loop")(lambda model, x: x)
+    with pytest.raises(ValueError):
+        strategies.register(name="new_one", returns="hessian")
+    assert "new_one" not in REGISTRY
