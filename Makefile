@@ -53,7 +53,7 @@ compare: $(SETUP)
 	@$(PY) -m bench compare $(RUNS)
 
 test: $(SETUP)
-	$(PY) -m pytest
+	$(PY) -m pytest -ra
 
 lint: $(SETUP)
 	$(PY) -m ruff check .

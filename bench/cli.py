@@ -1,0 +1,185 @@
+"""python -m bench {run,report,compare,recommend,grids}: the commands behind `make bench|report|compare`.
+
+Bad input prints one line on stderr and exits with status 2; results already written are never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from bench.errors import BenchError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        raise BenchError(f"{self.prog}: {message} (see --help)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="measure a grid (what `make bench` runs)")
+    run.add_argument("--grid", default="default")
+    run.add_argument("--devices", default="")
+    run.add_argument("--strategies", default="")
+    run.add_argument("--model", default="")
+    run.add_argument("--run", dest="run_id", default="")
+    run.add_argument("--results-dir", dest="results_root", default="results")
+    run.add_argument("--memory-budget", default="")
+    run.add_argument("--time-budget", default="")
+    run.add_argument("--resume", action="store_true")
+    run.add_argument("--force", action="store_true")
+    run.add_argument("--no-report", action="store_true", help="write summary.csv only")
+
+    report = sub.add_parser("report", help="rebuild report.md/html of a run from its files")
+    report.add_argument("run", nargs="?", default="latest")
+
+    compare = sub.add_parser("compare", help="compare two or more runs (e.g. a CPU box and a GPU box)")
+    compare.add_argument("runs", nargs="*")
+
+    rec = sub.add_parser("recommend", help="the best measured strategy for a shape")
+    rec.add_argument("--results", nargs="+", required=True, metavar="DIR")
+    rec.add_argument("--batch", type=_positive_int, required=True)
+    rec.add_argument("--hidden", type=_positive_int, required=True)
+    rec.add_argument("--in-dim", type=_positive_int, required=True)
+    rec.add_argument("--out-dim", type=_positive_int, required=True)
+    rec.add_argument("--device", default=None)
+    rec.add_argument("--json", action="store_true")
+
+    sub.add_parser("grids", help="list the grid presets")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.simplefilter("ignore", FutureWarning)  # torch's deprecation chatter is not the user's problem
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except BenchError as exc:
+        print(f"jacobench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("jacobench: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import pytest
+
+    from bench import results, session
+
+    settings = session.Settings(
+        grid=args.grid, devices=args.devices, strategies=args.strategies, model=args.model, run_id=args.run_id,
+        results_root=args.results_root, memory_budget=args.memory_budget, time_budget=args.time_budget,
+        resume=args.resume, force=args.force,
+    )
+    run = session.prepare(settings, create=True)  # every bad input is refused here, before anything is written
+    settings = session.Settings(**(vars(settings) | {"run_id": run.run_id, "resume": False, "force": False}))
+    pending = len(run.cases) * len(run.devices) * len(run.strategy_names) - len(run.finished)
+    print(f"jacobench: run {run.run_id}: grid {run.grid.name}, {len(run.cases)} shapes x {len(run.strategy_names)} "
+          f"strategies x {len(run.devices)} device(s) ({', '.join(run.devices)}); {pending} cases to measure"
+          + (f", {len(run.finished)} already done" if run.finished else ""), flush=True)
+    json_name = ".benchmark-resumed.json" if args.resume else "benchmark.json"
+    pytest_args = [
+        str(Path(__file__).with_name("suite.py")),
+        "-p", "no:cacheprovider", "-p", "no:terminal", "-s", "-W", "ignore::FutureWarning",
+        f"--rootdir={Path(__file__).parents[1]}",
+        f"--benchmark-json={run.folder / json_name}",
+        "--benchmark-storage", str(run.folder / ".benchmarks"),
+    ]
+    for flag, value in (("--grid", settings.grid), ("--devices", settings.devices),
+                        ("--strategies", settings.strategies), ("--model", settings.model),
+                        ("--run-id", settings.run_id), ("--results-dir", settings.results_root),
+                        ("--memory-budget", settings.memory_budget), ("--time-budget", settings.time_budget)):
+        if value:
+            pytest_args += [flag, value]
+    pytest_args.append("--jacobench-reopen")
+    code = pytest.main(pytest_args)
+    if args.resume:
+        results.merge_benchmark_json(run.folder / "benchmark.json", run.folder / json_name)
+    env = results.read_json(run.folder / "env.json")
+    if code not in (pytest.ExitCode.OK, pytest.ExitCode.INTERRUPTED, pytest.ExitCode.NO_TESTS_COLLECTED):
+        print(f"jacobench: the suite ended with pytest exit code {int(code)}; results so far are in {run.folder}",
+              file=sys.stderr)
+    if not args.no_report:
+        _report(run.folder)
+    if env.get("interrupted"):
+        return EXIT_INTERRUPTED
+    return 0 if code in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED) else 1
+
+
+def _report(folder: Path) -> None:
+    try:
+        from bench.report import build_report
+    except ImportError:  # reporting not installed in this checkout: the run itself is complete
+        print(f"jacobench: results in {folder} (no report module)")
+        return
+    path = build_report(folder)
+    print(f"jacobench: report {path} and {path.with_suffix('.html')}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench import results
+
+    folder = results.resolve_run_dir(args.run)
+    if not results.read_cases(folder / "cases.jsonl"):
+        raise BenchError(f"{folder}: cases.jsonl holds no finished case; run `make bench RUN=...` first")
+    _report(folder)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bench import results
+    from bench.compare import build_compare
+
+    if len(args.runs) < 2:
+        raise BenchError('compare needs at least two runs: make compare RUNS="results/a results/b"')
+    folders = [results.resolve_run_dir(r) for r in args.runs]
+    path = build_compare(folders)
+    print(f"jacobench: compare report {path} and {path.with_suffix('.html')}")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from bench import results
+    from bench.recommend import recommend
+
+    folders = [results.resolve_run_dir(r) for r in args.results]
+    pick = recommend(folders, args.batch, args.hidden, args.in_dim, args.out_dim, device=args.device)
+    if args.json:
+        print(json.dumps(pick, default=str))
+    else:
+        print(f"{pick['strategy']}: expected {pick['expected_time_s'] * 1e3:.3f} ms on {pick.get('device')}"
+              + (f"; runner-up {pick['runner_up']}" if pick.get("runner_up") else ""))
+    return 0
+
+
+def cmd_grids(args: argparse.Namespace) -> int:
+    from bench import grid
+
+    for name in grid.available():
+        g = grid.load_grid(name)
+        print(f"{name:<10} {len(grid.expand(g))} shapes  {g.description}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "recommend": cmd_recommend,
+            "grids": cmd_grids}

@@ -1,0 +1,226 @@
+"""Grid presets (TOML) and their expansion into cases.
+
+A preset is data, validated on load:
+
+    description = "..."
+    models = ["mlp"]            # model presets (bench/models.py); MODEL= overrides
+    dtypes = ["float32"]
+    [base]    batch, hidden, in_dim, out_dim      # the point every sweep passes through
+    [sweep]   axis = [values]                     # one-axis sweeps from the base point
+    [plane]   in_dim = [...], out_dim = [...]     # the in × out plane at the base batch and hidden
+    [cartesian] axis = [values]                   # the full product (axes not given stay at base)
+    [budget]  time_s, memory_fraction, target_s  # per-case limits and timing effort
+
+`expand(grid)` yields one Case per distinct shape, tagged with the grid parts it belongs to, smallest first.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from bench.errors import BenchError
+
+GRIDS_DIR = Path(__file__).parent / "grids"
+AXES = ("batch", "hidden", "in_dim", "out_dim")
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+_SECTIONS = {"base", "sweep", "plane", "cartesian", "budget"}
+_TOP_KEYS = {"description", "models", "dtypes"} | _SECTIONS
+_BUDGET_KEYS = {"time_s": float, "memory_fraction": float, "target_s": float}
+
+
+class GridError(BenchError):
+    """A grid preset that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    time_s: float = 5.0  # one strategy call longer than this is a timeout
+    memory_fraction: float = 0.5  # of the device's available memory
+    target_s: float = 0.25  # wall time spent timing one case (rounds × iterations)
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    path: Path
+    description: str
+    models: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    base: dict[str, int]
+    sweep: dict[str, tuple[int, ...]]
+    plane: dict[str, tuple[int, ...]]
+    cartesian: dict[str, tuple[int, ...]]
+    budget: Budget
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "description": self.description,
+            "models": list(self.models),
+            "dtypes": list(self.dtypes),
+            "base": self.base,
+            "sweep": {k: list(v) for k, v in self.sweep.items()},
+            "plane": {k: list(v) for k, v in self.plane.items()},
+            "cartesian": {k: list(v) for k, v in self.cartesian.items()},
+            "budget": vars(self.budget),
+        }
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    dtype: str
+    batch: int
+    hidden: int
+    in_dim: int
+    out_dim: int
+    sweeps: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def shape_id(self) -> str:
+        suffix = "" if self.dtype == "float32" else f"-{self.dtype}"
+        return f"{self.model}-B{self.batch}-H{self.hidden}-in{self.in_dim}-out{self.out_dim}{suffix}"
+
+    @property
+    def size(self) -> int:
+        return self.batch * self.hidden * (self.in_dim + self.out_dim)
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in GRIDS_DIR.glob("*.toml"))
+
+
+def load_grid(spec: str) -> Grid:
+    """A preset name (bench/grids/<name>.toml) or a path to a .toml file."""
+    path = Path(spec)
+    if path.suffix != ".toml" and "/" not in spec:
+        path = GRIDS_DIR / f"{spec}.toml"
+        if not path.exists():
+            raise GridError(f"unknown grid {spec!r}: choose one of {', '.join(available())} or give a path to a .toml")
+    if not path.is_file():
+        raise GridError(f"grid file {spec} not found")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise GridError(f"{path}: not valid TOML ({exc})") from None
+    return _parse(data, path)
+
+
+def _parse(data: dict[str, Any], path: Path) -> Grid:
+    def fail(key: str, problem: str) -> GridError:
+        return GridError(f"{path}: {key}: {problem}")
+
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise fail(sorted(unknown)[0], f"unknown key (allowed: {', '.join(sorted(_TOP_KEYS))})")
+    for section in _SECTIONS:
+        if section in data and not isinstance(data[section], dict):
+            raise fail(section, "must be a table, e.g. [" + section + "]")
+
+    def names(key: str, default: list[str], allowed: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        value = data.get(key, default)
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise fail(key, "must be a non-empty list of names")
+        if allowed is not None:
+            for v in value:
+                if v not in allowed:
+                    raise fail(key, f"unknown value {v!r} (allowed: {', '.join(allowed)})")
+        return tuple(value)
+
+    def size(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise fail(key, f"sizes must be positive integers, got {value!r}")
+        return value
+
+    def axes(section: str, allowed: tuple[str, ...] = AXES) -> dict[str, tuple[int, ...]]:
+        table = data.get(section, {})
+        out = {}
+        for axis, values in table.items():
+            key = f"{section}.{axis}"
+            if axis not in allowed:
+                raise fail(key, f"unknown axis (allowed: {', '.join(allowed)})")
+            if not isinstance(values, list) or not values:
+                raise fail(key, "must be a non-empty list of sizes")
+            out[axis] = tuple(sorted({size(key, v) for v in values}))
+        return out
+
+    base_table = data.get("base")
+    if not base_table:
+        raise fail("base", "missing: give batch, hidden, in_dim and out_dim of the base point")
+    base = {}
+    for axis, value in base_table.items():
+        if axis not in AXES:
+            raise fail(f"base.{axis}", f"unknown axis (allowed: {', '.join(AXES)})")
+        base[axis] = size(f"base.{axis}", value)
+    missing = [a for a in AXES if a not in base]
+    if missing:
+        raise fail("base", f"missing {', '.join(missing)}")
+
+    plane = axes("plane", ("in_dim", "out_dim"))
+    if plane and set(plane) != {"in_dim", "out_dim"}:
+        raise fail("plane", "needs both in_dim and out_dim")
+
+    budget_table = data.get("budget", {})
+    budget_values = {}
+    for key, value in budget_table.items():
+        if key not in _BUDGET_KEYS:
+            raise fail(f"budget.{key}", f"unknown key (allowed: {', '.join(_BUDGET_KEYS)})")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise fail(f"budget.{key}", f"must be a positive number, got {value!r}")
+        budget_values[key] = float(value)
+    if budget_values.get("memory_fraction", 0.5) > 1:
+        raise fail("budget.memory_fraction", "must be at most 1")
+
+    return Grid(
+        name=path.stem,
+        path=path,
+        description=str(data.get("description", "")),
+        models=names("models", ["mlp"]),
+        dtypes=names("dtypes", ["float32"], DTYPES),
+        base=base,
+        sweep=axes("sweep"),
+        plane=plane,
+        cartesian=axes("cartesian"),
+        budget=Budget(**budget_values),
+    )
+
+
+def expand(grid: Grid, models: tuple[str, ...] | None = None) -> list[Case]:
+    """All distinct cases of the grid, each tagged with the parts it belongs to; smallest first."""
+    shapes: dict[tuple[int, ...], set[str]] = {}
+
+    def add(part: str, **overrides: int) -> None:
+        point = {**grid.base, **overrides}
+        shapes.setdefault(tuple(point[a] for a in AXES), set()).add(part)
+
+    add("base")
+    for axis, values in grid.sweep.items():
+        for v in values:
+            add(axis, **{axis: v})
+    if grid.plane:
+        for i, o in itertools.product(grid.plane["in_dim"], grid.plane["out_dim"]):
+            add("plane", in_dim=i, out_dim=o)
+    if grid.cartesian:
+        axes = list(grid.cartesian)
+        for values in itertools.product(*(grid.cartesian[a] for a in axes)):
+            add("cartesian", **dict(zip(axes, values, strict=True)))
+
+    order = ("base", *AXES, "plane", "cartesian")
+    cases = [
+        Case(model, dtype, *shape, sweeps=tuple(p for p in order if p in parts))
+        for model in (models or grid.models)
+        for dtype in grid.dtypes
+        for shape, parts in shapes.items()
+    ]
+    return sorted(cases, key=lambda c: (c.model, c.dtype, c.size, c.batch, c.in_dim, c.out_dim, c.hidden))

@@ -1,0 +1,178 @@
+"""Result files of one run (Contract 3): append-only cases.jsonl, atomic JSON/CSV writes, tolerant reading.
+
+results/<run-id>/cases.jsonl     one JSON object per finished case (CASE_FIELDS), appended + fsynced as it finishes
+results/<run-id>/benchmark.json  pytest-benchmark's JSON
+results/<run-id>/env.json        machine, versions, settings, grid as run
+results/<run-id>/summary.csv     one row per case, SUMMARY_COLUMNS first
+This module is shared by measurement and reporting: it imports neither `strategies` nor plotting code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+
+STATUSES = ("ok", "wrong", "oom", "over_budget", "timeout", "unsupported", "error")
+
+# The columns that identify a case across runs and machines.
+KEY_COLUMNS = ["strategy", "model", "device", "dtype", "batch", "hidden", "in_dim", "out_dim"]
+
+SUMMARY_COLUMNS = KEY_COLUMNS[:4] + KEY_COLUMNS[4:] + [
+    "status",
+    "time_median_s",  # one full fn(model, x) call, forward included; only for status ok
+    "time_iqr_s",
+    "rounds",
+    "forward_median_s",  # model(x) under no_grad, same device
+    "peak_memory_bytes",  # peak bytes above the pre-call baseline, separate pass
+    "max_abs_error",  # vs the float64 reference
+]
+
+# Every field of a cases.jsonl record, in order.
+CASE_FIELDS = SUMMARY_COLUMNS + [
+    "message",  # why a case is not ok; empty when ok
+    "iterations",  # calls per round
+    "time_min_s",
+    "time_mean_s",
+    "predicted_memory_bytes",
+    "tolerance",  # max_abs_error must stay <= tolerance
+    "returns",  # "jacobian" | "output_sum"
+    "independent_samples",
+    "coupled",  # the model couples samples (row b depends on other rows), detected on this input
+    "summary",  # the strategy's one-line description
+    "cost",  # the strategy's asymptotic cost
+    "sweeps",  # grid parts the shape belongs to: "base", "batch", "hidden", "in_dim", "out_dim", "plane", "cartesian"
+    "case_id",  # pytest id: vmap_jacrev-cpu-mlp-B64-H256-in16-out16
+    "wall_s",  # wall time spent on the whole case
+]
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ResultsError(BenchError):
+    """A result folder or file that cannot be used; the message says which and why."""
+
+
+def check_run_id(run_id: str) -> str:
+    if not _RUN_ID.match(run_id) or ".." in run_id:
+        raise ResultsError(
+            f"invalid run id {run_id!r}: use letters, digits, '.', '_' or '-' (no path separators, no '..')"
+        )
+    return run_id
+
+
+def case_key(record: dict[str, Any]) -> tuple:
+    return tuple(record[k] for k in KEY_COLUMNS)
+
+
+def append_case(path: Path, record: dict[str, Any]) -> None:
+    """Append one record as a line and force it to disk: a kill -9 right after loses nothing."""
+    line = json.dumps({k: record.get(k) for k in CASE_FIELDS}, allow_nan=False, default=str)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_cases(path: Path) -> list[dict[str, Any]]:
+    """All valid records; a torn or corrupt line (a killed writer) is skipped with a warning, never a crash."""
+    if not path.exists():
+        raise ResultsError(f"{path}: no such file (is this a run folder?)")
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                warnings.warn(f"{path}:{n}: skipped a torn or corrupt line", stacklevel=2)
+                continue
+            if not isinstance(record, dict) or any(k not in record for k in KEY_COLUMNS + ["status"]):
+                warnings.warn(f"{path}:{n}: skipped a line that is not a case record", stacklevel=2)
+                continue
+            records.append(record)
+    return records
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, then rename: readers see the old file or the new one."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; result files are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"{path}: not valid JSON ({exc})") from None
+
+
+def write_summary(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """summary.csv: one row per case, the last record wins when a case appears twice (a resumed run)."""
+    import pandas as pd
+
+    latest = {case_key(r): r for r in records}
+    frame = pd.DataFrame(list(latest.values()), columns=CASE_FIELDS)
+    frame["sweeps"] = frame["sweeps"].map(lambda s: "|".join(s) if isinstance(s, list) else s)
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+def resolve_run_dir(spec: str | Path, results_root: Path = Path("results")) -> Path:
+    """A run given as a folder path, a run id under results/, or 'latest'."""
+    path = Path(spec)
+    if not path.exists() and not path.is_absolute() and len(path.parts) == 1:
+        path = results_root / path
+    if not path.is_dir():
+        raise ResultsError(f"run folder {spec!r} not found (give results/<run-id>, a run id, or 'latest')")
+    if not (path / "cases.jsonl").exists():
+        raise ResultsError(f"{path}: no cases.jsonl, not a jacobench run folder")
+    return path
+
+
+def merge_benchmark_json(main: Path, part: Path) -> None:
+    """Fold a resumed session's pytest-benchmark JSON into the run's benchmark.json (the part file is removed)."""
+    if not part.exists():
+        return
+    try:
+        new = json.loads(part.read_text(encoding="utf-8") or "{}")
+    except json.JSONDecodeError:
+        part.unlink()
+        return
+    try:
+        old = json.loads(main.read_text(encoding="utf-8")) if main.exists() else {}
+    except json.JSONDecodeError:
+        old = {}
+    if new:
+        merged = new | {"benchmarks": old.get("benchmarks", []) + new.get("benchmarks", [])}
+        write_json(main, merged)
+    part.unlink()

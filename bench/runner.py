@@ -1,0 +1,191 @@
+"""One case = one strategy × shape × device: budget checks, validation, timing, memory -> one record.
+
+Order per case (Contract 3 / measurement rules): build model and input, time the forward pass, compute the float64
+reference (both shared by every strategy of the shape), validate the strategy, time it with pytest-benchmark,
+measure peak memory in a separate pass. No exception escapes: every failure becomes a status.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import strategies
+from bench import measure, models
+from bench.grid import AXES, Case
+from bench.session import Run
+from strategies import Strategy, Unsupported
+
+
+def default_memory_estimate(batch: int, hidden: int, in_dim: int, out_dim: int, dtype: torch.dtype) -> int:
+    """For strategies that declare none: two forward passes' activations and the result."""
+    from strategies._common import activations_bytes
+
+    return activations_bytes(batch, hidden, in_dim, out_dim, dtype, copies=2)
+
+
+@dataclass
+class Shape:
+    """What every strategy of one case shares: the model, the input, the forward time, the reference."""
+
+    key: tuple
+    model: nn.Module | None = None
+    x: Tensor | None = None  # [B, in]
+    forward_median_s: float | None = None
+    reference: Tensor | None = None  # [B, out, in] float64
+    coupled: bool | None = None
+    status: str = "ok"  # not ok: every strategy of this shape gets this status and message
+    message: str = ""
+
+
+class CaseRunner:
+    def __init__(self, run: Run):
+        self.run = run
+        self._shape: Shape | None = None
+        self._failed_shapes: dict[tuple, list[tuple[Case, str]]] = {}  # (strategy, device, model, dtype) -> cases
+        self._memory_budget: dict[str, int] = {}
+
+    def memory_budget(self, device: str) -> int:
+        if device not in self._memory_budget:
+            self._memory_budget[device] = self.run.memory_budget_bytes or int(
+                self.run.grid.budget.memory_fraction * measure.available_memory(device)
+            )
+        return self._memory_budget[device]
+
+    def record(self, strategy: Strategy, case: Case, device: str) -> dict[str, Any]:
+        return {
+            "strategy": strategy.name,
+            "model": case.model,
+            "device": device,
+            "dtype": case.dtype,
+            "batch": case.batch,
+            "hidden": case.hidden,
+            "in_dim": case.in_dim,
+            "out_dim": case.out_dim,
+            "returns": strategy.returns,
+            "independent_samples": strategy.independent_samples,
+            "summary": strategy.summary,
+            "cost": strategy.cost,
+            "sweeps": list(case.sweeps),
+            "case_id": f"{strategy.name}-{device}-{case.shape_id}",
+            "message": "",
+        }
+
+    def run_case(self, benchmark, strategy_name: str, case: Case, device: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        strategy = strategies.REGISTRY[strategy_name]
+        rec = self.record(strategy, case, device)
+        try:
+            rec.update(self._measure(benchmark, strategy, case, device, rec))
+        except Exception as exc:  # a harness bug must not stop the run either
+            rec.update(status="error", message=f"harness: {type(exc).__name__}: {exc}")
+        if rec["status"] in ("timeout", "oom") and not rec["message"].startswith("skipped"):
+            self._failed_shapes.setdefault((strategy.name, device, case.model, case.dtype), []).append(
+                (case, rec["status"])
+            )
+        rec["wall_s"] = round(time.perf_counter() - started, 4)
+        return rec
+
+    def _measure(self, benchmark, strategy: Strategy, case: Case, device: str, rec: dict) -> dict[str, Any]:
+        dtype = getattr(torch, case.dtype)
+        dims = (case.batch, case.hidden, case.in_dim, case.out_dim)
+        for earlier, status in self._failed_shapes.get((strategy.name, device, case.model, case.dtype), []):
+            if all(getattr(case, a) >= getattr(earlier, a) for a in AXES):
+                return {"status": status, "message": f"skipped: at least as large as {earlier.shape_id}, "
+                                                     f"which ended in {status}"}
+        estimate = strategy.memory_estimate or default_memory_estimate
+        predicted = estimate(*dims, dtype)
+        rec["predicted_memory_bytes"] = predicted
+        budget = self.memory_budget(device)
+        if predicted > budget:
+            return {"status": "over_budget", "message": f"predicted {_gib(predicted)} > memory budget {_gib(budget)}"}
+
+        shape = self._prepare(case, device, dtype)
+        rec.update(forward_median_s=shape.forward_median_s, coupled=shape.coupled)
+        if shape.status != "ok":
+            return {"status": shape.status, "message": shape.message}
+
+        model, x = shape.model, shape.x
+        try:
+            with measure.time_limit(self.run.time_budget_s):
+                output = strategy(model, x)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+            check = measure.validate(output, shape.reference, strategy.returns, dtype)
+            del output
+            rec.update(max_abs_error=check.max_abs_error, tolerance=check.tolerance)
+            if not check.ok:
+                return {"status": "wrong", "message": check.message}
+            with measure.time_limit(self.run.time_budget_s):
+                start = measure.synced_clock()
+                strategy(model, x)
+                one_call = measure.synced_clock() - start
+            p = measure.plan(one_call, self.run.grid.budget.target_s)
+            with measure.time_limit(self.run.time_budget_s + 3 * (p.rounds + p.warmup_rounds) * p.iterations * one_call):
+                benchmark.pedantic(strategy.fn, args=(model, x), rounds=p.rounds, iterations=p.iterations,
+                                   warmup_rounds=p.warmup_rounds)
+            peak = measure.peak_memory(lambda: strategy(model, x), device)
+        except Unsupported as exc:
+            return {"status": "unsupported", "message": str(exc)}
+        except measure.CaseTimeout as exc:
+            return {"status": "timeout", "message": str(exc)}
+        except Exception as exc:
+            if measure.is_out_of_memory(exc):
+                _free(device)
+                return {"status": "oom", "message": _first_line(exc)}
+            return {"status": "error", "message": f"{type(exc).__name__}: {_first_line(exc)}"}
+        stats = benchmark.stats.stats
+        return {
+            "status": "ok",
+            "time_median_s": stats.median,
+            "time_iqr_s": stats.iqr,
+            "time_min_s": stats.min,
+            "time_mean_s": stats.mean,
+            "rounds": stats.rounds,
+            "iterations": p.iterations,
+            "peak_memory_bytes": peak,
+        }
+
+    def _prepare(self, case: Case, device: str, dtype: torch.dtype) -> Shape:
+        """Build (once per shape and device) the model, input, forward time and float64 reference."""
+        key = (case, device)
+        if self._shape is not None and self._shape.key == key:
+            return self._shape
+        self._shape = None  # free the previous shape's tensors before building the next
+        _free(device)
+        shape = Shape(key=key)
+        try:
+            with measure.time_limit(max(10 * self.run.time_budget_s, 30)):
+                model, x = models.build(self.run.model_defs[case.model], case.batch, case.hidden, case.in_dim,
+                                        case.out_dim, device, dtype)
+                with torch.no_grad():
+                    shape.forward_median_s = measure.median_time(lambda: model(x), self.run.grid.budget.target_s / 2)
+                shape.reference, shape.coupled = measure.reference_jacobian(model, x, self.memory_budget(device))
+            shape.model, shape.x = model, x
+        except MemoryError as exc:
+            shape.status, shape.message = "over_budget", f"reference: {exc}"
+        except measure.CaseTimeout:
+            shape.status, shape.message = "timeout", "building the model, forward pass or float64 reference timed out"
+        except Exception as exc:
+            status = "oom" if measure.is_out_of_memory(exc) else "error"
+            shape.status, shape.message = status, f"model/reference: {type(exc).__name__}: {_first_line(exc)}"
+        self._shape = shape
+        return shape
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _free(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
