@@ -10,6 +10,8 @@ A preset is data, validated on load:
     [plane]   in_dim = [...], out_dim = [...]     # the in × out plane at the base batch and hidden
     [cartesian] axis = [values]                   # the full product (axes not given stay at base)
     [budget]  time_s, memory_fraction, target_s  # per-case limits and timing effort
+    [[also]]  models, dtypes, base, sweep, ...     # more blocks; each inherits models, dtypes and base axes
+
 
 `expand(grid)` yields one Case per distinct shape, tagged with the grid parts it belongs to, smallest first.
 """
@@ -33,8 +35,8 @@ from bench.errors import BenchError
 GRIDS_DIR = Path(__file__).parent / "grids"
 AXES = ("batch", "hidden", "in_dim", "out_dim")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
-_SECTIONS = {"base", "sweep", "plane", "cartesian", "budget"}
-_TOP_KEYS = {"description", "models", "dtypes"} | _SECTIONS
+_BLOCK_KEYS = {"models", "dtypes", "base", "sweep", "plane", "cartesian"}
+_TOP_KEYS = _BLOCK_KEYS | {"description", "budget", "also"}
 _BUDGET_KEYS = {"time_s": float, "memory_fraction": float, "target_s": float}
 
 
@@ -50,31 +52,47 @@ class Budget:
 
 
 @dataclass(frozen=True)
-class Grid:
-    name: str
-    path: Path
-    description: str
+class Block:
+    """One declarative part of a grid: models × dtypes × (base point, sweeps, plane, cartesian product)."""
+
     models: tuple[str, ...]
     dtypes: tuple[str, ...]
     base: dict[str, int]
     sweep: dict[str, tuple[int, ...]]
     plane: dict[str, tuple[int, ...]]
     cartesian: dict[str, tuple[int, ...]]
-    budget: Budget
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name,
-            "path": str(self.path),
-            "description": self.description,
             "models": list(self.models),
             "dtypes": list(self.dtypes),
             "base": self.base,
             "sweep": {k: list(v) for k, v in self.sweep.items()},
             "plane": {k: list(v) for k, v in self.plane.items()},
             "cartesian": {k: list(v) for k, v in self.cartesian.items()},
-            "budget": vars(self.budget),
         }
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    path: Path
+    description: str
+    blocks: tuple[Block, ...]  # the top level, then each [[also]]
+    budget: Budget
+
+    @property
+    def base(self) -> dict[str, int]:
+        return self.blocks[0].base
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(m for b in self.blocks for m in b.models))
+
+    def as_dict(self) -> dict[str, Any]:
+        main, *also = (b.as_dict() for b in self.blocks)
+        return {"name": self.name, "path": str(self.path), "description": self.description, **main,
+                "also": also, "budget": vars(self.budget)}
 
 
 @dataclass(frozen=True)
@@ -124,54 +142,21 @@ def _parse(data: dict[str, Any], path: Path) -> Grid:
     unknown = set(data) - _TOP_KEYS
     if unknown:
         raise fail(sorted(unknown)[0], f"unknown key (allowed: {', '.join(sorted(_TOP_KEYS))})")
-    for section in _SECTIONS:
-        if section in data and not isinstance(data[section], dict):
-            raise fail(section, "must be a table, e.g. [" + section + "]")
-
-    def names(key: str, default: list[str], allowed: tuple[str, ...] | None = None) -> tuple[str, ...]:
-        value = data.get(key, default)
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-            raise fail(key, "must be a non-empty list of names")
-        if allowed is not None:
-            for v in value:
-                if v not in allowed:
-                    raise fail(key, f"unknown value {v!r} (allowed: {', '.join(allowed)})")
-        return tuple(value)
-
-    def size(key: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise fail(key, f"sizes must be positive integers, got {value!r}")
-        return value
-
-    def axes(section: str, allowed: tuple[str, ...] = AXES) -> dict[str, tuple[int, ...]]:
-        table = data.get(section, {})
-        out = {}
-        for axis, values in table.items():
-            key = f"{section}.{axis}"
-            if axis not in allowed:
-                raise fail(key, f"unknown axis (allowed: {', '.join(allowed)})")
-            if not isinstance(values, list) or not values:
-                raise fail(key, "must be a non-empty list of sizes")
-            out[axis] = tuple(sorted({size(key, v) for v in values}))
-        return out
-
-    base_table = data.get("base")
-    if not base_table:
-        raise fail("base", "missing: give batch, hidden, in_dim and out_dim of the base point")
-    base = {}
-    for axis, value in base_table.items():
-        if axis not in AXES:
-            raise fail(f"base.{axis}", f"unknown axis (allowed: {', '.join(AXES)})")
-        base[axis] = size(f"base.{axis}", value)
-    missing = [a for a in AXES if a not in base]
-    if missing:
-        raise fail("base", f"missing {', '.join(missing)}")
-
-    plane = axes("plane", ("in_dim", "out_dim"))
-    if plane and set(plane) != {"in_dim", "out_dim"}:
-        raise fail("plane", "needs both in_dim and out_dim")
+    main = _parse_block({k: v for k, v in data.items() if k in _BLOCK_KEYS}, None, "", fail)
+    also = data.get("also", [])
+    if not isinstance(also, list) or not all(isinstance(t, dict) for t in also):
+        raise fail("also", "must be an array of tables: [[also]]")
+    blocks = [main]
+    for n, table in enumerate(also, start=1):
+        prefix = f"also[{n}]."
+        extra = set(table) - _BLOCK_KEYS
+        if extra:
+            raise fail(prefix + sorted(extra)[0], f"unknown key (allowed: {', '.join(sorted(_BLOCK_KEYS))})")
+        blocks.append(_parse_block(table, main, prefix, fail))
 
     budget_table = data.get("budget", {})
+    if not isinstance(budget_table, dict):
+        raise fail("budget", "must be a table: [budget]")
     budget_values = {}
     for key, value in budget_table.items():
         if key not in _BUDGET_KEYS:
@@ -181,46 +166,85 @@ def _parse(data: dict[str, Any], path: Path) -> Grid:
         budget_values[key] = float(value)
     if budget_values.get("memory_fraction", 0.5) > 1:
         raise fail("budget.memory_fraction", "must be at most 1")
+    return Grid(name=path.stem, path=path, description=str(data.get("description", "")), blocks=tuple(blocks),
+                budget=Budget(**budget_values))
 
-    return Grid(
-        name=path.stem,
-        path=path,
-        description=str(data.get("description", "")),
-        models=names("models", ["mlp"]),
-        dtypes=names("dtypes", ["float32"], DTYPES),
+
+def _parse_block(data: dict[str, Any], parent: Block | None, prefix: str, fail) -> Block:
+    """A block's keys; an [[also]] block inherits models, dtypes and base axes it does not give."""
+    for section in ("base", "sweep", "plane", "cartesian"):
+        if section in data and not isinstance(data[section], dict):
+            raise fail(prefix + section, f"must be a table, e.g. [{section}]")
+
+    def names(key: str, default: tuple[str, ...], allowed: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        value = data.get(key, list(default))
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise fail(prefix + key, "must be a non-empty list of names")
+        for v in value:
+            if allowed is not None and v not in allowed:
+                raise fail(prefix + key, f"unknown value {v!r} (allowed: {', '.join(allowed)})")
+        return tuple(value)
+
+    def size(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise fail(prefix + key, f"sizes must be positive integers, got {value!r}")
+        return value
+
+    def axes(section: str, allowed: tuple[str, ...] = AXES) -> dict[str, tuple[int, ...]]:
+        out = {}
+        for axis, values in data.get(section, {}).items():
+            key = f"{section}.{axis}"
+            if axis not in allowed:
+                raise fail(prefix + key, f"unknown axis (allowed: {', '.join(allowed)})")
+            if not isinstance(values, list) or not values:
+                raise fail(prefix + key, "must be a non-empty list of sizes")
+            out[axis] = tuple(sorted({size(key, v) for v in values}))
+        return out
+
+    base = dict(parent.base) if parent else {}
+    if parent is None and not data.get("base"):
+        raise fail("base", "missing: give batch, hidden, in_dim and out_dim of the base point")
+    for axis, value in data.get("base", {}).items():
+        if axis not in AXES:
+            raise fail(f"{prefix}base.{axis}", f"unknown axis (allowed: {', '.join(AXES)})")
+        base[axis] = size(f"base.{axis}", value)
+    missing = [a for a in AXES if a not in base]
+    if missing:
+        raise fail(prefix + "base", f"missing {', '.join(missing)}")
+    plane = axes("plane", ("in_dim", "out_dim"))
+    if plane and set(plane) != {"in_dim", "out_dim"}:
+        raise fail(prefix + "plane", "needs both in_dim and out_dim")
+    return Block(
+        models=names("models", parent.models if parent else ("mlp",)),
+        dtypes=names("dtypes", parent.dtypes if parent else ("float32",), DTYPES),
         base=base,
         sweep=axes("sweep"),
         plane=plane,
         cartesian=axes("cartesian"),
-        budget=Budget(**budget_values),
     )
 
 
 def expand(grid: Grid, models: tuple[str, ...] | None = None) -> list[Case]:
-    """All distinct cases of the grid, each tagged with the parts it belongs to; smallest first."""
-    shapes: dict[tuple[int, ...], set[str]] = {}
+    """All distinct cases of the grid, each tagged with the parts it belongs to; smallest first.
 
-    def add(part: str, **overrides: int) -> None:
-        point = {**grid.base, **overrides}
-        shapes.setdefault(tuple(point[a] for a in AXES), set()).add(part)
-
-    add("base")
-    for axis, values in grid.sweep.items():
-        for v in values:
-            add(axis, **{axis: v})
-    if grid.plane:
-        for i, o in itertools.product(grid.plane["in_dim"], grid.plane["out_dim"]):
-            add("plane", in_dim=i, out_dim=o)
-    if grid.cartesian:
-        axes = list(grid.cartesian)
-        for values in itertools.product(*(grid.cartesian[a] for a in axes)):
-            add("cartesian", **dict(zip(axes, values, strict=True)))
-
+    `models` (MODEL=) replaces the models of every block.
+    """
+    parts: dict[tuple, set[str]] = {}  # (model, dtype, B, H, in, out) -> grid parts
+    for block in grid.blocks:
+        points: list[tuple[str, dict[str, int]]] = [("base", {})]
+        points += [(axis, {axis: v}) for axis, values in block.sweep.items() for v in values]
+        if block.plane:
+            points += [("plane", {"in_dim": i, "out_dim": o})
+                       for i, o in itertools.product(block.plane["in_dim"], block.plane["out_dim"])]
+        if block.cartesian:
+            names = list(block.cartesian)
+            points += [("cartesian", dict(zip(names, values, strict=True)))
+                       for values in itertools.product(*(block.cartesian[a] for a in names))]
+        for model in models or block.models:
+            for dtype in block.dtypes:
+                for part, overrides in points:
+                    point = block.base | overrides
+                    parts.setdefault((model, dtype, *(point[a] for a in AXES)), set()).add(part)
     order = ("base", *AXES, "plane", "cartesian")
-    cases = [
-        Case(model, dtype, *shape, sweeps=tuple(p for p in order if p in parts))
-        for model in (models or grid.models)
-        for dtype in grid.dtypes
-        for shape, parts in shapes.items()
-    ]
+    cases = [Case(*key, sweeps=tuple(p for p in order if p in tags)) for key, tags in parts.items()]
     return sorted(cases, key=lambda c: (c.model, c.dtype, c.size, c.batch, c.in_dim, c.out_dim, c.hidden))

@@ -100,11 +100,13 @@ def samples_coupled(model: nn.Module, x: Tensor) -> bool:
     return (after - before).abs().max().item() > 1e-12 * scale
 
 
-def reference_bytes(batch: int, in_dim: int, out_dim: int, coupled: bool) -> int:
-    return 8 * (batch * out_dim * batch * in_dim if coupled else batch * out_dim * in_dim)
+def coupled_reference_bytes(batch: int, hidden: int, in_dim: int, out_dim: int) -> int:
+    """The full (B, out, B, in) float64 Jacobian, vectorized over B·out backward passes through width H."""
+    return 8 * batch * out_dim * batch * (in_dim + 2 * hidden)
 
 
-def reference_jacobian(model: nn.Module, x: Tensor, memory_budget: int | None = None) -> tuple[Tensor, bool]:
+def reference_jacobian(model: nn.Module, x: Tensor, memory_budget: int | None = None,
+                       hidden: int = 0) -> tuple[Tensor, bool]:
     """The float64 per-sample Jacobian [B, out, in] of `model` at `x`, and whether samples are coupled.
 
     A float64 copy of the model: reverse mode one output at a time, or forward mode (dual numbers) one input at a
@@ -116,7 +118,7 @@ def reference_jacobian(model: nn.Module, x: Tensor, memory_budget: int | None = 
     coupled = samples_coupled(model64, x64)
     if coupled:
         out_dim = model64(x64).shape[1]
-        needed = reference_bytes(batch, in_dim, out_dim, coupled=True)
+        needed = coupled_reference_bytes(batch, hidden, in_dim, out_dim)
         if memory_budget is not None and needed > memory_budget:
             raise MemoryError(f"the float64 reference of a batch-coupled model needs {needed / 2**30:.1f} GiB")
         full = torch.autograd.functional.jacobian(model64, x64, vectorize=True)  # [B, out, B, in]

@@ -48,6 +48,23 @@ class CaseRunner:
         self._shape: Shape | None = None
         self._failed_shapes: dict[tuple, list[tuple[Case, str]]] = {}  # (strategy, device, model, dtype) -> cases
         self._memory_budget: dict[str, int] = {}
+        self._warm: set[str] = set()
+
+    def warm_up(self, device: str) -> None:
+        """Call every strategy once on a tiny model, outside any time limit: lazy imports (torch.func pulls in
+        sympy), CUDA context and kernel loading happen here, never inside a timed or time-limited call."""
+        if device in self._warm:
+            return
+        self._warm.add(device)
+        tiny = models.ModelDef("warmup", models.PRESETS["mlp"].factory, train=False, description="")
+        model, x = models.build(tiny, 2, 4, 3, 2, device, torch.float32)
+        measure.reference_jacobian(model, x)
+        for name in self.run.strategy_names:
+            try:
+                strategies.REGISTRY[name](model, x)
+            except Exception:  # failures are measured (and reported) per case, not here
+                pass
+        measure.peak_memory(lambda: model(x), device)
 
     def memory_budget(self, device: str) -> int:
         if device not in self._memory_budget:
@@ -80,6 +97,7 @@ class CaseRunner:
         strategy = strategies.REGISTRY[strategy_name]
         rec = self.record(strategy, case, device)
         try:
+            self.warm_up(device)
             rec.update(self._measure(benchmark, strategy, case, device, rec))
         except Exception as exc:  # a harness bug must not stop the run either
             rec.update(status="error", message=f"harness: {type(exc).__name__}: {exc}")
@@ -125,7 +143,8 @@ class CaseRunner:
                 strategy(model, x)
                 one_call = measure.synced_clock() - start
             p = measure.plan(one_call, self.run.grid.budget.target_s)
-            with measure.time_limit(self.run.time_budget_s + 3 * (p.rounds + p.warmup_rounds) * p.iterations * one_call):
+            planned_s = (p.rounds + p.warmup_rounds) * p.iterations * one_call
+            with measure.time_limit(self.run.time_budget_s + 3 * planned_s):
                 benchmark.pedantic(strategy.fn, args=(model, x), rounds=p.rounds, iterations=p.iterations,
                                    warmup_rounds=p.warmup_rounds)
             peak = measure.peak_memory(lambda: strategy(model, x), device)
@@ -164,7 +183,8 @@ class CaseRunner:
                                         case.out_dim, device, dtype)
                 with torch.no_grad():
                     shape.forward_median_s = measure.median_time(lambda: model(x), self.run.grid.budget.target_s / 2)
-                shape.reference, shape.coupled = measure.reference_jacobian(model, x, self.memory_budget(device))
+                shape.reference, shape.coupled = measure.reference_jacobian(model, x, self.memory_budget(device),
+                                                                            hidden=case.hidden)
             shape.model, shape.x = model, x
         except MemoryError as exc:
             shape.status, shape.message = "over_budget", f"reference: {exc}"

@@ -103,9 +103,8 @@ def resolve_devices(spec: str) -> list[str]:
             raise SettingsError(f"unknown device {name!r}: use cpu, cuda or cuda:N (e.g. DEVICES=cpu,cuda)")
         if name.startswith("cuda"):
             if not torch.cuda.is_available():
-                raise SettingsError(
-                    f"DEVICES={spec}: CUDA is not available on this machine (torch {torch.__version__}); use DEVICES=cpu"
-                )
+                raise SettingsError(f"DEVICES={spec}: CUDA is not available on this machine "
+                                    f"(torch {torch.__version__}); use DEVICES=cpu")
             index = int(name.partition(":")[2] or 0)
             if index >= torch.cuda.device_count():
                 raise SettingsError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
@@ -145,7 +144,7 @@ def prepare(settings: Settings, create: bool, reopen: bool = False) -> Run:
         devices=devices,
         strategy_names=strategy_names,
         model_defs=model_defs,
-        cases=grid.expand(the_grid, tuple(model_defs)),
+        cases=grid.expand(the_grid, tuple(model_defs) if settings.model else None),
         memory_budget_bytes=memory_budget,
         time_budget_s=time_budget,
     )

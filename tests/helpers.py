@@ -1,0 +1,73 @@
+"""Shared by the end-to-end tests: run `python -m bench` in a scratch folder, with planted strategies installed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+PLANTED = textwrap.dedent(
+    '''
+    """Strategies that misbehave on purpose, installed as a plugin to exercise every status."""
+    import time
+
+    import torch
+
+    import strategies
+    from strategies import Strategy
+
+
+    def _wrong(model, x):
+        """Zeros of the right shape: validation must catch it."""
+        return torch.zeros(x.shape[0], model(x).shape[1], x.shape[1], dtype=x.dtype, device=x.device)
+
+
+    def _slow(model, x):
+        """Correct, but sleeps when the batch is 8 or more: a timeout."""
+        if x.shape[0] >= 8:
+            time.sleep(30)
+        return strategies.REGISTRY["grad_loop"](model, x)
+
+
+    def _hungry(model, x):
+        """Claims to need a petabyte: skipped as over_budget before it runs."""
+        raise AssertionError("an over-budget case must never run")
+
+
+    wrong = Strategy(name="planted_wrong", fn=_wrong, summary="returns zeros")
+    slow = Strategy(name="planted_slow", fn=_slow, independent_samples=True, summary="sleeps")
+    hungry = Strategy(name="planted_hungry", fn=_hungry, summary="huge", memory_estimate=lambda *a: 10**15)
+    '''
+)
+
+
+def install_planted(site: Path) -> Path:
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "planted.py").write_text(PLANTED)
+    dist = site / "planted-0.1.dist-info"
+    dist.mkdir(exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: planted\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[jacobench.strategies]\nplanted_wrong = planted:wrong\nplanted_slow = planted:slow\n"
+        "planted_hungry = planted:hungry\n"
+    )
+    return site
+
+
+def bench_env(site: Path | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "COV_"))}
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (site, REPO) if p)
+    return env
+
+
+def bench_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bench", *args]
+
+
+def run_bench(cwd: Path, *args: str, site: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(bench_command(*args), cwd=cwd, env=bench_env(site), capture_output=True, text=True,
+                          timeout=timeout)
