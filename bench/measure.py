@@ -33,11 +33,15 @@ def synced_clock() -> float:
 
 
 class CaseTimeout(Exception):
-    """A strategy call ran past the per-case time budget."""
+    """A strategy call (or a phase of a case) ran past its time limit."""
+
+    def __init__(self, what: str, seconds: float):
+        super().__init__(f"{what} ran past {seconds:.3g} s")
+        self.what = what
 
 
 @contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
+def time_limit(seconds: float, what: str = "one call") -> Iterator[None]:
     """Raise CaseTimeout in the main thread after `seconds` (SIGALRM, like asv). Python loops are interrupted at once;
     a single long native kernel is interrupted when it returns. Elsewhere (threads, no SIGALRM) no limit applies."""
     if seconds <= 0 or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
@@ -45,7 +49,7 @@ def time_limit(seconds: float) -> Iterator[None]:
         return
 
     def on_alarm(signum, frame):
-        raise CaseTimeout(f"ran past the time budget of {seconds:g} s")
+        raise CaseTimeout(what, seconds)
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)

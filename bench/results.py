@@ -84,10 +84,11 @@ def append_case(path: Path, record: dict[str, Any]) -> None:
 
 
 def read_cases(path: Path) -> list[dict[str, Any]]:
-    """All valid records; a torn or corrupt line (a killed writer) is skipped with a warning, never a crash."""
+    """All valid records. A torn line (a writer killed mid-line) or a corrupt one is skipped with one warning;
+    a file with lines but no valid record at all is an error."""
     if not path.exists():
         raise ResultsError(f"{path}: no such file (is this a run folder?)")
-    records = []
+    records, skipped = [], []
     with open(path, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
@@ -95,13 +96,27 @@ def read_cases(path: Path) -> list[dict[str, Any]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                warnings.warn(f"{path}:{n}: skipped a torn or corrupt line", stacklevel=2)
-                continue
+                record = None
             if not isinstance(record, dict) or any(k not in record for k in KEY_COLUMNS + ["status"]):
-                warnings.warn(f"{path}:{n}: skipped a line that is not a case record", stacklevel=2)
+                skipped.append(n)
                 continue
             records.append(record)
+    if skipped and not records:
+        raise ResultsError(f"{path}: corrupt, none of its {len(skipped)} line(s) is a case record")
+    if skipped:
+        lines = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
+        warnings.warn(f"{path}: skipped {len(skipped)} torn or corrupt line(s): {lines}", stacklevel=2)
     return records
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut a last line that has no newline (its writer was killed mid-write) so appends start on a fresh line."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -101,7 +101,8 @@ class CaseRunner:
             rec.update(self._measure(benchmark, strategy, case, device, rec))
         except Exception as exc:  # a harness bug must not stop the run either
             rec.update(status="error", message=f"harness: {type(exc).__name__}: {exc}")
-        if rec["status"] in ("timeout", "oom") and not rec["message"].startswith("skipped"):
+        single_call_timeout = rec.pop("_single_call", False)
+        if single_call_timeout or rec["status"] == "oom" and not rec["message"].startswith("skipped"):
             self._failed_shapes.setdefault((strategy.name, device, case.model, case.dtype), []).append(
                 (case, rec["status"])
             )
@@ -129,7 +130,7 @@ class CaseRunner:
 
         model, x = shape.model, shape.x
         try:
-            with measure.time_limit(self.run.time_budget_s):
+            with measure.time_limit(self.run.time_budget_s, "one call"):
                 output = strategy(model, x)
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
@@ -138,20 +139,23 @@ class CaseRunner:
             rec.update(max_abs_error=check.max_abs_error, tolerance=check.tolerance)
             if not check.ok:
                 return {"status": "wrong", "message": check.message}
-            with measure.time_limit(self.run.time_budget_s):
+            with measure.time_limit(self.run.time_budget_s, "one call"):
                 start = measure.synced_clock()
                 strategy(model, x)
                 one_call = measure.synced_clock() - start
             p = measure.plan(one_call, self.run.grid.budget.target_s)
+            # The timed phase is bounded by its plan; this limit only guards against a hang (a loaded machine can
+            # slow calls many times over, and that must not be mistaken for a timeout of the strategy).
             planned_s = (p.rounds + p.warmup_rounds) * p.iterations * one_call
-            with measure.time_limit(self.run.time_budget_s + 3 * planned_s):
+            with measure.time_limit(max(30.0, self.run.time_budget_s + 20 * planned_s), "the timed rounds"):
                 benchmark.pedantic(strategy.fn, args=(model, x), rounds=p.rounds, iterations=p.iterations,
                                    warmup_rounds=p.warmup_rounds)
             peak = measure.peak_memory(lambda: strategy(model, x), device)
         except Unsupported as exc:
             return {"status": "unsupported", "message": str(exc)}
         except measure.CaseTimeout as exc:
-            return {"status": "timeout", "message": str(exc)}
+            # only a single call over the budget predicts that larger shapes will time out too
+            return {"status": "timeout", "message": str(exc), "_single_call": exc.what == "one call"}
         except Exception as exc:
             if measure.is_out_of_memory(exc):
                 _free(device)
@@ -178,7 +182,7 @@ class CaseRunner:
         _free(device)
         shape = Shape(key=key)
         try:
-            with measure.time_limit(max(10 * self.run.time_budget_s, 30)):
+            with measure.time_limit(max(10 * self.run.time_budget_s, 30), "building the model and reference"):
                 model, x = models.build(self.run.model_defs[case.model], case.batch, case.hidden, case.in_dim,
                                         case.out_dim, device, dtype)
                 with torch.no_grad():
@@ -188,8 +192,8 @@ class CaseRunner:
             shape.model, shape.x = model, x
         except MemoryError as exc:
             shape.status, shape.message = "over_budget", f"reference: {exc}"
-        except measure.CaseTimeout:
-            shape.status, shape.message = "timeout", "building the model, forward pass or float64 reference timed out"
+        except measure.CaseTimeout as exc:
+            shape.status, shape.message = "timeout", str(exc)
         except Exception as exc:
             status = "oom" if measure.is_out_of_memory(exc) else "error"
             shape.status, shape.message = status, f"model/reference: {type(exc).__name__}: {_first_line(exc)}"

@@ -191,6 +191,7 @@ def _open_folder(run: Run) -> None:
         shutil.rmtree(run.folder)
         shutil.rmtree(Path("plots") / run.run_id, ignore_errors=True)
     run.folder.mkdir(parents=True, exist_ok=True)
+    results.drop_torn_tail(run.cases_path)
     run.cases_path.touch()
     env_path = run.folder / "env.json"
     previous = results.read_json(env_path) if run.settings.resume and env_path.exists() else {}
