@@ -1,0 +1,224 @@
+"""Several runs (or the devices of one run) side by side: speedups, crossover batch sizes, winners per side.
+
+A side is one (run, device): a CPU box and a GPU box are two runs with one device each, a GPU box that also measured
+its CPU is one run with two sides. The first side is the baseline "a"; every other side "b" is compared with it on
+the cases both measured (KEY_COLUMNS minus device). Speedup = time on a / time on b: above 1, b is faster.
+Output: results/compare-<a>-vs-<b>/report.md + report.html, plots/compare-<a>-vs-<b>/*.png, rendered like a run
+report (report.render).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench import aggregate as agg
+from bench.aggregate import Run, fmt_ratio, fmt_time, load_run
+from bench.plots import save, slug, speedup_vs_batch
+from bench.report import Block, Document, Section, env_table, figure_block, render, table_block
+from bench.results import KEY_COLUMNS, ResultsError
+
+JOIN = [k for k in KEY_COLUMNS if k != "device"]
+KEEP = ["status", "time_median_s", "valid", "computes_j", "sweeps"]
+
+
+@dataclass
+class Side:
+    label: str
+    run: Run
+    device: str
+    frame: pd.DataFrame
+
+
+def sides_of(runs: list[Run]) -> list[Side]:
+    """(run, device) pairs in the order given, cpu before cuda within a run, with short distinct labels."""
+    pairs = [(run, device) for run in runs
+             for device in sorted(run.frame["device"].unique(), key=lambda d: (agg.DEVICE_ORDER.get(d, 9), d))]
+    one_device = all(r.frame["device"].nunique() == 1 for r in runs)
+    labels: list[str] = []
+    for run, device in pairs:
+        label = run.run_id if one_device else device if len(runs) == 1 else f"{run.run_id}-{device}"
+        labels.append(label if label not in labels else f"{label}-{len(labels) + 1}")
+    return [Side(label, run, device, run.frame[run.frame["device"] == device])
+            for label, (run, device) in zip(labels, pairs, strict=True)]
+
+
+def join(a: Side, b: Side) -> tuple[pd.DataFrame, list[str]]:
+    """Cases measured on both sides; when their dtypes do not overlap at all, join across dtypes with a warning."""
+    notes = []
+    keys = JOIN
+    left, right = a.frame[JOIN + KEEP], b.frame[JOIN + KEEP]
+    if not set(left["dtype"]) & set(right["dtype"]):
+        keys = [k for k in JOIN if k != "dtype"]
+        notes.append(f"{a.label} measured {sorted(set(left['dtype']))}, {b.label} {sorted(set(right['dtype']))}: "
+                     "compared across dtypes, speedups mix precision and hardware")
+        right = right.drop(columns="dtype")
+    both = left.merge(right, on=keys, suffixes=("_a", "_b"))
+    if both.empty:
+        shapes = {s.label: s.frame[agg.AXES].drop_duplicates().shape[0] for s in (a, b)}
+        raise ResultsError(
+            f"{a.label} ({a.run.path}) and {b.label} ({b.run.path}) share no cases (same strategy, model, dtype and "
+            f"B, H, in, out); models {sorted(set(a.frame['model']))} vs {sorted(set(b.frame['model']))}, "
+            f"{shapes[a.label]} vs {shapes[b.label]} shapes: run both with the same GRID and MODEL")
+    ok = (both["status_a"] == "ok") & (both["status_b"] == "ok")
+    both["speedup"] = (both["time_median_s_a"] / both["time_median_s_b"]).where(ok)
+    return both.rename(columns={"sweeps_a": "sweeps"}), notes
+
+
+def speedup_cell(row: pd.Series) -> str:
+    """A ratio when both sides are ok; otherwise which side did what (never a number for a failed case)."""
+    if row["status_a"] == "ok" and row["status_b"] == "ok":
+        return fmt_ratio(row["speedup"])
+    if row["status_a"] == row["status_b"]:
+        return f"both {row['status_a']}"
+    return "; ".join(f"{s}: {row[f'status_{s}']}" for s in ("a", "b") if row[f"status_{s}"] != "ok")
+
+
+def b_wins(row: pd.Series) -> bool | None:
+    """Whether side b wins this case: faster when both ran, or the only one that ran; None when neither ran."""
+    ok_a, ok_b = row["status_a"] == "ok", row["status_b"] == "ok"
+    if ok_a and ok_b:
+        return bool(row["speedup"] > 1)
+    if ok_a != ok_b and "unsupported" not in (row["status_a"], row["status_b"]):
+        return ok_b
+    return None
+
+
+def crossover(line: pd.DataFrame) -> tuple[str, Any]:
+    """Smallest batch from which b wins at every larger measured batch of this strategy's line."""
+    decided = [(int(r["batch"]), w) for _, r in line.sort_values("batch").iterrows() if (w := b_wins(r)) is not None]
+    if not decided:
+        return "—", None
+    start = None
+    for batch, win in reversed(decided):
+        if not win:
+            break
+        start = batch
+    if start is None:
+        return f"never (a wins up to B={decided[-1][0]})", None
+    if start == decided[0][0]:
+        return f"b wins at every measured batch (B ≥ {start})", start
+    return f"from B = {start}", start
+
+
+def pair_sections(a: Side, b: Side, both: pd.DataFrame, plot_dir: Path) -> list[Section]:
+    """Speedup tables, crossover and plot for one (a, b) pair, one section per (model, dtype)."""
+    sections = []
+    for (model, dtype), part in both.groupby(["model", "dtype"]):
+        where = f"{model} · {dtype}"
+        line = agg.sweep_line(part, "batch")
+        section = Section(f"{b.label} over {a.label} — {where}", [
+            Block("text", text=f"Speedup = time on a ({a.label}, {a.device}) / time on b ({b.label}, {b.device}); "
+                               "above 1× b is faster. A cell names the side whose case did not run ok.")])
+        if len(line):
+            name = f"speedup_vs_batch-{slug(a.label)}-vs-{slug(b.label)}-{slug(model)}-{slug(dtype)}"
+            fig = speedup_vs_batch(line, a.label, b.label, where)
+            if fig is not None:
+                section.blocks.append(figure_block(save(fig, plot_dir, name), f"{name}: speedup per strategy vs batch"))
+            table = line.assign(cell=[speedup_cell(r) for _, r in line.iterrows()]).pivot_table(
+                index="batch", columns="strategy", values="cell", aggfunc="first")
+            table = table[agg.strategy_order(table.columns)].fillna("")
+            table.columns.name = None
+            section.blocks.append(table_block(table, f"speedup-{name}", index=True,
+                                              caption=f"Speedup of {b.label} over {a.label} vs batch size "
+                                                      f"({_fixed(line)})"))
+            cross = [{"strategy": s, "crossover": crossover(rows)[0],
+                      "speedup at smallest B": _at(rows, "first"), "speedup at largest B": _at(rows, "last")}
+                     for s, rows in line.groupby("strategy")]
+            cross_table = pd.DataFrame(cross).set_index("strategy").reindex(agg.strategy_order(line["strategy"]))
+            section.blocks.append(table_block(cross_table.reset_index(), f"cross-{name}",
+                                              caption=f"Crossover: batch size from which {b.label} wins"))
+        else:
+            shapes = [f"B{r.batch}-H{r.hidden}-in{r.in_dim}-out{r.out_dim}" for r in part.itertuples()]
+            table = part.assign(shape=shapes, cell=[speedup_cell(r) for _, r in part.iterrows()])
+            table = table.pivot_table(index="shape", columns="strategy", values="cell", aggfunc="first").fillna("")
+            caption = f"Speedup of {b.label} over {a.label} per shape (no batch sweep)"
+            section.blocks.append(table_block(table, f"speedup-{slug(model)}-{slug(dtype)}", index=True,
+                                              caption=caption))
+        sections.append(section)
+    return sections
+
+
+def _fixed(line: pd.DataFrame) -> str:
+    return ", ".join(f"{a}={line[a].iloc[0]}" for a in ("hidden", "in_dim", "out_dim"))
+
+
+def _at(rows: pd.DataFrame, end: str) -> str:
+    row = rows.sort_values("batch").iloc[0 if end == "first" else -1]
+    return f"B={row['batch']}: {speedup_cell(row)}"
+
+
+def winners(sides: list[Side]) -> pd.DataFrame:
+    """Fastest valid strategy per shape on every side, next to each other (shapes measured by all sides)."""
+    shape = ["model", "dtype", *agg.AXES]
+    merged = None
+    for side in sides:
+        best = agg.best_per_shape(side.frame)[shape + ["winner", "best_s"]]
+        best = best.assign(best_s=best["best_s"].map(fmt_time)).rename(
+            columns={"winner": f"fastest on {side.label}", "best_s": f"time on {side.label}"})
+        merged = best if merged is None else merged.merge(best, on=shape)
+    return merged if merged is not None else pd.DataFrame()
+
+
+def warnings_for(sides: list[Side]) -> list[str]:
+    """Differences that make a speedup mean something else than the hardware: software versions, precision."""
+    out = []
+    for key, what in (("torch", "torch versions"), ("cuda", "CUDA versions"), ("tf32", "TF32 settings")):
+        values = {s.label: s.run.env.get(key) for s in sides if s.run.env.get(key) is not None}
+        if len({str(v) for v in values.values()}) > 1:
+            out.append(f"{what} differ ({', '.join(f'{k}: {v}' for k, v in values.items())}): the speedups mix "
+                       "software and hardware")
+    dtypes = {s.label: sorted(set(s.frame["dtype"])) for s in sides}
+    if len({tuple(v) for v in dtypes.values()}) > 1:
+        out.append(f"dtypes differ ({', '.join(f'{k}: {v}' for k, v in dtypes.items())}): only matching cases compare")
+    return out
+
+
+def build_compare(run_dirs: list[Path], out_root: Path = Path("results"), plots_root: Path = Path("plots")) -> Path:
+    """Compare ≥ 2 sides (runs, or the devices of one run); returns the path of report.md (report.html beside it)."""
+    if not run_dirs:
+        raise ResultsError("compare needs at least 2 run folders (or one run with several devices)")
+    runs = [load_run(Path(d)) for d in run_dirs]
+    sides = sides_of(runs)
+    if len(sides) < 2:
+        raise ResultsError(f"compare needs at least 2 runs or devices, got {len(runs)} run(s) with device "
+                           f"{sides[0].device if sides else '?'} only: give a second run folder")
+    name = "compare-" + "-vs-".join(slug(s.label) for s in sides)
+    plot_dir = Path(plots_root) / name
+    a = sides[0]
+    doc = Document(title=f"jacobench comparison — {' vs '.join(s.label for s in sides)}",
+                   subtitle=f"baseline a = {a.label}; " + "; ".join(f"{s.label}: {s.device} of run {s.run.run_id}"
+                                                                    for s in sides),
+                   warnings=warnings_for(sides) + [w for r in runs for w in r.warnings])
+    env = {s.label: {**s.run.env, "devices": {s.device: (s.run.env.get("devices") or {}).get(s.device, s.device)}}
+           for s in sides}
+    doc.sections.append(Section("Environments", [table_block(env_table(env), "envs")]))
+    summary = Section("What this means")
+    pair_parts = []
+    for b in sides[1:]:
+        both, notes = join(a, b)
+        doc.warnings += notes
+        speed = both["speedup"].dropna()
+        text = f"{len(both)} common cases, {len(speed)} ok on both sides"
+        if len(speed):
+            text += (f"; {b.label} faster on {int((speed > 1).sum())}; median speedup {fmt_ratio(speed.median())} "
+                     f"(range {fmt_ratio(speed.min())} – {fmt_ratio(speed.max())})")
+        items = [(f"{b.label} over {a.label}", text)]
+        line = agg.sweep_line(both, "batch") if len(both) else both
+        for strategy, rows in (line.groupby("strategy") if len(line) else []):
+            items.append((f"crossover, {strategy}", crossover(rows)[0]))
+        summary.blocks.append(Block("bullets", items=items))
+        pair_parts += pair_sections(a, b, both, plot_dir)
+    doc.sections += [summary, *pair_parts]
+    win = winners(sides)
+    if len(win):
+        doc.sections.append(Section("Fastest valid strategy per shape, side by side", [table_block(win, "winners")]))
+    only = {s.label: sorted(set(s.frame["strategy"]) - set.intersection(*(set(t.frame["strategy"]) for t in sides)))
+            for s in sides}
+    if any(only.values()):
+        doc.sections.append(Section("Not on every side", [Block("bullets", items=[
+            (label, ", ".join(names)) for label, names in only.items() if names])]))
+    return render(doc, Path(out_root) / name)

@@ -1,0 +1,315 @@
+"""Figures of one run (and of a comparison), matplotlib with the Agg backend, imported only when drawing.
+
+Each plot has one name, which is its file name: plots/<run-id>/<name>.png, e.g. time_vs_batch-cpu-mlp-float32.
+A strategy has the same colour and marker in every plot of every run (fixed map, then a stable hash for plugins).
+Failed points are drawn at the top edge of the axes: 'x' = wrong (validation failed: silently incorrect), '^' =
+failed or skipped (oom, timeout, over budget, error). `unsupported` is not drawn: the strategy does not apply.
+A plot with no data in this run (e.g. the smoke grid has no sweep) is skipped, not drawn empty.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.aggregate import (
+    AXES,
+    AXIS_LABEL,
+    Run,
+    fmt_ratio,
+    fmt_time,
+    groups,
+    plane,
+    strategy_order,
+    sweep_line,
+    where_label,
+)
+from bench.results import atomic_write_bytes
+
+COLORS = {
+    "analytic": "#000000",
+    "grad_summed": "#9a9a9a",
+    "grad_loop": "#1f77b4",
+    "grad_batched": "#ff7f0e",
+    "jacobian_diagonal": "#d62728",
+    "jacobian_sum": "#9467bd",
+    "vmap_jacrev": "#2ca02c",
+    "vmap_jacfwd": "#17becf",
+    "jvp_loop": "#8c564b",
+}
+MARKERS = {"analytic": "*", "grad_summed": ".", "grad_loop": "o", "grad_batched": "s", "jacobian_diagonal": "D",
+           "jacobian_sum": "v", "vmap_jacrev": "P", "vmap_jacfwd": "X", "jvp_loop": "<"}
+PLUGIN_COLORS = ["#e377c2", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
+                 "#31a354", "#756bb1", "#636363"]
+PLUGIN_MARKERS = ["h", "p", "d", ">", "^", "8"]
+STATUS_COLORS = {"ok": "#2ca02c", "wrong": "#d62728", "failed": "#ff7f0e", "unsupported": "#c7c7c7"}
+FAILED = ("oom", "over_budget", "timeout", "error")
+FORWARD = "forward model(x)"
+
+
+def color(strategy: str) -> str:
+    """Fixed colour per strategy name; plugins get a stable hash-picked colour (the same in every run)."""
+    return COLORS.get(strategy) or PLUGIN_COLORS[zlib.crc32(strategy.encode()) % len(PLUGIN_COLORS)]
+
+
+def marker(strategy: str) -> str:
+    return MARKERS.get(strategy) or PLUGIN_MARKERS[zlib.crc32(strategy.encode()) % len(PLUGIN_MARKERS)]
+
+
+def slug(text: str) -> str:
+    """A file-name-safe piece of a plot name (a model given as path/to/file.py:factory, say)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "x"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig: Any, out_dir: Path, name: str) -> Path:
+    """Write <out_dir>/<name>.png atomically and close the figure (long reports draw many)."""
+    plt = _pyplot()
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    path = out_dir / f"{name}.png"
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def plot_run(run: Run, out_dir: Path) -> dict[str, Path]:
+    """Every plot the run has data for, name -> path; the names are ordered as the report shows them."""
+    out: dict[str, Path] = {}
+    for (model, device, dtype), part in groups(run.frame):
+        tag = f"{slug(device)}-{slug(model)}-{slug(dtype)}"
+        where = where_label((model, device, dtype), run.env)
+        for kind, draw, args in _plots():
+            fig = draw(part, *args, where)
+            if fig is not None:
+                out[f"{kind}-{tag}"] = save(fig, out_dir, f"{kind}-{tag}")
+    return out
+
+
+def _plots() -> list[tuple[str, Callable[..., Any], tuple]]:
+    """(kind, draw, extra args) in report order; draw(part, *args, where) returns a figure or None (no data)."""
+    return [*[(f"time_vs_{axis}", time_vs_axis, (axis,)) for axis in AXES], ("jf_ratio_vs_batch", jf_vs_batch, ()),
+            ("memory_vs_batch", memory_vs_batch, ()), ("winner_map", winner_map, ()),
+            ("coupled_status", coupled_status, ())]
+
+
+def _fixed(line: pd.DataFrame, axis: str) -> str:
+    short = {"batch": "B", "hidden": "H", "in_dim": "in", "out_dim": "out"}
+    return ", ".join(f"{short[a]}={line[a].iloc[0]}" for a in AXES if a != axis)
+
+
+def _lines(ax: Any, line: pd.DataFrame, axis: str, column: str, forward: bool = False) -> None:
+    """One line per strategy over `axis`; failed points as markers on the top edge; legend outside on the right."""
+    from matplotlib.lines import Line2D
+
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    top = ax.get_xaxis_transform()  # x in data, y in axes coordinates: 0.97 is the top edge
+    flags: set[str] = set()
+    stacked: dict[int, int] = {}
+    for strategy in strategy_order(line["strategy"]):
+        rows = line[line["strategy"] == strategy].sort_values(axis)
+        ok = rows[(rows["status"] == "ok") & rows[column].gt(0)]
+        not_j = not rows["computes_j"].all()
+        if len(ok):
+            label = strategy + (" (sum over outputs, not J)" if not_j else "")
+            ax.plot(ok[axis], ok[column], color=color(strategy), marker=marker(strategy), markersize=5,
+                    linestyle=":" if not_j else "-", linewidth=2.2 if strategy == "analytic" else 1.5, label=label)
+        for status, sym in (("wrong", "x"), *((s, "^") for s in FAILED)):
+            bad = rows[rows["status"] == status]
+            if len(bad):
+                flags.add(sym)
+                ys = []  # stack the markers of several strategies failing at the same x downwards from the top
+                for x in bad[axis]:
+                    ys.append(0.97 - 0.04 * stacked.get(x, 0))
+                    stacked[x] = stacked.get(x, 0) + 1
+                ax.scatter(bad[axis], ys, transform=top, marker=sym, s=60, color=color(strategy),
+                           linewidths=2, clip_on=False, zorder=5, label=None if len(ok) else strategy)
+    if forward:
+        fwd = line.groupby(axis)["forward_median_s"].median().dropna()
+        if len(fwd):
+            ax.plot(fwd.index, fwd.values, color="#bbbbbb", linestyle="--", linewidth=2, label=FORWARD)
+    if flags:  # headroom so the failure markers on the top edge do not sit on data
+        lo, hi = ax.get_ylim()
+        if 0 < lo < hi:
+            ax.set_ylim(lo, hi * (hi / lo) ** (0.1 + 0.05 * max(stacked.values())))
+    handles, labels = ax.get_legend_handles_labels()
+    for sym, text in (("x", "wrong (silently incorrect)"), ("^", "failed/skipped (oom, timeout, budget, error)")):
+        if sym in flags:
+            handles.append(Line2D([], [], color="#555555", marker=sym, linestyle="none", markersize=8, mew=2))
+            labels.append(text)
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    log_axes(ax, sorted(line[axis].unique()), fmt_time if column == "time_median_s" else _fmt_plain)
+    ax.set_xlabel(AXIS_LABEL[axis] + " (log scale)")
+
+
+def _fmt_plain(v: float) -> str:
+    return f"{v:g}"
+
+
+def log_axes(ax: Any, xs: list[int], yfmt: Callable[[float], str]) -> None:
+    """Log-log with readable ticks: the measured x values as integers, y at 1-2-5 steps in the quantity's unit.
+
+    Plain text ticks instead of matplotlib's 10^k mathtext: easier to read, and much faster to draw.
+    """
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator
+
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(xs))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: yfmt(v)))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _figure(title: str, subtitle: str) -> tuple[Any, Any]:
+    fig, ax = _pyplot().subplots(figsize=(8.5, 4.8))
+    ax.set_title(f"{title}\n{subtitle}", fontsize=10)
+    return fig, ax
+
+
+def _ratio_formatter() -> Any:
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda v, _: fmt_ratio(v))
+
+
+def time_vs_axis(part: pd.DataFrame, axis: str, where: str) -> Any | None:
+    """Time per Jacobian call against one swept dimension, the others at the grid's base point."""
+    line = sweep_line(part, axis)
+    if line.empty or not (line["status"] == "ok").any():
+        return None
+    fig, ax = _figure(f"Time per Jacobian call vs {AXIS_LABEL[axis]} ({_fixed(line, axis)})", where)
+    _lines(ax, line, axis, "time_median_s", forward=True)
+    ax.set_ylabel("median time per call [s]")
+    return fig
+
+
+def jf_vs_batch(part: pd.DataFrame, where: str) -> Any | None:
+    """J/F: how many forward passes one Jacobian costs; flat means the strategy scales like the model itself."""
+    line = sweep_line(part, "batch")
+    if line.empty or not line["jf_ratio"].gt(0).any():
+        return None
+    fig, ax = _figure(f"Jacobian time / forward time vs batch size ({_fixed(line, 'batch')})", where)
+    _lines(ax, line, "batch", "jf_ratio")
+    ax.yaxis.set_major_formatter(_ratio_formatter())
+    ax.axhline(1.0, color="#bbbbbb", linestyle="--", linewidth=1)
+    ax.set_ylabel("J/F ratio = time(J) / time(model(x)) [×]")
+    return fig
+
+
+def memory_vs_batch(part: pd.DataFrame, where: str) -> Any | None:
+    line = sweep_line(part, "batch")
+    if line.empty or not line["peak_memory_bytes"].gt(0).any():
+        return None
+    line = line.assign(peak_mib=line["peak_memory_bytes"] / 2**20)
+    fig, ax = _figure(f"Peak memory of one call vs batch size ({_fixed(line, 'batch')})", where)
+    _lines(ax, line, "batch", "peak_mib")
+    ax.set_ylabel("peak memory above baseline [MiB]")
+    return fig
+
+
+def winner_map(part: pd.DataFrame, where: str) -> Any | None:
+    """Fastest valid strategy at each (in, out) of the plane; the number is how much slower the runner-up is."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    rows = plane(part)
+    if rows.empty or not rows["valid"].any():
+        return None
+    ins, outs = sorted(rows["in_dim"].unique()), sorted(rows["out_dim"].unique())
+    fastest = rows[rows["valid"]].sort_values("time_median_s").groupby(["in_dim", "out_dim"])["strategy"].first()
+    names = strategy_order(fastest)  # only the winners get a colour and a legend entry
+    palette = ["#ffffff", "#dddddd"] + [color(s) for s in names]  # 0: not measured, 1: nothing valid
+    grid = [[0] * len(ins) for _ in outs]
+    text = [["not measured"] * len(ins) for _ in outs]
+    for (i, o), shape in rows.groupby(["in_dim", "out_dim"]):
+        valid = shape[shape["valid"]].sort_values("time_median_s")
+        y, x = outs.index(o), ins.index(i)
+        if valid.empty:
+            grid[y][x], text[y][x] = 1, "none valid"
+            continue
+        grid[y][x] = 2 + names.index(valid["strategy"].iloc[0])
+        margin = valid["time_median_s"].iloc[1] / valid["time_median_s"].iloc[0] if len(valid) > 1 else None
+        text[y][x] = valid["strategy"].iloc[0] + (f"\nnext ×{margin:.2f}" if margin else "")
+    fig, ax = _pyplot().subplots(figsize=(1.5 + 1.5 * len(ins), 1.2 + 0.9 * len(outs)))
+    ax.imshow(grid, cmap=ListedColormap(palette), vmin=0, vmax=len(palette) - 1, origin="lower", aspect="auto")
+    for y in range(len(outs)):
+        for x in range(len(ins)):
+            ax.text(x, y, text[y][x], ha="center", va="center", fontsize=7, color=_ink(palette[grid[y][x]]))
+    ax.set_xticks(range(len(ins)), [str(v) for v in ins])
+    ax.set_yticks(range(len(outs)), [str(v) for v in outs])
+    ax.set_xlabel("input dim in")
+    ax.set_ylabel("output dim out")
+    b, h = rows["batch"].iloc[0], rows["hidden"].iloc[0]
+    ax.set_title(f"Fastest valid strategy over in × out (B={b}, H={h})\n{where}", fontsize=10)
+    ax.legend(handles=[Patch(color=color(s), label=s) for s in names], loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              fontsize=8, frameon=False)
+    return fig
+
+
+def _ink(background: str) -> str:
+    """Black or white text, whichever reads on this fill colour."""
+    r, g, b = (int(background[i : i + 2], 16) for i in (1, 3, 5))
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "white"
+
+
+def coupled_status(part: pd.DataFrame, where: str) -> Any | None:
+    """For a model whose output rows depend on other rows: which strategies are silently wrong, which are fine."""
+    if not part["coupled"].any():
+        return None
+    kind = part["status"].map(lambda s: s if s in ("ok", "wrong", "unsupported") else "failed")
+    counts = part.assign(kind=kind).groupby(["strategy", "kind"]).size().unstack("kind", fill_value=0)
+    counts = counts.reindex(index=strategy_order(counts.index)[::-1], columns=list(STATUS_COLORS), fill_value=0)
+    fig, ax = _pyplot().subplots(figsize=(8.5, 0.9 + 0.4 * len(counts)))
+    left = pd.Series(0, index=counts.index)
+    for status, c in STATUS_COLORS.items():
+        label = {"wrong": "wrong (silently incorrect)", "failed": "failed (oom, timeout, budget, error)"}.get(status,
+                                                                                                            status)
+        ax.barh(counts.index, counts[status], left=left, color=c, label=label)
+        left += counts[status]
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("cases (shapes measured)")
+    ax.set_title(f"Model couples samples (output row b depends on other rows): validation per strategy\n{where}",
+                 fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return fig
+
+
+def speedup_vs_batch(table: pd.DataFrame, a: str, b: str, where: str) -> Any | None:
+    """Compare: time on side a / time on side b per strategy vs batch; above 1 side b is faster."""
+    data = table.dropna(subset=["speedup"])
+    if data.empty or data["batch"].nunique() < 2:
+        return None
+    fig, ax = _figure(f"Speedup of {b} over {a} vs batch size (time {a} / time {b})", where)
+    for strategy in strategy_order(data["strategy"]):
+        rows = data[data["strategy"] == strategy].sort_values("batch")
+        ax.plot(rows["batch"], rows["speedup"], color=color(strategy), marker=marker(strategy), markersize=5,
+                label=strategy)
+    ax.axhline(1.0, color="#555555", linestyle="--", linewidth=1, label=f"parity (above: {b} faster)")
+    log_axes(ax, sorted(data["batch"].unique()), fmt_ratio)
+    ax.set_xlabel("batch size B (log scale)")
+    ax.set_ylabel(f"speedup = time {a} / time {b} [×]")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return fig

@@ -1,0 +1,143 @@
+"""Which strategy for my shape? The best valid strategy from measured runs, interpolated in log space.
+
+For each strategy, the k measured shapes nearest to the query (distance in log2 of B, H, in, out) give its expected
+time: the measurement itself on an exact match, else the inverse-distance-weighted mean of log time. A strategy
+whose nearest measured shape failed (wrong, timeout, oom, over budget, error) is not a candidate: extrapolating from
+its successes would recommend it exactly where it breaks. "output_sum" strategies compute J only when out == 1.
+`leave_one_out` scores this honestly: hide one shape, recommend from the rest, compare with what was measured there.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.aggregate import AXES, GROUP, SHAPE, load_run
+from bench.results import ResultsError
+
+K_NEAREST = 4
+POWER = 2.0  # inverse-distance exponent
+
+
+def recommend(run_dirs: list[Path], batch: int, hidden: int, in_dim: int, out_dim: int, device: str | None = None,
+              model: str | None = None, dtype: str | None = None) -> dict[str, Any]:
+    """The best valid strategy for (batch, hidden, in_dim, out_dim), its expected time and the runner-up.
+
+    `device`, `model` and `dtype` narrow the measurements; left out, the one present is used (for model and dtype,
+    "mlp" and "float32" when several are) and, across several devices, the fastest device wins.
+    """
+    if not run_dirs:
+        raise ResultsError("recommend needs at least one run folder (--results results/<run-id>)")
+    frame = pd.concat([load_run(Path(d)).frame for d in run_dirs], ignore_index=True)
+    shape = {"batch": batch, "hidden": hidden, "in_dim": in_dim, "out_dim": out_dim}
+    for axis, value in shape.items():
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ResultsError(f"--{axis.replace('_', '-')} must be a positive integer, not {value!r}")
+    model = model or _pick(frame["model"], "mlp")
+    dtype = dtype or _pick(frame["dtype"], "float32")
+    devices = [device] if device else sorted(frame["device"].unique())
+    picks = []
+    for dev in devices:
+        part = frame[(frame["model"] == model) & (frame["device"] == dev) & (frame["dtype"] == dtype)]
+        if part.empty:
+            have = sorted(set(map(tuple, frame[GROUP].drop_duplicates().to_numpy())))
+            raise ResultsError(f"no measurement for model={model} device={dev} dtype={dtype}; the runs have "
+                               f"(model, device, dtype) = {have}: choose one of those")
+        pick = predict(part, shape)
+        if pick is not None:
+            picks.append({**pick, "device": dev, "model": model, "dtype": dtype})
+    if not picks:
+        raise ResultsError(f"no valid measurement near B={batch} H={hidden} in={in_dim} out={out_dim} for "
+                           f"{model}/{dtype} on {', '.join(devices)}: every strategy failed there; measure this "
+                           f"shape (e.g. a custom GRID) or relax the budgets")
+    return min(picks, key=lambda p: p["expected_time_s"])
+
+
+def _pick(values: pd.Series, preferred: str) -> str:
+    present = values.value_counts()
+    return preferred if preferred in present.index else str(present.index[0])
+
+
+def predict(part: pd.DataFrame, shape: dict[str, int]) -> dict[str, Any] | None:
+    """Recommendation inside one (model, device, dtype) frame; None when no strategy is a candidate."""
+    target = np.log2([shape[a] for a in AXES])
+    expected: dict[str, float] = {}
+    basis: dict[str, str] = {}
+    for strategy, rows in part.groupby("strategy"):
+        if (rows["returns"] == "output_sum").any() and shape["out_dim"] > 1:
+            continue  # it returns J.sum(1) at this shape: never a recommendation
+        ok = rows["status"].eq("ok") & rows["time_median_s"].gt(0)
+        dist = np.sqrt(((np.log2(rows[AXES].to_numpy(float)) - target) ** 2).sum(axis=1))
+        order = np.argsort(dist, kind="stable")
+        nearest = order[:K_NEAREST]
+        if not ok.iloc[nearest[0]]:
+            continue  # failed (or was skipped) at the closest measured shape
+        use = [i for i in nearest if ok.iloc[i]]
+        d = dist[use]
+        logt = np.log(rows["time_median_s"].to_numpy(float)[use])
+        if d[0] < 1e-9:
+            expected[strategy], basis[strategy] = float(math.exp(logt[0])), "exact"
+        else:
+            w = 1.0 / d**POWER
+            expected[strategy] = float(math.exp((w * logt).sum() / w.sum()))
+            basis[strategy] = ", ".join(_shape_id(rows.iloc[i]) for i in use)
+    if not expected:
+        return None
+    ranked = sorted(expected.items(), key=lambda kv: kv[1])
+    best = ranked[0][0]
+    where = f"B{shape['batch']}-H{shape['hidden']}-in{shape['in_dim']}-out{shape['out_dim']}"
+    if basis[best] == "exact":
+        text = f"measured at {where}"
+    else:
+        text = f"log-time inverse-distance interpolation to {where} from the {K_NEAREST} nearest shapes: {basis[best]}"
+    return {
+        "strategy": best,
+        "expected_time_s": ranked[0][1],
+        "runner_up": ranked[1][0] if len(ranked) > 1 else None,
+        "runner_up_time_s": ranked[1][1] if len(ranked) > 1 else None,
+        "exact": basis[best] == "exact",
+        "basis": text,
+        "candidates": dict(ranked),
+    }
+
+
+def _shape_id(row: pd.Series) -> str:
+    return f"B{row['batch']}-H{row['hidden']}-in{row['in_dim']}-out{row['out_dim']}"
+
+
+def leave_one_out(frame: pd.DataFrame) -> dict[str, Any]:
+    """Regret of `predict` when each measured shape is hidden in turn: time of the pick / time of the measured best.
+
+    A pick that was not valid at the hidden shape (it failed there) counts as infinite regret and as `failed`.
+    Quantiles use observed values only (no interpolation), so an infinite regret never turns into NaN.
+    """
+    regrets = []
+    for _, part in frame.groupby(GROUP):
+        for shape, rows in part.groupby(AXES):
+            valid = rows[rows["valid"]]
+            rest = part[(part[AXES] != pd.Series(dict(zip(AXES, shape, strict=True)))).any(axis=1)]
+            if valid.empty or rest.empty:
+                continue
+            pick = predict(rest, dict(zip(AXES, map(int, shape), strict=True)))
+            if pick is None:
+                continue
+            chosen = valid[valid["strategy"] == pick["strategy"]]
+            best = valid["time_median_s"].min()
+            regrets.append(chosen["time_median_s"].iloc[0] / best if len(chosen) else math.inf)
+    if not regrets:
+        return {"median": None, "p90": None, "n": 0, "failed": 0, "best_picks": 0}
+    values = np.array(regrets)
+    return {
+        "median": float(np.quantile(values, 0.5, method="inverted_cdf")),
+        "p90": float(np.quantile(values, 0.9, method="inverted_cdf")),
+        "n": len(values),
+        "failed": int(np.isinf(values).sum()),
+        "best_picks": int((values == 1.0).sum()),
+    }
+
+
+__all__ = ["recommend", "predict", "leave_one_out", "SHAPE"]

@@ -1,0 +1,80 @@
+"""Comparison of runs (a CPU box and a GPU box) and of the devices of one run, on small synthetic runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from run_fixtures import make_run
+
+from bench.compare import build_compare
+from bench.results import ResultsError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def two_boxes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("compare")
+    a = make_run(root / "results", "cpu-box", devices=("cpu",), coupled=False, small=True)
+    b = make_run(root / "results", "gpu-box", devices=("cuda",), coupled=False, small=True, torch="2.5.0")
+    md = build_compare([a, b], root / "results", root / "plots")
+    return {"root": root, "html": md.with_suffix(".html"), "md": md}
+
+
+def test_output_location(two_boxes: dict[str, Path]) -> None:
+    assert two_boxes["md"] == two_boxes["root"] / "results" / "compare-cpu-box-vs-gpu-box" / "report.md"
+    assert two_boxes["html"].is_file()
+    plots = list((two_boxes["root"] / "plots" / "compare-cpu-box-vs-gpu-box").glob("*.png"))
+    assert plots and all(p.read_bytes()[:8] == PNG for p in plots)
+
+
+def test_speedup_table_per_strategy_vs_batch(two_boxes: dict[str, Path]) -> None:
+    md = two_boxes["md"].read_text()
+    assert "Speedup of gpu-box over cpu-box vs batch size" in md
+    table = md.split("Speedup of gpu-box over cpu-box vs batch size", 1)[1].split("\n\n", 2)[1]
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    assert header[0] == "batch" and {"vmap_jacrev", "grad_loop", "analytic"} <= set(header)
+    batches = [line.strip("|").split("|")[0].strip() for line in table.splitlines()[2:]]
+    assert batches == ["1", "4", "16", "64"]  # the small sweep plus the base point, which lies on it
+    assert re.search(r"\d×", table)
+    assert "Crossover" in md and "crossover, vmap_jacrev" in md
+
+
+def test_winners_side_by_side_and_warnings(two_boxes: dict[str, Path]) -> None:
+    md, html = two_boxes["md"].read_text(), two_boxes["html"].read_text()
+    assert "fastest on cpu-box" in md and "fastest on gpu-box" in md
+    for text in (md, html):
+        assert "torch versions differ" in text
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)
+
+
+def test_devices_of_one_run(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "results", "both", coupled=False, small=True)
+    md = build_compare([run], tmp_path / "results", tmp_path / "plots")
+    assert md.parent.name == "compare-cpu-vs-cuda" and md.with_suffix(".html").is_file()
+    assert "Speedup of cuda over cpu" in md.read_text()
+
+
+def test_dtype_difference_is_visible(tmp_path: Path) -> None:
+    a = make_run(tmp_path, "a", devices=("cpu",), coupled=False, small=True)
+    b = make_run(tmp_path, "b", devices=("cuda",), coupled=False, small=True, dtype="float64")
+    md = build_compare([a, b], tmp_path / "out", tmp_path / "plots").read_text()
+    assert "dtypes differ" in md and "across dtypes" in md
+
+
+def test_user_errors(tmp_path: Path) -> None:
+    a = make_run(tmp_path, "a", devices=("cpu",), coupled=False, small=True)
+    with pytest.raises(ResultsError, match="at least 2"):
+        build_compare([a], tmp_path / "out", tmp_path / "plots")
+    with pytest.raises(ResultsError, match="at least 2"):
+        build_compare([], tmp_path / "out", tmp_path / "plots")
+    other = tmp_path / "other"
+    other.mkdir()
+    lines = (tmp_path / "a" / "cases.jsonl").read_text().replace('"model": "mlp"', '"model": "deep_mlp"')
+    (other / "cases.jsonl").write_text(lines.replace('"device": "cpu"', '"device": "cuda"'))
+    with pytest.raises(ResultsError, match="share no cases"):
+        build_compare([a, other], tmp_path / "out", tmp_path / "plots")
+    with pytest.raises(ResultsError, match="no such run folder"):
+        build_compare([a, tmp_path / "missing"], tmp_path / "out", tmp_path / "plots")

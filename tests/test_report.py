@@ -1,0 +1,148 @@
+"""The run report, checked structurally on a synthetic run folder: contents, plots, escaping, self-containment."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from run_fixtures import STRATEGIES, make_run, record
+
+from bench import aggregate
+from bench.report import build_report
+from bench.results import ResultsError, append_case
+
+EVIL = "<script>alert(1)</script>"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("report")
+    run = make_run(root / "results", "synth", extra_strategy=EVIL)
+    md = build_report(run, root / "plots")
+    return {"run": run, "html": md.with_suffix(".html"), "md": md, "plots": root / "plots" / "synth"}
+
+
+def test_report_files_are_written(built: dict[str, Path]) -> None:
+    assert built["md"] == built["run"] / "report.md"
+    assert built["md"].is_file() and built["html"].is_file()
+    for name in ("best", "status", "cases", "coupled", "time_vs_batch-cpu-mlp-float32"):
+        for ext in ("csv", "md", "html"):
+            assert (built["run"] / "tables" / f"{name}.{ext}").is_file(), f"{name}.{ext}"
+    assert not list(built["run"].rglob("*.tmp")), "atomic writes leave no temporary file"
+
+
+def test_every_strategy_appears(built: dict[str, Path]) -> None:
+    md, html = built["md"].read_text(), built["html"].read_text()
+    for name in STRATEGIES:
+        assert name in md and name in html, name
+
+
+def test_every_plot_is_a_png_and_linked(built: dict[str, Path]) -> None:
+    import matplotlib.image
+
+    expected = {f"time_vs_{axis}-{dev}-mlp-float32" for axis in aggregate.AXES for dev in ("cpu", "cuda")}
+    expected |= {f"{kind}-{dev}-mlp-float32" for kind in ("jf_ratio_vs_batch", "memory_vs_batch", "winner_map")
+                 for dev in ("cpu", "cuda")}
+    expected.add("coupled_status-cpu-mlp_batchnorm-float32")
+    found = {p.stem for p in built["plots"].glob("*.png")}
+    assert expected <= found
+    md = built["md"].read_text()
+    for path in built["plots"].glob("*.png"):
+        assert path.read_bytes()[:8] == PNG
+        assert matplotlib.image.imread(path).shape[0] > 100
+        link = re.search(rf"\]\(([^)]*{re.escape(path.name)})\)", md)
+        assert link, f"{path.name} not linked from report.md"
+        assert (built["md"].parent / link.group(1)).resolve() == path.resolve()
+
+
+def test_html_is_self_contained(built: dict[str, Path]) -> None:
+    html = built["html"].read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)
+    assert not re.search(r"<link\b", html, re.I)
+    assert not re.search(r"@import|url\(\s*['\"]?https?:", html, re.I)
+    assert "<script" not in html.lower()
+    assert html.count("data:image/png;base64,") == len(list(built["plots"].glob("*.png")))
+
+
+def test_strategy_names_are_escaped(built: dict[str, Path]) -> None:
+    html, md = built["html"].read_text(), built["md"].read_text()
+    assert EVIL not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert EVIL not in md and "&lt;script>alert(1)&lt;/script>" in md
+    for table in (built["run"] / "tables").glob("*.html"):
+        assert EVIL not in table.read_text(), table.name
+
+
+def _md_rows(path: Path) -> list[dict[str, str]]:
+    lines = [line for line in path.read_text().splitlines() if line.startswith("|")]
+    split = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
+    return [dict(zip(split[0], row, strict=True)) for row in split[2:]]
+
+
+def test_failed_rows_never_show_a_time(built: dict[str, Path]) -> None:
+    rows = _md_rows(built["run"] / "tables" / "cases.md")
+    statuses = {r["status"] for r in rows}
+    assert {"ok", "wrong", "timeout", "over_budget", "oom", "error", "unsupported"} <= statuses
+    for row in rows:
+        if row["status"] != "ok":
+            for col in ("time", "IQR", "J/F", "peak memory"):
+                assert row[col] == row["status"], row
+    numbers = pd.read_csv(built["run"] / "tables" / "cases.csv")
+    failed = numbers[numbers["status"] != "ok"]
+    assert failed[["time_median_s", "time_iqr_s", "jf_ratio", "vs_best", "peak_memory_bytes"]].isna().all().all()
+    pivot = _md_rows(built["run"] / "tables" / "time_vs_batch-cpu-mlp_batchnorm-float32.md")
+    assert {r["jacobian_sum"] for r in pivot} == {"wrong"}
+
+
+def test_output_sum_is_flagged_and_never_a_winner(built: dict[str, Path]) -> None:
+    md = built["md"].read_text()
+    assert aggregate.NOT_J in (built["run"] / "tables" / "cases.md").read_text()
+    assert "not the Jacobian" in md
+    best = pd.read_csv(built["run"] / "tables" / "best.csv")
+    assert not ((best["winner"] == "grad_summed") & (best["out_dim"] > 1)).any()
+    assert ((best["winner"] == "grad_summed") & (best["out_dim"] == 1)).any(), "at out == 1 it is the Jacobian"
+
+
+def test_summary_per_device(built: dict[str, Path]) -> None:
+    md = built["md"].read_text()
+    section = md.split("## What this means", 1)[1].split("\n## ", 1)[0]
+    for where in ("mlp · cpu", "mlp · cuda"):
+        assert where in section
+    for label in ("fastest, all shapes", "J/F of the best", "best autodiff vs analytic", "recommend, leave-one-out",
+                  "silently wrong"):
+        assert label in section, label
+    assert "Synthetic GPU" in md and "2.4.0" in md  # environment from env.json
+
+
+def test_missing_or_empty_run_folder(tmp_path: Path) -> None:
+    with pytest.raises(ResultsError, match="no such run folder"):
+        build_report(tmp_path / "nope", tmp_path / "plots")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ResultsError, match="cases.jsonl"):
+        build_report(tmp_path / "empty", tmp_path / "plots")
+    (tmp_path / "empty" / "cases.jsonl").write_text("{torn\n")
+    with pytest.raises(ResultsError, match="corrupt"):
+        build_report(tmp_path / "empty", tmp_path / "plots")
+
+
+def test_tiny_run_without_env_or_sweeps(tmp_path: Path) -> None:
+    """A smoke-sized run: one shape, no env.json; reports without plots instead of failing."""
+    run = tmp_path / "results" / "smoke"
+    run.mkdir(parents=True)
+    shape = {"batch": 4, "hidden": 8, "in_dim": 3, "out_dim": 2}
+    for name in ("vmap_jacrev", "grad_summed", "analytic"):
+        append_case(run / "cases.jsonl", record(name, "cpu", shape, None))
+    text = build_report(run, tmp_path / "plots").with_suffix(".html").read_text()
+    assert "vmap_jacrev" in text and "env.json is missing" in text
+    assert not list((tmp_path / "plots").rglob("*.png"))
+
+
+def test_sweeps_inferred_when_missing(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "nosweeps", devices=("cpu",), coupled=False, env=False, sweeps=False)
+    frame = aggregate.load_run(run).frame
+    line = aggregate.sweep_line(frame, "batch")
+    assert sorted(line["batch"].unique()) == [1, 4, 16, 64, 256, 1024]
+    assert set(line["hidden"]) == {32} and set(line["in_dim"]) == {16}
+    assert len(aggregate.plane(frame)) == 9 * len(STRATEGIES)
