@@ -137,8 +137,17 @@ def _report(folder: Path) -> None:
     except ImportError:  # reporting not installed in this checkout: the run itself is complete
         print(f"jacobench: results in {folder} (no report module)")
         return
-    path = build_report(folder)
+    path = build_report(folder, plots_root=plots_root_for(folder))
     print(f"jacobench: report {path} and {path.with_suffix('.html')}")
+
+
+def plots_root_for(folder: Path) -> Path:
+    """plots/ mirrors results/: results/reference/<id> gets its figures in plots/reference/<id>."""
+    parent = folder.resolve().parent
+    results_root = Path("results").resolve()
+    if parent != results_root and parent.is_relative_to(results_root):
+        return Path("plots") / parent.relative_to(results_root)
+    return Path("plots")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
