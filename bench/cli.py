@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -103,12 +105,13 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"strategies x {len(run.devices)} device(s) ({', '.join(run.devices)}); {pending} cases to measure"
           + (f", {len(run.finished)} already done" if run.finished else ""), flush=True)
     json_name = ".benchmark-resumed.json" if args.resume else "benchmark.json"
+    storage = tempfile.mkdtemp(prefix="jacobench-pytest-benchmark-")
     pytest_args = [
         str(Path(__file__).with_name("suite.py")),
         "-p", "no:cacheprovider", "-p", "no:terminal", "-s", "-W", "ignore::FutureWarning",
         f"--rootdir={Path(__file__).parents[1]}",
         f"--benchmark-json={run.folder / json_name}",
-        "--benchmark-storage", str(run.folder / ".benchmarks"),
+        "--benchmark-storage", storage,  # unused (no --benchmark-save), but pytest-benchmark creates it
     ]
     for flag, value in (("--grid", settings.grid), ("--devices", settings.devices),
                         ("--strategies", settings.strategies), ("--model", settings.model),
@@ -117,7 +120,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if value:
             pytest_args += [flag, value]
     pytest_args.append("--jacobench-reopen")
-    code = pytest.main(pytest_args)
+    try:
+        code = pytest.main(pytest_args)
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
     if args.resume:
         results.merge_benchmark_json(run.folder / "benchmark.json", run.folder / json_name)
     env = results.read_json(run.folder / "env.json")

@@ -229,28 +229,36 @@ def memory_vs_batch(part: pd.DataFrame, where: str) -> Any | None:
 
 
 def winner_map(part: pd.DataFrame, where: str) -> Any | None:
-    """Fastest valid strategy at each (in, out) of the plane; the number is how much slower the runner-up is."""
+    """Fastest valid autodiff strategy at each (in, out) of the plane: how much slower the runner-up is, and how far
+    the winner is from the closed form. `analytic` is left out of the race: it exists for the MLP family only."""
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
     rows = plane(part)
-    if rows.empty or not rows["valid"].any():
+    contenders = rows[rows["valid"] & (rows["strategy"] != "analytic")]
+    if contenders.empty:
         return None
     ins, outs = sorted(rows["in_dim"].unique()), sorted(rows["out_dim"].unique())
-    fastest = rows[rows["valid"]].sort_values("time_median_s").groupby(["in_dim", "out_dim"])["strategy"].first()
+    fastest = contenders.sort_values("time_median_s").groupby(["in_dim", "out_dim"])["strategy"].first()
     names = strategy_order(fastest)  # only the winners get a colour and a legend entry
     palette = ["#ffffff", "#dddddd"] + [color(s) for s in names]  # 0: not measured, 1: nothing valid
     grid = [[0] * len(ins) for _ in outs]
     text = [["not measured"] * len(ins) for _ in outs]
     for (i, o), shape in rows.groupby(["in_dim", "out_dim"]):
-        valid = shape[shape["valid"]].sort_values("time_median_s")
+        valid = shape[shape["valid"] & (shape["strategy"] != "analytic")].sort_values("time_median_s")
+        analytic = shape[shape["valid"] & (shape["strategy"] == "analytic")]["time_median_s"]
         y, x = outs.index(o), ins.index(i)
         if valid.empty:
             grid[y][x], text[y][x] = 1, "none valid"
             continue
+        best = valid["time_median_s"].iloc[0]
         grid[y][x] = 2 + names.index(valid["strategy"].iloc[0])
-        margin = valid["time_median_s"].iloc[1] / valid["time_median_s"].iloc[0] if len(valid) > 1 else None
-        text[y][x] = valid["strategy"].iloc[0] + (f"\nnext ×{margin:.2f}" if margin else "")
+        lines = [valid["strategy"].iloc[0]]
+        if len(valid) > 1:
+            lines.append(f"next ×{valid['time_median_s'].iloc[1] / best:.2f}")
+        if len(analytic):
+            lines.append(f"{best / analytic.iloc[0]:.1f}× analytic")
+        text[y][x] = "\n".join(lines)
     fig, ax = _pyplot().subplots(figsize=(1.5 + 1.5 * len(ins), 1.2 + 0.9 * len(outs)))
     ax.imshow(grid, cmap=ListedColormap(palette), vmin=0, vmax=len(palette) - 1, origin="lower", aspect="auto")
     for y in range(len(outs)):
@@ -261,7 +269,7 @@ def winner_map(part: pd.DataFrame, where: str) -> Any | None:
     ax.set_xlabel("input dim in")
     ax.set_ylabel("output dim out")
     b, h = rows["batch"].iloc[0], rows["hidden"].iloc[0]
-    ax.set_title(f"Fastest valid strategy over in × out (B={b}, H={h})\n{where}", fontsize=10)
+    ax.set_title(f"Fastest autodiff strategy over in × out (B={b}, H={h})\n{where}", fontsize=10)
     ax.legend(handles=[Patch(color=color(s), label=s) for s in names], loc="upper left", bbox_to_anchor=(1.01, 1.0),
               fontsize=8, frameon=False)
     return fig
