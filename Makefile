@@ -32,7 +32,7 @@ BENCH_ARGS := --grid '$(GRID)' \
 	$(if $(MEMORY_BUDGET),--memory-budget '$(MEMORY_BUDGET)') \
 	$(if $(TIME_BUDGET),--time-budget '$(TIME_BUDGET)')
 
-.PHONY: setup bench report compare test lint clean
+.PHONY: setup bench report compare test lint clean gpu-quick
 
 setup: $(SETUP)
 
@@ -57,6 +57,14 @@ test: $(SETUP)
 
 lint: $(SETUP)
 	$(PY) -m ruff check .
+
+# One command for a lent GPU machine (no package index): the quick grid on cpu and cuda, packed for the trip back.
+#   make gpu-quick PYTHON=python3 OUT=$OUT
+GPU_RUN ?= gpu-quick
+OUT ?= .
+gpu-quick: $(SETUP)
+	-@$(PY) -m bench run --grid quick --devices cpu,cuda --run '$(GPU_RUN)' $(if $(filter 1 yes true,$(FORCE)),--force)
+	tar czf '$(OUT)/$(GPU_RUN).tar.gz' results/'$(GPU_RUN)' plots/'$(GPU_RUN)'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

@@ -40,8 +40,13 @@ def pytest_addoption(parser):
     group.addoption("--jacobench-reopen", action="store_true", help=argparse_suppress())
 
 
+_REPORT_FAILURES = False  # `python -m bench run` turns pytest's terminal off: then failures are printed here
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
+    global _REPORT_FAILURES
+    _REPORT_FAILURES = not config.pluginmanager.hasplugin("terminalreporter")
     # Time with a clock that waits for queued CUDA work, unless the user chose a timer.
     if config.getoption("benchmark_timer", None) in (None, "time.perf_counter", "timeit.default_timer"):
         config.option.benchmark_timer = "bench.measure.synced_clock"
@@ -162,7 +167,7 @@ def pytest_runtest_teardown(item, nextitem):
 
 
 def pytest_runtest_logreport(report):
-    if report.failed:  # the suite records failures as statuses: a failed test is a harness bug, show it
+    if report.failed and _REPORT_FAILURES:  # failures are statuses: a failed test is a harness bug, show it
         print(f"jacobench: internal failure in {report.nodeid}:\n{report.longreprtext}", file=sys.stderr)
 
 
