@@ -10,8 +10,13 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:  # imported lazily at run time: `make test` sessions never load the harness through here
+    from bench.runner import CaseRunner
+    from bench.session import Run
 
 OPTIONS = {  # option -> (Settings field, help)
     "--grid": ("grid", "grid preset name or path to a .toml (default: default)"),
@@ -96,8 +101,8 @@ def _fmt_eta(seconds: float) -> str:
 
 @dataclass
 class Jacobench:
-    run: object  # bench.session.Run
-    runner: object  # bench.runner.CaseRunner
+    run: Run
+    runner: CaseRunner
     progress: Progress
     interrupted: bool = False
 

@@ -37,7 +37,7 @@ AXES = ("batch", "hidden", "in_dim", "out_dim")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 _BLOCK_KEYS = {"models", "dtypes", "base", "sweep", "plane", "cartesian"}
 _TOP_KEYS = _BLOCK_KEYS | {"description", "budget", "also"}
-_BUDGET_KEYS = {"time_s": float, "memory_fraction": float, "target_s": float}
+_BUDGET_KEYS = ("time_s", "memory_fraction", "target_s")
 
 
 class GridError(BenchError):

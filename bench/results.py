@@ -25,7 +25,7 @@ STATUSES = ("ok", "wrong", "oom", "over_budget", "timeout", "unsupported", "erro
 # The columns that identify a case across runs and machines.
 KEY_COLUMNS = ["strategy", "model", "device", "dtype", "batch", "hidden", "in_dim", "out_dim"]
 
-SUMMARY_COLUMNS = KEY_COLUMNS[:4] + KEY_COLUMNS[4:] + [
+SUMMARY_COLUMNS = KEY_COLUMNS + [
     "status",
     "time_median_s",  # one full fn(model, x) call, forward included; only for status ok
     "time_iqr_s",

@@ -149,7 +149,7 @@ def prepare(settings: Settings, create: bool, reopen: bool = False) -> Run:
         time_budget_s=time_budget,
     )
     if reopen:
-        run.finished = {results.case_key(r) for r in _read_quietly(run.cases_path)}
+        run.finished = _finished_keys(run.cases_path)
         return run
     _check_folder(run)
     if create:
@@ -171,15 +171,15 @@ def _check_folder(run: Run) -> None:
                 f"{hint} RESUME=1: settings differ from the stored run ({', '.join(different) or 'fingerprint'}); "
                 "resume with the same GRID/DEVICES/STRATEGIES/MODEL/budgets, or start a new RUN"
             )
-        run.finished = {results.case_key(r) for r in _read_quietly(run.cases_path)}
+        run.finished = _finished_keys(run.cases_path)
     elif exists and not run.settings.force:
         raise SettingsError(
             f"{run.folder} already exists: RESUME=1 to finish it, FORCE=1 to replace it, or choose another RUN"
         )
 
 
-def _read_quietly(path: Path) -> list[dict]:
-    return results.read_cases(path) if path.exists() else []
+def _finished_keys(path: Path) -> set[tuple]:
+    return {results.case_key(r) for r in results.read_cases(path)} if path.exists() else set()
 
 
 def _canonical(obj: Any) -> str:
