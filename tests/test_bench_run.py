@@ -122,3 +122,13 @@ def test_progress_line_per_case(smoke_run):
     progress = [line for line in proc.stdout.splitlines() if line.startswith("[") and f"/{n} eta" in line]
     assert len(progress) == n
     assert any(" ok " in line and "x fwd" in line for line in progress)
+
+
+def test_a_tiny_memory_budget_skips_before_running(tmp_path):
+    proc = run_bench(tmp_path, "run", "--grid", "smoke", "--run", "tiny", "--strategies", "analytic,grad_loop",
+                     "--memory-budget", "100", "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    records = results.read_cases(tmp_path / "results" / "tiny" / "cases.jsonl")
+    assert records and {r["status"] for r in records} == {"over_budget"}
+    assert all(r["predicted_memory_bytes"] > 100 and "memory budget" in r["message"] for r in records)
+    assert all(r["wall_s"] < 1 for r in records)  # skipped, not run
