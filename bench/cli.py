@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--in-dim", type=_positive_int, required=True)
     rec.add_argument("--out-dim", type=_positive_int, required=True)
     rec.add_argument("--device", default=None)
+    rec.add_argument("--model", default=None, help="model name in the runs (default: mlp when several)")
+    rec.add_argument("--dtype", default=None, help="dtype in the runs (default: float32 when several)")
     rec.add_argument("--json", action="store_true")
 
     sub.add_parser("grids", help="list the grid presets")
@@ -183,7 +185,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from bench.recommend import recommend
 
     folders = [results.resolve_run_dir(r) for r in args.results]
-    pick = recommend(folders, args.batch, args.hidden, args.in_dim, args.out_dim, device=args.device)
+    pick = recommend(folders, args.batch, args.hidden, args.in_dim, args.out_dim, device=args.device,
+                     model=args.model, dtype=args.dtype)
     if args.json:
         print(json.dumps(pick, default=str))
     else:
