@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.results import CASE_FIELDS, KEY_COLUMNS, ResultsError, atomic_write_text, read_cases, read_json
+from bench.results import CASE_FIELDS, ResultsError, atomic_write_text, case_key, read_cases, read_json
 
 AXES = ["batch", "hidden", "in_dim", "out_dim"]  # the four swept shape dimensions
 GROUP = ["model", "device", "dtype"]  # one "setting": numbers are only compared inside it
@@ -70,7 +70,7 @@ def load_run(run_dir: Path) -> Run:
 
 def to_frame(records: Iterable[dict[str, Any]], base: dict[str, int] | None = None) -> pd.DataFrame:
     """Records -> DataFrame with the derived columns; the last record of a case wins (a resumed run)."""
-    latest = {tuple(r.get(k) for k in KEY_COLUMNS): r for r in records}
+    latest = {case_key(r): r for r in records}
     frame = pd.DataFrame(list(latest.values()))
     for col in CASE_FIELDS:
         if col not in frame:
