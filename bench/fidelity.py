@@ -2,10 +2,11 @@
 
     python -m bench.fidelity results/<run-id> [--cases 5] [--repeats 3]
 
-For ok cases of a finished run (spread from fast to slow) it times the same call, in this one process and
-interleaved so both see the same machine: (a) the harness's method (measure.plan, synced_clock, median of rounds of
-`iterations` calls: what benchmark.pedantic runs) and (b) torch.utils.benchmark.Timer(...).blocked_autorange(), with
-the run's thread count. Target: medians within ±10%. The run's own recorded median is printed beside them.
+For ok cases of a finished run (spread from fast to slow) it times the same call in this one process,
+interleaved so both see the same machine: (a) the harness's method, measure.median_time (warm-up, measure.plan,
+synced_clock, median of rounds of `iterations` calls, as benchmark.pedantic runs them), and (b)
+torch.utils.benchmark.Timer(...).blocked_autorange(), with the run's thread count.
+Target: medians within ±10%. The run's own recorded median is printed beside them.
 """
 
 from __future__ import annotations
@@ -30,20 +31,6 @@ def pick_cases(records: list[dict], n: int) -> list[dict]:
     return [ok[round(i * (len(ok) - 1) / (n - 1))] for i in range(n)]
 
 
-def harness_median(fn, target_s: float) -> float:
-    """The harness's timed loop: one warm-up round, then rounds of `iterations` calls between two clock reads."""
-    start = measure.synced_clock()
-    fn()
-    p = measure.plan(measure.synced_clock() - start, target_s)
-    rounds = []
-    for _ in range(p.warmup_rounds + p.rounds):
-        start = measure.synced_clock()
-        for _ in range(p.iterations):
-            fn()
-        rounds.append((measure.synced_clock() - start) / p.iterations)
-    return statistics.median(rounds[p.warmup_rounds:])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
@@ -64,7 +51,7 @@ def main() -> None:
                              num_threads=torch.get_num_threads())
         ours, theirs = [], []
         for _ in range(args.repeats):  # interleaved: both methods see the same machine state
-            ours.append(harness_median(call, target_s))
+            ours.append(measure.median_time(call, target_s))
             theirs.append(timer.blocked_autorange(min_run_time=max(target_s, 0.2)).median)
         rows.append({"case": r["case_id"], "run_s": r["time_median_s"], "harness_s": statistics.median(ours),
                      "timer_s": statistics.median(theirs)})

@@ -152,14 +152,16 @@ def read_json(path: Path) -> Any:
         raise ResultsError(f"{path}: not valid JSON ({exc})") from None
 
 
-def write_summary(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    """summary.csv: one row per case, the last record wins when a case appears twice (a resumed run)."""
+def write_summary(path: Path, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """summary.csv: one row per case, the last record wins when a case appears twice (a resumed run).
+    Returns those rows' records."""
     import pandas as pd
 
-    latest = {case_key(r): r for r in records}
-    frame = pd.DataFrame(list(latest.values()), columns=CASE_FIELDS)
+    latest = list({case_key(r): r for r in records}.values())
+    frame = pd.DataFrame(latest, columns=CASE_FIELDS)
     frame["sweeps"] = frame["sweeps"].map(lambda s: "|".join(s) if isinstance(s, list) else s)
     atomic_write_text(path, frame.to_csv(index=False))
+    return latest
 
 
 def resolve_run_dir(spec: str | Path, results_root: Path = Path("results")) -> Path:

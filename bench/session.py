@@ -225,11 +225,9 @@ def _point_latest(run: Run) -> None:
 
 def finish(folder: Path, interrupted: bool = False) -> dict[str, int]:
     """Rebuild summary.csv from cases.jsonl and record the end in env.json; return counts per status."""
-    records = results.read_cases(folder / "cases.jsonl")
-    results.write_summary(folder / "summary.csv", records)
-    latest = {results.case_key(r): r for r in records}
+    rows = results.write_summary(folder / "summary.csv", results.read_cases(folder / "cases.jsonl"))
     counts: dict[str, int] = {}
-    for r in latest.values():
+    for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     env_path = folder / "env.json"
     env = results.read_json(env_path) if env_path.exists() else {}
