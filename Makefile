@@ -12,6 +12,8 @@ FORCE ?=
 RUNS ?=
 MEMORY_BUDGET ?=
 TIME_BUDGET ?=
+DTYPE ?=
+THREADS ?=
 
 VENV := .venv
 ifeq ($(strip $(PYTHON)),)
@@ -30,7 +32,9 @@ BENCH_ARGS := --grid '$(GRID)' \
 	$(if $(filter 1 yes true,$(RESUME)),--resume) \
 	$(if $(filter 1 yes true,$(FORCE)),--force) \
 	$(if $(MEMORY_BUDGET),--memory-budget '$(MEMORY_BUDGET)') \
-	$(if $(TIME_BUDGET),--time-budget '$(TIME_BUDGET)')
+	$(if $(TIME_BUDGET),--time-budget '$(TIME_BUDGET)') \
+	$(if $(DTYPE),--dtype '$(DTYPE)') \
+	$(if $(THREADS),--threads '$(THREADS)')
 
 .PHONY: setup bench report compare test lint clean gpu-quick
 

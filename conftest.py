@@ -27,6 +27,8 @@ OPTIONS = {  # option -> (Settings field, help)
     "--results-dir": ("results_root", "where run folders go (default: results)"),
     "--memory-budget": ("memory_budget", "skip cases predicted above this, e.g. 4GiB (default: grid fraction)"),
     "--time-budget": ("time_budget", "seconds one strategy call may take before it is a timeout"),
+    "--dtype": ("dtype", "comma-separated dtypes replacing the grid's, e.g. float64"),
+    "--threads": ("threads", "torch intra-op threads for the whole run"),
 }
 
 
@@ -70,13 +72,15 @@ class Progress:
         self.done += 1
         elapsed = time.perf_counter() - self.started
         eta = elapsed / self.done * (self.total - self.done)
-        if record["status"] == "ok":
+        status = record["status"]
+        if status == "ok":
             fwd = record.get("forward_median_s")
             ratio = f"{record['time_median_s'] / fwd:8.1f}x fwd" if fwd else ""
             detail = f"{_fmt_time(record['time_median_s'])} {ratio}"
+            status += "" if record.get("is_jacobian", True) else " (sum, not J)"
         else:
             detail = record["message"][:70]
-        self.line(f"[{self.done:>4}/{self.total} eta {_fmt_eta(eta)}] {record['status']:<11} "
+        self.line(f"[{self.done:>4}/{self.total} eta {_fmt_eta(eta)}] {status:<16} "
                   f"{record['case_id']:<52} {detail}")
 
     def line(self, text: str) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from bench.results import CASE_FIELDS, ResultsError, atomic_write_text, case_key, read_cases, read_json
+from bench.schema import STATUSES, status_kind
 
 AXES = ["batch", "hidden", "in_dim", "out_dim"]  # the four swept shape dimensions
 GROUP = ["model", "device", "dtype"]  # one "setting": numbers are only compared inside it
@@ -296,9 +297,8 @@ def best_table(frame: pd.DataFrame) -> pd.DataFrame:
 def status_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Cases per strategy and status, per device: where the failures are."""
     counts = frame.groupby(["device", "strategy", "status"]).size().unstack("status", fill_value=0)
-    counts = counts.reindex(columns=[s for s in ("ok", "wrong", "oom", "over_budget", "timeout", "unsupported", "error")
-                                     if s in counts.columns] + [c for c in counts.columns if c not in
-                                     ("ok", "wrong", "oom", "over_budget", "timeout", "unsupported", "error")])
+    counts = counts.reindex(columns=[s for s in STATUSES if s in counts.columns]
+                            + [c for c in counts.columns if c not in STATUSES])
     out = counts.reset_index()
     not_j = frame[~frame["computes_j"]].groupby(["device", "strategy"]).size()
     out["not J (sum over outputs)"] = [int(not_j.get((d, s), 0)) for d, s in zip(out["device"], out["strategy"],
@@ -311,8 +311,8 @@ def coupled_table(frame: pd.DataFrame) -> pd.DataFrame:
     part = frame[frame["model"].isin(frame.loc[frame["coupled"], "model"].unique())]
     if part.empty:
         return pd.DataFrame()
-    kind = part["status"].map(lambda s: s if s in ("ok", "wrong", "unsupported") else "failed")
-    counts = part.assign(kind=kind).groupby(["model", "device", "strategy", "kind"]).size().unstack("kind", 0)
+    kinds = part.assign(kind=part["status"].map(status_kind))
+    counts = kinds.groupby(["model", "device", "strategy", "kind"]).size().unstack("kind", 0)
     return counts.reindex(columns=["ok", "wrong", "failed", "unsupported"], fill_value=0).reset_index()
 
 

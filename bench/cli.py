@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--results-dir", dest="results_root", default="results")
     run.add_argument("--memory-budget", default="")
     run.add_argument("--time-budget", default="")
+    run.add_argument("--dtype", default="", help="comma-separated dtypes, replacing the grid's (e.g. float64)")
+    run.add_argument("--threads", default="", help="torch intra-op threads for the whole run")
     run.add_argument("--resume", action="store_true")
     run.add_argument("--force", action="store_true")
     run.add_argument("--no-report", action="store_true", help="write summary.csv only")
@@ -98,10 +100,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = session.Settings(
         grid=args.grid, devices=args.devices, strategies=args.strategies, model=args.model, run_id=args.run_id,
         results_root=args.results_root, memory_budget=args.memory_budget, time_budget=args.time_budget,
-        resume=args.resume, force=args.force,
+        dtype=args.dtype, threads=args.threads, resume=args.resume, force=args.force,
     )
     run = session.prepare(settings, create=True)  # every bad input is refused here, before anything is written
     settings = session.Settings(**(vars(settings) | {"run_id": run.run_id, "resume": False, "force": False}))
+    for note in run.notes:
+        print(f"jacobench: note: {note}", flush=True)
     pending = len(run.cases) * len(run.devices) * len(run.strategy_names) - len(run.finished)
     print(f"jacobench: run {run.run_id}: grid {run.grid.name}, {len(run.cases)} shapes x {len(run.strategy_names)} "
           f"strategies x {len(run.devices)} device(s) ({', '.join(run.devices)}); {pending} cases to measure"
@@ -118,7 +122,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for flag, value in (("--grid", settings.grid), ("--devices", settings.devices),
                         ("--strategies", settings.strategies), ("--model", settings.model),
                         ("--run-id", settings.run_id), ("--results-dir", settings.results_root),
-                        ("--memory-budget", settings.memory_budget), ("--time-budget", settings.time_budget)):
+                        ("--memory-budget", settings.memory_budget), ("--time-budget", settings.time_budget),
+                        ("--dtype", settings.dtype), ("--threads", settings.threads)):
         if value:
             pytest_args += [flag, value]
     pytest_args.append("--jacobench-reopen")
@@ -136,6 +141,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         _report(run.folder)
     if env.get("interrupted"):
         return EXIT_INTERRUPTED
+    counts = env.get("status_counts") or {}
+    if counts.get("error") and not counts.get("ok"):
+        print(f"jacobench: no case ran ok and {counts['error']} ended in error: see their messages in "
+              f"{run.folder / 'summary.csv'}", file=sys.stderr)
+        return 1
     return 0 if code in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED) else 1
 
 

@@ -15,12 +15,14 @@ import argparse
 import functools
 import json
 import statistics
+import sys
 
 import torch
 import torch.utils.benchmark as tbench
 
 import strategies
 from bench import measure, models, results
+from bench.errors import BenchError
 
 
 def pick_cases(records: list[dict], n: int) -> list[dict]:
@@ -28,22 +30,55 @@ def pick_cases(records: list[dict], n: int) -> list[dict]:
     ok = sorted((r for r in records if r["status"] == "ok"), key=lambda r: r["time_median_s"])
     if len(ok) <= n:
         return ok
+    if n == 1:
+        return [ok[len(ok) // 2]]
     return [ok[round(i * (len(ok) - 1) / (n - 1))] for i in range(n)]
 
 
-def main() -> None:
+def model_defs(env: dict) -> dict[str, models.ModelDef]:
+    """The models of a run by the name its records use: the presets, plus the user's file.py:factory as run."""
+    found = dict(models.PRESETS)
+    for name, spec in (env.get("models") or {}).items():
+        if name not in found:
+            found[name] = models.resolve(spec)  # ModelError (one line) when the file moved since the run
+    return found
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
-    parser.add_argument("--cases", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--cases", type=_positive, default=5)
+    parser.add_argument("--repeats", type=_positive, default=3)
+    args = parser.parse_args(argv)
+    try:
+        measure_fidelity(args)
+    except BenchError as exc:
+        print(f"jacobench: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def measure_fidelity(args: argparse.Namespace) -> None:
     folder = results.resolve_run_dir(args.run)
     env = results.read_json(folder / "env.json")
+    defs = model_defs(env)
     target_s = env.get("grid", {}).get("budget", {}).get("target_s", 0.25)
     torch.set_num_threads(env.get("threads", torch.get_num_threads()))
     rows = []
-    for r in pick_cases(results.read_cases(folder / "cases.jsonl"), args.cases):
-        model, x = models.build(models.resolve(r["model"]), r["batch"], r["hidden"], r["in_dim"], r["out_dim"],
+    picked = pick_cases(results.read_cases(folder / "cases.jsonl"), args.cases)
+    if not picked:
+        raise BenchError(f"{folder}: no ok case to time")
+    for r in picked:
+        if r["model"] not in defs:
+            raise BenchError(f"{folder}: model {r['model']!r} is not a preset and env.json does not say which file "
+                             "built it; rerun with MODEL=path/to/file.py:factory")
+        model, x = models.build(defs[r["model"]], r["batch"], r["hidden"], r["in_dim"], r["out_dim"],
                                 r["device"], getattr(torch, r["dtype"]))
         fn = strategies.REGISTRY[r["strategy"]].fn
         call = functools.partial(fn, model, x)
@@ -64,4 +99,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -224,10 +224,10 @@ def _parse_block(data: dict[str, Any], parent: Block | None, prefix: str, fail) 
     )
 
 
-def expand(grid: Grid, models: tuple[str, ...] | None = None) -> list[Case]:
+def expand(grid: Grid, models: tuple[str, ...] | None = None, dtypes: tuple[str, ...] | None = None) -> list[Case]:
     """All distinct cases of the grid, each tagged with the parts it belongs to; smallest first.
 
-    `models` (MODEL=) replaces the models of every block.
+    `models` (MODEL=) replaces the models of every block, `dtypes` (DTYPE=) their dtypes.
     """
     parts: dict[tuple, set[str]] = {}  # (model, dtype, B, H, in, out) -> grid parts
     for block in grid.blocks:
@@ -241,7 +241,7 @@ def expand(grid: Grid, models: tuple[str, ...] | None = None) -> list[Case]:
             points += [("cartesian", dict(zip(names, values, strict=True)))
                        for values in itertools.product(*(block.cartesian[a] for a in names))]
         for model in models or block.models:
-            for dtype in block.dtypes:
+            for dtype in dtypes or block.dtypes:
                 for part, overrides in points:
                     point = block.base | overrides
                     parts.setdefault((model, dtype, *(point[a] for a in AXES)), set()).add(part)

@@ -1,4 +1,4 @@
-"""Measurement primitives: a CUDA-synchronizing clock, time limits, the float64 reference, validation, peak memory.
+"""Measurement primitives: a CUDA-synchronizing clock, time limits, timing plans, peak memory.
 
 Nothing here knows about grids, result files or reports.
 """
@@ -6,7 +6,6 @@ Nothing here knows about grids, result files or reports.
 from __future__ import annotations
 
 import contextlib
-import copy
 import ctypes
 import gc
 import math
@@ -19,10 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
-
-# Relative tolerance per dtype: max|J - J_ref| <= RTOL[dtype] * max|J_ref|.
-RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
 def synced_clock() -> float:
@@ -89,85 +84,6 @@ def median_time(fn: Callable[[], object], target_s: float) -> float:
             fn()
         times.append((synced_clock() - start) / p.iterations)
     return statistics.median(times)
-
-
-def samples_coupled(model: nn.Module, x: Tensor) -> bool:
-    """Does changing sample 0 change any other output row? (BatchNorm in train mode does; an MLP does not.)"""
-    if x.shape[0] < 2:
-        return False
-    with torch.no_grad():
-        before = model(x)[1:]  # [B-1, out]
-        moved = x.clone()
-        moved[0] += 1.0
-        after = model(moved)[1:]
-    scale = before.abs().max().item() + 1.0
-    return (after - before).abs().max().item() > 1e-12 * scale
-
-
-def coupled_reference_bytes(batch: int, hidden: int, in_dim: int, out_dim: int) -> int:
-    """The full (B, out, B, in) float64 Jacobian, vectorized over B·out backward passes through width H."""
-    return 8 * batch * out_dim * batch * (in_dim + 2 * hidden)
-
-
-def reference_jacobian(model: nn.Module, x: Tensor, memory_budget: int | None = None,
-                       hidden: int = 0) -> tuple[Tensor, bool]:
-    """The float64 per-sample Jacobian [B, out, in] of `model` at `x`, and whether samples are coupled.
-
-    A float64 copy of the model: reverse mode one output at a time, or forward mode (dual numbers) one input at a
-    time, whichever takes fewer passes. Coupled samples need the full (B, out, B, in) Jacobian's diagonal blocks.
-    """
-    model64 = copy.deepcopy(model).double()
-    x64 = x.detach().double()  # [B, in]
-    batch, in_dim = x64.shape
-    coupled = samples_coupled(model64, x64)
-    if coupled:
-        out_dim = model64(x64).shape[1]
-        needed = coupled_reference_bytes(batch, hidden, in_dim, out_dim)
-        if memory_budget is not None and needed > memory_budget:
-            raise MemoryError(f"the float64 reference of a batch-coupled model needs {needed / 2**30:.1f} GiB")
-        full = torch.autograd.functional.jacobian(model64, x64, vectorize=True)  # [B, out, B, in]
-        return torch.diagonal(full, dim1=0, dim2=2).permute(2, 0, 1).contiguous(), True
-    with torch.no_grad():
-        out_dim = model64(x64[:1]).shape[1]
-    if in_dim <= out_dim:
-        import torch.autograd.forward_ad as fwAD
-
-        columns = []
-        for i in range(in_dim):
-            tangent = torch.zeros_like(x64)
-            tangent[:, i] = 1
-            with fwAD.dual_level():
-                y = model64(fwAD.make_dual(x64, tangent))
-                columns.append(fwAD.unpack_dual(y).tangent.detach())  # [B, out]
-        return torch.stack(columns, dim=2), False
-    leaf = x64.requires_grad_(True)
-    y = model64(leaf)  # [B, out]
-    rows = [torch.autograd.grad(y[:, o].sum(), leaf, retain_graph=True)[0] for o in range(out_dim)]  # [B, in] each
-    return torch.stack(rows, dim=1), False
-
-
-@dataclass(frozen=True)
-class Check:
-    ok: bool
-    max_abs_error: float | None
-    tolerance: float
-    message: str
-
-
-def validate(output: object, reference: Tensor, returns: str, dtype: torch.dtype) -> Check:
-    """Compare a strategy's output with the float64 reference (J, or J.sum(1) for "output_sum")."""
-    expected = reference.sum(1) if returns == "output_sum" else reference
-    tolerance = RTOL.get(dtype, 1e-4) * expected.abs().max().item() + torch.finfo(dtype).tiny
-    if not isinstance(output, Tensor):
-        return Check(False, None, tolerance, f"returned {type(output).__name__}, not a Tensor")
-    if tuple(output.shape) != tuple(expected.shape):
-        return Check(False, None, tolerance, f"returned shape {tuple(output.shape)}, expected {tuple(expected.shape)}")
-    error = (output.detach().to(expected.device, torch.float64) - expected).abs().max().item()
-    if not math.isfinite(error):
-        return Check(False, None, tolerance, "returned NaN or inf")
-    if error > tolerance:
-        return Check(False, error, tolerance, f"max abs error {error:.3g} > tolerance {tolerance:.3g}")
-    return Check(True, error, tolerance, "")
 
 
 _STATUS = Path("/proc/self/status")

@@ -33,6 +33,11 @@ class ModelDef:
     factory: Factory
     train: bool  # train mode (BatchNorm uses batch statistics: samples are coupled)
     description: str
+    spec: str = ""  # how to resolve it again: the preset name, or /absolute/path/file.py:factory
+
+    def __post_init__(self) -> None:
+        if not self.spec:
+            object.__setattr__(self, "spec", self.name)
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
@@ -82,11 +87,24 @@ def resolve(spec: str) -> ModelDef:
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ModelError(f"MODEL={spec}: {file} has no function {attr!r} (expected factory(in_dim, hidden, out_dim))")
-    return ModelDef(f"{path.stem}.{attr}", factory, train=False, description=f"user model {spec}")
+    source = f"{path.resolve()}:{attr}"
+    return ModelDef(f"{path.stem}.{attr}", factory, train=False, description=f"user model {source}", spec=source)
 
 
 def seed_for(model_name: str, batch: int, hidden: int, in_dim: int, out_dim: int) -> int:
     return SEED + zlib.crc32(f"{model_name}-{batch}-{hidden}-{in_dim}-{out_dim}".encode())
+
+
+def instantiate(model_def: ModelDef, in_dim: int, hidden: int, out_dim: int) -> nn.Module:
+    """Call the factory; a ModelError that names the call when it raises or returns something else."""
+    call = f"model {model_def.name}: factory(in_dim={in_dim}, hidden={hidden}, out_dim={out_dim})"
+    try:
+        model = model_def.factory(in_dim, hidden, out_dim)
+    except Exception as exc:
+        raise ModelError(f"{call} raised {type(exc).__name__}: {_first_line(exc)}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{call} returned {type(model).__name__}, not an nn.Module")
+    return model
 
 
 def build(
@@ -96,29 +114,64 @@ def build(
     seed = seed_for(model_def.name, batch, hidden, in_dim, out_dim)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = model_def.factory(in_dim, hidden, out_dim)
+        model = instantiate(model_def, in_dim, hidden, out_dim)
         x = torch.randn(batch, in_dim)  # [B, in]
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"model {model_def.name}: factory returned {type(model).__name__}, not an nn.Module")
     model = model.to(device=device, dtype=dtype).train(model_def.train)
     return model, x.to(device=device, dtype=dtype)
 
 
-def check(model_def: ModelDef, hidden: int, in_dim: int, out_dim: int, batch: int = 2) -> None:
-    """Fail early (one clear message) when a model does not map (B, in) to (B, out)."""
+def native_dtype(model: nn.Module) -> torch.dtype | None:
+    """The one floating dtype of the model's parameters and buffers as the factory built it (None: none or mixed)."""
+    found = {t.dtype for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()}
+    return found.pop() if len(found) == 1 else None
+
+
+def output_problem(y: object, batch: int, in_dim: int, out_dim: int) -> str:
+    """Why a model output is not the (batch, out_dim) Tensor expected ("" when it is)."""
+    if not isinstance(y, Tensor):
+        return f"model(x) returned a {type(y).__name__}, expected a Tensor ({batch}, out)"
+    if tuple(y.shape) == (batch, out_dim):
+        return ""
+    got = f"model(x) maps ({batch}, {in_dim}) to {tuple(y.shape)}, expected ({batch}, {out_dim})"
+    if y.dim() == 2 and y.shape[0] == batch:
+        return got + "; the factory must take (in_dim, hidden, out_dim) in this order"
+    if y.dim() < 2:
+        return got + "; does the model squeeze the output?"
+    return got
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What checking a model found that does not stop the run."""
+
+    dtype: torch.dtype | None  # as the factory built it
+    one_sample: str  # why it fails on a one-sample batch ("" if it works)
+
+
+def check(model_def: ModelDef, hidden: int, in_dim: int, out_dim: int, batch: int = 2) -> Probe:
+    """Fail early (one clear message) when a model does not map (B, in) to (B, out); probe a one-sample batch too,
+    which per-sample strategies (vmap over single samples) and B=1 cases feed it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(model_def.name, batch, hidden, in_dim, out_dim))
+        model = instantiate(model_def, in_dim, hidden, out_dim)
+    dtype = native_dtype(model)
+    model = model.float().train(model_def.train)
+    problem = run_problem(model, torch.randn(batch, in_dim), out_dim)
+    if problem:
+        raise ModelError(f"model {model_def.name}: {problem}")
+    return Probe(dtype=dtype, one_sample=run_problem(model, torch.randn(1, in_dim), out_dim))
+
+
+def run_problem(model: nn.Module, x: Tensor, out_dim: int) -> str:
+    """Why model(x) does not give a (B, out_dim) Tensor, "" when it does."""
     try:
-        model, x = build(model_def, batch, hidden, in_dim, out_dim, "cpu", torch.float32)
         with torch.no_grad():
             y = model(x)
-    except ModelError:
-        raise
     except Exception as exc:
-        raise ModelError(
-            f"model {model_def.name}: running it on input ({batch}, {in_dim}) failed: {type(exc).__name__}: {exc}"
-        ) from None
-    if not isinstance(y, Tensor) or tuple(y.shape) != (batch, out_dim):
-        got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-        raise ModelError(
-            f"model {model_def.name}: maps ({batch}, {in_dim}) to {got}, expected ({batch}, {out_dim}); "
-            "the factory must take (in_dim, hidden, out_dim)"
-        )
+        return f"model(x) on input {tuple(x.shape)} raised {type(exc).__name__}: {_first_line(exc)}"
+    return output_problem(y, x.shape[0], x.shape[1], out_dim)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""

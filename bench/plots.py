@@ -3,7 +3,7 @@
 Each plot has one name, which is its file name: plots/<run-id>/<name>.png, e.g. time_vs_batch-cpu-mlp-float32.
 A strategy has the same colour and marker in every plot of every run (fixed map, then a stable hash for plugins).
 Failed points are drawn at the top edge of the axes: 'x' = wrong (validation failed: silently incorrect), '^' =
-failed or skipped (oom, timeout, over budget, error). `unsupported` is not drawn: the strategy does not apply.
+failed or not run (oom, timeout, over budget, skipped, error). `unsupported` is not drawn: the strategy does not apply.
 A plot with no data in this run (e.g. the smoke grid has no sweep) is skipped, not drawn empty.
 """
 
@@ -31,6 +31,7 @@ from bench.aggregate import (
     where_label,
 )
 from bench.results import atomic_write_bytes
+from bench.schema import FAILED, status_kind
 
 COLORS = {
     "analytic": "#000000",
@@ -49,7 +50,6 @@ PLUGIN_COLORS = ["#e377c2", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39
                  "#31a354", "#756bb1", "#636363"]
 PLUGIN_MARKERS = ["h", "p", "d", ">", "^", "8"]
 STATUS_COLORS = {"ok": "#2ca02c", "wrong": "#d62728", "failed": "#ff7f0e", "unsupported": "#c7c7c7"}
-FAILED = ("oom", "over_budget", "timeout", "error")
 FORWARD = "forward model(x)"
 
 
@@ -150,7 +150,7 @@ def _lines(ax: Any, line: pd.DataFrame, axis: str, column: str, forward: bool = 
         if 0 < lo < hi:
             ax.set_ylim(lo, hi * (hi / lo) ** (0.1 + 0.05 * max(stacked.values())))
     handles, labels = ax.get_legend_handles_labels()
-    for sym, text in (("x", "wrong (silently incorrect)"), ("^", "failed/skipped (oom, timeout, budget, error)")):
+    for sym, text in (("x", "wrong (silently incorrect)"), ("^", "failed/not run (oom, timeout, budget, error)")):
         if sym in flags:
             handles.append(Line2D([], [], color="#555555", marker=sym, linestyle="none", markersize=8, mew=2))
             labels.append(text)
@@ -285,8 +285,8 @@ def coupled_status(part: pd.DataFrame, where: str) -> Any | None:
     """For a model whose output rows depend on other rows: which strategies are silently wrong, which are fine."""
     if not part["coupled"].any():
         return None
-    kind = part["status"].map(lambda s: s if s in ("ok", "wrong", "unsupported") else "failed")
-    counts = part.assign(kind=kind).groupby(["strategy", "kind"]).size().unstack("kind", fill_value=0)
+    kinds = part.assign(kind=part["status"].map(status_kind))
+    counts = kinds.groupby(["strategy", "kind"]).size().unstack("kind", fill_value=0)
     counts = counts.reindex(index=strategy_order(counts.index)[::-1], columns=list(STATUS_COLORS), fill_value=0)
     fig, ax = _pyplot().subplots(figsize=(8.5, 0.9 + 0.4 * len(counts)))
     left = pd.Series(0, index=counts.index)

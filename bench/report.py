@@ -23,6 +23,7 @@ from bench.aggregate import Run, fmt_ratio, fmt_time, load_run, where_label
 from bench.plots import plot_run, slug
 from bench.recommend import leave_one_out
 from bench.results import atomic_write_text
+from bench.schema import FAILED
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -179,7 +180,7 @@ def summary_items(part: pd.DataFrame) -> list[tuple[str, str]]:
     if len(wrong):
         where = " (the model couples samples)" if part["coupled"].any() else ""
         items.append(("silently wrong" + where, ", ".join(f"{s} ({n})" for s, n in wrong.items())))
-    failed = part[part["status"].isin(["oom", "over_budget", "timeout", "error"])]
+    failed = part[part["status"].isin(FAILED)]
     if len(failed):
         by = failed.groupby(["status", "strategy"]).size()
         text = "; ".join(f"{st}: " + ", ".join(f"{s} ({n})" for (_, s), n in by[by.index.get_level_values(0) == st]
@@ -197,16 +198,46 @@ READING = (
     "time: median of one full fn(model, x) call (forward included), validated first against a float64 reference. "
     "J/F: that time over the forward pass model(x) alone. × best: over the fastest valid strategy of the same shape. "
     "A case that is not ok shows its status instead of a number: wrong (validation failed, silently incorrect), oom, "
-    "over_budget (skipped: predicted over the memory or time budget), timeout, unsupported, error. "
+    "over_budget (not run: predicted over the memory budget), timeout, skipped (not run: a smaller shape timed out or "
+    "ran out of memory), unsupported, error. "
     "Strategies returning the sum over outputs are not the Jacobian when out > 1 and never count as fastest."
 )
+
+
+def run_header(env: dict[str, Any]) -> str:
+    """"grid quick · cpu · float32 · 2 threads · torch 2.14.1 — ": what was run, before any number."""
+    grid = env.get("grid") if isinstance(env.get("grid"), dict) else {}
+    fingerprint = env.get("fingerprint") if isinstance(env.get("fingerprint"), dict) else {}
+    parts = [f"grid {grid['name']}" if grid.get("name") else "",
+             ", ".join(fingerprint.get("devices") or []),
+             ", ".join(fingerprint.get("dtypes") or []),
+             f"{env['threads']} threads" if env.get("threads") else "",
+             f"torch {env['torch']}" if env.get("torch") else ""]
+    text = " · ".join(p for p in parts if p)
+    return f"{text} — " if text else ""
+
+
+def _of_planned(run: Run) -> str:
+    planned = run.env.get("planned_cases")
+    return f" of {planned} planned" if isinstance(planned, int) else ""
+
+
+def completeness(run: Run) -> list[str]:
+    """A warning when the run holds fewer cases than it planned (interrupted, killed, or crashed)."""
+    planned = run.env.get("planned_cases")
+    if not isinstance(planned, int) or len(run.frame) >= planned:
+        return []
+    how = "interrupted (Ctrl-C)" if run.env.get("interrupted") else "stopped before the end (killed or crashed)"
+    return [f"{planned - len(run.frame)} of {planned} planned cases are missing: the run was {how}; "
+            f"`make bench RUN={run.run_id} RESUME=1` (same settings) measures the rest"]
 
 
 def run_document(run: Run, figures: dict[str, Path], tables_dir: Path) -> Document:
     """All sections of a run report; also writes the tables into tables_dir."""
     frame = run.frame
-    doc = Document(title=f"jacobench report — {run.run_id}", warnings=list(run.warnings),
-                   subtitle=f"{len(frame)} cases, {frame['strategy'].nunique()} strategies, "
+    doc = Document(title=f"jacobench report — {run.run_id}", warnings=list(run.warnings) + completeness(run),
+                   subtitle=f"{run_header(run.env)}{len(frame)} cases{_of_planned(run)}, "
+                            f"{frame['strategy'].nunique()} strategies, "
                             f"{frame[agg.SHAPE].drop_duplicates().shape[0]} shapes × settings")
     env = Section("Environment", [table_block(env_table({"value": run.env}).rename(columns={"": "key"}), "env")])
     if not run.env:

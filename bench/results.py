@@ -9,18 +9,19 @@ This module is shared by measurement and reporting: it imports neither `strategi
 
 from __future__ import annotations
 
+import fcntl
 import json
+import math
 import os
 import re
 import tempfile
+import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from bench.errors import BenchError
-
-STATUSES = ("ok", "wrong", "oom", "over_budget", "timeout", "unsupported", "error")
 
 # The columns that identify a case across runs and machines.
 KEY_COLUMNS = ["strategy", "model", "device", "dtype", "batch", "hidden", "in_dim", "out_dim"]
@@ -33,6 +34,7 @@ SUMMARY_COLUMNS = KEY_COLUMNS + [
     "forward_median_s",  # model(x) under no_grad, same device
     "peak_memory_bytes",  # peak bytes above the pre-call baseline, separate pass
     "max_abs_error",  # vs the float64 reference
+    "is_jacobian",  # False where the strategy returns the sum over outputs and out_dim > 1: not a Jacobian timing
 ]
 
 # Every field of a cases.jsonl record, in order.
@@ -70,17 +72,52 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
+def lock_run(results_root: Path, run_id: str) -> IO:
+    """Hold an exclusive OS lock on results/.<run-id>.lock for as long as this process lives (the returned file stays
+    open; the OS drops the lock when the process ends, even on kill -9). The lock file sits beside the run folder, so
+    FORCE=1 can replace the folder while holding it. A second process gets a ResultsError naming the owner's pid."""
+    results_root.mkdir(parents=True, exist_ok=True)
+    lock = open(results_root / f".{run_id}.lock", "a+", encoding="utf-8")  # held open until the process ends
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        owner = _lock_owner(lock)
+        lock.close()
+        raise ResultsError(f"{results_root / run_id} is in use by pid {owner}: wait for that run to finish, or "
+                           "choose another RUN") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def _lock_owner(lock: IO) -> str:
+    for _ in range(20):  # the owner writes its pid right after taking the lock
+        lock.seek(0)
+        pid = lock.read().strip()
+        if pid:
+            return pid
+        time.sleep(0.05)
+    return "unknown"
+
+
 def case_key(record: dict[str, Any]) -> tuple:
     return tuple(record[k] for k in KEY_COLUMNS)
 
 
 def append_case(path: Path, record: dict[str, Any]) -> None:
-    """Append one record as a line and force it to disk: a kill -9 right after loses nothing."""
-    line = json.dumps({k: record.get(k) for k in CASE_FIELDS}, allow_nan=False, default=str)
+    """Append one record as a line and force it to disk: a kill -9 right after loses nothing.
+    A NaN or inf number is written as null (strict JSON has neither)."""
+    line = json.dumps({k: _finite(record.get(k)) for k in CASE_FIELDS}, allow_nan=False, default=str)
     with open(path, "a", encoding="utf-8") as f:
         f.write(line + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def read_cases(path: Path) -> list[dict[str, Any]]:

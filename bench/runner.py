@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 import strategies
-from bench import measure, models
+from bench import measure, models, reference
 from bench.grid import AXES, Case
 from bench.session import Run
 from strategies import Strategy, Unsupported
@@ -65,7 +65,7 @@ class CaseRunner:
         self._warm.add((device, model_name))
         try:
             model, x = models.build(self.run.model_defs[model_name], 2, 4, 3, 2, device, torch.float32)
-            measure.reference_jacobian(model, x)
+            reference.reference(model, x)
             measure.peak_memory(lambda: model(x), device)
         except Exception:  # a model that cannot be built small is measured (and reported) per case
             return
@@ -87,6 +87,7 @@ class CaseRunner:
             "out_dim": case.out_dim,
             "returns": strategy.returns,
             "independent_samples": strategy.independent_samples,
+            "is_jacobian": strategy.returns == "jacobian" or case.out_dim == 1,
             "summary": strategy.summary,
             "cost": strategy.cost,
             "sweeps": list(case.sweeps),
@@ -104,7 +105,7 @@ class CaseRunner:
         except Exception as exc:  # a harness bug must not stop the run either
             rec.update(status="error", message=f"harness: {type(exc).__name__}: {exc}")
         single_call_timeout = rec.pop("_single_call", False)
-        if single_call_timeout or rec["status"] == "oom" and not rec["message"].startswith("skipped"):
+        if single_call_timeout or rec["status"] == "oom":
             self._failed_shapes.setdefault((strategy.name, device, case.model, case.dtype), []).append(
                 (case, rec["status"])
             )
@@ -116,8 +117,8 @@ class CaseRunner:
         dims = (case.batch, case.hidden, case.in_dim, case.out_dim)
         for earlier, status in self._failed_shapes.get((strategy.name, device, case.model, case.dtype), []):
             if all(getattr(case, a) >= getattr(earlier, a) for a in AXES):
-                return {"status": status, "message": f"skipped: at least as large as {earlier.shape_id}, "
-                                                     f"which ended in {status}"}
+                return {"status": "skipped", "message": f"not run: at least as large as {earlier.shape_id}, "
+                                                        f"which ended in {status}"}
         estimate = strategy.memory_estimate or default_memory_estimate
         predicted = estimate(*dims, dtype)
         rec["predicted_memory_bytes"] = predicted
@@ -133,7 +134,7 @@ class CaseRunner:
         model, x = shape.model, shape.x
         try:
             output = self._first_call(strategy, model, x)
-            check = measure.validate(output, shape.reference, strategy.returns, dtype)
+            check = reference.validate(output, shape.reference, strategy.returns, dtype)
             del output
             rec.update(max_abs_error=check.max_abs_error, tolerance=check.tolerance)
             if not check.ok:
@@ -158,7 +159,8 @@ class CaseRunner:
             if measure.is_out_of_memory(exc):
                 _free(device)
                 return {"status": "oom", "message": _first_line(exc)}
-            return {"status": "error", "message": f"{type(exc).__name__}: {_first_line(exc)}"}
+            return {"status": "error", "message": f"{type(exc).__name__}: {_first_line(exc)}"
+                                                  + _one_sample_note(model, x, case.out_dim)}
         stats = benchmark.stats.stats
         return {
             "status": "ok",
@@ -197,11 +199,16 @@ class CaseRunner:
             with measure.time_limit(max(10 * self.run.time_budget_s, 30), "building the model and reference"):
                 model, x = models.build(self.run.model_defs[case.model], case.batch, case.hidden, case.in_dim,
                                         case.out_dim, device, dtype)
+                problem = models.run_problem(model, x, case.out_dim)
+                if problem:
+                    raise reference.ModelProblem(problem + (" (a one-sample batch)" if case.batch == 1 else ""))
                 with torch.no_grad():
                     shape.forward_median_s = measure.median_time(lambda: model(x), self.run.grid.budget.target_s / 2)
-                shape.reference, shape.coupled = measure.reference_jacobian(model, x, self.memory_budget(device),
-                                                                            hidden=case.hidden)
+                ref = reference.reference(model, x, self.memory_budget(device), hidden=case.hidden)
+            shape.reference, shape.coupled = ref.jacobian, ref.coupled
             shape.model, shape.x = model, x
+        except (models.ModelError, reference.ModelProblem) as exc:
+            shape.status, shape.message = "error", str(exc)
         except MemoryError as exc:
             shape.status, shape.message = "over_budget", f"reference: {exc}"
         except measure.CaseTimeout as exc:
@@ -216,6 +223,13 @@ class CaseRunner:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _one_sample_note(model: nn.Module, x: Tensor, out_dim: int) -> str:
+    """Why a strategy may have failed: the model cannot run one sample, which per-sample strategies feed it."""
+    problem = models.run_problem(model, x[:1], out_dim)
+    return f" (the model fails on a one-sample batch, which per-sample strategies feed it: {problem})" if problem \
+        else ""
 
 
 def _gib(n: int) -> str:

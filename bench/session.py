@@ -12,7 +12,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -41,6 +41,8 @@ class Settings:
     results_root: str = "results"
     memory_budget: str = ""  # bytes ("8GiB") or "" = the grid's fraction of available memory
     time_budget: str = ""  # seconds or "" = the grid's budget.time_s
+    dtype: str = ""  # comma-separated dtypes, or "" = the grid's dtypes
+    threads: str = ""  # torch intra-op threads for the whole run, or "" = torch's default
     resume: bool = False
     force: bool = False
 
@@ -59,7 +61,10 @@ class Run:
     cases: list[grid.Case]
     memory_budget_bytes: int | None
     time_budget_s: float
+    threads: int = 0  # torch.get_num_threads() for the whole run
+    notes: list[str] = field(default_factory=list)  # worth a line before the run starts
     finished: set[tuple] = field(default_factory=set)  # keys already in cases.jsonl (resume)
+    lock: IO | None = None  # held open for the whole run: the run folder belongs to this process
 
     @property
     def cases_path(self) -> Path:
@@ -74,6 +79,8 @@ class Run:
             "models": sorted(self.model_defs),
             "memory_budget": self.settings.memory_budget,
             "time_budget_s": self.time_budget_s,
+            "dtypes": sorted({c.dtype for c in self.cases}),
+            "threads": self.threads,
         }
 
 
@@ -119,20 +126,61 @@ def resolve_strategies(spec: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def prepare(settings: Settings, create: bool, reopen: bool = False) -> Run:
-    """Validate everything; with create=True also make (or reopen, on resume) the run folder and write env.json.
+def resolve_dtypes(spec: str) -> tuple[str, ...] | None:
+    names = tuple(dict.fromkeys(d.strip() for d in spec.split(",") if d.strip()))
+    for name in names:
+        if name not in grid.DTYPES:
+            raise SettingsError(f"DTYPE={spec}: unknown dtype {name!r}; choose from {', '.join(grid.DTYPES)}")
+    return names or None
 
-    reopen=True: the folder was just created by `python -m bench run` in this process tree; use it as it is.
+
+def apply_threads(spec: str) -> int:
+    """THREADS=n sets torch's intra-op threads for this process (the whole run); returns the count in use."""
+    if spec:
+        try:
+            threads = int(spec)
+        except ValueError:
+            threads = 0
+        if threads <= 0:
+            raise SettingsError(f"THREADS={spec!r}: give a positive number of threads, e.g. 1")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def check_models(specs: list[str], the_grid: grid.Grid, dtypes: tuple[str, ...] | None
+                 ) -> tuple[dict[str, models.ModelDef], list[str]]:
+    """Resolve and try each model once; refuse one that cannot run, note one that breaks on a one-sample batch."""
+    model_defs, notes = {}, []
+    base = the_grid.base
+    run_dtypes = dtypes or tuple(dict.fromkeys(d for b in the_grid.blocks for d in b.dtypes))
+    for spec in specs:
+        model_def = models.resolve(spec)
+        probe = models.check(model_def, base["hidden"], base["in_dim"], base["out_dim"])
+        built = str(probe.dtype).removeprefix("torch.") if probe.dtype else None
+        if built and built != "float32" and built not in run_dtypes and not dtypes:
+            raise SettingsError(f"model {model_def.name}: the factory builds {built} parameters but the run measures "
+                                f"{', '.join(run_dtypes)}; set DTYPE={built} to measure it as built, or "
+                                f"DTYPE={run_dtypes[0]} to cast it")
+        if probe.one_sample:
+            notes.append(f"model {model_def.name} fails on a one-sample batch ({probe.one_sample}): its B=1 cases and "
+                         "the per-sample strategies (vmap_jacrev, vmap_jacfwd) will end in error")
+        model_defs[model_def.name] = model_def
+    return model_defs, notes
+
+
+def prepare(settings: Settings, create: bool, reopen: bool = False) -> Run:
+    """Validate everything; with create=True also lock the run folder, make it (or reopen it, on resume) and write
+    env.json.
+
+    reopen=True: this process made the folder already (`python -m bench run` before handing over to pytest).
     """
     the_grid = grid.load_grid(settings.grid)
     devices = resolve_devices(settings.devices)
     strategy_names = resolve_strategies(settings.strategies)
+    dtypes = resolve_dtypes(settings.dtype)
+    threads = apply_threads(settings.threads)
     model_specs = [settings.model] if settings.model else list(the_grid.models)
-    model_defs = {}
-    for spec in model_specs:
-        model_def = models.resolve(spec)
-        models.check(model_def, the_grid.base["hidden"], the_grid.base["in_dim"], the_grid.base["out_dim"])
-        model_defs[model_def.name] = model_def
+    model_defs, notes = check_models(model_specs, the_grid, dtypes)
     memory_budget = parse_bytes(settings.memory_budget) if settings.memory_budget else None
     time_budget = parse_seconds(settings.time_budget) if settings.time_budget else the_grid.budget.time_s
     run_id = results.check_run_id(settings.run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{the_grid.name}")
@@ -144,15 +192,19 @@ def prepare(settings: Settings, create: bool, reopen: bool = False) -> Run:
         devices=devices,
         strategy_names=strategy_names,
         model_defs=model_defs,
-        cases=grid.expand(the_grid, tuple(model_defs) if settings.model else None),
+        cases=grid.expand(the_grid, tuple(model_defs) if settings.model else None, dtypes),
         memory_budget_bytes=memory_budget,
         time_budget_s=time_budget,
+        threads=threads,
+        notes=notes,
     )
     if reopen:
         run.finished = _finished_keys(run.cases_path)
         return run
     _check_folder(run)
     if create:
+        run.lock = results.lock_run(Path(settings.results_root), run_id)  # before FORCE may delete anything
+        _check_folder(run)  # again: another process may have made the folder before this one took the lock
         _open_folder(run)
     return run
 
@@ -201,6 +253,7 @@ def _open_folder(run: Run) -> None:
         "resumed": previous.get("resumed", []) + ([time.strftime("%Y-%m-%dT%H:%M:%S%z")] if previous else []),
         "seed": {"base": models.SEED, "rule": "base + crc32('<model>-<B>-<H>-<in>-<out>') per case"},
         "grid": run.grid.as_dict(),
+        "models": {name: d.spec for name, d in run.model_defs.items()},
         "settings": asdict(run.settings),
         "memory_budget_bytes": run.memory_budget_bytes,
         "time_budget_s": run.time_budget_s,

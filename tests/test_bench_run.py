@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from bench import grid, results
+from bench.schema import STATUSES
 from tests.helpers import install_planted, run_bench
 
 CONTRACT_COLUMNS = ["strategy", "model", "device", "dtype", "batch", "hidden", "in_dim", "out_dim", "status",
@@ -48,7 +49,7 @@ def test_summary_has_contract_columns_and_one_row_per_case(smoke_run):
     summary = pd.read_csv(folder / "summary.csv")
     assert summary.columns[: len(CONTRACT_COLUMNS)].tolist() == CONTRACT_COLUMNS
     assert len(summary) == len((folder / "cases.jsonl").read_text().splitlines())
-    assert set(summary["status"]) <= set(results.STATUSES)
+    assert set(summary["status"]) <= set(STATUSES)
 
 
 def test_statuses(smoke_run):
@@ -64,13 +65,24 @@ def test_statuses(smoke_run):
     assert status("planted_wrong", model="mlp") == {"wrong"}
     assert status("planted_hungry") == {"over_budget"}
     assert status("planted_slow", model="mlp", batch=1) == {"ok"}
-    assert status("planted_slow", model="mlp", batch=8) == {"timeout"}
+    assert status("planted_slow", model="mlp", batch=8, out_dim=1) == {"timeout"}
+    assert status("planted_slow", model="mlp", batch=8, out_dim=2) == {"skipped"}  # larger than the one timed out
     assert status("analytic", model="mlp_batchnorm") == {"unsupported"}
     assert status("analytic", model="mlp") == {"ok"}
     assert status("jacobian_diagonal", model="mlp_batchnorm") == {"ok"}  # exact on coupled samples
     assert status("jacobian_sum", model="mlp_batchnorm") == {"wrong"}  # silently wrong there
     assert "error" in set(s[s["model"] == "mlp_batchnorm"]["status"])  # vmap refuses BatchNorm in train mode
-    assert set(s[s["model"] == "mlp"]["status"]) == {"ok", "wrong", "timeout", "over_budget"}
+    assert set(s[s["model"] == "mlp"]["status"]) == {"ok", "wrong", "timeout", "skipped", "over_budget"}
+
+
+def test_is_jacobian_column_marks_the_sum_over_outputs(smoke_run):
+    _, folder, proc = smoke_run
+    s = pd.read_csv(folder / "summary.csv")
+    summed = s[s["strategy"] == "grad_summed"].set_index("out_dim")["is_jacobian"]
+    assert not summed.loc[2].any() and summed.loc[1].all()  # J.sum(1) is J only when out == 1
+    assert s[s["strategy"] != "grad_summed"]["is_jacobian"].all()
+    assert any("ok (sum, not J)" in line and "grad_summed" in line and "out2" in line
+               for line in proc.stdout.splitlines())
 
 
 def test_a_timeout_skips_larger_cases_of_the_same_strategy(smoke_run):
@@ -78,10 +90,9 @@ def test_a_timeout_skips_larger_cases_of_the_same_strategy(smoke_run):
     records = [r for r in results.read_cases(folder / "cases.jsonl")
                if r["strategy"] == "planted_slow" and r["model"] == "mlp"]
     timed_out = [r for r in records if r["status"] == "timeout"]
-    measured = [r for r in timed_out if not r["message"].startswith("skipped")]
-    skipped = [r for r in timed_out if r["message"].startswith("skipped")]
-    assert len(measured) == 1 and skipped  # B8-out1 really timed out; B8-out2 (larger) was not attempted
-    assert all(r["wall_s"] < 1 for r in skipped)
+    skipped = [r for r in records if r["status"] == "skipped"]
+    assert len(timed_out) == 1 and skipped  # B8-out1 really timed out; B8-out2 (larger) was not attempted
+    assert all(r["wall_s"] < 1 and timed_out[0]["case_id"].split("-cpu-")[1] in r["message"] for r in skipped)
 
 
 def test_numbers_only_for_validated_cases(smoke_run):

@@ -51,6 +51,10 @@ def existing(tmp_path_factory) -> Path:
         "import torch\n"
         "def good(i, h, o):\n    return torch.nn.Sequential(torch.nn.Linear(i, h), torch.nn.Linear(h, o))\n"
         "def wrong_shape(i, h, o):\n    return torch.nn.Linear(i, o + 1)\n"
+        "class Pair(torch.nn.Linear):\n    def forward(self, x):\n        return super().forward(x), x\n"
+        "def pair(i, h, o):\n    return Pair(i, o)\n"
+        "def broken(i, h, o):\n    raise ValueError('no such layer')\n"
+        "def half(i, h, o):\n    return torch.nn.Linear(i, o).half()\n"
     )
     (root / "results" / "empty").mkdir()
     (root / "results" / "empty" / "cases.jsonl").write_text("")
@@ -70,6 +74,14 @@ BAD_INPUTS = {
     "missing factory": (["run", "--grid", "smoke", "--model", "models.py:absent"], "no function 'absent'"),
     "model wrong shape": (["run", "--grid", "smoke", "--model", "models.py:wrong_shape"], "expected (2, 2)"),
     "unknown model preset": (["run", "--grid", "smoke", "--model", "resnet"], "unknown model 'resnet'"),
+    "model returns a tuple": (["run", "--grid", "smoke", "--model", "models.py:pair"],
+                              "model(x) returned a tuple, expected a Tensor (2, out)"),
+    "factory raises": (["run", "--grid", "smoke", "--model", "models.py:broken"],
+                       "factory(in_dim=3, hidden=16, out_dim=2) raised ValueError: no such layer"),
+    "float16 model in a float32 run": (["run", "--grid", "smoke", "--model", "models.py:half"],
+                                       "builds float16 parameters but the run measures float32; set DTYPE=float16"),
+    "unknown dtype": (["run", "--grid", "smoke", "--dtype", "float8"], "unknown dtype 'float8'"),
+    "bad threads": (["run", "--grid", "smoke", "--threads", "0"], "THREADS='0'"),
     "run with separator": (["run", "--grid", "smoke", "--run", "a/b"], "invalid run id"),
     "run with dotdot": (["run", "--grid", "smoke", "--run", ".."], "invalid run id"),
     "existing run": (["run", "--grid", "smoke", "--run", "done"], "already exists"),
@@ -197,3 +209,31 @@ def test_force_replaces_a_run(tmp_path):
                      "--no-report")
     assert proc.returncode == 0, proc.stderr
     assert "old" not in (tmp_path / "results" / "f" / "cases.jsonl").read_text()
+
+
+def test_a_run_folder_belongs_to_one_process(tmp_path):
+    """Two real processes, same RUN, FORCE=1: the second gets one line naming the first's pid and exit 2, and the
+    first's files are untouched (each case once); once the first has ended, the folder can be taken again."""
+    (tmp_path / "slow.toml").write_text(MANY_CASES.replace("target_s = 0.05", "target_s = 0.5"))
+    folder = tmp_path / "results" / "shared"
+    first = subprocess.Popen(bench_command("run", "--grid", "slow.toml", "--run", "shared", "--strategies", FAST,
+                                           "--force", "--no-report"),
+                             cwd=tmp_path, env=bench_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_lines(folder / "cases.jsonl", 2, first)
+    second = run_bench(tmp_path, "run", "--grid", "slow.toml", "--run", "shared", "--strategies", FAST, "--force",
+                       "--no-report")
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines() == [
+        f"jacobench: error: results/shared is in use by pid {first.pid}: wait for that run to finish, or choose "
+        "another RUN"]
+    assert first.poll() is None, "the first run goes on"
+    lines = (folder / "cases.jsonl").read_text().splitlines()
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=120)
+    after = (folder / "cases.jsonl").read_text().splitlines()
+    assert after[: len(lines)] == lines
+    keys = [results.case_key(json.loads(line)) for line in after]
+    assert len(keys) == len(set(keys)) >= 2
+    again = run_bench(tmp_path, "run", "--grid", "smoke", "--run", "shared", "--strategies", "analytic", "--force",
+                      "--no-report")
+    assert again.returncode == 0, again.stderr  # the lock ended with its process

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -146,3 +147,14 @@ def test_sweeps_inferred_when_missing(tmp_path: Path) -> None:
     assert sorted(line["batch"].unique()) == [1, 4, 16, 64, 256, 1024]
     assert set(line["hidden"]) == {32} and set(line["in_dim"]) == {16}
     assert len(aggregate.plane(frame)) == 9 * len(STRATEGIES)
+
+
+def test_missing_cases_are_counted_against_the_plan(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "results", "cut", devices=("cpu",), coupled=False, small=True)
+    env = json.loads((run / "env.json").read_text())
+    finished = len((run / "cases.jsonl").read_text().splitlines())
+    (run / "env.json").write_text(json.dumps(env | {"planned_cases": finished + 7, "interrupted": True}))
+    md = build_report(run, tmp_path / "plots").read_text()
+    assert f"{finished} cases of {finished + 7} planned" in md
+    assert f"7 of {finished + 7} planned cases are missing: the run was interrupted (Ctrl-C)" in md
+    assert "RESUME=1" in md

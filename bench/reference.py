@@ -1,0 +1,169 @@
+"""The float64 reference every strategy is validated against, and the checks that make it trustworthy.
+
+For one model and input: run a float64 copy of the model, refuse it when its output is not finite or not
+deterministic (the model itself is then the problem, not any strategy), find out whether any output row depends on
+another sample's input (`coupled`), and compute the per-sample Jacobian J [B, out, in] in the way that is exact for
+that answer. `validate` then compares a strategy's output with it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+# Relative tolerance per dtype: max|J - J_ref| <= RTOL[dtype] * max|J_ref|.
+RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+# An off-diagonal derivative below this fraction of the largest one is float64 round-off, not coupling: even summed
+# over 4096 samples it stays far below the float64 tolerance.
+COUPLING_THRESHOLD = 1e-13
+
+
+class ModelProblem(Exception):
+    """The model itself (not a strategy) gives no usable reference on this input: non-finite or random output."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    jacobian: Tensor  # [B, out, in] float64, the diagonal blocks d y[b] / d x[b]
+    coupled: bool  # some output row depends on another sample's input
+
+
+def coupled_reference_bytes(batch: int, hidden: int, in_dim: int, out_dim: int) -> int:
+    """The full (B, out, B, in) float64 Jacobian, vectorized over B·out backward passes through width H."""
+    return 8 * batch * out_dim * batch * (in_dim + 2 * hidden)
+
+
+def nonfinite_rows(t: Tensor) -> list[int]:
+    """Batch rows (dim 0) holding a NaN or an inf."""
+    bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
+    return bad.nonzero().flatten().tolist()
+
+
+def _rows(rows: list[int], batch: int) -> str:
+    shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+    return f"{len(rows)} of {batch} samples (row{'s' if len(rows) > 1 else ''} {shown})"
+
+
+def samples_coupled(model: nn.Module, x: Tensor) -> bool:
+    """Does any output row y[b] depend on an input row x[c] with c != b, at this input?
+
+    One vector-Jacobian product per set S of samples: a random cotangent on the output rows in S, zero elsewhere;
+    the gradient on every input row outside S must be exactly zero. The sets are, for each bit of the row index, the
+    rows with that bit set and the rows without it: any two rows b != c differ in some bit, so some set holds b and
+    not c. 2·ceil(log2 B) backward passes find every dependence, in either direction (a forward or reverse cumulative
+    sum, a batch mean, one sample feeding another).
+    """
+    batch = x.shape[0]
+    if batch < 2:
+        return False
+    leaf = x.detach().requires_grad_(True)
+    y = model(leaf)  # [B, out]
+    if not y.requires_grad:
+        return False  # the output does not depend on the input at all
+    rows = torch.arange(batch, device=x.device)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    cotangent = torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)  # [B, out]
+    largest, off_diagonal = 0.0, 0.0
+    for bit in range(math.ceil(math.log2(batch))):
+        has_bit = (rows >> bit) & 1 == 1
+        for inside in (has_bit, ~has_bit):
+            (g,) = torch.autograd.grad(y, leaf, grad_outputs=cotangent * inside.unsqueeze(1), retain_graph=True,
+                                       allow_unused=True)
+            if g is None:
+                return False  # the output does not depend on the input at all
+            largest = max(largest, g.abs().max().item())
+            off_diagonal = max(off_diagonal, g[~inside].abs().max().item())
+    return off_diagonal > COUPLING_THRESHOLD * largest
+
+
+def reference(model: nn.Module, x: Tensor, memory_budget: int | None = None, hidden: int = 0) -> Reference:
+    """The float64 per-sample Jacobian of `model` at `x`; ModelProblem when the model gives no usable one.
+
+    Independent samples: reverse mode one output at a time, or forward mode one input at a time, on the whole batch
+    (fewer passes wins). Coupled samples: the diagonal blocks of the full (B, out, B, in) Jacobian, which needs
+    B²·out·in numbers: MemoryError above `memory_budget`.
+    """
+    model64 = copy.deepcopy(model).double()
+    x64 = x.detach().double()  # [B, in]
+    batch, in_dim = x64.shape
+    with torch.no_grad():
+        y = model64(x64)  # [B, out]
+        again = model64(x64)
+    bad = nonfinite_rows(y)
+    if bad:
+        raise ModelProblem(f"the model itself returns NaN or inf (in float64) for {_rows(bad, batch)} of this input")
+    if not torch.equal(y, again):
+        raise ModelProblem("the model is not deterministic: two float64 forward passes on the same input differ "
+                           "(dropout or another random op active?); no reference can validate it")
+    out_dim = y.shape[1]
+    coupled = samples_coupled(model64, x64)
+    if coupled:
+        needed = coupled_reference_bytes(batch, hidden, in_dim, out_dim)
+        if memory_budget is not None and needed > memory_budget:
+            raise MemoryError(f"the float64 reference of a batch-coupled model needs {needed / 2**30:.1f} GiB")
+        full = torch.autograd.functional.jacobian(model64, x64, vectorize=True)  # [B, out, B, in]
+        jac = torch.diagonal(full, dim1=0, dim2=2).permute(2, 0, 1).contiguous()  # [B, out, in]
+    elif in_dim <= out_dim:
+        jac = _forward_columns(model64, x64)
+    else:
+        jac = _reverse_rows(model64, x64, out_dim)
+    bad = nonfinite_rows(jac)
+    if bad:
+        raise ModelProblem(f"the model's own float64 Jacobian holds NaN or inf for {_rows(bad, batch)} "
+                           "(a derivative that does not exist at this input, e.g. sqrt at 0)")
+    return Reference(jac, coupled)
+
+
+def _forward_columns(model64: nn.Module, x64: Tensor) -> Tensor:
+    import torch.autograd.forward_ad as fwAD
+
+    columns = []
+    for i in range(x64.shape[1]):
+        tangent = torch.zeros_like(x64)  # [B, in]
+        tangent[:, i] = 1
+        with fwAD.dual_level():
+            y = model64(fwAD.make_dual(x64, tangent))
+            columns.append(fwAD.unpack_dual(y).tangent.detach())  # [B, out]
+    return torch.stack(columns, dim=2)  # [B, out, in]
+
+
+def _reverse_rows(model64: nn.Module, x64: Tensor, out_dim: int) -> Tensor:
+    leaf = x64.clone().requires_grad_(True)
+    y = model64(leaf)  # [B, out]
+    rows = []
+    for o in range(out_dim):
+        (g,) = torch.autograd.grad(y[:, o].sum(), leaf, retain_graph=True, allow_unused=True)  # [B, in]
+        rows.append(torch.zeros_like(x64) if g is None else g)
+    return torch.stack(rows, dim=1)  # [B, out, in]
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    max_abs_error: float | None
+    tolerance: float
+    message: str
+
+
+def validate(output: object, reference_jacobian: Tensor, returns: str, dtype: torch.dtype) -> Check:
+    """Compare a strategy's output with the float64 reference (J, or J.sum(1) for "output_sum")."""
+    expected = reference_jacobian.sum(1) if returns == "output_sum" else reference_jacobian
+    tolerance = RTOL.get(dtype, 1e-4) * expected.abs().max().item() + torch.finfo(dtype).tiny
+    if not isinstance(output, Tensor):
+        return Check(False, None, tolerance, f"returned {type(output).__name__}, not a Tensor")
+    if tuple(output.shape) != tuple(expected.shape):
+        return Check(False, None, tolerance, f"returned shape {tuple(output.shape)}, expected {tuple(expected.shape)}")
+    got = output.detach().to(expected.device, torch.float64)
+    bad = nonfinite_rows(got)
+    if bad:
+        return Check(False, None, tolerance, f"the strategy returned NaN or inf for {_rows(bad, got.shape[0])}; "
+                                             "the float64 reference is finite there")
+    error = (got - expected).abs().max().item()
+    if error > tolerance:
+        return Check(False, error, tolerance, f"max abs error {error:.3g} > tolerance {tolerance:.3g}")
+    return Check(True, error, tolerance, "")
