@@ -12,6 +12,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 from bench.errors import BenchError
 
@@ -93,79 +94,76 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Plan (refusing bad input before anything is written), open the run folder, hand the run to pytest as a
+    plugin object, then write the report."""
     import pytest
 
-    from bench import results, session
+    from bench import results
+    from bench.plan import Settings, plan_run
+    from bench.plugin import JacobenchPlugin
+    from bench.session import open_run
 
-    settings = session.Settings(
+    plan = plan_run(Settings(
         grid=args.grid, devices=args.devices, strategies=args.strategies, model=args.model, run_id=args.run_id,
         results_root=args.results_root, memory_budget=args.memory_budget, time_budget=args.time_budget,
         dtype=args.dtype, threads=args.threads, resume=args.resume, force=args.force,
-    )
-    run = session.prepare(settings, create=True)  # every bad input is refused here, before anything is written
-    settings = session.Settings(**(vars(settings) | {"run_id": run.run_id, "resume": False, "force": False}))
-    for note in run.notes:
+    ))
+    folder = open_run(plan)
+    for note in plan.notes:
         print(f"jacobench: note: {note}", flush=True)
-    pending = len(run.cases) * len(run.devices) * len(run.strategy_names) - len(run.finished)
-    print(f"jacobench: run {run.run_id}: grid {run.grid.name}, {len(run.cases)} shapes x {len(run.strategy_names)} "
-          f"strategies x {len(run.devices)} device(s) ({', '.join(run.devices)}); {pending} cases to measure"
-          + (f", {len(run.finished)} already done" if run.finished else ""), flush=True)
+    pending = plan.planned_cases - len(folder.finished)
+    print(f"jacobench: run {plan.run_id}: grid {plan.grid.name}, {len(plan.cases)} shapes x "
+          f"{len(plan.strategy_names)} strategies x {len(plan.devices)} device(s) ({', '.join(plan.devices)}); "
+          f"{pending} cases to measure" + (f", {len(folder.finished)} already done" if folder.finished else ""),
+          flush=True)
     json_name = ".benchmark-resumed.json" if args.resume else "benchmark.json"
-    storage = tempfile.mkdtemp(prefix="jacobench-pytest-benchmark-")
-    pytest_args = [
-        str(Path(__file__).with_name("suite.py")),
-        "-p", "no:cacheprovider", "-p", "no:terminal", "-s", "-W", "ignore::FutureWarning",
-        f"--rootdir={Path(__file__).parents[1]}",
-        f"--benchmark-json={run.folder / json_name}",
-        "--benchmark-storage", storage,  # unused (no --benchmark-save), but pytest-benchmark creates it
-    ]
-    for flag, value in (("--grid", settings.grid), ("--devices", settings.devices),
-                        ("--strategies", settings.strategies), ("--model", settings.model),
-                        ("--run-id", settings.run_id), ("--results-dir", settings.results_root),
-                        ("--memory-budget", settings.memory_budget), ("--time-budget", settings.time_budget),
-                        ("--dtype", settings.dtype), ("--threads", settings.threads)):
-        if value:
-            pytest_args += [flag, value]
-    pytest_args.append("--jacobench-reopen")
-    try:
-        code = pytest.main(pytest_args)
-    finally:
-        shutil.rmtree(storage, ignore_errors=True)
+    code = _pytest(JacobenchPlugin(plan, folder), folder.path / json_name)
     if args.resume:
-        results.merge_benchmark_json(run.folder / "benchmark.json", run.folder / json_name)
-    env = results.read_json(run.folder / "env.json")
+        results.merge_benchmark_json(folder.path / "benchmark.json", folder.path / json_name)
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.INTERRUPTED, pytest.ExitCode.NO_TESTS_COLLECTED):
-        print(f"jacobench: the suite ended with pytest exit code {int(code)}; results so far are in {run.folder}",
+        print(f"jacobench: the suite ended with pytest exit code {int(code)}; results so far are in {folder.path}",
               file=sys.stderr)
     if not args.no_report:
-        _report(run.folder)
+        _report(folder.path)
+    return _exit_code(results.read_json(folder.path / "env.json"), code, folder.path)
+
+
+def _pytest(plugin: Any, benchmark_json: Path) -> int:
+    """bench/suite.py under pytest with the run as a plugin; pytest's own terminal output is off (the plugin prints a
+    line per case)."""
+    import pytest
+
+    storage = tempfile.mkdtemp(prefix="jacobench-pytest-benchmark-")
+    try:
+        return pytest.main([
+            str(Path(__file__).with_name("suite.py")),
+            "-p", "no:cacheprovider", "-p", "no:terminal", "-s", "-W", "ignore::FutureWarning",
+            f"--rootdir={Path(__file__).parents[1]}",
+            f"--benchmark-json={benchmark_json}",
+            "--benchmark-storage", storage,  # unused (no --benchmark-save), but pytest-benchmark creates it
+        ], plugins=[plugin])
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+
+
+def _exit_code(env: dict[str, Any], code: int, folder: Path) -> int:
+    import pytest
+
     if env.get("interrupted"):
         return EXIT_INTERRUPTED
     counts = env.get("status_counts") or {}
     if counts.get("error") and not counts.get("ok"):
         print(f"jacobench: no case ran ok and {counts['error']} ended in error: see their messages in "
-              f"{run.folder / 'summary.csv'}", file=sys.stderr)
+              f"{folder / 'summary.csv'}", file=sys.stderr)
         return 1
     return 0 if code in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED) else 1
 
 
 def _report(folder: Path) -> None:
-    try:
-        from bench.report import build_report
-    except ImportError:  # reporting not installed in this checkout: the run itself is complete
-        print(f"jacobench: results in {folder} (no report module)")
-        return
-    path = build_report(folder, plots_root=plots_root_for(folder))
+    from bench.report import build_report
+
+    path = build_report(folder)
     print(f"jacobench: report {path} and {path.with_suffix('.html')}")
-
-
-def plots_root_for(folder: Path) -> Path:
-    """plots/ mirrors results/: results/reference/<id> gets its figures in plots/reference/<id>."""
-    parent = folder.resolve().parent
-    results_root = Path("results").resolve()
-    if parent != results_root and parent.is_relative_to(results_root):
-        return Path("plots") / parent.relative_to(results_root)
-    return Path("plots")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -15,28 +15,29 @@ from typing import Any
 
 import pandas as pd
 
-from bench import aggregate as agg
-from bench.aggregate import Run, fmt_ratio, fmt_time, load_run
-from bench.plots import save, slug, speedup_vs_batch
-from bench.report import Block, Document, Section, env_table, figure_block, render, table_block
-from bench.results import KEY_COLUMNS, ResultsError
+from bench.document import Block, Document, Section, figure_block, render, table_block
+from bench.frames import LoadedRun, load_run, strategy_order, sweep_line
+from bench.plots import save, speedup_vs_batch
+from bench.results import ResultsError
+from bench.schema import AXES, DEVICE_ORDER, KEY_COLUMNS, fmt_ratio, fmt_time, sizes_id, slug
+from bench.tables import best_per_shape, env_table
 
 JOIN = [k for k in KEY_COLUMNS if k != "device"]
-KEEP = ["status", "time_median_s", "valid", "computes_j", "sweeps"]
+KEEP = ["status", "time_median_s", "valid", "is_jacobian", "sweeps", "rank"]
 
 
 @dataclass
 class Side:
     label: str
-    run: Run
+    run: LoadedRun
     device: str
     frame: pd.DataFrame
 
 
-def sides_of(runs: list[Run]) -> list[Side]:
+def sides_of(runs: list[LoadedRun]) -> list[Side]:
     """(run, device) pairs in the order given, cpu before cuda within a run, with short distinct labels."""
     pairs = [(run, device) for run in runs
-             for device in sorted(run.frame["device"].unique(), key=lambda d: (agg.DEVICE_ORDER.get(d, 9), d))]
+             for device in sorted(run.frame["device"].unique(), key=lambda d: (DEVICE_ORDER.get(d, 9), d))]
     one_device = all(r.frame["device"].nunique() == 1 for r in runs)
     labels: list[str] = []
     for run, device in pairs:
@@ -58,14 +59,14 @@ def join(a: Side, b: Side) -> tuple[pd.DataFrame, list[str]]:
         right = right.drop(columns="dtype")
     both = left.merge(right, on=keys, suffixes=("_a", "_b"))
     if both.empty:
-        shapes = {s.label: s.frame[agg.AXES].drop_duplicates().shape[0] for s in (a, b)}
+        shapes = {s.label: s.frame[AXES].drop_duplicates().shape[0] for s in (a, b)}
         raise ResultsError(
             f"{a.label} ({a.run.path}) and {b.label} ({b.run.path}) share no cases (same strategy, model, dtype and "
             f"B, H, in, out); models {sorted(set(a.frame['model']))} vs {sorted(set(b.frame['model']))}, "
             f"{shapes[a.label]} vs {shapes[b.label]} shapes: run both with the same GRID and MODEL")
     ok = (both["status_a"] == "ok") & (both["status_b"] == "ok")
     both["speedup"] = (both["time_median_s_a"] / both["time_median_s_b"]).where(ok)
-    return both.rename(columns={"sweeps_a": "sweeps"}), notes
+    return both.rename(columns={"sweeps_a": "sweeps", "rank_a": "rank"}), notes
 
 
 def speedup_cell(row: pd.Series) -> str:
@@ -109,7 +110,7 @@ def pair_sections(a: Side, b: Side, both: pd.DataFrame, plot_dir: Path) -> list[
     sections = []
     for (model, dtype), part in both.groupby(["model", "dtype"]):
         where = f"{model} · {dtype}"
-        line = agg.sweep_line(part, "batch")
+        line = sweep_line(part, "batch")
         section = Section(f"{b.label} over {a.label} — {where}", [
             Block("text", text=f"Speedup = time on a ({a.label}, {a.device}) / time on b ({b.label}, {b.device}); "
                                "above 1× b is faster. A cell names the side whose case did not run ok.")])
@@ -120,7 +121,7 @@ def pair_sections(a: Side, b: Side, both: pd.DataFrame, plot_dir: Path) -> list[
                 section.blocks.append(figure_block(save(fig, plot_dir, name), f"{name}: speedup per strategy vs batch"))
             table = line.assign(cell=[speedup_cell(r) for _, r in line.iterrows()]).pivot_table(
                 index="batch", columns="strategy", values="cell", aggfunc="first")
-            table = table[agg.strategy_order(table.columns)].fillna("")
+            table = table[strategy_order(line)].fillna("")
             table.columns.name = None
             section.blocks.append(table_block(table, f"speedup-{name}", index=True,
                                               caption=f"Speedup of {b.label} over {a.label} vs batch size "
@@ -128,11 +129,11 @@ def pair_sections(a: Side, b: Side, both: pd.DataFrame, plot_dir: Path) -> list[
             cross = [{"strategy": s, "crossover": crossover(rows)[0],
                       "speedup at smallest B": _at(rows, "first"), "speedup at largest B": _at(rows, "last")}
                      for s, rows in line.groupby("strategy")]
-            cross_table = pd.DataFrame(cross).set_index("strategy").reindex(agg.strategy_order(line["strategy"]))
+            cross_table = pd.DataFrame(cross).set_index("strategy").reindex(strategy_order(line))
             section.blocks.append(table_block(cross_table.reset_index(), f"cross-{name}",
                                               caption=f"Crossover: batch size from which {b.label} wins"))
         else:
-            shapes = [f"B{r.batch}-H{r.hidden}-in{r.in_dim}-out{r.out_dim}" for r in part.itertuples()]
+            shapes = [sizes_id(r) for _, r in part.iterrows()]
             table = part.assign(shape=shapes, cell=[speedup_cell(r) for _, r in part.iterrows()])
             table = table.pivot_table(index="shape", columns="strategy", values="cell", aggfunc="first").fillna("")
             caption = f"Speedup of {b.label} over {a.label} per shape (no batch sweep)"
@@ -153,10 +154,10 @@ def _at(rows: pd.DataFrame, end: str) -> str:
 
 def winners(sides: list[Side]) -> pd.DataFrame:
     """Fastest valid strategy per shape on every side, next to each other (shapes measured by all sides)."""
-    shape = ["model", "dtype", *agg.AXES]
+    shape = ["model", "dtype", *AXES]
     merged = None
     for side in sides:
-        best = agg.best_per_shape(side.frame)[shape + ["winner", "best_s"]]
+        best = best_per_shape(side.frame)[shape + ["winner", "best_s"]]
         best = best.assign(best_s=best["best_s"].map(fmt_time)).rename(
             columns={"winner": f"fastest on {side.label}", "best_s": f"time on {side.label}"})
         merged = best if merged is None else merged.merge(best, on=shape)
@@ -207,7 +208,7 @@ def build_compare(run_dirs: list[Path], out_root: Path = Path("results"), plots_
             text += (f"; {b.label} faster on {int((speed > 1).sum())}; median speedup {fmt_ratio(speed.median())} "
                      f"(range {fmt_ratio(speed.min())} – {fmt_ratio(speed.max())})")
         items = [(f"{b.label} over {a.label}", text)]
-        line = agg.sweep_line(both, "batch") if len(both) else both
+        line = sweep_line(both, "batch") if len(both) else both
         for strategy, rows in (line.groupby("strategy") if len(line) else []):
             items.append((f"crossover, {strategy}", crossover(rows)[0]))
         summary.blocks.append(Block("bullets", items=items))

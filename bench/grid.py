@@ -31,9 +31,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from bench.errors import BenchError
+from bench.schema import AXES, case_key, shape_id
 
 GRIDS_DIR = Path(__file__).parent / "grids"
-AXES = ("batch", "hidden", "in_dim", "out_dim")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 _BLOCK_KEYS = {"models", "dtypes", "base", "sweep", "plane", "cartesian"}
 _TOP_KEYS = _BLOCK_KEYS | {"description", "budget", "also"}
@@ -52,7 +52,7 @@ class Budget:
 
 
 @dataclass(frozen=True)
-class Block:
+class GridBlock:
     """One declarative part of a grid: models × dtypes × (base point, sweeps, plane, cartesian product)."""
 
     models: tuple[str, ...]
@@ -78,7 +78,7 @@ class Grid:
     name: str
     path: Path
     description: str
-    blocks: tuple[Block, ...]  # the top level, then each [[also]]
+    blocks: tuple[GridBlock, ...]  # the top level, then each [[also]]
     budget: Budget
 
     @property
@@ -105,10 +105,13 @@ class Case:
     out_dim: int
     sweeps: tuple[str, ...] = field(default=(), compare=False)
 
+    def key(self, strategy: str, device: str) -> tuple:
+        """The finished-case key (schema.case_key) of this case measured by `strategy` on `device`."""
+        return case_key({"strategy": strategy, "device": device, **vars(self)})
+
     @property
     def shape_id(self) -> str:
-        suffix = "" if self.dtype == "float32" else f"-{self.dtype}"
-        return f"{self.model}-B{self.batch}-H{self.hidden}-in{self.in_dim}-out{self.out_dim}{suffix}"
+        return shape_id(self.model, self.dtype, vars(self))
 
     @property
     def size(self) -> int:
@@ -170,58 +173,70 @@ def _parse(data: dict[str, Any], path: Path) -> Grid:
                 budget=Budget(**budget_values))
 
 
-def _parse_block(data: dict[str, Any], parent: Block | None, prefix: str, fail) -> Block:
+def _parse_block(data: dict[str, Any], parent: GridBlock | None, prefix: str, fail) -> GridBlock:
     """A block's keys; an [[also]] block inherits models, dtypes and base axes it does not give."""
     for section in ("base", "sweep", "plane", "cartesian"):
         if section in data and not isinstance(data[section], dict):
             raise fail(prefix + section, f"must be a table, e.g. [{section}]")
-
-    def names(key: str, default: tuple[str, ...], allowed: tuple[str, ...] | None = None) -> tuple[str, ...]:
-        value = data.get(key, list(default))
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-            raise fail(prefix + key, "must be a non-empty list of names")
-        for v in value:
-            if allowed is not None and v not in allowed:
-                raise fail(prefix + key, f"unknown value {v!r} (allowed: {', '.join(allowed)})")
-        return tuple(value)
-
-    def size(key: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise fail(prefix + key, f"sizes must be positive integers, got {value!r}")
-        return value
-
-    def axes(section: str, allowed: tuple[str, ...] = AXES) -> dict[str, tuple[int, ...]]:
-        out = {}
-        for axis, values in data.get(section, {}).items():
-            key = f"{section}.{axis}"
-            if axis not in allowed:
-                raise fail(prefix + key, f"unknown axis (allowed: {', '.join(allowed)})")
-            if not isinstance(values, list) or not values:
-                raise fail(prefix + key, "must be a non-empty list of sizes")
-            out[axis] = tuple(sorted({size(key, v) for v in values}))
-        return out
-
-    base = dict(parent.base) if parent else {}
-    if parent is None and not data.get("base"):
-        raise fail("base", "missing: give batch, hidden, in_dim and out_dim of the base point")
-    for axis, value in data.get("base", {}).items():
-        if axis not in AXES:
-            raise fail(f"{prefix}base.{axis}", f"unknown axis (allowed: {', '.join(AXES)})")
-        base[axis] = size(f"base.{axis}", value)
-    missing = [a for a in AXES if a not in base]
-    if missing:
-        raise fail(prefix + "base", f"missing {', '.join(missing)}")
-    plane = axes("plane", ("in_dim", "out_dim"))
+    read = _BlockReader(data, prefix, fail)
+    plane = read.axes("plane", ("in_dim", "out_dim"))
     if plane and set(plane) != {"in_dim", "out_dim"}:
         raise fail(prefix + "plane", "needs both in_dim and out_dim")
-    return Block(
-        models=names("models", parent.models if parent else ("mlp",)),
-        dtypes=names("dtypes", parent.dtypes if parent else ("float32",), DTYPES),
-        base=base,
-        sweep=axes("sweep"),
+    return GridBlock(
+        models=read.names("models", parent.models if parent else ("mlp",)),
+        dtypes=read.names("dtypes", parent.dtypes if parent else ("float32",), DTYPES),
+        base=read.base(parent.base if parent else None),
+        sweep=read.axes("sweep"),
         plane=plane,
-        cartesian=axes("cartesian"),
+        cartesian=read.axes("cartesian"),
     )
+
+
+@dataclass
+class _BlockReader:
+    """Reads one block's values, raising a GridError that names the file and the key."""
+
+    data: dict[str, Any]
+    prefix: str
+    fail: Any  # (key, problem) -> GridError
+
+    def names(self, key: str, default: tuple[str, ...], allowed: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        value = self.data.get(key, list(default))
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(self.prefix + key, "must be a non-empty list of names")
+        for v in value:
+            if allowed is not None and v not in allowed:
+                raise self.fail(self.prefix + key, f"unknown value {v!r} (allowed: {', '.join(allowed)})")
+        return tuple(value)
+
+    def size(self, key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise self.fail(self.prefix + key, f"sizes must be positive integers, got {value!r}")
+        return value
+
+    def axes(self, section: str, allowed: tuple[str, ...] | list[str] = AXES) -> dict[str, tuple[int, ...]]:
+        out = {}
+        for axis, values in self.data.get(section, {}).items():
+            key = f"{section}.{axis}"
+            if axis not in allowed:
+                raise self.fail(self.prefix + key, f"unknown axis (allowed: {', '.join(allowed)})")
+            if not isinstance(values, list) or not values:
+                raise self.fail(self.prefix + key, "must be a non-empty list of sizes")
+            out[axis] = tuple(sorted({self.size(key, v) for v in values}))
+        return out
+
+    def base(self, inherited: dict[str, int] | None) -> dict[str, int]:
+        base = dict(inherited or {})
+        if inherited is None and not self.data.get("base"):
+            raise self.fail("base", "missing: give batch, hidden, in_dim and out_dim of the base point")
+        for axis, value in self.data.get("base", {}).items():
+            if axis not in AXES:
+                raise self.fail(f"{self.prefix}base.{axis}", f"unknown axis (allowed: {', '.join(AXES)})")
+            base[axis] = self.size(f"base.{axis}", value)
+        missing = [a for a in AXES if a not in base]
+        if missing:
+            raise self.fail(self.prefix + "base", f"missing {', '.join(missing)}")
+        return base
 
 
 def expand(grid: Grid, models: tuple[str, ...] | None = None, dtypes: tuple[str, ...] | None = None) -> list[Case]:

@@ -10,7 +10,6 @@ A plot with no data in this run (e.g. the smoke grid has no sweep) is skipped, n
 from __future__ import annotations
 
 import io
-import re
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -18,20 +17,9 @@ from typing import Any
 
 import pandas as pd
 
-from bench.aggregate import (
-    AXES,
-    AXIS_LABEL,
-    Run,
-    fmt_ratio,
-    fmt_time,
-    groups,
-    plane,
-    strategy_order,
-    sweep_line,
-    where_label,
-)
+from bench.frames import LoadedRun, groups, plane, strategy_order, sweep_line, where_label
 from bench.results import atomic_write_bytes
-from bench.schema import FAILED, status_kind
+from bench.schema import AXES, AXIS_LABEL, FAILED, fmt_ratio, fmt_time, slug, status_kind
 
 COLORS = {
     "analytic": "#000000",
@@ -62,11 +50,6 @@ def marker(strategy: str) -> str:
     return MARKERS.get(strategy) or PLUGIN_MARKERS[zlib.crc32(strategy.encode()) % len(PLUGIN_MARKERS)]
 
 
-def slug(text: str) -> str:
-    """A file-name-safe piece of a plot name (a model given as path/to/file.py:factory, say)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "x"
-
-
 def _pyplot() -> Any:
     import matplotlib
 
@@ -89,7 +72,7 @@ def save(fig: Any, out_dir: Path, name: str) -> Path:
     return path
 
 
-def plot_run(run: Run, out_dir: Path) -> dict[str, Path]:
+def plot_run(run: LoadedRun, out_dir: Path) -> dict[str, Path]:
     """Every plot the run has data for, name -> path; the names are ordered as the report shows them."""
     out: dict[str, Path] = {}
     for (model, device, dtype), part in groups(run.frame):
@@ -123,10 +106,10 @@ def _lines(ax: Any, line: pd.DataFrame, axis: str, column: str, forward: bool = 
     top = ax.get_xaxis_transform()  # x in data, y in axes coordinates: 0.97 is the top edge
     flags: set[str] = set()
     stacked: dict[int, int] = {}
-    for strategy in strategy_order(line["strategy"]):
+    for strategy in strategy_order(line):
         rows = line[line["strategy"] == strategy].sort_values(axis)
         ok = rows[(rows["status"] == "ok") & rows[column].gt(0)]
-        not_j = not rows["computes_j"].all()
+        not_j = not rows["is_jacobian"].all()
         if len(ok):
             label = strategy + (" (sum over outputs, not J)" if not_j else "")
             ax.plot(ok[axis], ok[column], color=color(strategy), marker=marker(strategy), markersize=5,
@@ -240,7 +223,7 @@ def winner_map(part: pd.DataFrame, where: str) -> Any | None:
         return None
     ins, outs = sorted(rows["in_dim"].unique()), sorted(rows["out_dim"].unique())
     fastest = contenders.sort_values("time_median_s").groupby(["in_dim", "out_dim"])["strategy"].first()
-    names = strategy_order(fastest)  # only the winners get a colour and a legend entry
+    names = strategy_order(contenders[contenders["strategy"].isin(fastest)])  # only winners get a legend entry
     palette = ["#ffffff", "#dddddd"] + [color(s) for s in names]  # 0: not measured, 1: nothing valid
     grid = [[0] * len(ins) for _ in outs]
     text = [["not measured"] * len(ins) for _ in outs]
@@ -287,7 +270,7 @@ def coupled_status(part: pd.DataFrame, where: str) -> Any | None:
         return None
     kinds = part.assign(kind=part["status"].map(status_kind))
     counts = kinds.groupby(["strategy", "kind"]).size().unstack("kind", fill_value=0)
-    counts = counts.reindex(index=strategy_order(counts.index)[::-1], columns=list(STATUS_COLORS), fill_value=0)
+    counts = counts.reindex(index=strategy_order(part)[::-1], columns=list(STATUS_COLORS), fill_value=0)
     fig, ax = _pyplot().subplots(figsize=(8.5, 0.9 + 0.4 * len(counts)))
     left = pd.Series(0, index=counts.index)
     for status, c in STATUS_COLORS.items():
@@ -311,7 +294,7 @@ def speedup_vs_batch(table: pd.DataFrame, a: str, b: str, where: str) -> Any | N
     if data.empty or data["batch"].nunique() < 2:
         return None
     fig, ax = _figure(f"Speedup of {b} over {a} vs batch size (time {a} / time {b})", where)
-    for strategy in strategy_order(data["strategy"]):
+    for strategy in strategy_order(data):
         rows = data[data["strategy"] == strategy].sort_values("batch")
         ax.plot(rows["batch"], rows["speedup"], color=color(strategy), marker=marker(strategy), markersize=5,
                 label=strategy)

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.aggregate import AXES, GROUP, SHAPE, load_run
+from bench.frames import load_run
 from bench.results import ResultsError
+from bench.schema import AXES, SETTING, sizes_id
 
 K_NEAREST = 4
 POWER = 2.0  # inverse-distance exponent
@@ -44,7 +45,7 @@ def recommend(run_dirs: list[Path], batch: int, hidden: int, in_dim: int, out_di
     for dev in devices:
         part = frame[(frame["model"] == model) & (frame["device"] == dev) & (frame["dtype"] == dtype)]
         if part.empty:
-            have = sorted(set(map(tuple, frame[GROUP].drop_duplicates().to_numpy())))
+            have = sorted(set(map(tuple, frame[SETTING].drop_duplicates().to_numpy())))
             raise ResultsError(f"no measurement for model={model} device={dev} dtype={dtype}; the runs have "
                                f"(model, device, dtype) = {have}: choose one of those")
         pick = predict(part, shape)
@@ -84,12 +85,12 @@ def predict(part: pd.DataFrame, shape: dict[str, int]) -> dict[str, Any] | None:
         else:
             w = 1.0 / d**POWER
             expected[strategy] = float(math.exp((w * logt).sum() / w.sum()))
-            basis[strategy] = ", ".join(_shape_id(rows.iloc[i]) for i in use)
+            basis[strategy] = ", ".join(sizes_id(rows.iloc[i]) for i in use)
     if not expected:
         return None
     ranked = sorted(expected.items(), key=lambda kv: kv[1])
     best = ranked[0][0]
-    where = f"B{shape['batch']}-H{shape['hidden']}-in{shape['in_dim']}-out{shape['out_dim']}"
+    where = sizes_id(shape)
     if basis[best] == "exact":
         text = f"measured at {where}"
     else:
@@ -105,10 +106,6 @@ def predict(part: pd.DataFrame, shape: dict[str, int]) -> dict[str, Any] | None:
     }
 
 
-def _shape_id(row: pd.Series) -> str:
-    return f"B{row['batch']}-H{row['hidden']}-in{row['in_dim']}-out{row['out_dim']}"
-
-
 def leave_one_out(frame: pd.DataFrame) -> dict[str, Any]:
     """Regret of `predict` when each measured shape is hidden in turn: time of the pick / time of the measured best.
 
@@ -116,7 +113,7 @@ def leave_one_out(frame: pd.DataFrame) -> dict[str, Any]:
     Quantiles use observed values only (no interpolation), so an infinite regret never turns into NaN.
     """
     regrets = []
-    for _, part in frame.groupby(GROUP):
+    for _, part in frame.groupby(SETTING):
         for shape, rows in part.groupby(AXES):
             valid = rows[rows["valid"]]
             rest = part[(part[AXES] != pd.Series(dict(zip(AXES, shape, strict=True)))).any(axis=1)]
@@ -139,5 +136,3 @@ def leave_one_out(frame: pd.DataFrame) -> dict[str, Any]:
         "best_picks": int((values == 1.0).sum()),
     }
 
-
-__all__ = ["recommend", "predict", "leave_one_out", "SHAPE"]

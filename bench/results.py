@@ -1,4 +1,4 @@
-"""Result files of one run (Contract 3): append-only cases.jsonl, atomic JSON/CSV writes, tolerant reading.
+"""Result files of one run: append-only cases.jsonl, atomic JSON/CSV writes, tolerant reading, the run's lock.
 
 results/<run-id>/cases.jsonl     one JSON object per finished case (CASE_FIELDS), appended + fsynced as it finishes
 results/<run-id>/benchmark.json  pytest-benchmark's JSON
@@ -14,7 +14,7 @@ import json
 import math
 import os
 import re
-import tempfile
+import secrets
 import time
 import warnings
 from collections.abc import Iterable
@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench.errors import BenchError
+from bench.schema import KEY_COLUMNS, case_key
 
-# The columns that identify a case across runs and machines.
-KEY_COLUMNS = ["strategy", "model", "device", "dtype", "batch", "hidden", "in_dim", "out_dim"]
-
-SUMMARY_COLUMNS = KEY_COLUMNS + [
+SUMMARY_COLUMNS = [
+    *KEY_COLUMNS,
     "status",
     "time_median_s",  # one full fn(model, x) call, forward included; only for status ok
     "time_iqr_s",
@@ -55,8 +54,6 @@ CASE_FIELDS = SUMMARY_COLUMNS + [
     "wall_s",  # wall time spent on the whole case
 ]
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -102,10 +99,6 @@ def _lock_owner(lock: IO) -> str:
     return "unknown"
 
 
-def case_key(record: dict[str, Any]) -> tuple:
-    return tuple(record[k] for k in KEY_COLUMNS)
-
-
 def append_case(path: Path, record: dict[str, Any]) -> None:
     """Append one record as a line and force it to disk: a kill -9 right after loses nothing.
     A NaN or inf number is written as null (strict JSON has neither)."""
@@ -134,7 +127,7 @@ def read_cases(path: Path) -> list[dict[str, Any]]:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 record = None
-            if not isinstance(record, dict) or any(k not in record for k in KEY_COLUMNS + ["status"]):
+            if not isinstance(record, dict) or any(k not in record for k in (*KEY_COLUMNS, "status")):
                 skipped.append(n)
                 continue
             records.append(record)
@@ -163,16 +156,16 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        # mode 0o666 under the process umask, like any file the user creates (mkstemp would make it 0600)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; result files are meant to be shared
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -199,6 +192,15 @@ def write_summary(path: Path, records: Iterable[dict[str, Any]]) -> list[dict[st
     frame["sweeps"] = frame["sweeps"].map(lambda s: "|".join(s) if isinstance(s, list) else s)
     atomic_write_text(path, frame.to_csv(index=False))
     return latest
+
+
+def plots_dir(run_folder: Path) -> Path:
+    """Where a run's figures go: plots/ mirrors results/. The results root is the nearest folder above the run named
+    `results` (else the run's parent: whatever --results-dir named); its sibling `plots` holds the run's path below
+    it: results/x -> plots/x, results/reference/x -> plots/reference/x, /out/results/x -> /out/plots/x."""
+    folder = Path(run_folder).resolve()
+    root = next((p for p in folder.parents if p.name == "results"), folder.parent)
+    return root.parent / "plots" / folder.relative_to(root)
 
 
 def resolve_run_dir(spec: str | Path, results_root: Path = Path("results")) -> Path:

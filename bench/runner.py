@@ -1,8 +1,8 @@
 """One case = one strategy × shape × device: budget checks, validation, timing, memory -> one record.
 
-Order per case (Contract 3 / measurement rules): build model and input, time the forward pass, compute the float64
-reference (both shared by every strategy of the shape), validate the strategy, time it with pytest-benchmark,
-measure peak memory in a separate pass. No exception escapes: every failure becomes a status.
+Order per case: build the model and input, time the forward pass, compute the float64 reference (the three shared
+by every strategy of the shape), validate the strategy, time it with pytest-benchmark, measure peak memory in a
+separate pass. No exception escapes: every failure becomes a status.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ from torch import Tensor, nn
 
 import strategies
 from bench import measure, models, reference
-from bench.grid import AXES, Case
-from bench.session import Run
+from bench.grid import Case
+from bench.plan import RunPlan
+from bench.schema import AXES, case_id, fmt_bytes
 from strategies import Strategy, Unsupported
+
+Record = dict[str, Any]
 
 
 def default_memory_estimate(batch: int, hidden: int, in_dim: int, out_dim: int, dtype: torch.dtype) -> int:
@@ -29,31 +32,32 @@ def default_memory_estimate(batch: int, hidden: int, in_dim: int, out_dim: int, 
 
 
 @dataclass
-class Shape:
-    """What every strategy of one case shares: the model, the input, the forward time, the reference."""
+class PreparedShape:
+    """What every strategy of one shape on one device shares: the model, the input, the forward time, the reference.
+    A shape that could not be prepared carries the status and message every strategy of it gets."""
 
-    key: tuple
+    key: tuple[Case, str]
     model: nn.Module | None = None
     x: Tensor | None = None  # [B, in]
     forward_median_s: float | None = None
     reference: Tensor | None = None  # [B, out, in] float64
     coupled: bool | None = None
-    status: str = "ok"  # not ok: every strategy of this shape gets this status and message
+    status: str = "ok"
     message: str = ""
 
 
 class CaseRunner:
-    def __init__(self, run: Run):
-        self.run = run
-        self._shape: Shape | None = None
-        self._failed_shapes: dict[tuple, list[tuple[Case, str]]] = {}  # (strategy, device, model, dtype) -> cases
+    def __init__(self, plan: RunPlan):
+        self.plan = plan
+        self._shape: PreparedShape | None = None
+        self._failed: dict[tuple, list[tuple[Case, str]]] = {}  # (strategy, device, model, dtype) -> failed cases
         self._memory_budget: dict[str, int] = {}
         self._warm: set[tuple[str, str]] = set()  # (device, model) warmed up
 
     def memory_budget(self, device: str) -> int:
         if device not in self._memory_budget:
-            self._memory_budget[device] = self.run.memory_budget_bytes or int(
-                self.run.grid.budget.memory_fraction * measure.available_memory(device)
+            self._memory_budget[device] = self.plan.memory_budget_bytes or int(
+                self.plan.grid.budget.memory_fraction * measure.available_memory(device)
             )
         return self._memory_budget[device]
 
@@ -64,114 +68,91 @@ class CaseRunner:
             return
         self._warm.add((device, model_name))
         try:
-            model, x = models.build(self.run.model_defs[model_name], 2, 4, 3, 2, device, torch.float32)
+            model, x = models.build(self.plan.model_defs[model_name], 2, 4, 3, 2, device, torch.float32)
             reference.reference(model, x)
             measure.peak_memory(lambda: model(x), device)
         except Exception:  # a model that cannot be built small is measured (and reported) per case
             return
-        for name in self.run.strategy_names:
+        for name in self.plan.strategy_names:
             try:
                 strategies.REGISTRY[name](model, x)
             except Exception:
                 pass
 
-    def record(self, strategy: Strategy, case: Case, device: str) -> dict[str, Any]:
-        return {
-            "strategy": strategy.name,
-            "model": case.model,
-            "device": device,
-            "dtype": case.dtype,
-            "batch": case.batch,
-            "hidden": case.hidden,
-            "in_dim": case.in_dim,
-            "out_dim": case.out_dim,
-            "returns": strategy.returns,
-            "independent_samples": strategy.independent_samples,
-            "is_jacobian": strategy.returns == "jacobian" or case.out_dim == 1,
-            "summary": strategy.summary,
-            "cost": strategy.cost,
-            "sweeps": list(case.sweeps),
-            "case_id": f"{strategy.name}-{device}-{case.shape_id}",
-            "message": "",
-        }
-
-    def run_case(self, benchmark, strategy_name: str, case: Case, device: str) -> dict[str, Any]:
+    def run_case(self, benchmark: Any, strategy_name: str, case: Case, device: str) -> Record:
+        """The record of one case, whatever happens: measured, or with the status and message of what stopped it."""
         started = time.perf_counter()
         strategy = strategies.REGISTRY[strategy_name]
-        rec = self.record(strategy, case, device)
+        rec = new_record(strategy, case, device)
         try:
             self.warm_up(device, case.model)
-            rec.update(self._measure(benchmark, strategy, case, device, rec))
+            rec.update(self._skip_reason(strategy, case, device, rec) or self._measure(benchmark, strategy, case,
+                                                                                       device, rec))
         except Exception as exc:  # a harness bug must not stop the run either
             rec.update(status="error", message=f"harness: {type(exc).__name__}: {exc}")
-        single_call_timeout = rec.pop("_single_call", False)
-        if single_call_timeout or rec["status"] == "oom":
-            self._failed_shapes.setdefault((strategy.name, device, case.model, case.dtype), []).append(
-                (case, rec["status"])
-            )
+        if rec.pop("_predicts_larger", False):
+            self._failed.setdefault((strategy.name, device, case.model, case.dtype), []).append((case, rec["status"]))
         rec["wall_s"] = round(time.perf_counter() - started, 4)
         return rec
 
-    def _measure(self, benchmark, strategy: Strategy, case: Case, device: str, rec: dict) -> dict[str, Any]:
-        dtype = getattr(torch, case.dtype)
-        dims = (case.batch, case.hidden, case.in_dim, case.out_dim)
-        for earlier, status in self._failed_shapes.get((strategy.name, device, case.model, case.dtype), []):
+    def _skip_reason(self, strategy: Strategy, case: Case, device: str, rec: Record) -> Record | None:
+        """skipped (a smaller shape failed) or over_budget (predicted memory), decided before running anything."""
+        for earlier, status in self._failed.get((strategy.name, device, case.model, case.dtype), []):
             if all(getattr(case, a) >= getattr(earlier, a) for a in AXES):
                 return {"status": "skipped", "message": f"not run: at least as large as {earlier.shape_id}, "
                                                         f"which ended in {status}"}
         estimate = strategy.memory_estimate or default_memory_estimate
-        predicted = estimate(*dims, dtype)
-        rec["predicted_memory_bytes"] = predicted
+        rec["predicted_memory_bytes"] = predicted = estimate(case.batch, case.hidden, case.in_dim, case.out_dim,
+                                                             getattr(torch, case.dtype))
         budget = self.memory_budget(device)
         if predicted > budget:
-            return {"status": "over_budget", "message": f"predicted {_gib(predicted)} > memory budget {_gib(budget)}"}
+            return {"status": "over_budget", "message": f"predicted {fmt_bytes(predicted)} > memory budget "
+                                                        f"{fmt_bytes(budget)}"}
+        return None
 
-        shape = self._prepare(case, device, dtype)
+    def _measure(self, benchmark: Any, strategy: Strategy, case: Case, device: str, rec: Record) -> Record:
+        shape = self._prepare(case, device)
         rec.update(forward_median_s=shape.forward_median_s, coupled=shape.coupled)
-        if shape.status != "ok":
-            return {"status": shape.status, "message": shape.message}
-
+        if shape.status != "ok":  # out of memory for the reference: larger shapes will be too
+            return {"status": shape.status, "message": shape.message, "_predicts_larger": shape.status == "oom"}
         model, x = shape.model, shape.x
         try:
             output = self._first_call(strategy, model, x)
-            check = reference.validate(output, shape.reference, strategy.returns, dtype)
+            check = reference.validate(output, shape.reference, strategy.returns, getattr(torch, case.dtype))
             del output
             rec.update(max_abs_error=check.max_abs_error, tolerance=check.tolerance)
             if not check.ok:
                 return {"status": "wrong", "message": check.message}
-            start = measure.synced_clock()
-            self._call_within_budget(strategy, model, x)
-            one_call = measure.synced_clock() - start
-            p = measure.plan(one_call, self.run.grid.budget.target_s)
-            # The timed phase is bounded by its plan; this limit only guards against a hang (a loaded machine can
-            # slow calls many times over, and that must not be mistaken for a timeout of the strategy).
-            planned_s = (p.rounds + p.warmup_rounds) * p.iterations * one_call
-            with measure.time_limit(max(30.0, self.run.time_budget_s + 20 * planned_s), "the timed rounds"):
-                benchmark.pedantic(strategy.fn, args=(model, x), rounds=p.rounds, iterations=p.iterations,
-                                   warmup_rounds=p.warmup_rounds)
-            peak = measure.peak_memory(lambda: strategy(model, x), device)
+            timing = self._time(benchmark, strategy, model, x)
+            return {"status": "ok", **timing, "peak_memory_bytes": measure.peak_memory(lambda: strategy(model, x),
+                                                                                        device)}
         except Unsupported as exc:
             return {"status": "unsupported", "message": str(exc)}
         except measure.CaseTimeout as exc:
             # only a single call over the budget predicts that larger shapes will time out too
-            return {"status": "timeout", "message": str(exc), "_single_call": exc.what == "one call"}
+            return {"status": "timeout", "message": str(exc), "_predicts_larger": exc.what == "one call"}
         except Exception as exc:
             if measure.is_out_of_memory(exc):
                 _free(device)
-                return {"status": "oom", "message": _first_line(exc)}
+                return {"status": "oom", "message": _first_line(exc), "_predicts_larger": True}
             return {"status": "error", "message": f"{type(exc).__name__}: {_first_line(exc)}"
                                                   + _one_sample_note(model, x, case.out_dim)}
+
+    def _time(self, benchmark: Any, strategy: Strategy, model: nn.Module, x: Tensor) -> Record:
+        """pytest-benchmark's pedantic mode: iterations so a round lasts well above the clock's resolution."""
+        start = measure.synced_clock()
+        self._call_within_budget(strategy, model, x)
+        one_call = measure.synced_clock() - start
+        p = measure.plan(one_call, self.plan.grid.budget.target_s)
+        # The timed phase is bounded by its plan; this limit only guards against a hang (a loaded machine can slow
+        # calls many times over, and that must not be mistaken for a timeout of the strategy).
+        planned_s = (p.rounds + p.warmup_rounds) * p.iterations * one_call
+        with measure.time_limit(max(30.0, self.plan.time_budget_s + 20 * planned_s), "the timed rounds"):
+            benchmark.pedantic(strategy.fn, args=(model, x), rounds=p.rounds, iterations=p.iterations,
+                               warmup_rounds=p.warmup_rounds)
         stats = benchmark.stats.stats
-        return {
-            "status": "ok",
-            "time_median_s": stats.median,
-            "time_iqr_s": stats.iqr,
-            "time_min_s": stats.min,
-            "time_mean_s": stats.mean,
-            "rounds": stats.rounds,
-            "iterations": p.iterations,
-            "peak_memory_bytes": peak,
-        }
+        return {"time_median_s": stats.median, "time_iqr_s": stats.iqr, "time_min_s": stats.min,
+                "time_mean_s": stats.mean, "rounds": stats.rounds, "iterations": p.iterations}
 
     def _first_call(self, strategy: Strategy, model: nn.Module, x: Tensor) -> Tensor:
         """The validation call, under the time budget. One retry, so a moment of load on a shared machine is not
@@ -182,31 +163,21 @@ class CaseRunner:
             return self._call_within_budget(strategy, model, x)
 
     def _call_within_budget(self, strategy: Strategy, model: nn.Module, x: Tensor) -> Tensor:
-        with measure.time_limit(self.run.time_budget_s, "one call"):
+        with measure.time_limit(self.plan.time_budget_s, "one call"):
             output = strategy(model, x)
             measure.synced_clock()  # wait for queued CUDA work inside the limit
         return output
 
-    def _prepare(self, case: Case, device: str, dtype: torch.dtype) -> Shape:
+    def _prepare(self, case: Case, device: str) -> PreparedShape:
         """Build (once per shape and device) the model, input, forward time and float64 reference."""
-        key = (case, device)
-        if self._shape is not None and self._shape.key == key:
+        if self._shape is not None and self._shape.key == (case, device):
             return self._shape
         self._shape = None  # free the previous shape's tensors before building the next
         _free(device)
-        shape = Shape(key=key)
+        shape = PreparedShape(key=(case, device))
         try:
-            with measure.time_limit(max(10 * self.run.time_budget_s, 30), "building the model and reference"):
-                model, x = models.build(self.run.model_defs[case.model], case.batch, case.hidden, case.in_dim,
-                                        case.out_dim, device, dtype)
-                problem = models.run_problem(model, x, case.out_dim)
-                if problem:
-                    raise reference.ModelProblem(problem + (" (a one-sample batch)" if case.batch == 1 else ""))
-                with torch.no_grad():
-                    shape.forward_median_s = measure.median_time(lambda: model(x), self.run.grid.budget.target_s / 2)
-                ref = reference.reference(model, x, self.memory_budget(device), hidden=case.hidden)
-            shape.reference, shape.coupled = ref.jacobian, ref.coupled
-            shape.model, shape.x = model, x
+            with measure.time_limit(max(10 * self.plan.time_budget_s, 30), "building the model and reference"):
+                self._build(shape, case, device)
         except (models.ModelError, reference.ModelProblem) as exc:
             shape.status, shape.message = "error", str(exc)
         except MemoryError as exc:
@@ -219,10 +190,39 @@ class CaseRunner:
         self._shape = shape
         return shape
 
+    def _build(self, shape: PreparedShape, case: Case, device: str) -> None:
+        model, x = models.build(self.plan.model_defs[case.model], case.batch, case.hidden, case.in_dim, case.out_dim,
+                                device, getattr(torch, case.dtype))
+        problem = models.run_problem(model, x, case.out_dim)
+        if problem:
+            raise reference.ModelProblem(problem + (" (a one-sample batch)" if case.batch == 1 else ""))
+        with torch.no_grad():
+            shape.forward_median_s = measure.median_time(lambda: model(x), self.plan.grid.budget.target_s / 2)
+        ref = reference.reference(model, x, self.memory_budget(device), hidden=case.hidden)
+        shape.reference, shape.coupled = ref.jacobian, ref.coupled
+        shape.model, shape.x = model, x
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+def new_record(strategy: Strategy, case: Case, device: str) -> Record:
+    """The fields every record has, whatever its status."""
+    return {
+        "strategy": strategy.name,
+        "model": case.model,
+        "device": device,
+        "dtype": case.dtype,
+        "batch": case.batch,
+        "hidden": case.hidden,
+        "in_dim": case.in_dim,
+        "out_dim": case.out_dim,
+        "returns": strategy.returns,
+        "independent_samples": strategy.independent_samples,
+        "is_jacobian": strategy.returns == "jacobian" or case.out_dim == 1,
+        "summary": strategy.summary,
+        "cost": strategy.cost,
+        "sweeps": list(case.sweeps),
+        "case_id": case_id(strategy.name, device, case.shape_id),
+        "message": "",
+    }
 
 
 def _one_sample_note(model: nn.Module, x: Tensor, out_dim: int) -> str:
@@ -232,8 +232,9 @@ def _one_sample_note(model: nn.Module, x: Tensor, out_dim: int) -> str:
         else ""
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _free(device: str) -> None:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from bench import grid, results
-from bench.schema import STATUSES
+from bench.schema import STATUSES, case_key
 from tests.helpers import install_planted, run_bench
 
 CONTRACT_COLUMNS = ["strategy", "model", "device", "dtype", "batch", "hidden", "in_dim", "out_dim", "status",
@@ -35,7 +35,7 @@ def test_cases_jsonl_holds_exactly_the_finished_cases(smoke_run):
     _, folder, _ = smoke_run
     lines = (folder / "cases.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
-    keys = [results.case_key(r) for r in records]
+    keys = [case_key(r) for r in records]
     assert len(keys) == len(set(keys))
     shapes = grid.expand(grid.load_grid("smoke"))
     strategies_run = {r["strategy"] for r in records}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from run_fixtures import BASE, make_run, record, shapes, valid_best
 
-from bench.aggregate import load_run
+from bench.frames import load_run
 from bench.recommend import leave_one_out, recommend
 from bench.results import ResultsError, append_case
 

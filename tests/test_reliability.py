@@ -1,4 +1,4 @@
-"""Issue 5: bad input gets one line and exit 2 and touches nothing; kill -9 loses nothing; resume; Ctrl-C."""
+"""Bad input gets one line, exit 2 and touches nothing; kill -9 loses nothing; resume; Ctrl-C; one process per run."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 
 from bench import results
 from bench.cli import main
+from bench.schema import case_key
 from tests.helpers import REPO, bench_command, bench_env, run_bench
 
 FAST = "grad_summed,grad_loop,analytic"
@@ -178,7 +179,7 @@ def test_kill_9_then_resume_reruns_nothing(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert f"{len(finished_before)} already done" in resumed.stdout
     after = results.read_cases(cases)
-    keys = [results.case_key(r) for r in after]
+    keys = [case_key(r) for r in after]
     assert len(keys) == total and len(set(keys)) == total  # every case once: none re-run, none missing
     assert cases.read_text().splitlines()[: len(lines_before)] == lines_before  # finished lines untouched
     summary = (tmp_path / "results" / "k" / "summary.csv").read_text().splitlines()
@@ -232,7 +233,7 @@ def test_a_run_folder_belongs_to_one_process(tmp_path):
     first.communicate(timeout=120)
     after = (folder / "cases.jsonl").read_text().splitlines()
     assert after[: len(lines)] == lines
-    keys = [results.case_key(json.loads(line)) for line in after]
+    keys = [case_key(json.loads(line)) for line in after]
     assert len(keys) == len(set(keys)) >= 2
     again = run_bench(tmp_path, "run", "--grid", "smoke", "--run", "shared", "--strategies", "analytic", "--force",
                       "--no-report")

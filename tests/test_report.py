@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from run_fixtures import STRATEGIES, make_run, record
 
-from bench import aggregate
+from bench import frames
 from bench.report import build_report
 from bench.results import ResultsError, append_case
+from bench.schema import AXES
 
 EVIL = "<script>alert(1)</script>"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -44,7 +45,7 @@ def test_every_strategy_appears(built: dict[str, Path]) -> None:
 def test_every_plot_is_a_png_and_linked(built: dict[str, Path]) -> None:
     import matplotlib.image
 
-    expected = {f"time_vs_{axis}-{dev}-mlp-float32" for axis in aggregate.AXES for dev in ("cpu", "cuda")}
+    expected = {f"time_vs_{axis}-{dev}-mlp-float32" for axis in AXES for dev in ("cpu", "cuda")}
     expected |= {f"{kind}-{dev}-mlp-float32" for kind in ("jf_ratio_vs_batch", "memory_vs_batch", "winner_map")
                  for dev in ("cpu", "cuda")}
     expected.add("coupled_status-cpu-mlp_batchnorm-float32")
@@ -99,7 +100,7 @@ def test_failed_rows_never_show_a_time(built: dict[str, Path]) -> None:
 
 def test_output_sum_is_flagged_and_never_a_winner(built: dict[str, Path]) -> None:
     md = built["md"].read_text()
-    assert aggregate.NOT_J in (built["run"] / "tables" / "cases.md").read_text()
+    assert frames.NOT_J in (built["run"] / "tables" / "cases.md").read_text()
     assert "not the Jacobian" in md
     best = pd.read_csv(built["run"] / "tables" / "best.csv")
     assert not ((best["winner"] == "grad_summed") & (best["out_dim"] > 1)).any()
@@ -142,11 +143,11 @@ def test_tiny_run_without_env_or_sweeps(tmp_path: Path) -> None:
 
 def test_sweeps_inferred_when_missing(tmp_path: Path) -> None:
     run = make_run(tmp_path, "nosweeps", devices=("cpu",), coupled=False, env=False, sweeps=False)
-    frame = aggregate.load_run(run).frame
-    line = aggregate.sweep_line(frame, "batch")
+    frame = frames.load_run(run).frame
+    line = frames.sweep_line(frame, "batch")
     assert sorted(line["batch"].unique()) == [1, 4, 16, 64, 256, 1024]
     assert set(line["hidden"]) == {32} and set(line["in_dim"]) == {16}
-    assert len(aggregate.plane(frame)) == 9 * len(STRATEGIES)
+    assert len(frames.plane(frame)) == 9 * len(STRATEGIES)
 
 
 def test_missing_cases_are_counted_against_the_plan(tmp_path: Path) -> None:

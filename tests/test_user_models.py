@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from bench import fidelity, results
+from bench.schema import case_key
 from tests.helpers import run_bench
 
 MODELS = textwrap.dedent(
@@ -111,7 +112,7 @@ def test_the_models_own_nan_is_an_error_and_no_case_is_lost(scratch):
     folder = scratch / "results" / "nan"
     lines = (folder / "cases.jsonl").read_text().splitlines()
     env = json.loads((folder / "env.json").read_text())
-    keys = [results.case_key(json.loads(line)) for line in lines]
+    keys = [case_key(json.loads(line)) for line in lines]
     assert len(keys) == len(set(keys)) == env["planned_cases"] == 27
     s = summary(scratch, "nan")
     errors = s[s["status"] == "error"]

@@ -1,0 +1,172 @@
+"""Run folder -> pandas: one row per case with the derived numbers every report needs, and the slices reports draw.
+
+Derived columns (added by `to_frame`):
+  is_jacobian  the strategy returns J for this shape (False for "output_sum" strategies when out_dim > 1)
+  valid        status "ok" and is_jacobian: the only rows that may be "fastest", a winner or a recommendation
+  note         "sum over outputs — not the Jacobian" where is_jacobian is False, else the failure message
+  jf_ratio     time_median_s / forward_median_s (the ADBench/GradBench J/F ratio); ok rows only
+  vs_best      time_median_s / fastest valid time of the same shape (model, device, dtype, B, H, in, out); valid rows
+  rank         the strategy's place in the run (the order its cases were written, which is the registry's order)
+Reading is from files only: no `strategies`, no `torch`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.results import CASE_FIELDS, ResultsError, read_cases, read_json
+from bench.schema import AXES, DEVICE_ORDER, SETTING, SHAPE_COLUMNS, case_key
+
+NOT_J = "sum over outputs — not the Jacobian"
+NUMERIC = ["time_median_s", "time_iqr_s", "forward_median_s", "peak_memory_bytes", "max_abs_error", "jf_ratio",
+           "vs_best", "time_min_s", "time_mean_s", "tolerance", "wall_s"]
+TEXT = ["strategy", "model", "device", "dtype", "status", "message", "returns", "summary", "cost"]
+
+
+@dataclass
+class LoadedRun:
+    """One run folder as read from disk: its id (the folder name, which names its plots too), env.json and cases."""
+
+    run_id: str
+    path: Path
+    env: dict[str, Any]
+    frame: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_run(run_dir: Path) -> LoadedRun:
+    """Read cases.jsonl (+ env.json when present) of one run; a clear ResultsError for anything unusable."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ResultsError(f"{run_dir}: no such run folder (give results/<run-id>)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = read_cases(run_dir / "cases.jsonl")
+    notes = [str(w.message) for w in caught]
+    if not records:
+        torn = f" ({len(notes)} corrupt lines skipped)" if notes else ""
+        raise ResultsError(f"{run_dir / 'cases.jsonl'}: no case records{torn}; the run is empty or broken: run "
+                           "`make bench` again")
+    env_path = run_dir / "env.json"
+    env = read_json(env_path) if env_path.exists() else {}
+    if not isinstance(env, dict):
+        raise ResultsError(f"{env_path}: expected a JSON object; delete it or rerun the benchmark")
+    if not env_path.exists():
+        notes.append(f"{env_path}: missing, environment unknown")
+    frame = to_frame(records, base=_grid_base(env))
+    return LoadedRun(run_id=run_dir.resolve().name, path=run_dir, env=env, frame=frame, warnings=notes)
+
+
+def to_frame(records: Iterable[dict[str, Any]], base: dict[str, int] | None = None) -> pd.DataFrame:
+    """Records -> DataFrame with the derived columns; the last record of a case wins (a resumed run)."""
+    records = list(records)
+    rank = {name: i for i, name in enumerate(dict.fromkeys(r.get("strategy") for r in records))}
+    frame = pd.DataFrame(list({case_key(r): r for r in records}.values()))
+    for col in CASE_FIELDS:
+        if col not in frame:
+            frame[col] = None
+    for col in AXES:
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    bad = frame[AXES].isna().any(axis=1)
+    if bad.all():
+        raise ResultsError("no record has integer batch/hidden/in_dim/out_dim: not a jacobench cases.jsonl")
+    frame = frame[~bad].copy()
+    frame[AXES] = frame[AXES].astype(int)
+    for col in TEXT:
+        frame[col] = frame[col].fillna("").astype(str)
+    for col in NUMERIC:
+        if col in frame:
+            frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    frame["coupled"] = frame["coupled"].map(lambda v: v is True)
+    frame["rank"] = frame["strategy"].map(rank)
+    ok = frame["status"] == "ok"
+    # A time or memory figure belongs to a validated case only: drop stray numbers of failed cases at the source.
+    frame.loc[~ok, ["time_median_s", "time_iqr_s", "peak_memory_bytes"]] = math.nan
+    frame["is_jacobian"] = (frame["returns"] != "output_sum") | (frame["out_dim"] == 1)
+    frame["valid"] = ok & frame["is_jacobian"] & frame["time_median_s"].gt(0)
+    frame["note"] = frame["message"].where(~ok, "")
+    frame.loc[~frame["is_jacobian"], "note"] = NOT_J
+    frame["jf_ratio"] = (frame["time_median_s"] / frame["forward_median_s"]).where(ok & frame["forward_median_s"].gt(0))
+    best = frame["time_median_s"].where(frame["valid"]).groupby([frame[c] for c in SHAPE_COLUMNS]).transform("min")
+    frame["vs_best"] = (frame["time_median_s"] / best).where(frame["valid"])
+    frame["sweeps"] = _sweeps(frame, base)
+    order = frame["device"].map(lambda d: DEVICE_ORDER.get(d, 9))
+    return frame.assign(_o=order).sort_values(["_o", "model", "dtype", *AXES, "rank"]).drop(columns="_o")
+
+
+def strategy_order(rows: pd.DataFrame) -> list[str]:
+    """The strategies of these rows in the run's order (the registry's): one order in every table and legend."""
+    return rows.drop_duplicates("strategy").sort_values(["rank", "strategy"])["strategy"].tolist()
+
+
+def _grid_base(env: dict[str, Any]) -> dict[str, int] | None:
+    grid = env.get("grid")
+    base = grid.get("base") if isinstance(grid, dict) else None
+    if not isinstance(base, dict) or not set(AXES) <= set(base):
+        return None
+    return {a: base[a] for a in AXES}
+
+
+def _sweeps(frame: pd.DataFrame, base: dict[str, int] | None) -> pd.Series:
+    """Keep the harness's sweep tags; infer them (from env's grid base, else the most common value) when missing."""
+    given = frame["sweeps"].map(lambda s: tuple(s) if isinstance(s, list) else tuple(str(s).split("|")) if s else ())
+    if given.map(len).all():
+        return given
+    inferred = pd.Series([()] * len(frame), index=frame.index, dtype=object)
+    for _, part in frame.groupby(SETTING):
+        point = base or {a: int(part[a].mode().iloc[0]) for a in AXES}
+        for idx, row in part.iterrows():
+            off = [a for a in AXES if row[a] != point[a]]
+            tags = ["base", *AXES] if not off else list(off) if len(off) == 1 else []
+            if set(off) <= {"in_dim", "out_dim"}:
+                tags.append("plane")
+            inferred[idx] = tuple(tags)
+    return given.where(given.map(len) > 0, inferred)
+
+
+def groups(frame: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.DataFrame]]:
+    """(model, device, dtype) settings in report order: cpu before cuda."""
+    keys = frame[SETTING].drop_duplicates().itertuples(index=False, name=None)
+    ordered = sorted(keys, key=lambda k: (DEVICE_ORDER.get(k[1], 9), k[1], k[0], k[2]))
+    return [(k, frame[(frame[SETTING] == list(k)).all(axis=1)]) for k in ordered]
+
+
+def where_label(key: tuple[str, str, str], env: dict[str, Any]) -> str:
+    """"mlp · cuda (NVIDIA H100) · float32": a setting as titles and headings name it."""
+    model, device, dtype = key
+    devices = env.get("devices") if isinstance(env.get("devices"), dict) else {}
+    return f"{model} · {device}" + (f" ({devices[device]})" if devices.get(device) else "") + f" · {dtype}"
+
+
+def sweep_line(part: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """Rows of one setting on the line that varies `axis` with the other three dimensions fixed.
+
+    The fixed point comes from the rows tagged with `axis` (the grid's sweep); every row on that line is used,
+    base point included. Without tags (e.g. a cartesian grid) the line with the most distinct `axis` values is used.
+    """
+    others = [a for a in AXES if a != axis]
+    tagged = part[part["sweeps"].map(lambda s: axis in s)]
+    source = tagged if len(tagged) else part
+    if source.empty:
+        return source
+    counts = source.groupby(others)[axis].nunique()
+    fixed = counts.idxmax() if len(counts) else None
+    line = part[(part[others] == pd.Series(dict(zip(others, fixed, strict=True)))).all(axis=1)]
+    return line if line[axis].nunique() >= 2 else line.iloc[0:0]
+
+
+def plane(part: pd.DataFrame) -> pd.DataFrame:
+    """Rows of one setting on the in × out plane (tagged "plane"), at the most common (batch, hidden)."""
+    rows = part[part["sweeps"].map(lambda s: "plane" in s)]
+    if rows.empty:
+        return rows
+    bh = rows.groupby(["batch", "hidden"]).size().idxmax()
+    rows = rows[(rows["batch"] == bh[0]) & (rows["hidden"] == bh[1])]
+    return rows if rows["in_dim"].nunique() >= 2 or rows["out_dim"].nunique() >= 2 else rows.iloc[0:0]

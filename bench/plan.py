@@ -1,0 +1,192 @@
+"""What a run will measure: the user's settings, validated and resolved up front, before anything is written.
+
+`plan_run(Settings(...))` refuses every bad input with one clear message (a BenchError) and returns a `RunPlan`:
+the grid's cases, devices, strategies, models, budgets and thread count.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import strategies
+from bench import grid, models, results
+from bench.errors import BenchError
+
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
+          "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
+
+
+class SettingsError(BenchError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the user asked for (Make variables / CLI flags / pytest options), before validation."""
+
+    grid: str = "default"
+    devices: str = ""  # "" = cpu, plus cuda when available
+    strategies: str = ""  # "" = all registered
+    model: str = ""  # "" = the grid's models
+    run_id: str = ""  # "" = a timestamped id
+    results_root: str = "results"
+    memory_budget: str = ""  # bytes ("8GiB") or "" = the grid's fraction of available memory
+    time_budget: str = ""  # seconds or "" = the grid's budget.time_s
+    dtype: str = ""  # comma-separated dtypes, or "" = the grid's dtypes
+    threads: str = ""  # torch intra-op threads for the whole run, or "" = torch's default
+    resume: bool = False
+    force: bool = False
+
+
+@dataclass
+class RunPlan:
+    """A validated run: everything the suite needs, resolved; nothing written yet."""
+
+    settings: Settings
+    grid: grid.Grid
+    run_id: str
+    folder: Path
+    devices: list[str]
+    strategy_names: list[str]
+    model_defs: dict[str, models.ModelDef]
+    cases: list[grid.Case]
+    memory_budget_bytes: int | None
+    time_budget_s: float
+    threads: int = 0  # torch.get_num_threads() for the whole run
+    notes: list[str] = field(default_factory=list)  # worth a line before the run starts
+
+    @property
+    def planned_cases(self) -> int:
+        return len(self.cases) * len(self.devices) * len(self.strategy_names)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must match for RESUME=1 to continue this run."""
+        return {
+            "grid": self.grid.as_dict() | {"path": None},
+            "devices": self.devices,
+            "strategies": self.strategy_names,
+            "models": sorted(self.model_defs),
+            "memory_budget": self.settings.memory_budget,
+            "time_budget_s": self.time_budget_s,
+            "dtypes": sorted({c.dtype for c in self.cases}),
+            "threads": self.threads,
+        }
+
+
+def parse_bytes(text: str) -> int:
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS or float(match.group(1)) <= 0:
+        raise SettingsError(f"MEMORY_BUDGET={text!r}: give a positive size such as 4GiB, 512MB or 1000000")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def parse_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise SettingsError(f"TIME_BUDGET={text!r}: give a positive number of seconds, e.g. 5")
+    return value
+
+
+def resolve_devices(spec: str) -> list[str]:
+    names = [d.strip() for d in spec.split(",") if d.strip()] if spec else []
+    if not names:
+        return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    for name in names:
+        if not DEVICE_PATTERN.match(name):
+            raise SettingsError(f"unknown device {name!r}: use cpu, cuda or cuda:N (e.g. DEVICES=cpu,cuda)")
+        if name.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise SettingsError(f"DEVICES={spec}: CUDA is not available on this machine "
+                                    f"(torch {torch.__version__}); use DEVICES=cpu")
+            index = int(name.partition(":")[2] or 0)
+            if index >= torch.cuda.device_count():
+                raise SettingsError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return list(dict.fromkeys(names))
+
+
+def resolve_strategies(spec: str) -> list[str]:
+    names = [s.strip() for s in spec.split(",") if s.strip()] if spec else list(strategies.REGISTRY)
+    for name in names:
+        if name not in strategies.REGISTRY:
+            raise SettingsError(f"unknown strategy {name!r}: choose from {', '.join(strategies.REGISTRY)}")
+    return list(dict.fromkeys(names))
+
+
+def resolve_dtypes(spec: str) -> tuple[str, ...] | None:
+    names = tuple(dict.fromkeys(d.strip() for d in spec.split(",") if d.strip()))
+    for name in names:
+        if name not in grid.DTYPES:
+            raise SettingsError(f"DTYPE={spec}: unknown dtype {name!r}; choose from {', '.join(grid.DTYPES)}")
+    return names or None
+
+
+def apply_threads(spec: str) -> int:
+    """THREADS=n sets torch's intra-op threads for this process (the whole run); returns the count in use."""
+    if spec:
+        try:
+            threads = int(spec)
+        except ValueError:
+            threads = 0
+        if threads <= 0:
+            raise SettingsError(f"THREADS={spec!r}: give a positive number of threads, e.g. 1")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def check_models(specs: list[str], the_grid: grid.Grid, dtypes: tuple[str, ...] | None
+                 ) -> tuple[dict[str, models.ModelDef], list[str]]:
+    """Resolve and try each model once; refuse one that cannot run, note one that breaks on a one-sample batch."""
+    model_defs, notes = {}, []
+    base = the_grid.base
+    run_dtypes = dtypes or tuple(dict.fromkeys(d for b in the_grid.blocks for d in b.dtypes))
+    for spec in specs:
+        model_def = models.resolve(spec)
+        probe = models.check(model_def, base["hidden"], base["in_dim"], base["out_dim"])
+        built = str(probe.dtype).removeprefix("torch.") if probe.dtype else None
+        if built and built != "float32" and built not in run_dtypes and not dtypes:
+            raise SettingsError(f"model {model_def.name}: the factory builds {built} parameters but the run measures "
+                                f"{', '.join(run_dtypes)}; set DTYPE={built} to measure it as built, or "
+                                f"DTYPE={run_dtypes[0]} to cast it")
+        if probe.one_sample:
+            notes.append(f"model {model_def.name} fails on a one-sample batch ({probe.one_sample}): its B=1 cases and "
+                         "the per-sample strategies (vmap_jacrev, vmap_jacfwd) will end in error")
+        model_defs[model_def.name] = model_def
+    return model_defs, notes
+
+
+def plan_run(settings: Settings) -> RunPlan:
+    """Validate every setting and resolve the run; nothing is written (THREADS already applies to this process)."""
+    the_grid = grid.load_grid(settings.grid)
+    devices = resolve_devices(settings.devices)
+    strategy_names = resolve_strategies(settings.strategies)
+    dtypes = resolve_dtypes(settings.dtype)
+    threads = apply_threads(settings.threads)
+    model_specs = [settings.model] if settings.model else list(the_grid.models)
+    model_defs, notes = check_models(model_specs, the_grid, dtypes)
+    memory_budget = parse_bytes(settings.memory_budget) if settings.memory_budget else None
+    time_budget = parse_seconds(settings.time_budget) if settings.time_budget else the_grid.budget.time_s
+    run_id = results.check_run_id(settings.run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{the_grid.name}")
+    return RunPlan(
+        settings=settings,
+        grid=the_grid,
+        run_id=run_id,
+        folder=Path(settings.results_root) / run_id,
+        devices=devices,
+        strategy_names=strategy_names,
+        model_defs=model_defs,
+        cases=grid.expand(the_grid, tuple(model_defs) if settings.model else None, dtypes),
+        memory_budget_bytes=memory_budget,
+        time_budget_s=time_budget,
+        threads=threads,
+        notes=notes,
+    )

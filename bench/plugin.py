@@ -1,0 +1,149 @@
+"""The run handed to pytest: one object that holds the planned run and its open folder and implements the hooks.
+
+    plugin = JacobenchPlugin(plan, folder)
+    pytest.main(["bench/suite.py", ...], plugins=[plugin])
+
+It parametrizes bench/suite.py with the cases still to measure, gives the test each case's measurement
+(`measure_case`), prints a progress line per case, stops after the current case on Ctrl-C, and finishes the folder
+(summary.csv, env.json) at the end of the session. `python -m bench run` builds it; the root conftest.py builds the
+same object from pytest options when bench/suite.py is run directly.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from bench import results, session
+from bench.grid import Case
+from bench.plan import RunPlan
+from bench.runner import CaseRunner
+from bench.schema import case_id, fmt_time
+from bench.session import RunFolder
+
+NAME = "jacobench-run"  # the plugin's name in pytest's plugin manager
+
+
+@dataclass
+class Progress:
+    """One line per finished case, with a count and an ETA, so a long run is never silent."""
+
+    config: pytest.Config | None = None
+    total: int = 0
+    done: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def case_done(self, record: dict[str, Any]) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / self.done * (self.total - self.done)
+        status = record["status"]
+        if status == "ok":
+            fwd = record.get("forward_median_s")
+            ratio = f"{record['time_median_s'] / fwd:8.1f}x fwd" if fwd else ""
+            detail = f"{fmt_time(record['time_median_s']):>10} {ratio}"
+            status += "" if record.get("is_jacobian", True) else " (sum, not J)"
+        else:
+            detail = record["message"][:70]
+        self.line(f"[{self.done:>4}/{self.total} eta {int(eta // 60)}m{int(eta % 60):02d}s] {status:<16} "
+                  f"{record['case_id']:<52} {detail}")
+
+    def line(self, text: str) -> None:
+        capman = self.config.pluginmanager.getplugin("capturemanager") if self.config else None
+        if capman is None:
+            print(text, flush=True)
+            return
+        with capman.global_and_fixture_disabled():
+            print(text, flush=True)
+
+
+class JacobenchPlugin:
+    """A planned run with its open folder, measured through pytest-benchmark's `benchmark` fixture."""
+
+    __name__ = NAME  # pluggy registers a plugin under its __name__: `pluginmanager.has_plugin(NAME)` finds it
+
+    def __init__(self, plan: RunPlan, folder: RunFolder):
+        self.plan = plan
+        self.folder = folder
+        self.runner = CaseRunner(plan)
+        self.progress = Progress()
+        self.interrupted = False
+        self.report_failures = False  # pytest's terminal is off (python -m bench run): print harness failures
+
+    def pending(self) -> list[tuple[str, str, Case]]:
+        """(strategy, device, case) not in cases.jsonl yet, smallest shapes first: a timeout on a small case skips
+        the larger ones."""
+        return [(name, device, case) for device in self.plan.devices for case in self.plan.cases
+                for name in self.plan.strategy_names
+                if case.key(name, device) not in self.folder.finished]
+
+    def measure_case(self, benchmark: Any, strategy: str, device: str, case: Case) -> None:
+        """Measure one case, append its record to cases.jsonl (flushed: a kill -9 later loses nothing), and turn a
+        status other than ok into a pytest skip carrying the message."""
+        record = self.runner.run_case(benchmark, strategy, case, device)
+        if record["status"] == "ok":
+            benchmark.extra_info.update({k: v for k, v in record.items() if k not in ("summary", "cost")})
+        results.append_case(self.folder.cases_path, record)
+        self.progress.case_done(record)
+        if record["status"] != "ok":
+            pytest.skip(f"{record['status']}: {record['message']}")
+
+    # ---- pytest hooks and fixtures -------------------------------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_configure(self, config: pytest.Config) -> None:
+        self.progress.config = config
+        self.report_failures = not config.pluginmanager.hasplugin("terminalreporter")
+        # Time with a clock that waits for queued CUDA work, unless the user chose a timer.
+        if config.getoption("benchmark_timer", None) in (None, "time.perf_counter", "timeit.default_timer"):
+            config.option.benchmark_timer = "bench.measure.synced_clock"
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        if "jacobench" not in metafunc.fixturenames:
+            return
+        params = self.pending()
+        self.progress.total = len(params)
+        ids = [case_id(name, device, case.shape_id) for name, device, case in params]
+        metafunc.parametrize(("strategy", "device", "case"), params, ids=ids)
+
+    @pytest.fixture(scope="session")
+    def jacobench(self) -> JacobenchPlugin:
+        return self
+
+    def pytest_sessionstart(self) -> None:
+        """Ctrl-C (SIGINT) stops after the current case; a second Ctrl-C aborts at once."""
+
+        def on_sigint(signum, frame):
+            if self.interrupted:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt
+            self.interrupted = True
+            self.progress.line("Ctrl-C: stopping after the current case (press again to abort now)")
+
+        signal.signal(signal.SIGINT, on_sigint)
+
+    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
+        if self.interrupted:
+            item.session.shouldstop = "interrupted by Ctrl-C"
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed and self.report_failures:  # failures are statuses: a failed test is a harness bug
+            print(f"jacobench: internal failure in {report.nodeid}:\n{report.longreprtext}", file=sys.stderr)
+
+    def pytest_sessionfinish(self) -> None:
+        counts = session.finish(self.plan.folder, interrupted=self.interrupted)
+        self.progress.line(f"{sum(counts.values())} cases in {self.plan.folder}: "
+                           + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+
+    def pytest_benchmark_update_machine_info(self, config: pytest.Config, machine_info: dict[str, Any]) -> None:
+        import torch
+
+        machine_info["torch"] = torch.__version__
+        machine_info["torch_threads"] = torch.get_num_threads()
+        machine_info["cuda"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+

@@ -1,0 +1,55 @@
+"""The run path: `pytest bench/suite.py` run directly goes through the same plugin as `make bench`; plots follow
+the results folder wherever it is."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.results import plots_dir, read_cases
+from tests.helpers import REPO, bench_env, run_bench
+
+
+def pytest_suite(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", str(REPO / "bench" / "suite.py"), "-q",
+                           "-p", "no:cacheprovider", f"--rootdir={REPO}", *args],
+                          cwd=cwd, env=bench_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_pytest_on_the_suite_runs_the_same_plugin(tmp_path):
+    proc = pytest_suite(tmp_path, "--grid", "smoke", "--strategies", "analytic,grad_loop", "--run-id", "direct",
+                        "--results-dir", str(tmp_path / "out"), "--dtype", "float64")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    records = read_cases(tmp_path / "out" / "direct" / "cases.jsonl")
+    assert len(records) == 2 * 4 and {r["dtype"] for r in records} == {"float64"}
+    assert (tmp_path / "out" / "direct" / "summary.csv").is_file()
+    assert "[   8/8 eta" in proc.stdout  # the plugin's progress line
+
+
+def test_pytest_on_the_suite_refuses_bad_input_in_one_line(tmp_path):
+    proc = pytest_suite(tmp_path, "--grid", "nope", "--results-dir", str(tmp_path / "out"))
+    assert proc.returncode == 4  # pytest's usage error
+    assert "unknown grid 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_plots_mirror_the_results_folder(tmp_path):
+    assert plots_dir(tmp_path / "results" / "a") == tmp_path / "plots" / "a"
+    assert plots_dir(tmp_path / "results" / "reference" / "a") == tmp_path / "plots" / "reference" / "a"
+    assert plots_dir(tmp_path / "elsewhere" / "a") == tmp_path / "plots" / "a"  # --results-dir elsewhere
+    (tmp_path / "results" / "a").mkdir(parents=True)
+    (tmp_path / "results" / "latest").symlink_to("a")
+    assert plots_dir(tmp_path / "results" / "latest") == tmp_path / "plots" / "a"
+
+
+def test_a_run_in_another_results_dir_draws_its_plots_beside_it(tmp_path):
+    proc = run_bench(tmp_path, "run", "--grid", "smoke", "--strategies", "analytic,grad_loop", "--run", "r",
+                     "--results-dir", "box/res")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "box" / "res" / "r" / "report.html").is_file()
+    assert not (tmp_path / "plots").exists()
+    pngs = list((tmp_path / "box" / "plots" / "r").glob("*.png"))
+    assert pngs
+    report = (tmp_path / "box" / "res" / "r" / "report.md").read_text()
+    assert all(f"](../../plots/r/{png.name})" in report for png in pngs)
