@@ -1,9 +1,11 @@
 """Per-sample Jacobian strategies: one module per strategy, collected into ``REGISTRY``.
 
 A strategy maps ``(model, x)`` with ``x: (B, in)`` to the per-sample Jacobian ``J: (B, out, in)``, or to
-``J.sum(1): (B, in)`` when it declares ``returns="output_sum"``. Modules in this package register themselves with
-``@register(...)``; third-party packages add strategies through the entry-point group ``jacobench.strategies``
-whose objects are ``Strategy`` instances (the entry point's name becomes the strategy's name).
+``J.sum(1): (B, in)`` when it declares ``returns="output_sum"``. A strategy that declares ``differentiable=True``
+also takes ``create_graph=True`` and then returns a J that can be backpropagated to the model's parameters (training
+through the Jacobian); with ``create_graph=False`` (the default) J carries no graph. Modules in this package register
+themselves with ``@register(...)``; third-party packages add strategies through the entry-point group
+``jacobench.strategies`` whose objects are ``Strategy`` instances (the entry point's name becomes the strategy's name).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ __all__ = ["REGISTRY", "Strategy", "Unsupported", "register", "load_entry_points
 
 ENTRY_POINT_GROUP = "jacobench.strategies"
 
-# fn(model, x: (B, in)) -> (B, out, in) or (B, in)
-StrategyFn = Callable[[nn.Module, Tensor], Tensor]
+# fn(model, x: (B, in)[, create_graph=False]) -> (B, out, in) or (B, in)
+StrategyFn = Callable[..., Tensor]
 # memory_estimate(batch, hidden, in_dim, out_dim, dtype) -> peak bytes beyond the model and the input
 MemoryEstimate = Callable[[int, int, int, int, torch.dtype], int]
 
@@ -43,8 +45,14 @@ class Strategy:
     summary: str = ""  # one line for reports: the API used
     cost: str = ""  # asymptotic cost in B, H, in, out
     memory_estimate: MemoryEstimate | None = None
+    differentiable: bool = False  # fn(model, x, create_graph=True) gives a J that backpropagates to the parameters
+    compiled: bool = False  # fn compiles (torch.compile) on its first call for a shape: the harness times that apart
 
-    def __call__(self, model: nn.Module, x: Tensor) -> Tensor:
+    def __call__(self, model: nn.Module, x: Tensor, create_graph: bool = False) -> Tensor:
+        if create_graph:
+            if not self.differentiable:
+                raise Unsupported(f"{self.name} does not keep the graph of J (not differentiable)")
+            return self.fn(model, x, create_graph=True)
         return self.fn(model, x)
 
 
@@ -58,6 +66,8 @@ def register(
     independent_samples: bool = False,
     cost: str = "",
     memory_estimate: MemoryEstimate | None = None,
+    differentiable: bool = False,
+    compiled: bool = False,
 ) -> Callable[[StrategyFn], Strategy]:
     """Decorator: turn ``fn(model, x)`` into a ``Strategy`` named after its module and add it to ``REGISTRY``."""
     if returns not in ("jacobian", "output_sum"):
@@ -73,6 +83,8 @@ def register(
             summary=doc[0] if doc else "",
             cost=cost,
             memory_estimate=memory_estimate,
+            differentiable=differentiable,
+            compiled=compiled,
         )
         _add(strategy)
         return strategy

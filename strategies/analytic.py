@@ -84,11 +84,15 @@ def _forward_factors(layers: list[nn.Module], x: Tensor) -> list[Tensor]:
     return factors
 
 
-@register(independent_samples=False, cost="1 fwd + batched matmuls, min(in, out) side")
-@torch.no_grad()
-def analytic(model: nn.Module, x: Tensor) -> Tensor:
+@register(independent_samples=False, differentiable=True, cost="1 fwd + batched matmuls, min(in, out) side")
+def analytic(model: nn.Module, x: Tensor, create_graph: bool = False) -> Tensor:
     """Closed form: chain of weights and diag(σ'(z)), batched matmuls from the cheaper side."""
     layers = _layers(model)
+    with torch.set_grad_enabled(create_graph):  # the closed form is made of differentiable ops
+        return _chain(layers, x.detach())
+
+
+def _chain(layers: list[nn.Module], x: Tensor) -> Tensor:
     factors = _forward_factors(layers, x)  # alternating Linear weights and [B, n] derivative vectors
     is_weight = [isinstance(layer, nn.Linear) for layer in layers]
     batch, in_dim = x.shape

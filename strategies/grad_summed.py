@@ -10,10 +10,10 @@ from strategies import register
 from strategies._common import leaf
 
 
-@register(returns="output_sum", independent_samples=True, cost="1 fwd + 1 bwd")
-def grad_summed(model: nn.Module, x: Tensor) -> Tensor:
+@register(returns="output_sum", independent_samples=True, differentiable=True, cost="1 fwd + 1 bwd")
+def grad_summed(model: nn.Module, x: Tensor, create_graph: bool = False) -> Tensor:
     """torch.autograd.grad with grad_outputs=ones_like(y): the sum over outputs, not the Jacobian."""
     x = leaf(x)
     y = model(x)  # [B, out]
-    (g,) = torch.autograd.grad(y, x, grad_outputs=torch.ones_like(y))  # [B, in] == J.sum(1)
+    (g,) = torch.autograd.grad(y, x, grad_outputs=torch.ones_like(y), create_graph=create_graph)  # [B, in] == J.sum(1)
     return g

@@ -16,9 +16,10 @@ def _memory(batch: int, hidden: int, in_dim: int, out_dim: int, dtype: torch.dty
     return full + activations_bytes(batch, hidden, in_dim, out_dim, dtype)
 
 
-@register(independent_samples=False, cost="B·out bwd, O(B²·out·in) memory", memory_estimate=_memory)
-def jacobian_diagonal(model: nn.Module, x: Tensor) -> Tensor:
+@register(independent_samples=False, differentiable=True, cost="B·out bwd, O(B²·out·in) memory",
+          memory_estimate=_memory)
+def jacobian_diagonal(model: nn.Module, x: Tensor, create_graph: bool = False) -> Tensor:
     """torch.autograd.functional.jacobian(model, x) (B, out, B, in), then its batch diagonal."""
-    full = torch.autograd.functional.jacobian(model, x.detach())  # [B, out, B, in]
+    full = torch.autograd.functional.jacobian(model, x.detach(), create_graph=create_graph)  # [B, out, B, in]
     diag = torch.diagonal(full, dim1=0, dim2=2)  # [out, in, B]
     return diag.permute(2, 0, 1).contiguous()  # [B, out, in]

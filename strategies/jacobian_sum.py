@@ -15,8 +15,10 @@ def _memory(batch: int, hidden: int, in_dim: int, out_dim: int, dtype: torch.dty
     return activations_bytes(batch, hidden, in_dim, out_dim, dtype, copies=out_dim + 1)
 
 
-@register(independent_samples=True, cost="1 fwd + 1 bwd vmapped over out", memory_estimate=_memory)
-def jacobian_sum(model: nn.Module, x: Tensor) -> Tensor:
+@register(independent_samples=True, differentiable=True, cost="1 fwd + 1 bwd vmapped over out",
+          memory_estimate=_memory)
+def jacobian_sum(model: nn.Module, x: Tensor, create_graph: bool = False) -> Tensor:
     """torch.autograd.functional.jacobian of model(x).sum(0), vectorize=True."""
-    jac = torch.autograd.functional.jacobian(lambda t: model(t).sum(0), x.detach(), vectorize=True)  # [out, B, in]
+    jac = torch.autograd.functional.jacobian(lambda t: model(t).sum(0), x.detach(), vectorize=True,
+                                             create_graph=create_graph)  # [out, B, in]
     return jac.transpose(0, 1)  # [B, out, in]

@@ -15,11 +15,13 @@ def _memory(batch: int, hidden: int, in_dim: int, out_dim: int, dtype: torch.dty
     return activations_bytes(batch, hidden, in_dim, out_dim, dtype, copies=in_dim + 1)
 
 
-@register(independent_samples=True, cost="vmapped forward mode: in JVPs per sample", memory_estimate=_memory)
-def vmap_jacfwd(model: nn.Module, x: Tensor) -> Tensor:
+@register(independent_samples=True, differentiable=True, cost="vmapped forward mode: in JVPs per sample",
+          memory_estimate=_memory)
+def vmap_jacfwd(model: nn.Module, x: Tensor, create_graph: bool = False) -> Tensor:
     """torch.func.vmap(torch.func.jacfwd(model)) with the model seeing single samples."""
 
     def one_sample(xi: Tensor) -> Tensor:  # [in] -> [out]
         return model(xi.unsqueeze(0)).squeeze(0)
 
-    return vmap(jacfwd(one_sample))(x.detach())  # [B, out, in]
+    with torch.set_grad_enabled(create_graph):  # torch.func transforms ignore the outer no_grad, not J's graph
+        return vmap(jacfwd(one_sample))(x.detach())  # [B, out, in]
