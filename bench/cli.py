@@ -199,7 +199,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         print(json.dumps(pick, default=str))
     else:
         print(f"{pick['strategy']}: expected {pick['expected_time_s'] * 1e3:.3f} ms on {pick.get('device')}"
-              + (f"; runner-up {pick['runner_up']}" if pick.get("runner_up") else ""))
+              + (f"; runner-up {pick['runner_up']}" if pick.get("runner_up") else "")
+              + (" (rests on an unstable measurement: rerun it on a quiet machine)" if pick["unstable"] else ""))
     return 0
 
 

@@ -9,10 +9,12 @@ report (report.render).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from bench.document import Block, Document, Section, figure_block, render, table_block
@@ -20,10 +22,11 @@ from bench.frames import LoadedRun, load_run, strategy_order, sweep_line
 from bench.plots import save, speedup_vs_batch
 from bench.results import ResultsError
 from bench.schema import AXES, DEVICE_ORDER, KEY_COLUMNS, fmt_ratio, fmt_time, sizes_id, slug
-from bench.tables import best_per_shape, env_table
+from bench.stats import ratio_of_medians
+from bench.tables import best_per_shape, env_table, fmt_interval
 
 JOIN = [k for k in KEY_COLUMNS if k != "device"]
-KEEP = ["status", "time_median_s", "valid", "is_jacobian", "sweeps", "rank"]
+KEEP = ["status", "time_median_s", "valid", "is_jacobian", "sweeps", "rank", "round_times_s", "unstable"]
 
 
 @dataclass
@@ -32,6 +35,12 @@ class Side:
     run: LoadedRun
     device: str
     frame: pd.DataFrame
+
+    @property
+    def best(self) -> pd.DataFrame:
+        """best_per_shape of this side, with the verdicts of its playoffs."""
+        playoffs = self.run.playoffs
+        return best_per_shape(self.frame, playoffs[playoffs["device"] == self.device])
 
 
 def sides_of(runs: list[LoadedRun]) -> list[Side]:
@@ -66,23 +75,33 @@ def join(a: Side, b: Side) -> tuple[pd.DataFrame, list[str]]:
             f"{shapes[a.label]} vs {shapes[b.label]} shapes: run both with the same GRID and MODEL")
     ok = (both["status_a"] == "ok") & (both["status_b"] == "ok")
     both["speedup"] = (both["time_median_s_a"] / both["time_median_s_b"]).where(ok)
+    intervals = [ratio_of_medians(r["round_times_s_a"], r["round_times_s_b"]) if is_ok else (math.nan,) * 3
+                 for is_ok, (_, r) in zip(ok, both.iterrows(), strict=True)]
+    both["speedup_low"] = [i[1] for i in intervals]
+    both["speedup_high"] = [i[2] for i in intervals]
+    # Significant: the interval excludes 1. Without round times (an older run) the point estimate is taken as is.
+    both["significant"] = ok & pd.Series([not (lo <= 1 <= hi) for _, lo, hi in intervals], index=both.index)
+    both["unstable"] = both["unstable_a"] | both["unstable_b"]
     return both.rename(columns={"sweeps_a": "sweeps", "rank_a": "rank"}), notes
 
 
 def speedup_cell(row: pd.Series) -> str:
     """A ratio when both sides are ok; otherwise which side did what (never a number for a failed case)."""
     if row["status_a"] == "ok" and row["status_b"] == "ok":
-        return fmt_ratio(row["speedup"])
+        text = fmt_interval(row["speedup"], row["speedup_low"], row["speedup_high"])
+        text += "" if row["significant"] else " (not significant)"
+        return text + (" (unstable)" if row["unstable"] else "")
     if row["status_a"] == row["status_b"]:
         return f"both {row['status_a']}"
     return "; ".join(f"{s}: {row[f'status_{s}']}" for s in ("a", "b") if row[f"status_{s}"] != "ok")
 
 
 def b_wins(row: pd.Series) -> bool | None:
-    """Whether side b wins this case: faster when both ran, or the only one that ran; None when neither ran."""
+    """Whether side b wins this case: surely faster when both ran, or the only one that ran; None when neither ran
+    or the difference is not significant."""
     ok_a, ok_b = row["status_a"] == "ok", row["status_b"] == "ok"
     if ok_a and ok_b:
-        return bool(row["speedup"] > 1)
+        return bool(row["speedup"] > 1) if row["significant"] else None
     if ok_a != ok_b and "unsupported" not in (row["status_a"], row["status_b"]):
         return ok_b
     return None
@@ -153,15 +172,61 @@ def _at(rows: pd.DataFrame, end: str) -> str:
 
 
 def winners(sides: list[Side]) -> pd.DataFrame:
-    """Fastest valid strategy per shape on every side, next to each other (shapes measured by all sides)."""
+    """The verdict per shape on every side, next to each other (shapes measured by all sides)."""
     shape = ["model", "dtype", *AXES]
     merged = None
     for side in sides:
-        best = best_per_shape(side.frame)[shape + ["winner", "best_s"]]
-        best = best.assign(best_s=best["best_s"].map(fmt_time)).rename(
-            columns={"winner": f"fastest on {side.label}", "best_s": f"time on {side.label}"})
+        best = side.best
+        best = best[shape].assign(**{f"fastest on {side.label}": [verdict_cell(r) for _, r in best.iterrows()],
+                                     f"time on {side.label}": best["best_s"].map(fmt_time)})
         merged = best if merged is None else merged.merge(best, on=shape)
     return merged if merged is not None else pd.DataFrame()
+
+
+def verdict_cell(row: pd.Series) -> str:
+    if row["verdict"] == "tie":
+        return f"tie: {row['winner']}, {row['tied_with']}"
+    return row["winner"] + (" (unstable)" if row["unstable"] else "")
+
+
+def same_machine(a: Side, b: Side) -> bool:
+    """Two runs of one machine and one grid: their verdicts should agree."""
+    ea, eb = a.run.env, b.run.env
+    keys = ("hostname", "cpu_model")
+    return (a.run.path != b.run.path and all(ea.get(k) and ea.get(k) == eb.get(k) for k in keys)
+            and (ea.get("devices") or {}).get(a.device) == (eb.get("devices") or {}).get(b.device)
+            and (ea.get("grid") or {}).get("name") == (eb.get("grid") or {}).get("name"))
+
+
+def reproducibility(a: Side, b: Side) -> list[tuple[str, str]]:
+    """How far two runs of the same machine and grid agree: verdicts, contradictions, regret of one's pick."""
+    shape = ["model", "dtype", *AXES]
+    both = a.best.merge(b.best, on=shape, suffixes=("_a", "_b"))
+    both = both[(both["winner_a"] != "none") & (both["winner_b"] != "none")]
+    if both.empty:
+        return []
+    held, decisive = 0, 0
+    for x, y in (("a", "b"), ("b", "a")):
+        for _, r in both[both[f"verdict_{x}"] == "winner"].iterrows():
+            decisive += 1
+            held += r[f"winner_{x}"] in (r[f"winner_{y}"], *r[f"tied_with_{y}"].split(", "))
+    contradictions = [f"{sizes_id(r)}: {r['winner_a']} vs {r['winner_b']}" for _, r in both.iterrows()
+                      if r["verdict_a"] == r["verdict_b"] == "winner" and r["winner_a"] != r["winner_b"]]
+    times_b = b.frame[b.frame["valid"]].set_index([*shape, "strategy"])["time_median_s"]
+    regret = np.array([times_b.get((*(r[c] for c in shape), r["winner_a"]), math.inf) / r["best_s_b"]
+                       for _, r in both.iterrows()])
+    median, p90 = (float(np.quantile(regret, q, method="inverted_cdf")) for q in (0.5, 0.9))
+    return [
+        ("verdicts that hold", f"{held} of {decisive} winner verdicts ({held / max(decisive, 1):.0%}) hold in the "
+                               "other run (the same winner, or the winner among its tied strategies)"),
+        ("contradictions", f"{len(contradictions)} shapes where the runs name different winners"
+                           + (": " + "; ".join(contradictions) if contradictions else "")),
+        (f"regret of {a.label}'s pick in {b.label}", f"median {fmt_ratio(median)}, 90th percentile {fmt_ratio(p90)} "
+                                                      f"over {len(regret)} shapes (time in {b.label} of {a.label}'s "
+                                                      f"fastest / {b.label}'s fastest)"),
+        ("ties", f"{a.label}: {int((both['verdict_a'] == 'tie').sum())} of {len(both)} shapes, "
+                 f"{b.label}: {int((both['verdict_b'] == 'tie').sum())}"),
+    ]
 
 
 def warnings_for(sides: list[Side]) -> list[str]:
@@ -176,6 +241,14 @@ def warnings_for(sides: list[Side]) -> list[str]:
     if len({tuple(v) for v in dtypes.values()}) > 1:
         out.append(f"dtypes differ ({', '.join(f'{k}: {v}' for k, v in dtypes.items())}): only matching cases compare")
     return out
+
+
+def _significance(both: pd.DataFrame) -> str:
+    ok = both["speedup"].notna()
+    text = f"; {int((ok & ~both['significant']).sum())} of {int(ok.sum())} not significant (the 95% interval of " \
+           "the speedup holds 1)"
+    unstable = int((ok & both["unstable"]).sum())
+    return text + (f"; {unstable} rely on a case timed under disturbance (unstable)" if unstable else "")
 
 
 def build_compare(run_dirs: list[Path], out_root: Path = Path("results"), plots_root: Path = Path("plots")) -> Path:
@@ -207,7 +280,9 @@ def build_compare(run_dirs: list[Path], out_root: Path = Path("results"), plots_
         if len(speed):
             text += (f"; {b.label} faster on {int((speed > 1).sum())}; median speedup {fmt_ratio(speed.median())} "
                      f"(range {fmt_ratio(speed.min())} – {fmt_ratio(speed.max())})")
-        items = [(f"{b.label} over {a.label}", text)]
+        items = [(f"{b.label} over {a.label}", text + _significance(both))]
+        if same_machine(a, b):
+            items += reproducibility(a, b)
         line = sweep_line(both, "batch") if len(both) else both
         for strategy, rows in (line.groupby("strategy") if len(line) else []):
             items.append((f"crossover, {strategy}", crossover(rows)[0]))
@@ -216,7 +291,7 @@ def build_compare(run_dirs: list[Path], out_root: Path = Path("results"), plots_
     doc.sections += [summary, *pair_parts]
     win = winners(sides)
     if len(win):
-        doc.sections.append(Section("Fastest valid strategy per shape, side by side", [table_block(win, "winners")]))
+        doc.sections.append(Section("Fastest autodiff strategy per shape, side by side", [table_block(win, "winners")]))
     only = {s.label: sorted(set(s.frame["strategy"]) - set.intersection(*(set(t.frame["strategy"]) for t in sides)))
             for s in sides}
     if any(only.values()):

@@ -21,12 +21,12 @@ from typing import Any
 
 import pandas as pd
 
-from bench.results import CASE_FIELDS, ResultsError, read_cases, read_json
+from bench.results import CASE_FIELDS, ResultsError, read_cases, read_json, read_lines
 from bench.schema import AXES, DEVICE_ORDER, SETTING, SHAPE_COLUMNS, case_key
 
 NOT_J = "sum over outputs — not the Jacobian"
 NUMERIC = ["time_median_s", "time_iqr_s", "forward_median_s", "peak_memory_bytes", "max_abs_error", "jf_ratio",
-           "vs_best", "time_min_s", "time_mean_s", "tolerance", "wall_s"]
+           "vs_best", "time_min_s", "time_mean_s", "tolerance", "wall_s", "time_ci_low_s", "time_ci_high_s"]
 TEXT = ["strategy", "model", "device", "dtype", "status", "message", "returns", "summary", "cost"]
 
 
@@ -38,6 +38,7 @@ class LoadedRun:
     path: Path
     env: dict[str, Any]
     frame: pd.DataFrame
+    playoffs: pd.DataFrame  # one row per shape (playoffs.jsonl): contenders re-timed interleaved, and the verdict
     warnings: list[str] = field(default_factory=list)
 
 
@@ -61,7 +62,21 @@ def load_run(run_dir: Path) -> LoadedRun:
     if not env_path.exists():
         notes.append(f"{env_path}: missing, environment unknown")
     frame = to_frame(records, base=_grid_base(env))
-    return LoadedRun(run_id=run_dir.resolve().name, path=run_dir, env=env, frame=frame, warnings=notes)
+    return LoadedRun(run_id=run_dir.resolve().name, path=run_dir, env=env, frame=frame,
+                     playoffs=playoffs_frame(read_lines(run_dir / "playoffs.jsonl")), warnings=notes)
+
+
+PLAYOFF_COLUMNS = [*SHAPE_COLUMNS, "best", "verdict", "tied_with", "runner_up", "runner_up_ratio", "contenders",
+                   "rounds", "unstable", "message"]
+
+
+def playoffs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Playoff records -> one row per shape (the last one wins); an older run without playoffs gives no rows."""
+    rows = {tuple(r.get(c) for c in SHAPE_COLUMNS): r for r in records if all(c in r for c in SHAPE_COLUMNS)}
+    frame = pd.DataFrame(list(rows.values()), columns=PLAYOFF_COLUMNS)
+    frame["tied_with"] = frame["tied_with"].map(lambda v: list(v) if isinstance(v, list) else [])
+    frame["unstable"] = frame["unstable"].map(lambda v: v is True)
+    return frame
 
 
 def to_frame(records: Iterable[dict[str, Any]], base: dict[str, int] | None = None) -> pd.DataFrame:
@@ -85,10 +100,12 @@ def to_frame(records: Iterable[dict[str, Any]], base: dict[str, int] | None = No
         if col in frame:
             frame[col] = pd.to_numeric(frame[col], errors="coerce")
     frame["coupled"] = frame["coupled"].map(lambda v: v is True)
+    frame["unstable"] = frame["unstable"].map(lambda v: v is True)
+    frame["round_times_s"] = frame["round_times_s"].map(lambda v: v if isinstance(v, list) else [])
     frame["rank"] = frame["strategy"].map(rank)
     ok = frame["status"] == "ok"
     # A time or memory figure belongs to a validated case only: drop stray numbers of failed cases at the source.
-    frame.loc[~ok, ["time_median_s", "time_iqr_s", "peak_memory_bytes"]] = math.nan
+    frame.loc[~ok, ["time_median_s", "time_iqr_s", "time_ci_low_s", "time_ci_high_s", "peak_memory_bytes"]] = math.nan
     frame["is_jacobian"] = (frame["returns"] != "output_sum") | (frame["out_dim"] == 1)
     frame["valid"] = ok & frame["is_jacobian"] & frame["time_median_s"].gt(0)
     frame["note"] = frame["message"].where(~ok, "")

@@ -37,7 +37,7 @@ GRIDS_DIR = Path(__file__).parent / "grids"
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 _BLOCK_KEYS = {"models", "dtypes", "base", "sweep", "plane", "cartesian"}
 _TOP_KEYS = _BLOCK_KEYS | {"description", "budget", "also"}
-_BUDGET_KEYS = ("time_s", "memory_fraction", "target_s")
+_BUDGET_KEYS = ("time_s", "memory_fraction", "target_s", "settle_s")
 
 
 class GridError(BenchError):
@@ -49,6 +49,7 @@ class Budget:
     time_s: float = 5.0  # one strategy call longer than this is a timeout
     memory_fraction: float = 0.5  # of the device's available memory
     target_s: float = 0.25  # wall time spent timing one case (rounds × iterations)
+    settle_s: float = 5.0  # at most this long to wait for other processes' load to pass before re-timing
 
 
 @dataclass(frozen=True)

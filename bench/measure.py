@@ -71,19 +71,24 @@ def plan(one_call_s: float, target_s: float, min_round_s: float = 2e-3, min_roun
     return Plan(rounds=rounds, iterations=iterations, warmup_rounds=1)
 
 
+def time_rounds(fn: Callable[[], object], iterations: int, rounds: int) -> list[float]:
+    """Seconds per call of fn in each of `rounds` rounds of `iterations` calls (the clock pytest-benchmark uses)."""
+    times = []
+    for _ in range(rounds):
+        start = synced_clock()
+        for _ in range(iterations):
+            fn()
+        times.append((synced_clock() - start) / iterations)
+    return times
+
+
 def median_time(fn: Callable[[], object], target_s: float) -> float:
     """Median seconds per call of fn (after one warm-up call), for the forward pass; same rules as the benchmark."""
     fn()
     start = synced_clock()
     fn()
     p = plan(synced_clock() - start, target_s)
-    times = []
-    for _ in range(p.rounds):
-        start = synced_clock()
-        for _ in range(p.iterations):
-            fn()
-        times.append((synced_clock() - start) / p.iterations)
-    return statistics.median(times)
+    return statistics.median(time_rounds(fn, p.iterations, p.rounds))
 
 
 _STATUS = Path("/proc/self/status")

@@ -9,6 +9,7 @@ A plot with no data in this run (e.g. the smoke grid has no sweep) is skipped, n
 
 from __future__ import annotations
 
+import functools
 import io
 import zlib
 from collections.abc import Callable
@@ -19,7 +20,8 @@ import pandas as pd
 
 from bench.frames import LoadedRun, groups, plane, strategy_order, sweep_line, where_label
 from bench.results import atomic_write_bytes
-from bench.schema import AXES, AXIS_LABEL, FAILED, fmt_ratio, fmt_time, slug, status_kind
+from bench.schema import AXES, AXIS_LABEL, FAILED, SETTING, fmt_ratio, fmt_time, slug, status_kind
+from bench.tables import best_per_shape
 
 COLORS = {
     "analytic": "#000000",
@@ -75,21 +77,18 @@ def save(fig: Any, out_dir: Path, name: str) -> Path:
 def plot_run(run: LoadedRun, out_dir: Path) -> dict[str, Path]:
     """Every plot the run has data for, name -> path; the names are ordered as the report shows them."""
     out: dict[str, Path] = {}
-    for (model, device, dtype), part in groups(run.frame):
-        tag = f"{slug(device)}-{slug(model)}-{slug(dtype)}"
-        where = where_label((model, device, dtype), run.env)
-        for kind, draw, args in _plots():
-            fig = draw(part, *args, where)
+    best = best_per_shape(run.frame, run.playoffs)
+    for key, part in groups(run.frame):
+        tag = "-".join(slug(k) for k in (key[1], key[0], key[2]))
+        draws = [*[(f"time_vs_{axis}", functools.partial(time_vs_axis, axis=axis)) for axis in AXES],
+                 ("jf_ratio_vs_batch", jf_vs_batch), ("memory_vs_batch", memory_vs_batch),
+                 ("winner_map", functools.partial(winner_map, best=best[(best[SETTING] == list(key)).all(axis=1)])),
+                 ("coupled_status", coupled_status)]
+        for kind, draw in draws:  # draw(part, where=...) returns a figure, or None when the run has no data for it
+            fig = draw(part, where=where_label(key, run.env))
             if fig is not None:
                 out[f"{kind}-{tag}"] = save(fig, out_dir, f"{kind}-{tag}")
     return out
-
-
-def _plots() -> list[tuple[str, Callable[..., Any], tuple]]:
-    """(kind, draw, extra args) in report order; draw(part, *args, where) returns a figure or None (no data)."""
-    return [*[(f"time_vs_{axis}", time_vs_axis, (axis,)) for axis in AXES], ("jf_ratio_vs_batch", jf_vs_batch, ()),
-            ("memory_vs_batch", memory_vs_batch, ()), ("winner_map", winner_map, ()),
-            ("coupled_status", coupled_status, ())]
 
 
 def _fixed(line: pd.DataFrame, axis: str) -> str:
@@ -176,7 +175,7 @@ def _ratio_formatter() -> Any:
     return FuncFormatter(lambda v, _: fmt_ratio(v))
 
 
-def time_vs_axis(part: pd.DataFrame, axis: str, where: str) -> Any | None:
+def time_vs_axis(part: pd.DataFrame, where: str, axis: str) -> Any | None:
     """Time per Jacobian call against one swept dimension, the others at the grid's base point."""
     line = sweep_line(part, axis)
     if line.empty or not (line["status"] == "ok").any():
@@ -211,37 +210,37 @@ def memory_vs_batch(part: pd.DataFrame, where: str) -> Any | None:
     return fig
 
 
-def winner_map(part: pd.DataFrame, where: str) -> Any | None:
-    """Fastest valid autodiff strategy at each (in, out) of the plane: how much slower the runner-up is, and how far
-    the winner is from the closed form. `analytic` is left out of the race: it exists for the MLP family only."""
+TIE_COLOR = "#eeeeee"
+
+
+def winner_map(part: pd.DataFrame, where: str, best: pd.DataFrame) -> Any | None:
+    """Verdict at each (in, out) of the plane: the winning autodiff strategy (and how much slower the runner-up is),
+    or a tie with the strategies tied; and how far the fastest is from the closed form. `analytic` is not in the race:
+    it exists for the MLP family only."""
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
     rows = plane(part)
-    contenders = rows[rows["valid"] & (rows["strategy"] != "analytic")]
-    if contenders.empty:
+    if rows.empty:
+        return None
+    b, h = rows["batch"].iloc[0], rows["hidden"].iloc[0]
+    cells = best[(best["batch"] == b) & (best["hidden"] == h) & (best["winner"] != "none")
+                 & best["in_dim"].isin(rows["in_dim"]) & best["out_dim"].isin(rows["out_dim"])]
+    if cells.empty:
         return None
     ins, outs = sorted(rows["in_dim"].unique()), sorted(rows["out_dim"].unique())
-    fastest = contenders.sort_values("time_median_s").groupby(["in_dim", "out_dim"])["strategy"].first()
-    names = strategy_order(contenders[contenders["strategy"].isin(fastest)])  # only winners get a legend entry
-    palette = ["#ffffff", "#dddddd"] + [color(s) for s in names]  # 0: not measured, 1: nothing valid
+    winners = cells[cells["verdict"] == "winner"]
+    names = strategy_order(rows[rows["strategy"].isin(winners["winner"])])  # only winners get a colour
+    palette = ["#ffffff", "#dddddd", TIE_COLOR] + [color(s) for s in names]  # not measured, none valid, tie
     grid = [[0] * len(ins) for _ in outs]
     text = [["not measured"] * len(ins) for _ in outs]
-    for (i, o), shape in rows.groupby(["in_dim", "out_dim"]):
-        valid = shape[shape["valid"] & (shape["strategy"] != "analytic")].sort_values("time_median_s")
-        analytic = shape[shape["valid"] & (shape["strategy"] == "analytic")]["time_median_s"]
+    for (i, o), _ in rows.groupby(["in_dim", "out_dim"]):
         y, x = outs.index(o), ins.index(i)
-        if valid.empty:
+        cell = cells[(cells["in_dim"] == i) & (cells["out_dim"] == o)]
+        if cell.empty:
             grid[y][x], text[y][x] = 1, "none valid"
             continue
-        best = valid["time_median_s"].iloc[0]
-        grid[y][x] = 2 + names.index(valid["strategy"].iloc[0])
-        lines = [valid["strategy"].iloc[0]]
-        if len(valid) > 1:
-            lines.append(f"next ×{valid['time_median_s'].iloc[1] / best:.2f}")
-        if len(analytic):
-            lines.append(f"{best / analytic.iloc[0]:.1f}× analytic")
-        text[y][x] = "\n".join(lines)
+        grid[y][x], text[y][x] = _winner_cell(cell.iloc[0], names)
     fig, ax = _pyplot().subplots(figsize=(1.5 + 1.5 * len(ins), 1.2 + 0.9 * len(outs)))
     ax.imshow(grid, cmap=ListedColormap(palette), vmin=0, vmax=len(palette) - 1, origin="lower", aspect="auto")
     for y in range(len(outs)):
@@ -251,11 +250,25 @@ def winner_map(part: pd.DataFrame, where: str) -> Any | None:
     ax.set_yticks(range(len(outs)), [str(v) for v in outs])
     ax.set_xlabel("input dim in")
     ax.set_ylabel("output dim out")
-    b, h = rows["batch"].iloc[0], rows["hidden"].iloc[0]
-    ax.set_title(f"Fastest autodiff strategy over in × out (B={b}, H={h})\n{where}", fontsize=10)
-    ax.legend(handles=[Patch(color=color(s), label=s) for s in names], loc="upper left", bbox_to_anchor=(1.01, 1.0),
-              fontsize=8, frameon=False)
+    ax.set_title(f"Fastest autodiff strategy over in × out (B={b}, H={h}): winner or tie\n{where}", fontsize=10)
+    handles = [Patch(color=color(s), label=s) for s in names]
+    if (cells["verdict"] == "tie").any():
+        handles.append(Patch(facecolor=TIE_COLOR, edgecolor="#999999", label="tie: none surely >5% faster"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return fig
+
+
+def _winner_cell(row: pd.Series, names: list[str]) -> tuple[int, str]:
+    """(palette index, text) of one winner-map cell."""
+    closed = [f"{row['vs_analytic']:.1f}× analytic"] if pd.notna(row["vs_analytic"]) else []
+    if row["verdict"] == "tie":
+        tied = [row["winner"], *row["tied_with"].split(", ")]
+        shown = tied[:3] + ([f"+{len(tied) - 3} more"] if len(tied) > 3 else [])
+        return 2, "\n".join(["tie:", *shown, *closed])
+    lines = [row["winner"]]
+    if pd.notna(row["runner_up_ratio"]):
+        lines.append(f"next ×{row['runner_up_ratio']:.2f}")
+    return 3 + names.index(row["winner"]), "\n".join(lines + closed)
 
 
 def _ink(background: str) -> str:

@@ -48,6 +48,7 @@ class Progress:
             ratio = f"{record['time_median_s'] / fwd:8.1f}x fwd" if fwd else ""
             detail = f"{fmt_time(record['time_median_s']):>10} {ratio}"
             status += "" if record.get("is_jacobian", True) else " (sum, not J)"
+            status += " (unstable)" if record.get("unstable") else ""
         else:
             detail = record["message"][:70]
         self.line(f"[{self.done:>4}/{self.total} eta {int(eta // 60)}m{int(eta % 60):02d}s] {status:<16} "
@@ -62,6 +63,17 @@ class Progress:
             print(text, flush=True)
 
 
+def playoff_line(case: Case, device: str, result: dict[str, Any]) -> str:
+    """"   playoff mlp-B32-H64-in8-out8 on cpu: tie grad_batched = jacobian_sum (×1.02 [0.98–1.07])"."""
+    ratio = result.get("runner_up_ratio")
+    margin = f" (×{ratio[0]:.2f} [{ratio[1]:.2f}–{ratio[2]:.2f}])" if ratio and result.get("rounds") else \
+        f" (next ×{ratio[0]:.2f})" if ratio else ""
+    who = " = ".join([result["best"], *result["tied_with"]]) if result["verdict"] == "tie" else result["best"]
+    where = f"   playoff {case.shape_id} on {device}: {result['verdict']} {who}"
+    return where + (f" vs {result['runner_up']}" if result["verdict"] == "winner" and result.get("runner_up") else "") \
+        + margin + (" [unstable]" if result.get("unstable") else "")
+
+
 class JacobenchPlugin:
     """A planned run with its open folder, measured through pytest-benchmark's `benchmark` fixture."""
 
@@ -74,6 +86,8 @@ class JacobenchPlugin:
         self.progress = Progress()
         self.interrupted = False
         self.report_failures = False  # pytest's terminal is off (python -m bench run): print harness failures
+        self.records = dict(folder.finished)  # every record of the run so far, by key
+        self._last_of_shape: set[tuple] = set()  # the case keys after which a shape's playoff runs
 
     def pending(self) -> list[tuple[str, str, Case]]:
         """(strategy, device, case) not in cases.jsonl yet, smallest shapes first: a timeout on a small case skips
@@ -83,15 +97,35 @@ class JacobenchPlugin:
                 if case.key(name, device) not in self.folder.finished]
 
     def measure_case(self, benchmark: Any, strategy: str, device: str, case: Case) -> None:
-        """Measure one case, append its record to cases.jsonl (flushed: a kill -9 later loses nothing), and turn a
-        status other than ok into a pytest skip carrying the message."""
+        """Measure one case, append its record to cases.jsonl (flushed: a kill -9 later loses nothing), hold the
+        shape's playoff after its last case, and turn a status other than ok into a pytest skip with the message."""
         record = self.runner.run_case(benchmark, strategy, case, device)
         if record["status"] == "ok":
-            benchmark.extra_info.update({k: v for k, v in record.items() if k not in ("summary", "cost")})
+            benchmark.extra_info.update({k: v for k, v in record.items()
+                                         if k not in ("summary", "cost", "round_times_s")})
         results.append_case(self.folder.cases_path, record)
+        key = case.key(strategy, device)
+        self.records[key] = record
         self.progress.case_done(record)
+        if key in self._last_of_shape:
+            self.hold_playoff(case, device)
         if record["status"] != "ok":
             pytest.skip(f"{record['status']}: {record['message']}")
+
+    def hold_playoff(self, case: Case, device: str) -> None:
+        """Re-time the close contenders of a finished shape interleaved (bench/runner.py) and append the verdict to
+        playoffs.jsonl."""
+        shape = [self.records[k] for k in (case.key(n, device) for n in self.plan.strategy_names)
+                 if k in self.records]
+        try:
+            result = self.runner.playoff(case, device, shape)
+        except Exception as exc:  # a verdict is not worth a crash: the cases are on disk already
+            self.progress.line(f"playoff of {case.shape_id} on {device} failed: {type(exc).__name__}: {exc}")
+            return
+        if result is None:
+            return
+        results.append_line(self.folder.playoffs_path, result)
+        self.progress.line(playoff_line(case, device, result))
 
     # ---- pytest hooks and fixtures -------------------------------------------------------------------------------
 
@@ -108,6 +142,8 @@ class JacobenchPlugin:
             return
         params = self.pending()
         self.progress.total = len(params)
+        last = {(device, case): name for name, device, case in params}  # the shape's last pending strategy
+        self._last_of_shape = {case.key(name, device) for (device, case), name in last.items()}
         ids = [case_id(name, device, case.shape_id) for name, device, case in params]
         metafunc.parametrize(("strategy", "device", "case"), params, ids=ids)
 

@@ -68,6 +68,7 @@ def predict(part: pd.DataFrame, shape: dict[str, int]) -> dict[str, Any] | None:
     target = np.log2([shape[a] for a in AXES])
     expected: dict[str, float] = {}
     basis: dict[str, str] = {}
+    unstable: dict[str, bool] = {}  # a measurement it rests on was timed under disturbance
     for strategy, rows in part.groupby("strategy"):
         if (rows["returns"] == "output_sum").any() and shape["out_dim"] > 1:
             continue  # it returns J.sum(1) at this shape: never a recommendation
@@ -80,6 +81,7 @@ def predict(part: pd.DataFrame, shape: dict[str, int]) -> dict[str, Any] | None:
         use = [i for i in nearest if ok.iloc[i]]
         d = dist[use]
         logt = np.log(rows["time_median_s"].to_numpy(float)[use])
+        unstable[strategy] = bool(rows["unstable"].to_numpy()[use].any()) if "unstable" in rows else False
         if d[0] < 1e-9:
             expected[strategy], basis[strategy] = float(math.exp(logt[0])), "exact"
         else:
@@ -95,6 +97,8 @@ def predict(part: pd.DataFrame, shape: dict[str, int]) -> dict[str, Any] | None:
         text = f"measured at {where}"
     else:
         text = f"log-time inverse-distance interpolation to {where} from the {K_NEAREST} nearest shapes: {basis[best]}"
+    if unstable[best]:
+        text += "; it rests on a measurement timed under disturbance (unstable): rerun that shape on a quiet machine"
     return {
         "strategy": best,
         "expected_time_s": ranked[0][1],
@@ -102,6 +106,7 @@ def predict(part: pd.DataFrame, shape: dict[str, int]) -> dict[str, Any] | None:
         "runner_up_time_s": ranked[1][1] if len(ranked) > 1 else None,
         "exact": basis[best] == "exact",
         "basis": text,
+        "unstable": unstable[best],
         "candidates": dict(ranked),
     }
 

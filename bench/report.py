@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from bench.frames import LoadedRun, groups, load_run, where_label
 from bench.plots import plot_run
 from bench.recommend import leave_one_out
 from bench.results import plots_dir
-from bench.schema import AXES, AXIS_LABEL, FAILED, SHAPE_COLUMNS, fmt_ratio, fmt_time, slug
+from bench.schema import AXES, AXIS_LABEL, FAILED, SETTING, SHAPE_COLUMNS, fmt_ratio, fmt_time, slug
 from bench.tables import (
     best_per_shape,
     best_table,
@@ -46,25 +47,35 @@ def regimes(best: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return [(label, rows) for label, rows in out if len(rows)]
 
 
-def summary_items(part: pd.DataFrame) -> list[tuple[str, str]]:
-    """The "what this means" bullets for one (model, device, dtype) setting."""
-    best = best_per_shape(part)
+def summary_items(part: pd.DataFrame, best: pd.DataFrame) -> list[tuple[str, str]]:
+    """The "what this means" bullets for one (model, device, dtype) setting: the autodiff choice first."""
     return winner_items(best) + cost_items(part, best) + caveat_items(part)
 
 
 def winner_items(best: pd.DataFrame) -> list[tuple[str, str]]:
-    """Which strategy is fastest most often, overall and in each regime a user thinks in."""
+    """Which autodiff strategy wins, overall and in each regime a user thinks in; ties counted as ties."""
     items = []
     for label, rows in regimes(best):
-        won = rows[rows["winner"] != "none"]
-        if won.empty:
-            items.append((label, f"no valid strategy on any of {len(rows)} shapes"))
+        measured = rows[rows["winner"] != "none"]
+        if measured.empty:
+            items.append((label, f"no valid autodiff strategy on any of {len(rows)} shapes"))
             continue
-        counts = won["winner"].value_counts()
-        text = f"{counts.index[0]} (fastest on {counts.iloc[0]}/{len(rows)} shapes"
-        text += f"; then {counts.index[1]} on {counts.iloc[1]})" if len(counts) > 1 else ")"
-        items.append((f"fastest, {label}", text))
+        wins = measured[measured["verdict"] == "winner"]["winner"].value_counts()
+        ties = measured[measured["verdict"] == "tie"]
+        tied = Counter(name for _, r in ties.iterrows() for name in [r["winner"], *r["tied_with"].split(", ")])
+        lead = wins.index[0] if len(wins) else tied.most_common(1)[0][0]
+        text = f"{lead} wins {wins.get(lead, 0)} of {len(rows)} shapes"
+        text += f" and ties for best on {tied[lead]} more" if tied[lead] else ""
+        others = [f"{name} wins {n}" for name, n in wins.items() if name != lead]
+        text += f"; {', '.join(others)}" if others else ""
+        text += f"; {plural(len(ties), 'shape is a tie', 'shapes are ties')} (no strategy surely more than 5% " \
+                "faster)" if len(ties) else ""
+        items.append((f"fastest autodiff, {label}", text))
     return items
+
+
+def plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 def cost_items(part: pd.DataFrame, best: pd.DataFrame) -> list[tuple[str, str]]:
@@ -104,6 +115,11 @@ def caveat_items(part: pd.DataFrame) -> list[tuple[str, str]]:
     if len(wrong):
         where = " (the model couples samples)" if part["coupled"].any() else ""
         items.append(("silently wrong" + where, ", ".join(f"{s} ({n})" for s, n in wrong.items())))
+    unstable = part[part["unstable"] & (part["status"] == "ok")]
+    if len(unstable):
+        items.append(("timed under disturbance", f"{len(unstable)} of {int((part['status'] == 'ok').sum())} ok cases "
+                      "were timed while other processes loaded the CPUs or the machine ran slow, and stayed so after "
+                      "waiting: marked unstable; their numbers are less certain"))
     failed = part[part["status"].isin(FAILED)]
     if len(failed):
         by = failed.groupby(["status", "strategy"]).size()
@@ -112,6 +128,14 @@ def caveat_items(part: pd.DataFrame) -> list[tuple[str, str]]:
         items.append(("failed or skipped", text))
     return items
 
+
+VERDICTS = (
+    "verdict: after all strategies of a shape were timed, the autodiff strategies within ×1.5 of the fastest were "
+    "timed again in interleaved rounds (shuffled order each round, one process), so a slow moment of the machine "
+    "hits all of them alike. winner: every other contender is surely (its whole 95% interval) more than 5% slower; "
+    "tie: the listed strategies are not, so either is a good choice. runner-up / fastest: the paired ratio with its "
+    "95% interval. The closed form (analytic) exists for plain MLPs only and is not a contender."
+)
 
 READING = (
     "time: median of one full fn(model, x) call (forward included), validated first against a float64 reference. "
@@ -141,14 +165,21 @@ def _of_planned(run: LoadedRun) -> str:
     return f" of {planned} planned" if isinstance(planned, int) else ""
 
 
-def completeness(run: LoadedRun) -> list[str]:
-    """A warning when the run holds fewer cases than it planned (interrupted, killed, or crashed)."""
+def run_warnings(run: LoadedRun) -> list[str]:
+    """Warnings a reader must see first: cases missing from the plan, timings taken under disturbance."""
+    out = []
     planned = run.env.get("planned_cases")
-    if not isinstance(planned, int) or len(run.frame) >= planned:
-        return []
-    how = "interrupted (Ctrl-C)" if run.env.get("interrupted") else "stopped before the end (killed or crashed)"
-    return [f"{planned - len(run.frame)} of {planned} planned cases are missing: the run was {how}; "
-            f"`make bench RUN={run.run_id} RESUME=1` (same settings) measures the rest"]
+    if isinstance(planned, int) and len(run.frame) < planned:
+        how = "interrupted (Ctrl-C)" if run.env.get("interrupted") else "stopped before the end (killed or crashed)"
+        out.append(f"{planned - len(run.frame)} of {planned} planned cases are missing: the run was {how}; "
+                   f"`make bench RUN={run.run_id} RESUME=1` (same settings) measures the rest")
+    ok = run.frame["status"] == "ok"
+    unstable = int((ok & run.frame["unstable"]).sum())
+    if unstable:
+        out.append(f"{unstable} of {int(ok.sum())} ok cases were timed while the machine was disturbed (other "
+                   "processes on the CPUs, stolen or slow CPU time) and stayed so after waiting: they are marked "
+                   "unstable; rerun on a quiet machine before trusting them")
+    return out
 
 
 @dataclass
@@ -181,18 +212,21 @@ class Tables:
 def run_document(run: LoadedRun, figures: dict[str, Path], tables: Tables) -> Document:
     """All sections of a run report; the tables it shows are listed in `tables`, nothing is written."""
     frame = run.frame
-    doc = Document(title=f"jacobench report — {run.run_id}", warnings=list(run.warnings) + completeness(run),
+    doc = Document(title=f"jacobench report — {run.run_id}", warnings=list(run.warnings) + run_warnings(run),
                    subtitle=f"{run_header(run.env)}{len(frame)} cases{_of_planned(run)}, "
                             f"{frame['strategy'].nunique()} strategies, "
                             f"{frame[SHAPE_COLUMNS].drop_duplicates().shape[0]} shapes × settings")
     doc.sections.append(environment_section(run.env))
+    best = best_per_shape(frame, run.playoffs)
     meaning = Section("What this means")
     for key, part in groups(frame):
-        meaning.blocks += [Block("text", text=where_label(key, run.env)), Block("bullets", items=summary_items(part))]
+        best_part = best[(best[SETTING] == list(key)).all(axis=1)]
+        meaning.blocks += [Block("text", text=where_label(key, run.env)),
+                           Block("bullets", items=summary_items(part, best_part))]
     doc.sections.append(meaning)
-    best = best_per_shape(frame)
-    doc.sections.append(Section("Fastest valid strategy per shape", [
-        Block("text", text=READING), tables.show("best", best_table(best), numbers=best)]))
+    doc.sections.append(Section("Fastest autodiff strategy per shape", [
+        Block("text", text=READING), Block("text", text=VERDICTS),
+        tables.show("best", best_table(best), numbers=best)]))
     for key, part in groups(frame):
         section = sweep_section(key, part, run.env, figures, tables)
         if section.blocks:

@@ -4,6 +4,7 @@ results/<run-id>/cases.jsonl     one JSON object per finished case (CASE_FIELDS)
 results/<run-id>/benchmark.json  pytest-benchmark's JSON
 results/<run-id>/env.json        machine, versions, settings, grid as run
 results/<run-id>/summary.csv     one row per case, SUMMARY_COLUMNS first
+results/<run-id>/playoffs.jsonl  one JSON object per shape: its contenders re-timed interleaved, and the verdict
 This module is shared by measurement and reporting: it imports neither `strategies` nor plotting code.
 """
 
@@ -34,6 +35,9 @@ SUMMARY_COLUMNS = [
     "peak_memory_bytes",  # peak bytes above the pre-call baseline, separate pass
     "max_abs_error",  # vs the float64 reference
     "is_jacobian",  # False where the strategy returns the sum over outputs and out_dim > 1: not a Jacobian timing
+    "time_ci_low_s",  # 95% bootstrap interval of time_median_s
+    "time_ci_high_s",
+    "unstable",  # timed while other processes loaded the CPUs or the machine ran slow: the reason is in message
 ]
 
 # Every field of a cases.jsonl record, in order.
@@ -52,7 +56,9 @@ CASE_FIELDS = SUMMARY_COLUMNS + [
     "sweeps",  # grid parts the shape belongs to: "base", "batch", "hidden", "in_dim", "out_dim", "plane", "cartesian"
     "case_id",  # pytest id: vmap_jacrev-cpu-mlp-B64-H256-in16-out16
     "wall_s",  # wall time spent on the whole case
+    "round_times_s",  # seconds per call in each timed round (cases.jsonl only: summary.csv keeps the statistics)
 ]
+SUMMARY_FIELDS = [f for f in CASE_FIELDS if f != "round_times_s"]  # summary.csv: every field but the raw rounds
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -100,9 +106,14 @@ def _lock_owner(lock: IO) -> str:
 
 
 def append_case(path: Path, record: dict[str, Any]) -> None:
-    """Append one record as a line and force it to disk: a kill -9 right after loses nothing.
+    """Append one case record (CASE_FIELDS) to cases.jsonl; see append_line."""
+    append_line(path, {k: record.get(k) for k in CASE_FIELDS})
+
+
+def append_line(path: Path, record: dict[str, Any]) -> None:
+    """Append one record as a JSON line and force it to disk: a kill -9 right after loses nothing.
     A NaN or inf number is written as null (strict JSON has neither)."""
-    line = json.dumps({k: _finite(record.get(k)) for k in CASE_FIELDS}, allow_nan=False, default=str)
+    line = json.dumps(_finite(record), allow_nan=False, default=str)
     with open(path, "a", encoding="utf-8") as f:
         f.write(line + "\n")
         f.flush()
@@ -110,7 +121,26 @@ def append_case(path: Path, record: dict[str, Any]) -> None:
 
 
 def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
     return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a .jsonl file that may not exist (an older run) or end in a torn line (skipped)."""
+    if not path.exists():
+        return []
+    found = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            found.append(record)
+    return found
 
 
 def read_cases(path: Path) -> list[dict[str, Any]]:
@@ -188,7 +218,7 @@ def write_summary(path: Path, records: Iterable[dict[str, Any]]) -> list[dict[st
     import pandas as pd
 
     latest = list({case_key(r): r for r in records}.values())
-    frame = pd.DataFrame(latest, columns=CASE_FIELDS)
+    frame = pd.DataFrame(latest, columns=SUMMARY_FIELDS)
     frame["sweeps"] = frame["sweeps"].map(lambda s: "|".join(s) if isinstance(s, list) else s)
     atomic_write_text(path, frame.to_csv(index=False))
     return latest

@@ -7,18 +7,21 @@ separate pass. No exception escapes: every failure becomes a status.
 
 from __future__ import annotations
 
+import functools
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pytest_benchmark.stats import Stats
 from torch import Tensor, nn
 
 import strategies
-from bench import measure, models, reference
+from bench import machine, measure, models, reference, stats
 from bench.grid import Case
 from bench.plan import RunPlan
-from bench.schema import AXES, case_id, fmt_bytes
+from bench.schema import AXES, CLOSED_FORM, CONTENDER_MARGIN, SETTING, case_id, fmt_bytes
 from strategies import Strategy, Unsupported
 
 Record = dict[str, Any]
@@ -42,8 +45,13 @@ class PreparedShape:
     forward_median_s: float | None = None
     reference: Tensor | None = None  # [B, out, in] float64
     coupled: bool | None = None
+    drift: str = ""  # why the machine ran slower than its quickest when this shape started ("" if it did not)
     status: str = "ok"
     message: str = ""
+
+
+SETTLE_TOTAL_S = 120.0  # a run waits at most this long in all for other processes' load to pass
+PLAYOFF_ROUNDS = (9, 41)  # interleaved rounds of a playoff: at least, at most
 
 
 class CaseRunner:
@@ -53,6 +61,8 @@ class CaseRunner:
         self._failed: dict[tuple, list[tuple[Case, str]]] = {}  # (strategy, device, model, dtype) -> failed cases
         self._memory_budget: dict[str, int] = {}
         self._warm: set[tuple[str, str]] = set()  # (device, model) warmed up
+        self.drift = machine.Drift()
+        self._settle_left = SETTLE_TOTAL_S
 
     def memory_budget(self, device: str) -> int:
         if device not in self._memory_budget:
@@ -123,9 +133,9 @@ class CaseRunner:
             rec.update(max_abs_error=check.max_abs_error, tolerance=check.tolerance)
             if not check.ok:
                 return {"status": "wrong", "message": check.message}
-            timing = self._time(benchmark, strategy, model, x)
-            return {"status": "ok", **timing, "peak_memory_bytes": measure.peak_memory(lambda: strategy(model, x),
-                                                                                        device)}
+            timed = self._time(benchmark, strategy, model, x, shape.drift)
+            return {"status": "ok", **timed, "peak_memory_bytes": measure.peak_memory(lambda: strategy(model, x),
+                                                                                       device)}
         except Unsupported as exc:
             return {"status": "unsupported", "message": str(exc)}
         except measure.CaseTimeout as exc:
@@ -138,8 +148,9 @@ class CaseRunner:
             return {"status": "error", "message": f"{type(exc).__name__}: {_first_line(exc)}"
                                                   + _one_sample_note(model, x, case.out_dim)}
 
-    def _time(self, benchmark: Any, strategy: Strategy, model: nn.Module, x: Tensor) -> Record:
-        """pytest-benchmark's pedantic mode: iterations so a round lasts well above the clock's resolution."""
+    def _time(self, benchmark: Any, strategy: Strategy, model: nn.Module, x: Tensor, drift: str) -> Record:
+        """pytest-benchmark's pedantic mode: iterations so a round lasts well above the clock's resolution. A timing
+        that other processes disturbed is done again once they are gone; what stays disturbed is `unstable`."""
         start = measure.synced_clock()
         self._call_within_budget(strategy, model, x)
         one_call = measure.synced_clock() - start
@@ -148,11 +159,79 @@ class CaseRunner:
         # calls many times over, and that must not be mistaken for a timeout of the strategy).
         planned_s = (p.rounds + p.warmup_rounds) * p.iterations * one_call
         with measure.time_limit(max(30.0, self.plan.time_budget_s + 20 * planned_s), "the timed rounds"):
+            before = machine.snapshot()
             benchmark.pedantic(strategy.fn, args=(model, x), rounds=p.rounds, iterations=p.iterations,
                                warmup_rounds=p.warmup_rounds)
-        stats = benchmark.stats.stats
-        return {"time_median_s": stats.median, "time_iqr_s": stats.iqr, "time_min_s": stats.min,
-                "time_mean_s": stats.mean, "rounds": stats.rounds, "iterations": p.iterations}
+            rounds = list(benchmark.stats.stats.data)
+            disturbed = machine.disturbance(before, machine.snapshot())
+            note = ""
+            if disturbed and self.settle():
+                before = machine.snapshot()
+                rounds = measure.time_rounds(functools.partial(strategy.fn, model, x), p.iterations, p.rounds)
+                note, disturbed = f"re-timed: the first timing was disturbed ({disturbed})", \
+                    machine.disturbance(before, machine.snapshot())
+        return timing(rounds, p.iterations) | unstable(disturbed or drift, note)
+
+    def settle(self) -> bool:
+        """Wait (within the grid's settle_s and the run's total) until no other process loads the CPUs."""
+        wait = min(self.plan.grid.budget.settle_s, self._settle_left)
+        if wait <= 0:
+            return False
+        quiet, waited = machine.wait_until_quiet(wait)
+        self._settle_left -= waited
+        return quiet
+
+    def playoff(self, case: Case, device: str, records: list[Record]) -> Record | None:
+        """The verdict of one shape: its autodiff strategies within CONTENDER_MARGIN of the fastest, re-timed in
+        interleaved rounds (a shuffled order each round, one process), so a slow moment of the machine lands on all
+        of them alike. None when no autodiff strategy of the shape is valid."""
+        valid = sorted((r for r in records if r["status"] == "ok" and r["is_jacobian"]
+                        and r["strategy"] != CLOSED_FORM), key=lambda r: r["time_median_s"])
+        if not valid:
+            return None
+        fastest = valid[0]["time_median_s"]
+        contenders = [r for r in valid if r["time_median_s"] <= CONTENDER_MARGIN * fastest]
+        result = {**{k: valid[0][k] for k in (*SETTING, *AXES)}, "contenders": [r["strategy"] for r in contenders],
+                  "unstable": False, "message": ""}
+        if len(contenders) == 1:
+            runner_up = valid[1] if len(valid) > 1 else None
+            return result | {"best": valid[0]["strategy"], "verdict": "winner", "tied_with": [], "rounds": 0,
+                             "runner_up": runner_up["strategy"] if runner_up else None,
+                             "runner_up_ratio": [runner_up["time_median_s"] / fastest] * 3 if runner_up else None}
+        shape = self._prepare(case, device)
+        calls = {r["strategy"]: functools.partial(strategies.REGISTRY[r["strategy"]].fn, shape.model, shape.x)
+                 for r in contenders}
+        iterations = {r["strategy"]: r["iterations"] for r in contenders}
+        round_s = sum(r["time_median_s"] * r["iterations"] for r in contenders)
+        n = int(min(PLAYOFF_ROUNDS[1], max(PLAYOFF_ROUNDS[0], 2 * self.plan.grid.budget.target_s // round_s)))
+        times, disturbed = self._interleave(calls, iterations, n)
+        note = ""
+        if disturbed and self.settle():
+            note = f"re-timed: the first playoff was disturbed ({disturbed})"
+            times, disturbed = self._interleave(calls, iterations, n)
+        verdict = stats.decide(times)
+        return result | {"best": verdict.best, "verdict": verdict.verdict, "tied_with": verdict.tied_with,
+                         "rounds": n, "runner_up": verdict.runner_up,
+                         "runner_up_ratio": list(verdict.ratios[verdict.runner_up]),
+                         "ratios": {k: list(v) for k, v in verdict.ratios.items()}, "round_times_s": times} \
+            | unstable(disturbed or shape.drift, note)
+
+    def _interleave(self, calls: dict[str, Any], iterations: dict[str, int], rounds: int
+                    ) -> tuple[dict[str, list[float]], str]:
+        """`rounds` rounds; in each, every contender runs its `iterations` calls once, in a shuffled order."""
+        order = random.Random(0)
+        times: dict[str, list[float]] = {name: [] for name in calls}
+        for call in calls.values():
+            call()  # warm again: the last shape's other strategies ran in between
+        guard = max(30.0, 20 * rounds * sum(self.plan.time_budget_s for _ in calls))
+        with measure.time_limit(guard, "the playoff"):
+            before = machine.snapshot()
+            for _ in range(rounds):
+                names = list(calls)
+                order.shuffle(names)
+                for name in names:
+                    times[name] += measure.time_rounds(calls[name], iterations[name], 1)
+        return times, machine.disturbance(before, machine.snapshot())
 
     def _first_call(self, strategy: Strategy, model: nn.Module, x: Tensor) -> Tensor:
         """The validation call, under the time budget. One retry, so a moment of load on a shared machine is not
@@ -201,6 +280,26 @@ class CaseRunner:
         ref = reference.reference(model, x, self.memory_budget(device), hidden=case.hidden)
         shape.reference, shape.coupled = ref.jacobian, ref.coupled
         shape.model, shape.x = model, x
+        shape.drift = self.drift.check()
+        if shape.drift and self.settle():
+            shape.drift = self.drift.check()
+
+
+def timing(rounds: list[float], iterations: int) -> Record:
+    """The numbers of a timed case, from its per-call time in each round (pytest-benchmark's statistics)."""
+    summary = Stats()
+    for seconds in rounds:
+        summary.update(seconds)
+    median, low, high = stats.median_ci(rounds)
+    return {"time_median_s": summary.median, "time_iqr_s": summary.iqr, "time_min_s": summary.min,
+            "time_mean_s": summary.mean, "rounds": len(rounds), "iterations": iterations, "time_ci_low_s": low,
+            "time_ci_high_s": high, "round_times_s": rounds}
+
+
+def unstable(reason: str, note: str = "") -> Record:
+    """`unstable` and the message of a timing: why it was disturbed, and whether it was re-timed."""
+    message = "; ".join(m for m in (note, f"unstable: {reason}" if reason else "") if m)
+    return {"unstable": bool(reason), "message": message}
 
 
 def new_record(strategy: Strategy, case: Case, device: str) -> Record:

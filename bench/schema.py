@@ -35,6 +35,15 @@ def status_kind(status: str) -> str:
     return status if status in ("ok", "wrong", "unsupported") else "failed"
 
 
+# ---- strategies ------------------------------------------------------------------------------------------------------
+
+# The closed form of the MLP family: the limit autodiff is measured against, not a contender (it exists only for
+# plain MLPs), so verdicts and winner maps race the autodiff strategies only.
+CLOSED_FORM = "analytic"
+# A strategy whose first timing is within this factor of the fastest is re-timed in the playoff of its shape.
+CONTENDER_MARGIN = 1.5
+
+
 # ---- shapes, cases and their ids ------------------------------------------------------------------------------------
 
 # Column lists (lists, not tuples: pandas selects columns with lists).

@@ -28,11 +28,15 @@ class RunFolder:
 
     path: Path
     lock: IO
-    finished: set[tuple] = field(default_factory=set)  # keys of the cases already in cases.jsonl (resume)
+    finished: dict[tuple, dict] = field(default_factory=dict)  # the records already in cases.jsonl (resume), by key
 
     @property
     def cases_path(self) -> Path:
         return self.path / "cases.jsonl"
+
+    @property
+    def playoffs_path(self) -> Path:
+        return self.path / "playoffs.jsonl"
 
 
 def open_run(plan: RunPlan) -> RunFolder:
@@ -45,8 +49,8 @@ def open_run(plan: RunPlan) -> RunFolder:
     return RunFolder(plan.folder, lock, finished)
 
 
-def check_folder(plan: RunPlan) -> set[tuple]:
-    """Refuse what cannot be done with the folder; return the finished-case keys of a run to resume."""
+def check_folder(plan: RunPlan) -> dict[tuple, dict]:
+    """Refuse what cannot be done with the folder; return the finished records of a run to resume, by key."""
     exists = (plan.folder / "env.json").exists() or (plan.folder / "cases.jsonl").exists()
     hint = f"RUN={plan.run_id}"
     if plan.settings.resume:
@@ -60,16 +64,16 @@ def check_folder(plan: RunPlan) -> set[tuple]:
                 f"{hint} RESUME=1: settings differ from the stored run ({', '.join(different) or 'fingerprint'}); "
                 "resume with the same GRID/DEVICES/STRATEGIES/MODEL/budgets, or start a new RUN"
             )
-        return _finished_keys(plan.folder / "cases.jsonl")
+        return _finished(plan.folder / "cases.jsonl")
     if exists and not plan.settings.force:
         raise FolderError(
             f"{plan.folder} already exists: RESUME=1 to finish it, FORCE=1 to replace it, or choose another RUN"
         )
-    return set()
+    return {}
 
 
-def _finished_keys(path: Path) -> set[tuple]:
-    return {case_key(r) for r in results.read_cases(path)} if path.exists() else set()
+def _finished(path: Path) -> dict[tuple, dict]:
+    return {case_key(r): r for r in results.read_cases(path)} if path.exists() else {}
 
 
 def _canonical(obj: Any) -> str:

@@ -14,36 +14,84 @@ from typing import Any
 import pandas as pd
 
 from bench.frames import strategy_order, sweep_line
-from bench.schema import AXES, SETTING, SHAPE_COLUMNS, STATUSES, fmt_bytes, fmt_ratio, fmt_time, status_kind
+from bench.schema import (
+    AXES,
+    CLOSED_FORM,
+    CONTENDER_MARGIN,
+    SETTING,
+    SHAPE_COLUMNS,
+    STATUSES,
+    fmt_bytes,
+    fmt_ratio,
+    fmt_time,
+    status_kind,
+)
+from bench.stats import TIE_MARGIN, ratio_of_medians
 
 Formatter = Callable[[float], str]
 
 
-def best_per_shape(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per measured shape: fastest valid strategy, runner-up, J/F of the best and best/analytic.
+BEST_COLUMNS = [*SHAPE_COLUMNS, "winner", "verdict", "tied_with", "best_s", "best_ci_low_s", "best_ci_high_s",
+                "runner_up", "runner_up_s", "runner_up_ratio", "runner_up_ratio_low", "runner_up_ratio_high",
+                "jf_best", "analytic_s", "vs_analytic", "forward_s", "n_valid", "unstable", "playoff_rounds"]
 
-    `vs_analytic` compares the fastest autodiff strategy (analytic excluded) with the closed form: how far generic
-    autodiff is from the physical limit for this model. Shapes where nothing is valid keep winner "none".
+
+def best_per_shape(frame: pd.DataFrame, playoffs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per measured shape: the fastest valid autodiff strategy and whether it wins or ties.
+
+    The verdict comes from the shape's playoff (its close contenders re-timed interleaved, bench/runner.py). A run
+    without one (an older run, or a shape finished before a kill) gets the verdict from its first timings: the
+    intervals of the ratios of medians. `tied_with` lists the strategies not surely more than stats.TIE_MARGIN
+    slower. The closed form (analytic) is not a contender: `vs_analytic` says how far the winner is from it.
     """
+    by_shape = {} if playoffs is None else {tuple(r[c] for c in SHAPE_COLUMNS): r for _, r in playoffs.iterrows()}
     rows = []
     for shape, part in frame.groupby(SHAPE_COLUMNS, sort=False):
         valid = part[part["valid"]].sort_values("time_median_s")
-        auto = valid[valid["strategy"] != "analytic"]
-        analytic = valid[valid["strategy"] == "analytic"]
-        row = dict(zip(SHAPE_COLUMNS, shape, strict=True))
-        row.update(winner="none", best_s=math.nan, runner_up="", runner_up_s=math.nan, jf_best=math.nan,
-                   vs_analytic=math.nan, forward_s=part["forward_median_s"].median(), n_valid=len(valid))
-        if len(valid):
-            row.update(winner=valid["strategy"].iloc[0], best_s=valid["time_median_s"].iloc[0],
-                       jf_best=valid["jf_ratio"].iloc[0])
-        if len(valid) > 1:
-            row.update(runner_up=valid["strategy"].iloc[1], runner_up_s=valid["time_median_s"].iloc[1])
-        if len(auto) and len(analytic):
-            row["vs_analytic"] = auto["time_median_s"].iloc[0] / analytic["time_median_s"].iloc[0]
+        auto = valid[valid["strategy"] != CLOSED_FORM]
+        analytic = valid[valid["strategy"] == CLOSED_FORM]["time_median_s"]
+        row = dict(zip(SHAPE_COLUMNS, shape, strict=True)) | dict.fromkeys(BEST_COLUMNS[len(SHAPE_COLUMNS):], math.nan)
+        row.update(winner="none", verdict="", tied_with="", runner_up="", forward_s=part["forward_median_s"].median(),
+                   n_valid=len(auto), unstable=bool(auto["unstable"].any()), playoff_rounds=0,
+                   analytic_s=analytic.iloc[0] if len(analytic) else math.nan)
+        if len(auto):
+            row.update(_verdict(auto, by_shape.get(shape)))
+            best = auto.set_index("strategy").loc[row["winner"]]
+            row.update(best_s=best["time_median_s"], best_ci_low_s=best["time_ci_low_s"],
+                       best_ci_high_s=best["time_ci_high_s"], jf_best=best["jf_ratio"],
+                       vs_analytic=best["time_median_s"] / row["analytic_s"])
+            if row["runner_up"]:
+                row["runner_up_s"] = auto.set_index("strategy").loc[row["runner_up"], "time_median_s"]
         rows.append(row)
-    columns = [*SHAPE_COLUMNS, "winner", "best_s", "runner_up", "runner_up_s", "jf_best", "vs_analytic", "forward_s",
-               "n_valid"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=BEST_COLUMNS)
+
+
+def _verdict(auto: pd.DataFrame, playoff: pd.Series | None) -> dict[str, Any]:
+    """winner, verdict, tied_with, runner-up and its ratio: from the playoff, else from the first timings."""
+    if playoff is not None and playoff["best"] in set(auto["strategy"]):
+        ratio = playoff["runner_up_ratio"] if isinstance(playoff["runner_up_ratio"], list) else [math.nan] * 3
+        runner_up = playoff["runner_up"] if isinstance(playoff["runner_up"], str) else ""
+        return {"winner": playoff["best"], "verdict": playoff["verdict"], "tied_with": ", ".join(playoff["tied_with"]),
+                "runner_up": runner_up, "runner_up_ratio": ratio[0], "runner_up_ratio_low": ratio[1],
+                "runner_up_ratio_high": ratio[2], "playoff_rounds": int(playoff["rounds"] or 0),
+                "unstable": bool(playoff["unstable"] or auto["unstable"].any())}
+    best = auto.iloc[0]
+    ratios = {r["strategy"]: _first_timing_ratio(r, best) for _, r in auto.iloc[1:].iterrows()}
+    tied = [name for name, (_, low, _) in ratios.items() if low <= TIE_MARGIN]
+    runner_up = tied[0] if tied else next(iter(ratios), "")
+    ratio = ratios.get(runner_up, (math.nan,) * 3)
+    return {"winner": best["strategy"], "verdict": "tie" if tied else "winner", "tied_with": ", ".join(tied),
+            "runner_up": runner_up, "runner_up_ratio": ratio[0], "runner_up_ratio_low": ratio[1],
+            "runner_up_ratio_high": ratio[2]}
+
+
+def _first_timing_ratio(row: pd.Series, best: pd.Series) -> tuple[float, float, float]:
+    """row / best from the first timings: the bootstrap interval of the ratio of medians; without round times (a
+    run older than round times), the point ratio, counted a tie within the contender margin."""
+    if len(row["round_times_s"]) and len(best["round_times_s"]):
+        return ratio_of_medians(row["round_times_s"], best["round_times_s"])
+    ratio = row["time_median_s"] / best["time_median_s"]
+    return ratio, ratio if ratio > CONTENDER_MARGIN else 1.0, ratio
 
 
 def cell(row: pd.Series, column: str, fmt: Formatter) -> str:
@@ -58,7 +106,10 @@ def cases_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Every case, display strings: the long table behind all others."""
     out = frame[["device", "model", "dtype", *AXES, "strategy", "status"]].copy()
     rows = [r for _, r in frame.iterrows()]
-    out["time"] = [cell(r, "time_median_s", fmt_time) for r in rows]
+    out["time"] = [cell(r, "time_median_s", fmt_time) + (" (unstable)" if r["unstable"] else "") for r in rows]
+    out["95% CI"] = [f"{fmt_time(r['time_ci_low_s'])}–{fmt_time(r['time_ci_high_s'])}"
+                     if r["status"] == "ok" and pd.notna(r["time_ci_low_s"]) else cell(r, "time_ci_low_s", fmt_time)
+                     for r in rows]
     out["IQR"] = [cell(r, "time_iqr_s", fmt_time) for r in rows]
     out["J/F"] = [cell(r, "jf_ratio", fmt_ratio) for r in rows]
     out["× best"] = [cell(r, "vs_best", fmt_ratio) if r["is_jacobian"] else "not J" for r in rows]
@@ -69,8 +120,8 @@ def cases_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def cases_numbers(frame: pd.DataFrame) -> pd.DataFrame:
     """Every case, machine-readable (seconds, bytes): numbers only where status is ok, empty cells otherwise."""
-    cols = [*SETTING, *AXES, "strategy", "status", "time_median_s", "time_iqr_s", "forward_median_s", "jf_ratio",
-            "vs_best", "peak_memory_bytes", "is_jacobian", "valid", "note"]
+    cols = [*SETTING, *AXES, "strategy", "status", "time_median_s", "time_ci_low_s", "time_ci_high_s", "time_iqr_s",
+            "forward_median_s", "jf_ratio", "vs_best", "peak_memory_bytes", "is_jacobian", "valid", "unstable", "note"]
     out = frame[cols].copy()
     out.loc[out["status"] != "ok", ["jf_ratio", "vs_best"]] = math.nan
     out["note"] = [_note(r) for _, r in frame.iterrows()]
@@ -105,13 +156,32 @@ def pivot(part: pd.DataFrame, axis: str, column: str, fmt: Formatter) -> tuple[p
 def best_table(best: pd.DataFrame) -> pd.DataFrame:
     """best_per_shape as display strings."""
     out = best[SHAPE_COLUMNS].copy()
-    out["fastest valid"] = best["winner"]
-    out["time"] = best["best_s"].map(fmt_time)
+    out["fastest autodiff"] = best["winner"]
+    out["verdict"] = [verdict_text(r) for _, r in best.iterrows()]
+    out["time [95% CI]"] = [f"{fmt_time(r.best_s)} [{fmt_time(r.best_ci_low_s)}–{fmt_time(r.best_ci_high_s)}]"
+                            if pd.notna(r.best_ci_low_s) else fmt_time(r.best_s) for r in best.itertuples()]
     out["runner-up"] = best["runner_up"]
-    out["runner-up time"] = best["runner_up_s"].map(fmt_time)
-    out["J/F of best"] = best["jf_best"].map(fmt_ratio)
-    out["best autodiff / analytic"] = best["vs_analytic"].map(fmt_ratio)
+    out["runner-up / fastest"] = [fmt_interval(r.runner_up_ratio, r.runner_up_ratio_low, r.runner_up_ratio_high,
+                                               r.playoff_rounds > 0) for r in best.itertuples()]
+    out["J/F"] = best["jf_best"].map(fmt_ratio)
+    out["closed form"] = best["analytic_s"].map(fmt_time)
+    out["fastest / closed form"] = best["vs_analytic"].map(fmt_ratio)
     return out
+
+
+def verdict_text(row: pd.Series) -> str:
+    """winner | tie with a, b | — ; "(unstable)" when a timing behind it was disturbed."""
+    if row["winner"] == "none":
+        return "no valid strategy"
+    text = f"tie with {row['tied_with']}" if row["verdict"] == "tie" else row["verdict"]
+    return text + (" (unstable)" if row["unstable"] else "")
+
+
+def fmt_interval(ratio: float, low: float, high: float, interval: bool = True) -> str:
+    """×1.21 [1.10–1.35]: a ratio with its 95% interval (the point alone when no interval was measured)."""
+    if not interval or pd.isna(low):
+        return fmt_ratio(ratio)
+    return f"{fmt_ratio(ratio)} [{low:.2f}–{high:.2f}]"
 
 
 def status_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -123,6 +193,9 @@ def status_table(frame: pd.DataFrame) -> pd.DataFrame:
     not_j = frame[~frame["is_jacobian"]].groupby(["device", "strategy"]).size()
     out["not J (sum over outputs)"] = [int(not_j.get((d, s), 0)) for d, s in zip(out["device"], out["strategy"],
                                                                                    strict=True)]
+    unstable = frame[frame["unstable"] & (frame["status"] == "ok")].groupby(["device", "strategy"]).size()
+    out["ok but unstable"] = [int(unstable.get((d, s), 0)) for d, s in zip(out["device"], out["strategy"],
+                                                                          strict=True)]
     rank = frame.drop_duplicates("strategy").set_index("strategy")["rank"]
     return out.assign(_r=out["strategy"].map(rank)).sort_values(["device", "_r"]).drop(columns="_r")
 

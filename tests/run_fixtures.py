@@ -77,6 +77,9 @@ def record(strategy: str, device: str, shape: dict[str, int], sweeps: list[str],
         "returns": returns or ret, "independent_samples": independent, "coupled": coupled,
         "summary": f"{strategy}: synthetic summary", "cost": "O(B·H·(in+out))", "sweeps": sweeps,
         "case_id": f"{strategy}-{device}-{model}-B{b}-H{h}-in{i}-out{o}", "wall_s": 0.1,
+        "round_times_s": [time * f for f in (0.97, 0.99, 1.0, 1.01, 1.03)] if ok else None,
+        "time_ci_low_s": time * 0.99 if ok else None, "time_ci_high_s": time * 1.01 if ok else None,
+        "unstable": False,
     }
 
 
@@ -100,6 +103,7 @@ def make_run(root: Path, run_id: str, devices: tuple[str, ...] = ("cpu", "cuda")
     if env:
         write_json(run / "env.json", {
             "run_id": run_id, "created": "2025-01-01T00:00:00", "python": "3.11.2", "platform": "Linux-x86_64",
+            "hostname": "box", "cpu_model": "Synthetic CPU <8 cores>",
             "torch": torch, "cuda": "12.1", "devices": {"cpu": "Synthetic CPU <8 cores>", "cuda": "Synthetic GPU"},
             "threads": 8, "tf32": {"matmul": False, "cudnn": True}, "seed": 0,
             "grid": {"name": "synthetic", "base": BASE, "sweep": SWEEP, "plane": PLANE},

@@ -1,0 +1,108 @@
+"""The state of the machine while something is timed: other processes' CPU use, stolen time, and drift.
+
+A `Watch` compares two snapshots: from /proc/stat, the CPU time every process used and the time the hypervisor
+stole, minus this process's own CPU time (time.process_time, all its threads). What is left was used by other
+processes. A fixed calibration call, timed between shapes, tells when the machine as a whole runs slower than it did
+at its quickest in this run (thermal throttling, a noisy neighbour on a VM). Linux only; elsewhere nothing is flagged.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# Other processes using more than this share of all CPUs, or the hypervisor stealing more, disturbs a timing.
+FOREIGN_LIMIT = 0.25
+STEAL_LIMIT = 0.10
+# The calibration call this much slower than its quickest in the run: the machine is slower than it was.
+DRIFT_LIMIT = 1.3
+_CPUS = os.cpu_count() or 1
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PROC_STAT = Path("/proc/stat")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    wall: float
+    busy: float | None  # CPU seconds used by every process since boot (None: no /proc/stat)
+    steal: float | None
+    own: float  # CPU seconds used by this process
+
+
+def snapshot() -> Snapshot:
+    busy = steal = None
+    try:
+        fields = [int(v) for v in _PROC_STAT.read_text().split("\n", 1)[0].split()[1:]]
+        user, nice, system, _idle, _iowait, irq, softirq, stolen = (fields + [0] * 8)[:8]
+        busy, steal = (user + nice + system + irq + softirq) / _TICK, stolen / _TICK
+    except (OSError, ValueError):
+        pass
+    return Snapshot(time.perf_counter(), busy, steal, time.process_time())
+
+
+def disturbance(before: Snapshot, after: Snapshot) -> str:
+    """Why the interval between two snapshots was disturbed, or "" when it was quiet."""
+    wall = after.wall - before.wall
+    if before.busy is None or after.busy is None or wall < 0.05:
+        return ""  # too short to tell at the kernel's 10 ms tick, or no /proc/stat
+    capacity = wall * _CPUS
+    foreign = (after.busy - before.busy - (after.own - before.own)) / capacity
+    stolen = (after.steal - before.steal) / capacity
+    if foreign > FOREIGN_LIMIT:
+        return f"other processes used {foreign:.0%} of the {_CPUS} CPUs"
+    if stolen > STEAL_LIMIT:
+        return f"the hypervisor stole {stolen:.0%} of the CPU time"
+    return ""
+
+
+def calibration_s(repeats: int = 5) -> float:
+    """Median time of a fixed mix of small tensor ops and Python calls (~1 ms), the kind of work a Jacobian call
+    of a small model does: a stable yardstick of how fast the machine runs right now."""
+    a = torch.linspace(-1, 1, 64 * 64).reshape(64, 64)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        h = a
+        for _ in range(40):
+            h = torch.tanh(h @ a) + h
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class Drift:
+    """Calibration times of this run: the current one against the quickest so far."""
+
+    def __init__(self) -> None:
+        self.quickest = float("inf")
+        self.history: list[float] = []
+
+    def check(self) -> str:
+        """Time the calibration call now; the reason the machine is slower than its quickest, or ""."""
+        now = calibration_s()
+        self.history.append(now)
+        self.quickest = min(self.quickest, now)
+        ratio = now / self.quickest
+        return f"the machine ran ×{ratio:.2f} slower than its quickest in this run (calibration)" \
+            if ratio > DRIFT_LIMIT else ""
+
+    def summary(self) -> dict[str, float]:
+        if not self.history:
+            return {}
+        return {"calibrations": len(self.history), "quickest_s": min(self.history),
+                "median_s": statistics.median(self.history), "slowest_s": max(self.history)}
+
+
+def wait_until_quiet(timeout_s: float, window_s: float = 0.5) -> tuple[bool, float]:
+    """Poll in windows of `window_s` until one is free of other processes' load; (quiet, seconds waited)."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout_s:
+        before = snapshot()
+        time.sleep(window_s)
+        if not disturbance(before, snapshot()):
+            return True, time.perf_counter() - start
+    return False, time.perf_counter() - start
