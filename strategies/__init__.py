@@ -105,9 +105,14 @@ _BUILTIN_ORDER = (
     "grad_batched",
     "jacobian_diagonal",
     "jacobian_sum",
+    "func_sum_jacrev",
     "vmap_jacrev",
+    "vmap_jacrev_chunked",
     "vmap_jacfwd",
+    "vmap_jacfwd_chunked",
     "jvp_loop",
+    "jvp_batched",
+    "linearize_batched",
     "analytic",
 )
 

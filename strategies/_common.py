@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -19,3 +21,8 @@ def activations_bytes(batch: int, hidden: int, in_dim: int, out_dim: int, dtype:
     """Bytes of `copies` forward passes' saved activations plus the (B, out, in) result."""
     per_pass = batch * (in_dim + 3 * hidden + out_dim)  # [B, in] input, [B, H] pre/post activation + grad, [B, out]
     return itemsize(dtype) * (copies * per_pass + batch * out_dim * in_dim)
+
+
+def quarter_chunk(n: int) -> int:
+    """Chunk size for the chunked strategies: ceil(n / 4), so the vectorized basis is about a quarter of n wide."""
+    return max(1, math.ceil(n / 4))
