@@ -33,12 +33,18 @@ COLORS = {
     "vmap_jacrev": "#2ca02c",
     "vmap_jacfwd": "#17becf",
     "jvp_loop": "#8c564b",
+    "func_sum_jacrev": "#e377c2",
+    "vmap_jacrev_chunked": "#98df8a",
+    "vmap_jacfwd_chunked": "#9edae5",
+    "jvp_batched": "#c49c94",
+    "linearize_batched": "#bcbd22",
 }
 MARKERS = {"analytic": "*", "grad_summed": ".", "grad_loop": "o", "grad_batched": "s", "jacobian_diagonal": "D",
-           "jacobian_sum": "v", "vmap_jacrev": "P", "vmap_jacfwd": "X", "jvp_loop": "<"}
-PLUGIN_COLORS = ["#e377c2", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
+           "jacobian_sum": "v", "vmap_jacrev": "P", "vmap_jacfwd": "X", "jvp_loop": "<", "func_sum_jacrev": "^",
+           "vmap_jacrev_chunked": "p", "vmap_jacfwd_chunked": "h", "jvp_batched": ">", "linearize_batched": "d"}
+PLUGIN_COLORS = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
                  "#31a354", "#756bb1", "#636363"]
-PLUGIN_MARKERS = ["h", "p", "d", ">", "^", "8"]
+PLUGIN_MARKERS = ["8", "H", "$P$", "1", "2", "3"]
 STATUS_COLORS = {"ok": "#2ca02c", "wrong": "#d62728", "failed": "#ff7f0e", "unsupported": "#c7c7c7"}
 FORWARD = "forward model(x)"
 
