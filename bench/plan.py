@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,14 +143,20 @@ def apply_threads(spec: str) -> int:
     return torch.get_num_threads()
 
 
-def check_models(specs: list[str], the_grid: grid.Grid, dtypes: tuple[str, ...] | None
+def check_models(specs: list[str], the_grid: grid.Grid, dtypes: tuple[str, ...] | None, override: str = ""
                  ) -> tuple[dict[str, models.ModelDef], list[str]]:
-    """Resolve and try each model once; refuse one that cannot run, note one that breaks on a one-sample batch."""
-    model_defs, notes = {}, []
-    base = the_grid.base
-    run_dtypes = dtypes or tuple(dict.fromkeys(d for b in the_grid.blocks for d in b.dtypes))
+    """Resolve each model; refuse a size its architecture does not take (any case of the grid) and a model that cannot
+    run at the base point of its first block; note one that breaks on a one-sample batch. `override`: the MODEL= spec
+    that replaces the models of every block ("" for the grid's own)."""
+    model_defs = {}
     for spec in specs:
         model_def = models.resolve(spec)
+        model_defs[model_def.name] = model_def
+    _check_sizes(model_defs, the_grid, dtypes, override)
+    notes = []
+    run_dtypes = dtypes or tuple(dict.fromkeys(d for b in the_grid.blocks for d in b.dtypes))
+    for name, model_def in model_defs.items():
+        base = next(b.base for b in the_grid.blocks if override or name in b.models)
         probe = models.check(model_def, base["hidden"], base["in_dim"], base["out_dim"])
         built = str(probe.dtype).removeprefix("torch.") if probe.dtype else None
         if built and built != "float32" and built not in run_dtypes and not dtypes:
@@ -160,8 +166,25 @@ def check_models(specs: list[str], the_grid: grid.Grid, dtypes: tuple[str, ...] 
         if probe.one_sample:
             notes.append(f"model {model_def.name} fails on a one-sample batch ({probe.one_sample}): its B=1 cases and "
                          "the per-sample strategies (vmap_jacrev, vmap_jacfwd) will end in error")
-        model_defs[model_def.name] = model_def
     return model_defs, notes
+
+
+def _check_sizes(model_defs: dict[str, models.ModelDef], the_grid: grid.Grid, dtypes: tuple[str, ...] | None,
+                 override: str) -> None:
+    """Every case of every block against its model's `fits`: one line naming the model, the sizes and the block."""
+    unfit = []  # one message per case that does not fit
+    for n, block in enumerate(the_grid.blocks):
+        where = f"grid {the_grid.path.name}, " + ("top-level block" if n == 0 else f"[[also]] block {n}")
+        if override:
+            where += f"; MODEL={override} replaces the models of every block"
+        block_models = tuple(model_defs) if override else block.models
+        for case in grid.expand(replace(the_grid, blocks=(block,)), block_models, dtypes):
+            problem = model_defs[case.model].problem(case.in_dim, case.hidden, case.out_dim)
+            if problem:
+                unfit.append(f"model {case.model}: {problem}; case {case.shape_id} of {where}")
+    if unfit:
+        more = f"; {len(unfit) - 1} more case(s) do not fit" if len(unfit) > 1 else ""
+        raise models.ModelError(unfit[0] + more)
 
 
 def plan_run(settings: Settings) -> RunPlan:
@@ -172,7 +195,7 @@ def plan_run(settings: Settings) -> RunPlan:
     dtypes = resolve_dtypes(settings.dtype)
     threads = apply_threads(settings.threads)
     model_specs = [settings.model] if settings.model else list(the_grid.models)
-    model_defs, notes = check_models(model_specs, the_grid, dtypes)
+    model_defs, notes = check_models(model_specs, the_grid, dtypes, override=settings.model)
     memory_budget = parse_bytes(settings.memory_budget) if settings.memory_budget else None
     time_budget = parse_seconds(settings.time_budget) if settings.time_budget else the_grid.budget.time_s
     run_id = results.check_run_id(settings.run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{the_grid.name}")

@@ -71,19 +71,24 @@ class CaseRunner:
             )
         return self._memory_budget[device]
 
-    def warm_up(self, device: str, model_name: str) -> None:
-        """Call every strategy once on a tiny version of the model, outside any time limit: lazy imports (torch.func
-        pulls in sympy), CUDA context and kernel loading happen here, never inside a timed or time-limited call."""
-        if (device, model_name) in self._warm:
+    def warm_up(self, device: str, case: Case) -> None:
+        """Call every strategy once on a two-sample version of the case's model, outside any time limit: lazy imports
+        (torch.func pulls in torch._dynamo and sympy), CUDA context and kernel loading happen here, never inside a
+        timed or time-limited call (an import cut off by the time limit leaves torch half-initialised)."""
+        if (device, case.model) in self._warm:
             return
-        self._warm.add((device, model_name))
+        self._warm.add((device, case.model))
+        torch.func.vmap(torch.func.jacrev(torch.sin))(torch.ones(2, 2))  # whatever the model, torch.func is loaded
         try:
-            model, x = models.build(self.plan.model_defs[model_name], 2, 4, 3, 2, device, torch.float32)
+            model, x = models.build(self.plan.model_defs[case.model], 2, case.hidden, case.in_dim, case.out_dim,
+                                    device, torch.float32)
             reference.reference(model, x)
             measure.peak_memory(lambda: model(x), device)
-        except Exception:  # a model that cannot be built small is measured (and reported) per case
+        except Exception:  # a model that cannot be built is measured (and reported) per case
             return
         for name in self.plan.strategy_names:
+            if strategies.REGISTRY[name].compiled:
+                continue  # compiling is the case's own setup, timed apart
             try:
                 strategies.REGISTRY[name](model, x)
             except Exception:
@@ -95,7 +100,7 @@ class CaseRunner:
         strategy = strategies.REGISTRY[strategy_name]
         rec = new_record(strategy, case, device)
         try:
-            self.warm_up(device, case.model)
+            self.warm_up(device, case)
             rec.update(self._skip_reason(strategy, case, device, rec) or self._measure(benchmark, strategy, case,
                                                                                        device, rec))
         except Exception as exc:  # a harness bug must not stop the run either

@@ -16,7 +16,7 @@ def write(tmp_path, text: str):
     return str(path)
 
 
-@pytest.mark.parametrize("name", ["smoke", "quick", "default", "full"])
+@pytest.mark.parametrize("name", ["smoke", "quick", "default", "full", "seed", "zoo"])
 def test_presets_load_and_expand(name):
     g = grid.load_grid(name)
     cases = grid.expand(g)
