@@ -14,6 +14,7 @@ MEMORY_BUDGET ?=
 TIME_BUDGET ?=
 DTYPE ?=
 THREADS ?=
+MODE ?=
 
 VENV := .venv
 ifeq ($(strip $(PYTHON)),)
@@ -34,7 +35,8 @@ BENCH_ARGS := --grid '$(GRID)' \
 	$(if $(MEMORY_BUDGET),--memory-budget '$(MEMORY_BUDGET)') \
 	$(if $(TIME_BUDGET),--time-budget '$(TIME_BUDGET)') \
 	$(if $(DTYPE),--dtype '$(DTYPE)') \
-	$(if $(THREADS),--threads '$(THREADS)')
+	$(if $(THREADS),--threads '$(THREADS)') \
+	$(if $(MODE),--mode '$(MODE)')
 
 .PHONY: setup bench report compare test lint clean gpu-quick
 

@@ -22,6 +22,7 @@ OPTIONS = {  # option -> (bench.plan.Settings field, help)
     "--time-budget": ("time_budget", "seconds one strategy call may take before it is a timeout"),
     "--dtype": ("dtype", "comma-separated dtypes replacing the grid's, e.g. float64"),
     "--threads": ("threads", "torch intra-op threads for the whole run"),
+    "--mode": ("mode", "jacobian and/or train, comma-separated, replacing the grid's"),
 }
 
 

@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--time-budget", default="")
     run.add_argument("--dtype", default="", help="comma-separated dtypes, replacing the grid's (e.g. float64)")
     run.add_argument("--threads", default="", help="torch intra-op threads for the whole run")
+    run.add_argument("--mode", default="", help="jacobian and/or train (comma-separated), replacing the grid's")
     run.add_argument("--resume", action="store_true")
     run.add_argument("--force", action="store_true")
     run.add_argument("--no-report", action="store_true", help="write summary.csv only")
@@ -69,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--device", default=None)
     rec.add_argument("--model", default=None, help="model name in the runs (default: mlp when several)")
     rec.add_argument("--dtype", default=None, help="dtype in the runs (default: float32 when several)")
+    rec.add_argument("--mode", default="jacobian", choices=["jacobian", "train"],
+                     help="the Jacobian alone, or a training step through it")
     rec.add_argument("--json", action="store_true")
 
     sub.add_parser("grids", help="list the grid presets")
@@ -106,14 +109,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = plan_run(Settings(
         grid=args.grid, devices=args.devices, strategies=args.strategies, model=args.model, run_id=args.run_id,
         results_root=args.results_root, memory_budget=args.memory_budget, time_budget=args.time_budget,
-        dtype=args.dtype, threads=args.threads, resume=args.resume, force=args.force,
+        dtype=args.dtype, threads=args.threads, mode=args.mode, resume=args.resume, force=args.force,
     ))
     folder = open_run(plan)
     for note in plan.notes:
         print(f"jacobench: note: {note}", flush=True)
     pending = plan.planned_cases - len(folder.finished)
-    print(f"jacobench: run {plan.run_id}: grid {plan.grid.name}, {len(plan.cases)} shapes x "
-          f"{len(plan.strategy_names)} strategies x {len(plan.devices)} device(s) ({', '.join(plan.devices)}); "
+    print(f"jacobench: run {plan.run_id}: grid {plan.grid.name}, {len(plan.cases)} shapes, "
+          f"{len(plan.strategy_names)} strategies, {len(plan.devices)} device(s) ({', '.join(plan.devices)}); "
           f"{pending} cases to measure" + (f", {len(folder.finished)} already done" if folder.finished else ""),
           flush=True)
     json_name = ".benchmark-resumed.json" if args.resume else "benchmark.json"
@@ -194,7 +197,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     folders = [results.resolve_run_dir(r) for r in args.results]
     pick = recommend(folders, args.batch, args.hidden, args.in_dim, args.out_dim, device=args.device,
-                     model=args.model, dtype=args.dtype)
+                     model=args.model, dtype=args.dtype, mode=args.mode)
     if args.json:
         print(json.dumps(pick, default=str))
     else:

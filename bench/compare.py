@@ -23,7 +23,7 @@ from bench.plots import save, speedup_vs_batch
 from bench.results import ResultsError
 from bench.schema import AXES, DEVICE_ORDER, KEY_COLUMNS, fmt_ratio, fmt_time, sizes_id, slug
 from bench.stats import ratio_of_medians
-from bench.tables import best_per_shape, env_table, fmt_interval
+from bench.tables import best_per_shape, env_table, fmt_interval, verdict_cell
 
 JOIN = [k for k in KEY_COLUMNS if k != "device"]
 KEEP = ["status", "time_median_s", "valid", "is_jacobian", "sweeps", "rank", "round_times_s", "unstable"]
@@ -127,14 +127,15 @@ def crossover(line: pd.DataFrame) -> tuple[str, Any]:
 def pair_sections(a: Side, b: Side, both: pd.DataFrame, plot_dir: Path) -> list[Section]:
     """Speedup tables, crossover and plot for one (a, b) pair, one section per (model, dtype)."""
     sections = []
-    for (model, dtype), part in both.groupby(["model", "dtype"]):
-        where = f"{model} · {dtype}"
+    for (model, dtype, mode), part in both.groupby(["model", "dtype", "mode"]):
+        where = f"{model} · {dtype}" + ("" if mode == "jacobian" else f" · {mode}")
         line = sweep_line(part, "batch")
         section = Section(f"{b.label} over {a.label} — {where}", [
             Block("text", text=f"Speedup = time on a ({a.label}, {a.device}) / time on b ({b.label}, {b.device}); "
                                "above 1× b is faster. A cell names the side whose case did not run ok.")])
         if len(line):
-            name = f"speedup_vs_batch-{slug(a.label)}-vs-{slug(b.label)}-{slug(model)}-{slug(dtype)}"
+            name = f"speedup_vs_batch-{slug(a.label)}-vs-{slug(b.label)}-{slug(model)}-{slug(dtype)}" \
+                + ("" if mode == "jacobian" else f"-{slug(mode)}")
             fig = speedup_vs_batch(line, a.label, b.label, where)
             if fig is not None:
                 section.blocks.append(figure_block(save(fig, plot_dir, name), f"{name}: speedup per strategy vs batch"))
@@ -173,7 +174,7 @@ def _at(rows: pd.DataFrame, end: str) -> str:
 
 def winners(sides: list[Side]) -> pd.DataFrame:
     """The verdict per shape on every side, next to each other (shapes measured by all sides)."""
-    shape = ["model", "dtype", *AXES]
+    shape = ["model", "dtype", "mode", *AXES]
     merged = None
     for side in sides:
         best = side.best
@@ -181,12 +182,6 @@ def winners(sides: list[Side]) -> pd.DataFrame:
                                      f"time on {side.label}": best["best_s"].map(fmt_time)})
         merged = best if merged is None else merged.merge(best, on=shape)
     return merged if merged is not None else pd.DataFrame()
-
-
-def verdict_cell(row: pd.Series) -> str:
-    if row["verdict"] == "tie":
-        return f"tie: {row['winner']}, {row['tied_with']}"
-    return row["winner"] + (" (unstable)" if row["unstable"] else "")
 
 
 def same_machine(a: Side, b: Side) -> bool:
@@ -200,7 +195,7 @@ def same_machine(a: Side, b: Side) -> bool:
 
 def reproducibility(a: Side, b: Side) -> list[tuple[str, str]]:
     """How far two runs of the same machine and grid agree: verdicts, contradictions, regret of one's pick."""
-    shape = ["model", "dtype", *AXES]
+    shape = ["model", "dtype", "mode", *AXES]
     both = a.best.merge(b.best, on=shape, suffixes=("_a", "_b"))
     both = both[(both["winner_a"] != "none") & (both["winner_b"] != "none")]
     if both.empty:

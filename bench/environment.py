@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from bench import compiling
+
 
 def cpu_model() -> str:
     try:
@@ -58,5 +60,6 @@ def collect(devices: list[str]) -> dict[str, Any]:
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
         },
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "inductor_cache": compiling.inductor_cache(),
         "git_commit": git_commit(),
     }

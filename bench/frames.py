@@ -22,12 +22,12 @@ from typing import Any
 import pandas as pd
 
 from bench.results import CASE_FIELDS, ResultsError, read_cases, read_json, read_lines
-from bench.schema import AXES, DEVICE_ORDER, SETTING, SHAPE_COLUMNS, case_key
+from bench.schema import AXES, DEVICE_ORDER, KEY_DEFAULTS, SETTING, SHAPE_COLUMNS, case_key, slug
 
 NOT_J = "sum over outputs — not the Jacobian"
 NUMERIC = ["time_median_s", "time_iqr_s", "forward_median_s", "peak_memory_bytes", "max_abs_error", "jf_ratio",
-           "vs_best", "time_min_s", "time_mean_s", "tolerance", "wall_s", "time_ci_low_s", "time_ci_high_s"]
-TEXT = ["strategy", "model", "device", "dtype", "status", "message", "returns", "summary", "cost"]
+           "vs_best", "time_min_s", "time_mean_s", "tolerance", "wall_s", "time_ci_low_s", "time_ci_high_s", "setup_s"]
+TEXT = ["strategy", "model", "device", "dtype", "mode", "status", "message", "returns", "summary", "cost"]
 
 
 @dataclass
@@ -72,6 +72,7 @@ PLAYOFF_COLUMNS = [*SHAPE_COLUMNS, "best", "verdict", "tied_with", "runner_up", 
 
 def playoffs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """Playoff records -> one row per shape (the last one wins); an older run without playoffs gives no rows."""
+    records = [KEY_DEFAULTS | r for r in records]
     rows = {tuple(r.get(c) for c in SHAPE_COLUMNS): r for r in records if all(c in r for c in SHAPE_COLUMNS)}
     frame = pd.DataFrame(list(rows.values()), columns=PLAYOFF_COLUMNS)
     frame["tied_with"] = frame["tied_with"].map(lambda v: list(v) if isinstance(v, list) else [])
@@ -94,6 +95,7 @@ def to_frame(records: Iterable[dict[str, Any]], base: dict[str, int] | None = No
         raise ResultsError("no record has integer batch/hidden/in_dim/out_dim: not a jacobench cases.jsonl")
     frame = frame[~bad].copy()
     frame[AXES] = frame[AXES].astype(int)
+    frame["mode"] = frame["mode"].fillna(KEY_DEFAULTS["mode"])  # a run from before train mode
     for col in TEXT:
         frame[col] = frame[col].fillna("").astype(str)
     for col in NUMERIC:
@@ -101,6 +103,8 @@ def to_frame(records: Iterable[dict[str, Any]], base: dict[str, int] | None = No
             frame[col] = pd.to_numeric(frame[col], errors="coerce")
     frame["coupled"] = frame["coupled"].map(lambda v: v is True)
     frame["unstable"] = frame["unstable"].map(lambda v: v is True)
+    frame["compiled"] = frame["compiled"].map(lambda v: v is True)
+    frame["warnings"] = frame["warnings"].map(lambda v: v if isinstance(v, list) else [])
     frame["round_times_s"] = frame["round_times_s"].map(lambda v: v if isinstance(v, list) else [])
     frame["rank"] = frame["strategy"].map(rank)
     ok = frame["status"] == "ok"
@@ -115,7 +119,7 @@ def to_frame(records: Iterable[dict[str, Any]], base: dict[str, int] | None = No
     frame["vs_best"] = (frame["time_median_s"] / best).where(frame["valid"])
     frame["sweeps"] = _sweeps(frame, base)
     order = frame["device"].map(lambda d: DEVICE_ORDER.get(d, 9))
-    return frame.assign(_o=order).sort_values(["_o", "model", "dtype", *AXES, "rank"]).drop(columns="_o")
+    return frame.assign(_o=order).sort_values(["_o", "mode", "model", "dtype", *AXES, "rank"]).drop(columns="_o")
 
 
 def strategy_order(rows: pd.DataFrame) -> list[str]:
@@ -148,18 +152,28 @@ def _sweeps(frame: pd.DataFrame, base: dict[str, int] | None) -> pd.Series:
     return given.where(given.map(len) > 0, inferred)
 
 
-def groups(frame: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.DataFrame]]:
-    """(model, device, dtype) settings in report order: cpu before cuda."""
+Setting = tuple[str, str, str, str]  # (model, device, dtype, mode): the SETTING columns of one group
+
+
+def groups(frame: pd.DataFrame) -> list[tuple[Setting, pd.DataFrame]]:
+    """(model, device, dtype, mode) settings in report order: cpu before cuda, the Jacobian before training."""
     keys = frame[SETTING].drop_duplicates().itertuples(index=False, name=None)
-    ordered = sorted(keys, key=lambda k: (DEVICE_ORDER.get(k[1], 9), k[1], k[0], k[2]))
+    ordered = sorted(keys, key=lambda k: (DEVICE_ORDER.get(k[1], 9), k[1], k[3] != "jacobian", k[0], k[2]))
     return [(k, frame[(frame[SETTING] == list(k)).all(axis=1)]) for k in ordered]
 
 
-def where_label(key: tuple[str, str, str], env: dict[str, Any]) -> str:
-    """"mlp · cuda (NVIDIA H100) · float32": a setting as titles and headings name it."""
-    model, device, dtype = key
+def where_label(key: Setting, env: dict[str, Any]) -> str:
+    """"mlp · cuda (NVIDIA H100) · float32", "· train" in train mode: a setting as titles and headings name it."""
+    model, device, dtype, mode = key
     devices = env.get("devices") if isinstance(env.get("devices"), dict) else {}
-    return f"{model} · {device}" + (f" ({devices[device]})" if devices.get(device) else "") + f" · {dtype}"
+    return f"{model} · {device}" + (f" ({devices[device]})" if devices.get(device) else "") + f" · {dtype}" \
+        + ("" if mode == "jacobian" else f" · {mode} (J with its graph, penalty, gradient)")
+
+
+def setting_tag(key: Setting) -> str:
+    """cpu-mlp-float32 (-train): the part of a plot's or table's file name that names its setting."""
+    model, device, dtype, mode = key
+    return "-".join(slug(k) for k in (device, model, dtype)) + ("" if mode == "jacobian" else f"-{slug(mode)}")
 
 
 def sweep_line(part: pd.DataFrame, axis: str) -> pd.DataFrame:

@@ -5,12 +5,14 @@ A preset is data, validated on load:
     description = "..."
     models = ["mlp"]            # model presets (bench/models.py); MODEL= overrides
     dtypes = ["float32"]
+    modes = ["jacobian"]        # "jacobian" and/or "train" (a training step through J, bench/modes.py); MODE= overrides
+    compiled = false            # true: the compiled strategies run on this block's shapes too (compiling takes seconds)
     [base]    batch, hidden, in_dim, out_dim      # the point every sweep passes through
     [sweep]   axis = [values]                     # one-axis sweeps from the base point
     [plane]   in_dim = [...], out_dim = [...]     # the in × out plane at the base batch and hidden
     [cartesian] axis = [values]                   # the full product (axes not given stay at base)
-    [budget]  time_s, memory_fraction, target_s  # per-case limits and timing effort
-    [[also]]  models, dtypes, base, sweep, ...     # more blocks; each inherits models, dtypes and base axes
+    [budget]  time_s, memory_fraction, target_s, settle_s, compile_s  # per-case limits and timing effort
+    [[also]]  models, dtypes, modes, base, sweep, ...     # more blocks; each inherits models, dtypes, modes, base axes
 
 
 `expand(grid)` yields one Case per distinct shape, tagged with the grid parts it belongs to, smallest first.
@@ -31,13 +33,16 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from bench.errors import BenchError
-from bench.schema import AXES, case_key, shape_id
+from bench.schema import AXES, MODES, case_key, shape_id
 
 GRIDS_DIR = Path(__file__).parent / "grids"
 DTYPES = ("float32", "float64", "float16", "bfloat16")
-_BLOCK_KEYS = {"models", "dtypes", "base", "sweep", "plane", "cartesian"}
-_TOP_KEYS = _BLOCK_KEYS | {"description", "budget", "also"}
-_BUDGET_KEYS = ("time_s", "memory_fraction", "target_s", "settle_s")
+_BLOCK_KEYS = {"models", "dtypes", "modes", "compiled", "base", "sweep", "plane", "cartesian"}
+_TOP_KEYS = _BLOCK_KEYS | {"description", "budget", "also", "threads", "published"}
+# A published result the run is checked against: time(slower) / time(faster) at one shape, as the source reports it.
+_PUBLISHED_KEYS = {"source": str, "model": str, "dtype": str, "batch": int, "hidden": int, "in_dim": int,
+                   "out_dim": int, "slower": str, "faster": str, "ratio": float, "conditions": str}
+_BUDGET_KEYS = ("time_s", "memory_fraction", "target_s", "settle_s", "compile_s")
 
 
 class GridError(BenchError):
@@ -50,6 +55,7 @@ class Budget:
     memory_fraction: float = 0.5  # of the device's available memory
     target_s: float = 0.25  # wall time spent timing one case (rounds × iterations)
     settle_s: float = 5.0  # at most this long to wait for other processes' load to pass before re-timing
+    compile_s: float = 300.0  # the first call of a compiled strategy (compiling included) longer than this: timeout
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,8 @@ class GridBlock:
 
     models: tuple[str, ...]
     dtypes: tuple[str, ...]
+    modes: tuple[str, ...]
+    compiled: bool  # the compiled strategies (torch.compile, seconds of compiling per shape) run on this block too
     base: dict[str, int]
     sweep: dict[str, tuple[int, ...]]
     plane: dict[str, tuple[int, ...]]
@@ -67,6 +75,8 @@ class GridBlock:
         return {
             "models": list(self.models),
             "dtypes": list(self.dtypes),
+            "modes": list(self.modes),
+            "compiled": self.compiled,
             "base": self.base,
             "sweep": {k: list(v) for k, v in self.sweep.items()},
             "plane": {k: list(v) for k, v in self.plane.items()},
@@ -81,6 +91,8 @@ class Grid:
     description: str
     blocks: tuple[GridBlock, ...]  # the top level, then each [[also]]
     budget: Budget
+    threads: int | None = None  # torch intra-op threads this grid is meant for (THREADS= overrides)
+    published: tuple[dict[str, Any], ...] = ()  # published ratios to set beside this run's (reports show both)
 
     @property
     def base(self) -> dict[str, int]:
@@ -93,7 +105,8 @@ class Grid:
     def as_dict(self) -> dict[str, Any]:
         main, *also = (b.as_dict() for b in self.blocks)
         return {"name": self.name, "path": str(self.path), "description": self.description, **main,
-                "also": also, "budget": vars(self.budget)}
+                "also": also, "budget": vars(self.budget), "threads": self.threads,
+                "published": [dict(p) for p in self.published]}
 
 
 @dataclass(frozen=True)
@@ -104,7 +117,9 @@ class Case:
     hidden: int
     in_dim: int
     out_dim: int
+    mode: str = "jacobian"
     sweeps: tuple[str, ...] = field(default=(), compare=False)
+    compiled: bool = field(default=False, compare=False)  # a block of this shape runs the compiled strategies
 
     def key(self, strategy: str, device: str) -> tuple:
         """The finished-case key (schema.case_key) of this case measured by `strategy` on `device`."""
@@ -112,7 +127,7 @@ class Case:
 
     @property
     def shape_id(self) -> str:
-        return shape_id(self.model, self.dtype, vars(self))
+        return shape_id(self.model, self.dtype, vars(self), self.mode)
 
     @property
     def size(self) -> int:
@@ -170,8 +185,29 @@ def _parse(data: dict[str, Any], path: Path) -> Grid:
         budget_values[key] = float(value)
     if budget_values.get("memory_fraction", 0.5) > 1:
         raise fail("budget.memory_fraction", "must be at most 1")
+    threads = data.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
+        raise fail("threads", f"must be a positive integer, got {threads!r}")
     return Grid(name=path.stem, path=path, description=str(data.get("description", "")), blocks=tuple(blocks),
-                budget=Budget(**budget_values))
+                budget=Budget(**budget_values), threads=threads, published=_parse_published(data, fail))
+
+
+def _parse_published(data: dict[str, Any], fail) -> tuple[dict[str, Any], ...]:
+    """[[published]] tables: every key of _PUBLISHED_KEYS, of its type."""
+    tables = data.get("published", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise fail("published", "must be an array of tables: [[published]]")
+    for n, table in enumerate(tables, start=1):
+        for key, kind in _PUBLISHED_KEYS.items():
+            value = table.get(key)
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = table[key] = float(value)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise fail(f"published[{n}].{key}", f"missing or not a {kind.__name__}")
+        extra = set(table) - set(_PUBLISHED_KEYS)
+        if extra:
+            raise fail(f"published[{n}].{sorted(extra)[0]}", f"unknown key (allowed: {', '.join(_PUBLISHED_KEYS)})")
+    return tuple(tables)
 
 
 def _parse_block(data: dict[str, Any], parent: GridBlock | None, prefix: str, fail) -> GridBlock:
@@ -186,6 +222,8 @@ def _parse_block(data: dict[str, Any], parent: GridBlock | None, prefix: str, fa
     return GridBlock(
         models=read.names("models", parent.models if parent else ("mlp",)),
         dtypes=read.names("dtypes", parent.dtypes if parent else ("float32",), DTYPES),
+        modes=read.names("modes", parent.modes if parent else ("jacobian",), MODES),
+        compiled=read.flag("compiled"),
         base=read.base(parent.base if parent else None),
         sweep=read.axes("sweep"),
         plane=plane,
@@ -209,6 +247,12 @@ class _BlockReader:
             if allowed is not None and v not in allowed:
                 raise self.fail(self.prefix + key, f"unknown value {v!r} (allowed: {', '.join(allowed)})")
         return tuple(value)
+
+    def flag(self, key: str) -> bool:
+        value = self.data.get(key, False)
+        if not isinstance(value, bool):
+            raise self.fail(self.prefix + key, f"must be true or false, got {value!r}")
+        return value
 
     def size(self, key: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -240,12 +284,14 @@ class _BlockReader:
         return base
 
 
-def expand(grid: Grid, models: tuple[str, ...] | None = None, dtypes: tuple[str, ...] | None = None) -> list[Case]:
+def expand(grid: Grid, models: tuple[str, ...] | None = None, dtypes: tuple[str, ...] | None = None,
+           modes: tuple[str, ...] | None = None) -> list[Case]:
     """All distinct cases of the grid, each tagged with the parts it belongs to; smallest first.
 
-    `models` (MODEL=) replaces the models of every block, `dtypes` (DTYPE=) their dtypes.
+    `models` (MODEL=) replaces the models of every block, `dtypes` (DTYPE=) their dtypes, `modes` (MODE=) theirs.
     """
-    parts: dict[tuple, set[str]] = {}  # (model, dtype, B, H, in, out) -> grid parts
+    parts: dict[tuple, set[str]] = {}  # (model, dtype, B, H, in, out, mode) -> grid parts
+    compiled: set[tuple] = set()  # the keys a block with compiled = true holds
     for block in grid.blocks:
         points: list[tuple[str, dict[str, int]]] = [("base", {})]
         points += [(axis, {axis: v}) for axis, values in block.sweep.items() for v in values]
@@ -258,9 +304,15 @@ def expand(grid: Grid, models: tuple[str, ...] | None = None, dtypes: tuple[str,
                        for values in itertools.product(*(block.cartesian[a] for a in names))]
         for model in models or block.models:
             for dtype in dtypes or block.dtypes:
-                for part, overrides in points:
-                    point = block.base | overrides
-                    parts.setdefault((model, dtype, *(point[a] for a in AXES)), set()).add(part)
+                for mode in modes or block.modes:
+                    for part, overrides in points:
+                        point = block.base | overrides
+                        key = (model, dtype, *(point[a] for a in AXES), mode)
+                        parts.setdefault(key, set()).add(part)
+                        if block.compiled:
+                            compiled.add(key)
     order = ("base", *AXES, "plane", "cartesian")
-    cases = [Case(*key, sweeps=tuple(p for p in order if p in tags)) for key, tags in parts.items()]
-    return sorted(cases, key=lambda c: (c.model, c.dtype, c.size, c.batch, c.in_dim, c.out_dim, c.hidden))
+    cases = [Case(*key, sweeps=tuple(p for p in order if p in tags), compiled=key in compiled)
+             for key, tags in parts.items()]
+    return sorted(cases, key=lambda c: (c.mode != "jacobian", c.model, c.dtype, c.size, c.batch, c.in_dim, c.out_dim,
+                                        c.hidden))

@@ -240,6 +240,11 @@ def _resmlp(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
     )
 
 
+def _linear_tanh(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
+    """The torch.func tutorial's `predict`: tanh(Linear(in, out)), one layer; hidden is not used."""
+    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.Tanh())
+
+
 PRESETS: dict[str, ModelDef] = {
     m.name: m
     for m in [
@@ -257,6 +262,8 @@ PRESETS: dict[str, ModelDef] = {
                  fits=_flow_fits),
         ModelDef("resmlp", _resmlp, False, "Linear(in, H) -> 3 residual blocks (LayerNorm, GELU) -> LayerNorm -> "
                  "Linear(out)"),
+        ModelDef("linear_tanh", _linear_tanh, False, "tanh(Linear(in, out)), the torch.func tutorial's predict; "
+                 "H unused"),
     ]
 }
 

@@ -17,6 +17,7 @@ import torch
 import strategies
 from bench import grid, models, results
 from bench.errors import BenchError
+from bench.schema import MODES
 
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
@@ -40,6 +41,7 @@ class Settings:
     memory_budget: str = ""  # bytes ("8GiB") or "" = the grid's fraction of available memory
     time_budget: str = ""  # seconds or "" = the grid's budget.time_s
     dtype: str = ""  # comma-separated dtypes, or "" = the grid's dtypes
+    mode: str = ""  # comma-separated modes (jacobian, train), or "" = the grid's modes
     threads: str = ""  # torch intra-op threads for the whole run, or "" = torch's default
     resume: bool = False
     force: bool = False
@@ -62,9 +64,18 @@ class RunPlan:
     threads: int = 0  # torch.get_num_threads() for the whole run
     notes: list[str] = field(default_factory=list)  # worth a line before the run starts
 
+    explicit: bool = False  # STRATEGIES= named the strategies: they run on every case, compiled ones included
+
+    def strategies_for(self, case: grid.Case) -> list[str]:
+        """The strategies that run on a case: compiled ones only on blocks marked `compiled = true`, unless named in
+        STRATEGIES= (compiling takes seconds per shape)."""
+        if self.explicit or case.compiled:
+            return self.strategy_names
+        return [n for n in self.strategy_names if not strategies.REGISTRY[n].compiled]
+
     @property
     def planned_cases(self) -> int:
-        return len(self.cases) * len(self.devices) * len(self.strategy_names)
+        return len(self.devices) * sum(len(self.strategies_for(c)) for c in self.cases)
 
     def fingerprint(self) -> dict[str, Any]:
         """What must match for RESUME=1 to continue this run."""
@@ -76,6 +87,7 @@ class RunPlan:
             "memory_budget": self.settings.memory_budget,
             "time_budget_s": self.time_budget_s,
             "dtypes": sorted({c.dtype for c in self.cases}),
+            "modes": sorted({c.mode for c in self.cases}),
             "threads": self.threads,
         }
 
@@ -127,6 +139,14 @@ def resolve_dtypes(spec: str) -> tuple[str, ...] | None:
     for name in names:
         if name not in grid.DTYPES:
             raise SettingsError(f"DTYPE={spec}: unknown dtype {name!r}; choose from {', '.join(grid.DTYPES)}")
+    return names or None
+
+
+def resolve_modes(spec: str) -> tuple[str, ...] | None:
+    names = tuple(dict.fromkeys(m.strip() for m in spec.split(",") if m.strip()))
+    for name in names:
+        if name not in MODES:
+            raise SettingsError(f"MODE={spec}: unknown mode {name!r}; choose from {', '.join(MODES)}")
     return names or None
 
 
@@ -193,7 +213,8 @@ def plan_run(settings: Settings) -> RunPlan:
     devices = resolve_devices(settings.devices)
     strategy_names = resolve_strategies(settings.strategies)
     dtypes = resolve_dtypes(settings.dtype)
-    threads = apply_threads(settings.threads)
+    modes = resolve_modes(settings.mode)
+    threads = apply_threads(settings.threads or str(the_grid.threads or ""))
     model_specs = [settings.model] if settings.model else list(the_grid.models)
     model_defs, notes = check_models(model_specs, the_grid, dtypes, override=settings.model)
     memory_budget = parse_bytes(settings.memory_budget) if settings.memory_budget else None
@@ -207,9 +228,10 @@ def plan_run(settings: Settings) -> RunPlan:
         devices=devices,
         strategy_names=strategy_names,
         model_defs=model_defs,
-        cases=grid.expand(the_grid, tuple(model_defs) if settings.model else None, dtypes),
+        cases=grid.expand(the_grid, tuple(model_defs) if settings.model else None, dtypes, modes),
         memory_budget_bytes=memory_budget,
         time_budget_s=time_budget,
         threads=threads,
         notes=notes,
+        explicit=bool(settings.strategies),
     )

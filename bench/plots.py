@@ -18,9 +18,20 @@ from typing import Any
 
 import pandas as pd
 
-from bench.frames import LoadedRun, groups, plane, strategy_order, sweep_line, where_label
+from bench.frames import LoadedRun, groups, plane, setting_tag, strategy_order, sweep_line, where_label
 from bench.results import atomic_write_bytes
-from bench.schema import AXES, AXIS_LABEL, FAILED, SETTING, fmt_ratio, fmt_time, slug, status_kind
+from bench.schema import (
+    AXES,
+    AXIS_LABEL,
+    FAILED,
+    SETTING,
+    SHAPE_COLUMNS,
+    eager_twin,
+    fmt_ratio,
+    fmt_time,
+    sizes_id,
+    status_kind,
+)
 from bench.tables import best_per_shape
 
 COLORS = {
@@ -44,17 +55,24 @@ MARKERS = {"analytic": "*", "grad_summed": ".", "grad_loop": "o", "grad_batched"
            "vmap_jacrev_chunked": "p", "vmap_jacfwd_chunked": "h", "jvp_batched": ">", "linearize_batched": "d"}
 PLUGIN_COLORS = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
                  "#31a354", "#756bb1", "#636363"]
-PLUGIN_MARKERS = ["8", "H", "$P$", "1", "2", "3"]
+PLUGIN_MARKERS = ["H", "d", "1", "2", "3", "4"]
 STATUS_COLORS = {"ok": "#2ca02c", "wrong": "#d62728", "failed": "#ff7f0e", "unsupported": "#c7c7c7"}
 FORWARD = "forward model(x)"
 
 
+COMPILED_MARKER = "8"  # a compiled variant: its eager twin's colour, this marker, a dashed line
+
+
 def color(strategy: str) -> str:
-    """Fixed colour per strategy name; plugins get a stable hash-picked colour (the same in every run)."""
-    return COLORS.get(strategy) or PLUGIN_COLORS[zlib.crc32(strategy.encode()) % len(PLUGIN_COLORS)]
+    """Fixed colour per strategy name (a compiled variant takes its eager twin's); plugins get a stable hash-picked
+    colour (the same in every run)."""
+    return COLORS.get(strategy) or COLORS.get(eager_twin(strategy) or "") \
+        or PLUGIN_COLORS[zlib.crc32(strategy.encode()) % len(PLUGIN_COLORS)]
 
 
 def marker(strategy: str) -> str:
+    if eager_twin(strategy) in COLORS:
+        return COMPILED_MARKER
     return MARKERS.get(strategy) or PLUGIN_MARKERS[zlib.crc32(strategy.encode()) % len(PLUGIN_MARKERS)]
 
 
@@ -85,9 +103,10 @@ def plot_run(run: LoadedRun, out_dir: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
     best = best_per_shape(run.frame, run.playoffs)
     for key, part in groups(run.frame):
-        tag = "-".join(slug(k) for k in (key[1], key[0], key[2]))
+        tag = setting_tag(key)
         draws = [*[(f"time_vs_{axis}", functools.partial(time_vs_axis, axis=axis)) for axis in AXES],
                  ("jf_ratio_vs_batch", jf_vs_batch), ("memory_vs_batch", memory_vs_batch),
+                 ("memory_vs_time", memory_vs_time),
                  ("winner_map", functools.partial(winner_map, best=best[(best[SETTING] == list(key)).all(axis=1)])),
                  ("coupled_status", coupled_status)]
         for kind, draw in draws:  # draw(part, where=...) returns a figure, or None when the run has no data for it
@@ -117,8 +136,9 @@ def _lines(ax: Any, line: pd.DataFrame, axis: str, column: str, forward: bool = 
         not_j = not rows["is_jacobian"].all()
         if len(ok):
             label = strategy + (" (sum over outputs, not J)" if not_j else "")
+            style = ":" if not_j else "--" if rows["compiled"].any() else "-"
             ax.plot(ok[axis], ok[column], color=color(strategy), marker=marker(strategy), markersize=5,
-                    linestyle=":" if not_j else "-", linewidth=2.2 if strategy == "analytic" else 1.5, label=label)
+                    linestyle=style, linewidth=2.2 if strategy == "analytic" else 1.5, label=label)
         for status, sym in (("wrong", "x"), *((s, "^") for s in FAILED)):
             bad = rows[rows["status"] == status]
             if len(bad):
@@ -175,12 +195,6 @@ def _figure(title: str, subtitle: str) -> tuple[Any, Any]:
     return fig, ax
 
 
-def _ratio_formatter() -> Any:
-    from matplotlib.ticker import FuncFormatter
-
-    return FuncFormatter(lambda v, _: fmt_ratio(v))
-
-
 def time_vs_axis(part: pd.DataFrame, where: str, axis: str) -> Any | None:
     """Time per Jacobian call against one swept dimension, the others at the grid's base point."""
     line = sweep_line(part, axis)
@@ -199,7 +213,7 @@ def jf_vs_batch(part: pd.DataFrame, where: str) -> Any | None:
         return None
     fig, ax = _figure(f"Jacobian time / forward time vs batch size ({_fixed(line, 'batch')})", where)
     _lines(ax, line, "batch", "jf_ratio")
-    ax.yaxis.set_major_formatter(_ratio_formatter())
+    ax.yaxis.set_major_formatter(_formatter(fmt_ratio))
     ax.axhline(1.0, color="#bbbbbb", linestyle="--", linewidth=1)
     ax.set_ylabel("J/F ratio = time(J) / time(model(x)) [×]")
     return fig
@@ -214,6 +228,55 @@ def memory_vs_batch(part: pd.DataFrame, where: str) -> Any | None:
     _lines(ax, line, "batch", "peak_mib")
     ax.set_ylabel("peak memory above baseline [MiB]")
     return fig
+
+
+def memory_vs_time(part: pd.DataFrame, where: str) -> Any | None:
+    """Peak memory against time at one shape (the largest batch of the batch sweep): every valid strategy a point,
+    the Pareto front (no other strategy is both faster and leaner) joined and labelled."""
+    line = sweep_line(part, "batch")
+    rows = line[line["batch"] == line["batch"].max()] if len(line) else part
+    if len(rows) and rows[SHAPE_COLUMNS].drop_duplicates().shape[0] > 1:  # no sweep: the shape most strategies ran
+        counts = rows[rows["valid"]].groupby(AXES).size()
+        rows = rows[(rows[AXES] == list(counts.idxmax())).all(axis=1)] if len(counts) else rows.iloc[0:0]
+    points = rows[rows["valid"] & rows["peak_memory_bytes"].gt(0)].sort_values("time_median_s")
+    if len(points) < 2:
+        return None
+    front = pareto_front(points)
+    fig, ax = _figure(f"Peak memory against time per call at {sizes_id(points.iloc[0])}: the Pareto front", where)
+    for _, r in points.iterrows():
+        on_front = r["strategy"] in set(front["strategy"])
+        ax.scatter(r["time_median_s"], r["peak_memory_bytes"] / 2**20, color=color(r["strategy"]),
+                   marker=marker(r["strategy"]), s=70 if on_front else 35, zorder=3,
+                   edgecolors="black" if on_front else "none", label=r["strategy"])
+        if on_front:
+            ax.annotate(r["strategy"], (r["time_median_s"], r["peak_memory_bytes"] / 2**20), fontsize=7,
+                        xytext=(5, 4), textcoords="offset points")
+    ax.step(front["time_median_s"], front["peak_memory_bytes"] / 2**20, where="post", color="#555555",
+            linestyle="--", linewidth=1, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(_formatter(fmt_time))
+    ax.set_xlabel("median time per call (log scale)")
+    ax.set_ylabel("peak memory above baseline [MiB] (log scale)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return fig
+
+
+def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
+    """The points no other point beats on both time and memory, fastest first."""
+    front, leanest = [], float("inf")
+    for _, r in points.sort_values(["time_median_s", "peak_memory_bytes"]).iterrows():
+        if r["peak_memory_bytes"] < leanest:
+            front.append(r)
+            leanest = r["peak_memory_bytes"]
+    return pd.DataFrame(front)
+
+
+def _formatter(fmt: Callable[[float], str]) -> Any:
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda v, _: fmt(v))
 
 
 TIE_COLOR = "#eeeeee"

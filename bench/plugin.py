@@ -93,7 +93,7 @@ class JacobenchPlugin:
         """(strategy, device, case) not in cases.jsonl yet, smallest shapes first: a timeout on a small case skips
         the larger ones."""
         return [(name, device, case) for device in self.plan.devices for case in self.plan.cases
-                for name in self.plan.strategy_names
+                for name in self.plan.strategies_for(case)
                 if case.key(name, device) not in self.folder.finished]
 
     def measure_case(self, benchmark: Any, strategy: str, device: str, case: Case) -> None:
@@ -115,7 +115,7 @@ class JacobenchPlugin:
     def hold_playoff(self, case: Case, device: str) -> None:
         """Re-time the close contenders of a finished shape interleaved (bench/runner.py) and append the verdict to
         playoffs.jsonl."""
-        shape = [self.records[k] for k in (case.key(n, device) for n in self.plan.strategy_names)
+        shape = [self.records[k] for k in (case.key(n, device) for n in self.plan.strategies_for(case))
                  if k in self.records]
         try:
             result = self.runner.playoff(case, device, shape)

@@ -25,11 +25,12 @@ POWER = 2.0  # inverse-distance exponent
 
 
 def recommend(run_dirs: list[Path], batch: int, hidden: int, in_dim: int, out_dim: int, device: str | None = None,
-              model: str | None = None, dtype: str | None = None) -> dict[str, Any]:
+              model: str | None = None, dtype: str | None = None, mode: str = "jacobian") -> dict[str, Any]:
     """The best valid strategy for (batch, hidden, in_dim, out_dim), its expected time and the runner-up.
 
     `device`, `model` and `dtype` narrow the measurements; left out, the one present is used (for model and dtype,
-    "mlp" and "float32" when several are) and, across several devices, the fastest device wins.
+    "mlp" and "float32" when several are) and, across several devices, the fastest device wins. `mode`: the
+    Jacobian alone, or a training step through it ("train").
     """
     if not run_dirs:
         raise ResultsError("recommend needs at least one run folder (--results results/<run-id>)")
@@ -43,14 +44,15 @@ def recommend(run_dirs: list[Path], batch: int, hidden: int, in_dim: int, out_di
     devices = [device] if device else sorted(frame["device"].unique())
     picks = []
     for dev in devices:
-        part = frame[(frame["model"] == model) & (frame["device"] == dev) & (frame["dtype"] == dtype)]
+        part = frame[(frame["model"] == model) & (frame["device"] == dev) & (frame["dtype"] == dtype)
+                     & (frame["mode"] == mode)]
         if part.empty:
             have = sorted(set(map(tuple, frame[SETTING].drop_duplicates().to_numpy())))
-            raise ResultsError(f"no measurement for model={model} device={dev} dtype={dtype}; the runs have "
-                               f"(model, device, dtype) = {have}: choose one of those")
+            raise ResultsError(f"no measurement for model={model} device={dev} dtype={dtype} mode={mode}; the runs "
+                               f"have (model, device, dtype, mode) = {have}: choose one of those")
         pick = predict(part, shape)
         if pick is not None:
-            picks.append({**pick, "device": dev, "model": model, "dtype": dtype})
+            picks.append({**pick, "device": dev, "model": model, "dtype": dtype, "mode": mode})
     if not picks:
         raise ResultsError(f"no valid measurement near B={batch} H={hidden} in={in_dim} out={out_dim} for "
                            f"{model}/{dtype} on {', '.join(devices)}: every strategy failed there; measure this "

@@ -31,6 +31,10 @@ class ModelProblem(Exception):
 class Reference:
     jacobian: Tensor  # [B, out, in] float64, the diagonal blocks d y[b] / d x[b]
     coupled: bool  # some output row depends on another sample's input
+    # Training through the Jacobian (train mode only): the gradient of the penalty sum(J²) with respect to every
+    # parameter, flattened into one float64 vector; and of sum(J.sum(1)²) for strategies returning the output sum.
+    penalty_gradient: Tensor | None = None
+    output_sum_penalty_gradient: Tensor | None = None
 
 
 def coupled_reference_bytes(batch: int, hidden: int, in_dim: int, out_dim: int) -> int:
@@ -81,12 +85,14 @@ def samples_coupled(model: nn.Module, x: Tensor) -> bool:
     return off_diagonal > COUPLING_THRESHOLD * largest
 
 
-def reference(model: nn.Module, x: Tensor, memory_budget: int | None = None, hidden: int = 0) -> Reference:
+def reference(model: nn.Module, x: Tensor, memory_budget: int | None = None, hidden: int = 0,
+              train: bool = False) -> Reference:
     """The float64 per-sample Jacobian of `model` at `x`; ModelProblem when the model gives no usable one.
 
     Independent samples: reverse mode one output at a time, or forward mode one input at a time, on the whole batch
     (fewer passes wins). Coupled samples: the diagonal blocks of the full (B, out, B, in) Jacobian, which needs
-    B²·out·in numbers: MemoryError above `memory_budget`.
+    B²·out·in numbers: MemoryError above `memory_budget`. With train=True also the parameter gradients of the
+    Jacobian penalty, from J built with its graph (one reverse pass per output, create_graph), then backpropagated.
     """
     model64 = copy.deepcopy(model).double()
     x64 = x.detach().double()  # [B, in]
@@ -106,8 +112,7 @@ def reference(model: nn.Module, x: Tensor, memory_budget: int | None = None, hid
         needed = coupled_reference_bytes(batch, hidden, in_dim, out_dim)
         if memory_budget is not None and needed > memory_budget:
             raise MemoryError(f"the float64 reference of a batch-coupled model needs {needed / 2**30:.1f} GiB")
-        full = torch.autograd.functional.jacobian(model64, x64, vectorize=True)  # [B, out, B, in]
-        jac = torch.diagonal(full, dim1=0, dim2=2).permute(2, 0, 1).contiguous()  # [B, out, in]
+        jac = _full_diagonal(model64, x64).contiguous()  # [B, out, in]
     elif in_dim <= out_dim:
         jac = _forward_columns(model64, x64)
     else:
@@ -116,7 +121,29 @@ def reference(model: nn.Module, x: Tensor, memory_budget: int | None = None, hid
     if bad:
         raise ModelProblem(f"the model's own float64 Jacobian holds NaN or inf for {_rows(bad, batch)} "
                            "(a derivative that does not exist at this input, e.g. sqrt at 0)")
-    return Reference(jac, coupled)
+    if not train:
+        return Reference(jac, coupled)
+    with_graph = _full_diagonal(model64, x64, create_graph=True) if coupled else \
+        _reverse_rows(model64, x64, out_dim, create_graph=True)
+    params = trainable(model64)
+    return Reference(jac, coupled, penalty_gradient=flat_gradient(with_graph.square().sum(), params, retain_graph=True),
+                     output_sum_penalty_gradient=flat_gradient(with_graph.sum(1).square().sum(), params))
+
+
+def trainable(model: nn.Module) -> list[Tensor]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def flat_gradient(loss: Tensor, params: list[Tensor], retain_graph: bool = False) -> Tensor:
+    """d loss / d params as one flat vector (zeros for a parameter the loss does not reach)."""
+    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+                      for g, p in zip(grads, params, strict=True)])
+
+
+def _full_diagonal(model64: nn.Module, x64: Tensor, create_graph: bool = False) -> Tensor:
+    full = torch.autograd.functional.jacobian(model64, x64, vectorize=True, create_graph=create_graph)  # [B,out,B,in]
+    return torch.diagonal(full, dim1=0, dim2=2).permute(2, 0, 1)  # [B, out, in]
 
 
 def _forward_columns(model64: nn.Module, x64: Tensor) -> Tensor:
@@ -132,12 +159,13 @@ def _forward_columns(model64: nn.Module, x64: Tensor) -> Tensor:
     return torch.stack(columns, dim=2)  # [B, out, in]
 
 
-def _reverse_rows(model64: nn.Module, x64: Tensor, out_dim: int) -> Tensor:
+def _reverse_rows(model64: nn.Module, x64: Tensor, out_dim: int, create_graph: bool = False) -> Tensor:
     leaf = x64.clone().requires_grad_(True)
     y = model64(leaf)  # [B, out]
     rows = []
     for o in range(out_dim):
-        (g,) = torch.autograd.grad(y[:, o].sum(), leaf, retain_graph=True, allow_unused=True)  # [B, in]
+        (g,) = torch.autograd.grad(y[:, o].sum(), leaf, retain_graph=True, allow_unused=True,
+                                   create_graph=create_graph)  # [B, in]
         rows.append(torch.zeros_like(x64) if g is None else g)
     return torch.stack(rows, dim=1)  # [B, out, in]
 
@@ -166,4 +194,25 @@ def validate(output: object, reference_jacobian: Tensor, returns: str, dtype: to
     error = (got - expected).abs().max().item()
     if error > tolerance:
         return Check(False, error, tolerance, f"max abs error {error:.3g} > tolerance {tolerance:.3g}")
+    return Check(True, error, tolerance, "")
+
+
+# Training through J differentiates twice: float32 round-off grows, so train mode allows 10× the Jacobian tolerance.
+TRAIN_RTOL_FACTOR = 10
+
+
+def validate_gradient(output: object, expected: Tensor, dtype: torch.dtype) -> Check:
+    """Compare the parameter gradient of a train step (one flat vector) with the float64 reference."""
+    tolerance = TRAIN_RTOL_FACTOR * RTOL.get(dtype, 1e-4) * expected.abs().max().item() + torch.finfo(dtype).tiny
+    if not isinstance(output, Tensor) or tuple(output.shape) != tuple(expected.shape):
+        got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        return Check(False, None, tolerance, f"parameter gradient of shape {got}, expected {tuple(expected.shape)}")
+    got = output.detach().to(expected.device, torch.float64)
+    if not torch.isfinite(got).all():
+        return Check(False, None, tolerance, f"the parameter gradient holds {int((~torch.isfinite(got)).sum())} NaN or "
+                                             "inf values; the float64 reference is finite")
+    error = (got - expected).abs().max().item()
+    if error > tolerance:
+        return Check(False, error, tolerance, f"parameter gradient of the penalty: max abs error {error:.3g} > "
+                                              f"tolerance {tolerance:.3g}")
     return Check(True, error, tolerance, "")

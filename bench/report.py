@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,120 +13,26 @@ from typing import Any
 import pandas as pd
 
 from bench.document import Block, Document, Section, figure_block, render, table_block
+from bench.findings import summary_items
 from bench.formats import table_paths, write_table
-from bench.frames import LoadedRun, groups, load_run, where_label
+from bench.frames import LoadedRun, Setting, groups, load_run, setting_tag, where_label
 from bench.plots import plot_run
-from bench.recommend import leave_one_out
 from bench.results import plots_dir
-from bench.schema import AXES, AXIS_LABEL, FAILED, SETTING, SHAPE_COLUMNS, fmt_ratio, fmt_time, slug
+from bench.schema import AXES, AXIS_LABEL, SETTING, SHAPE_COLUMNS, fmt_ratio, fmt_time
 from bench.tables import (
     best_per_shape,
     best_table,
     cases_numbers,
     cases_table,
+    compile_table,
     coupled_table,
     env_table,
     pivot,
+    published_table,
     status_table,
     strategies_table,
+    training_table,
 )
-
-
-def regimes(best: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """Slices of the measured shapes a user thinks in: batch small or large, in smaller or larger than out."""
-    out = [("all shapes", best)]
-    batches = sorted(best["batch"].unique())
-    if len(batches) >= 2:  # the lower and upper third of the measured batch sizes
-        k = -(-len(batches) // 3)
-        small, large = batches[k - 1], batches[-k]
-        out += [(f"small batch (B ≤ {small})", best[best["batch"] <= small]),
-                (f"large batch (B ≥ {large})", best[best["batch"] >= large])]
-    out += [("in < out", best[best["in_dim"] < best["out_dim"]]), ("in = out", best[best["in_dim"] == best["out_dim"]]),
-            ("in > out", best[best["in_dim"] > best["out_dim"]])]
-    return [(label, rows) for label, rows in out if len(rows)]
-
-
-def summary_items(part: pd.DataFrame, best: pd.DataFrame) -> list[tuple[str, str]]:
-    """The "what this means" bullets for one (model, device, dtype) setting: the autodiff choice first."""
-    return winner_items(best) + cost_items(part, best) + caveat_items(part)
-
-
-def winner_items(best: pd.DataFrame) -> list[tuple[str, str]]:
-    """Which autodiff strategy wins, overall and in each regime a user thinks in; ties counted as ties."""
-    items = []
-    for label, rows in regimes(best):
-        measured = rows[rows["winner"] != "none"]
-        if measured.empty:
-            items.append((label, f"no valid autodiff strategy on any of {len(rows)} shapes"))
-            continue
-        wins = measured[measured["verdict"] == "winner"]["winner"].value_counts()
-        ties = measured[measured["verdict"] == "tie"]
-        tied = Counter(name for _, r in ties.iterrows() for name in [r["winner"], *r["tied_with"].split(", ")])
-        lead = wins.index[0] if len(wins) else tied.most_common(1)[0][0]
-        text = f"{lead} wins {wins.get(lead, 0)} of {len(rows)} shapes"
-        text += f" and ties for best on {tied[lead]} more" if tied[lead] else ""
-        others = [f"{name} wins {n}" for name, n in wins.items() if name != lead]
-        text += f"; {', '.join(others)}" if others else ""
-        text += f"; {plural(len(ties), 'shape is a tie', 'shapes are ties')} (no strategy surely more than 5% " \
-                "faster)" if len(ties) else ""
-        items.append((f"fastest autodiff, {label}", text))
-    return items
-
-
-def plural(n: int, one: str, many: str) -> str:
-    return f"{n} {one if n == 1 else many}"
-
-
-def cost_items(part: pd.DataFrame, best: pd.DataFrame) -> list[tuple[str, str]]:
-    """What the best Jacobian costs: in forward passes, and against the closed form."""
-    items = []
-    jf = best["jf_best"].dropna()
-    if len(jf):
-        items.append(("J/F of the best", f"one Jacobian costs a median {fmt_ratio(jf.median())} forward passes "
-                                         f"(range {fmt_ratio(jf.min())} – {fmt_ratio(jf.max())})"))
-    vs = best["vs_analytic"].dropna()
-    if len(vs):
-        items.append(("best autodiff vs analytic", f"the fastest autodiff strategy takes a median "
-                      f"{fmt_ratio(vs.median())} the closed-form (analytic) time; worst {fmt_ratio(vs.max())} "
-                      f"({len(vs)} shapes)"))
-    elif (part["strategy"] == "analytic").any():
-        items.append(("best autodiff vs analytic", "analytic has no valid measurement here (e.g. unsupported model)"))
-    loo = leave_one_out(part)
-    if loo["n"]:
-        text = (f"median regret {fmt_ratio(loo['median'])}, 90th percentile {fmt_ratio(loo['p90'])} over {loo['n']} "
-                f"shapes (time of the pick / measured best; it picked the best on {loo['best_picks']})")
-        items.append(("recommend, leave-one-out", text + (f"; {loo['failed']} picks failed" if loo["failed"] else "")))
-    return items
-
-
-def caveat_items(part: pd.DataFrame) -> list[tuple[str, str]]:
-    """What a reader must not miss: odd timings, sums that are not J, silently wrong strategies, failures."""
-    items = []
-    odd = part[part["valid"] & part["jf_ratio"].lt(0.9)]
-    if len(odd):  # a Jacobian call includes a forward pass: J/F < 1 means one of the two timings is off
-        items.append(("check the timings", f"{len(odd)} cases time a Jacobian below one forward pass (J/F < 1), "
-                                           "impossible since the call includes the forward: the machine was busy or "
-                                           "the forward timing is noisy; rerun those shapes"))
-    for strategy, rows in part[~part["is_jacobian"]].groupby("strategy"):
-        items.append(("not the Jacobian", f"{strategy} returns the sum over outputs at out > 1 ({len(rows)} cases): "
-                                          "shown for reference, never a winner"))
-    wrong = part[part["status"] == "wrong"]["strategy"].value_counts()
-    if len(wrong):
-        where = " (the model couples samples)" if part["coupled"].any() else ""
-        items.append(("silently wrong" + where, ", ".join(f"{s} ({n})" for s, n in wrong.items())))
-    unstable = part[part["unstable"] & (part["status"] == "ok")]
-    if len(unstable):
-        items.append(("timed under disturbance", f"{len(unstable)} of {int((part['status'] == 'ok').sum())} ok cases "
-                      "were timed while other processes loaded the CPUs or the machine ran slow, and stayed so after "
-                      "waiting: marked unstable; their numbers are less certain"))
-    failed = part[part["status"].isin(FAILED)]
-    if len(failed):
-        by = failed.groupby(["status", "strategy"]).size()
-        text = "; ".join(f"{st}: " + ", ".join(f"{s} ({n})" for (_, s), n in by[by.index.get_level_values(0) == st]
-                                                 .items()) for st in by.index.get_level_values(0).unique())
-        items.append(("failed or skipped", text))
-    return items
-
 
 VERDICTS = (
     "verdict: after all strategies of a shape were timed, the autodiff strategies within ×1.5 of the fastest were "
@@ -231,6 +136,28 @@ def run_document(run: LoadedRun, figures: dict[str, Path], tables: Tables) -> Do
         section = sweep_section(key, part, run.env, figures, tables)
         if section.blocks:
             doc.sections.append(section)
+    published = published_table(frame, run.env)
+    if len(published):
+        doc.sections.append(Section("Published results, reproduced", [
+            Block("text", text="Ratios a published source reports, next to the same ratio measured in this run at the "
+                               "same shape. The suite's strategies vmap over a batch (here of one sample), which adds "
+                               "a fixed cost to both sides of the ratio; the thread count changes it most."),
+            tables.show("published", published)]))
+    compiled = compile_table(frame)
+    if len(compiled):
+        doc.sections.append(Section("Compiling: when it pays", [
+            Block("text", text="A compiled strategy compiles once per shape (torch.compile, dynamic=False); the first "
+                               "call, compiling included, is its setup time and is never in the timed rounds. It "
+                               "pays after setup / (eager time − compiled time) calls."),
+            tables.show("compile", compiled)]))
+    training = training_table(best)
+    if len(training):
+        doc.sections.append(Section("Training through the Jacobian", [
+            Block("text", text="train mode times J with its graph kept (create_graph=True), the penalty (the "
+                               "squared Frobenius norm of J summed over the batch) and its gradient with respect to "
+                               "every parameter, validated against a float64 reference. Strategies that keep no "
+                               "graph are unsupported there."),
+            tables.show("training", training)]))
     coupled = coupled_table(frame)
     if len(coupled):
         doc.sections.append(Section("Models that couple samples", [
@@ -255,14 +182,15 @@ def environment_section(env: dict[str, Any]) -> Section:
 
 FIGURES = (("jf_ratio_vs_batch", "Jacobian time / forward time vs batch size"),
            ("memory_vs_batch", "peak memory of one call vs batch size"),
+           ("memory_vs_time", "peak memory against time at the largest batch, with the Pareto front"),
            ("winner_map", "fastest valid strategy over the in × out plane"),
            ("coupled_status", "validation status per strategy on a model that couples samples"))
 
 
-def sweep_section(key: tuple[str, str, str], part: pd.DataFrame, env: dict[str, Any], figures: dict[str, Path],
+def sweep_section(key: Setting, part: pd.DataFrame, env: dict[str, Any], figures: dict[str, Path],
                   tables: Tables) -> Section:
     """Plots and tables of one (model, device, dtype) setting: time along each swept axis, J/F, memory, winners."""
-    tag = "-".join(slug(k) for k in (key[1], key[0], key[2]))
+    tag = setting_tag(key)
     section = Section(f"Sweeps — {where_label(key, env)}")
     for axis in AXES:
         name = f"time_vs_{axis}-{tag}"

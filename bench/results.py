@@ -26,7 +26,7 @@ from bench.errors import BenchError
 from bench.schema import KEY_COLUMNS, case_key
 
 SUMMARY_COLUMNS = [
-    *KEY_COLUMNS,
+    *(k for k in KEY_COLUMNS if k != "mode"),
     "status",
     "time_median_s",  # one full fn(model, x) call, forward included; only for status ok
     "time_iqr_s",
@@ -38,6 +38,8 @@ SUMMARY_COLUMNS = [
     "time_ci_low_s",  # 95% bootstrap interval of time_median_s
     "time_ci_high_s",
     "unstable",  # timed while other processes loaded the CPUs or the machine ran slow: the reason is in message
+    "mode",  # "jacobian": J alone; "train": J with its graph, the penalty sum(J²) and its parameter gradient
+    "setup_s",  # one-time cost before the first call: compiling (torch.compile) and that call; empty for eager
 ]
 
 # Every field of a cases.jsonl record, in order.
@@ -54,6 +56,8 @@ CASE_FIELDS = SUMMARY_COLUMNS + [
     "summary",  # the strategy's one-line description
     "cost",  # the strategy's asymptotic cost
     "sweeps",  # grid parts the shape belongs to: "base", "batch", "hidden", "in_dim", "out_dim", "plane", "cartesian"
+    "compiled",  # the strategy compiles (torch.compile) for each shape
+    "warnings",  # distinct warnings of the first call, e.g. torch.func falling back to a slow loop
     "case_id",  # pytest id: vmap_jacrev-cpu-mlp-B64-H256-in16-out16
     "wall_s",  # wall time spent on the whole case
     "round_times_s",  # seconds per call in each timed round (cases.jsonl only: summary.csv keeps the statistics)
@@ -219,7 +223,8 @@ def write_summary(path: Path, records: Iterable[dict[str, Any]]) -> list[dict[st
 
     latest = list({case_key(r): r for r in records}.values())
     frame = pd.DataFrame(latest, columns=SUMMARY_FIELDS)
-    frame["sweeps"] = frame["sweeps"].map(lambda s: "|".join(s) if isinstance(s, list) else s)
+    for column in ("sweeps", "warnings"):  # lists, one cell each
+        frame[column] = frame[column].map(lambda s: "|".join(s) if isinstance(s, list) else s)
     atomic_write_text(path, frame.to_csv(index=False))
     return latest
 

@@ -1,15 +1,17 @@
-"""One case = one strategy × shape × device: budget checks, validation, timing, memory -> one record.
+"""One case = one strategy × shape × mode × device: budget checks, validation, timing, memory -> one record.
 
 Order per case: build the model and input, time the forward pass, compute the float64 reference (the three shared
-by every strategy of the shape), validate the strategy, time it with pytest-benchmark, measure peak memory in a
-separate pass. No exception escapes: every failure becomes a status.
+by every strategy of the shape), validate the strategy's first call (for a compiled strategy that call compiles:
+its time is `setup_s`), time it with pytest-benchmark, measure peak memory in a separate pass. No exception escapes:
+every failure becomes a status. After a shape's last case, `playoff` re-times its close contenders interleaved.
 """
 
 from __future__ import annotations
 
 import functools
-import random
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,13 +20,14 @@ from pytest_benchmark.stats import Stats
 from torch import Tensor, nn
 
 import strategies
-from bench import machine, measure, models, reference, stats
+from bench import compiling, machine, measure, models, modes, playoff, reference, stats
 from bench.grid import Case
 from bench.plan import RunPlan
-from bench.schema import AXES, CLOSED_FORM, CONTENDER_MARGIN, SETTING, case_id, fmt_bytes
+from bench.schema import AXES, case_id, fmt_bytes
 from strategies import Strategy, Unsupported
 
 Record = dict[str, Any]
+Call = Callable[[nn.Module, Tensor], object]  # what one timed call runs: fn(model, x)
 
 
 def default_memory_estimate(batch: int, hidden: int, in_dim: int, out_dim: int, dtype: torch.dtype) -> int:
@@ -43,26 +46,25 @@ class PreparedShape:
     model: nn.Module | None = None
     x: Tensor | None = None  # [B, in]
     forward_median_s: float | None = None
-    reference: Tensor | None = None  # [B, out, in] float64
-    coupled: bool | None = None
+    reference: reference.Reference | None = None
     drift: str = ""  # why the machine ran slower than its quickest when this shape started ("" if it did not)
     status: str = "ok"
     message: str = ""
 
 
 SETTLE_TOTAL_S = 120.0  # a run waits at most this long in all for other processes' load to pass
-PLAYOFF_ROUNDS = (9, 41)  # interleaved rounds of a playoff: at least, at most
 
 
 class CaseRunner:
     def __init__(self, plan: RunPlan):
         self.plan = plan
         self._shape: PreparedShape | None = None
-        self._failed: dict[tuple, list[tuple[Case, str]]] = {}  # (strategy, device, model, dtype) -> failed cases
+        self._failed: dict[tuple, list[tuple[Case, str]]] = {}  # (strategy, device, model, dtype, mode) -> cases
         self._memory_budget: dict[str, int] = {}
         self._warm: set[tuple[str, str]] = set()  # (device, model) warmed up
         self.drift = machine.Drift()
         self._settle_left = SETTLE_TOTAL_S
+        self._compiles = any(strategies.REGISTRY[name].compiled for name in plan.strategy_names)
 
     def memory_budget(self, device: str) -> int:
         if device not in self._memory_budget:
@@ -100,47 +102,52 @@ class CaseRunner:
         strategy = strategies.REGISTRY[strategy_name]
         rec = new_record(strategy, case, device)
         try:
-            self.warm_up(device, case)
-            rec.update(self._skip_reason(strategy, case, device, rec) or self._measure(benchmark, strategy, case,
-                                                                                       device, rec))
+            skip = self._skip_reason(strategy, case, device, rec)
+            if skip is None:
+                self.warm_up(device, case)
+            rec.update(skip or self._measure(benchmark, strategy, case, device, rec))
         except Exception as exc:  # a harness bug must not stop the run either
             rec.update(status="error", message=f"harness: {type(exc).__name__}: {exc}")
         if rec.pop("_predicts_larger", False):
-            self._failed.setdefault((strategy.name, device, case.model, case.dtype), []).append((case, rec["status"]))
+            self._failed.setdefault(_lineage(strategy, case, device), []).append((case, rec["status"]))
         rec["wall_s"] = round(time.perf_counter() - started, 4)
         return rec
 
     def _skip_reason(self, strategy: Strategy, case: Case, device: str, rec: Record) -> Record | None:
         """skipped (a smaller shape failed) or over_budget (predicted memory), decided before running anything."""
-        for earlier, status in self._failed.get((strategy.name, device, case.model, case.dtype), []):
+        for earlier, status in self._failed.get(_lineage(strategy, case, device), []):
             if all(getattr(case, a) >= getattr(earlier, a) for a in AXES):
                 return {"status": "skipped", "message": f"not run: at least as large as {earlier.shape_id}, "
                                                         f"which ended in {status}"}
         estimate = strategy.memory_estimate or default_memory_estimate
-        rec["predicted_memory_bytes"] = predicted = estimate(case.batch, case.hidden, case.in_dim, case.out_dim,
-                                                             getattr(torch, case.dtype))
+        predicted = estimate(case.batch, case.hidden, case.in_dim, case.out_dim, getattr(torch, case.dtype))
+        rec["predicted_memory_bytes"] = predicted * (modes.TRAIN_MEMORY_FACTOR if case.mode == "train" else 1)
         budget = self.memory_budget(device)
-        if predicted > budget:
-            return {"status": "over_budget", "message": f"predicted {fmt_bytes(predicted)} > memory budget "
-                                                        f"{fmt_bytes(budget)}"}
+        if rec["predicted_memory_bytes"] > budget:
+            return {"status": "over_budget", "message": f"predicted {fmt_bytes(rec['predicted_memory_bytes'])} > "
+                                                        f"memory budget {fmt_bytes(budget)}"}
         return None
 
     def _measure(self, benchmark: Any, strategy: Strategy, case: Case, device: str, rec: Record) -> Record:
         shape = self._prepare(case, device)
-        rec.update(forward_median_s=shape.forward_median_s, coupled=shape.coupled)
+        rec.update(forward_median_s=shape.forward_median_s, coupled=shape.reference.coupled if shape.reference
+                   else None)
         if shape.status != "ok":  # out of memory for the reference: larger shapes will be too
             return {"status": shape.status, "message": shape.message, "_predicts_larger": shape.status == "oom"}
         model, x = shape.model, shape.x
+        call = modes.timed_call(strategy, case.mode)
         try:
-            output = self._first_call(strategy, model, x)
-            check = reference.validate(output, shape.reference, strategy.returns, getattr(torch, case.dtype))
+            output, setup_s, rec["warnings"] = self._first_call(strategy, call, model, x)
+            rec["setup_s"] = setup_s if strategy.compiled else None
+            check = self._validate(output, shape.reference, strategy, case)
             del output
             rec.update(max_abs_error=check.max_abs_error, tolerance=check.tolerance)
             if not check.ok:
                 return {"status": "wrong", "message": check.message}
-            timed = self._time(benchmark, strategy, model, x, shape.drift)
-            return {"status": "ok", **timed, "peak_memory_bytes": measure.peak_memory(lambda: strategy(model, x),
-                                                                                       device)}
+            with compiling.no_recompile(strategy.compiled):
+                timed = self._time(benchmark, call, model, x, shape.drift)
+                peak = measure.peak_memory(lambda: call(model, x), device)
+            return {"status": "ok", **timed, "peak_memory_bytes": peak}
         except Unsupported as exc:
             return {"status": "unsupported", "message": str(exc)}
         except measure.CaseTimeout as exc:
@@ -153,11 +160,19 @@ class CaseRunner:
             return {"status": "error", "message": f"{type(exc).__name__}: {_first_line(exc)}"
                                                   + _one_sample_note(model, x, case.out_dim)}
 
-    def _time(self, benchmark: Any, strategy: Strategy, model: nn.Module, x: Tensor, drift: str) -> Record:
+    @staticmethod
+    def _validate(output: object, ref: reference.Reference, strategy: Strategy, case: Case) -> reference.Check:
+        dtype = getattr(torch, case.dtype)
+        if case.mode == "train":
+            expected = ref.output_sum_penalty_gradient if strategy.returns == "output_sum" else ref.penalty_gradient
+            return reference.validate_gradient(output, expected, dtype)
+        return reference.validate(output, ref.jacobian, strategy.returns, dtype)
+
+    def _time(self, benchmark: Any, call: Call, model: nn.Module, x: Tensor, drift: str) -> Record:
         """pytest-benchmark's pedantic mode: iterations so a round lasts well above the clock's resolution. A timing
         that other processes disturbed is done again once they are gone; what stays disturbed is `unstable`."""
         start = measure.synced_clock()
-        self._call_within_budget(strategy, model, x)
+        self._within_budget(call, model, x)
         one_call = measure.synced_clock() - start
         p = measure.plan(one_call, self.plan.grid.budget.target_s)
         # The timed phase is bounded by its plan; this limit only guards against a hang (a loaded machine can slow
@@ -165,14 +180,14 @@ class CaseRunner:
         planned_s = (p.rounds + p.warmup_rounds) * p.iterations * one_call
         with measure.time_limit(max(30.0, self.plan.time_budget_s + 20 * planned_s), "the timed rounds"):
             before = machine.snapshot()
-            benchmark.pedantic(strategy.fn, args=(model, x), rounds=p.rounds, iterations=p.iterations,
+            benchmark.pedantic(call, args=(model, x), rounds=p.rounds, iterations=p.iterations,
                                warmup_rounds=p.warmup_rounds)
             rounds = list(benchmark.stats.stats.data)
             disturbed = machine.disturbance(before, machine.snapshot())
             note = ""
             if disturbed and self.settle():
                 before = machine.snapshot()
-                rounds = measure.time_rounds(functools.partial(strategy.fn, model, x), p.iterations, p.rounds)
+                rounds = measure.time_rounds(functools.partial(call, model, x), p.iterations, p.rounds)
                 note, disturbed = f"re-timed: the first timing was disturbed ({disturbed})", \
                     machine.disturbance(before, machine.snapshot())
         return timing(rounds, p.iterations) | unstable(disturbed or drift, note)
@@ -187,68 +202,47 @@ class CaseRunner:
         return quiet
 
     def playoff(self, case: Case, device: str, records: list[Record]) -> Record | None:
-        """The verdict of one shape: its autodiff strategies within CONTENDER_MARGIN of the fastest, re-timed in
-        interleaved rounds (a shuffled order each round, one process), so a slow moment of the machine lands on all
-        of them alike. None when no autodiff strategy of the shape is valid."""
-        valid = sorted((r for r in records if r["status"] == "ok" and r["is_jacobian"]
-                        and r["strategy"] != CLOSED_FORM), key=lambda r: r["time_median_s"])
+        """The verdict of one shape (bench/playoff.py); None when no autodiff strategy of the shape is valid."""
+        valid, contenders = playoff.candidates(records)
         if not valid:
             return None
-        fastest = valid[0]["time_median_s"]
-        contenders = [r for r in valid if r["time_median_s"] <= CONTENDER_MARGIN * fastest]
-        result = {**{k: valid[0][k] for k in (*SETTING, *AXES)}, "contenders": [r["strategy"] for r in contenders],
-                  "unstable": False, "message": ""}
         if len(contenders) == 1:
-            runner_up = valid[1] if len(valid) > 1 else None
-            return result | {"best": valid[0]["strategy"], "verdict": "winner", "tied_with": [], "rounds": 0,
-                             "runner_up": runner_up["strategy"] if runner_up else None,
-                             "runner_up_ratio": [runner_up["time_median_s"] / fastest] * 3 if runner_up else None}
+            return playoff.sole(valid, contenders)
         shape = self._prepare(case, device)
-        calls = {r["strategy"]: functools.partial(strategies.REGISTRY[r["strategy"]].fn, shape.model, shape.x)
-                 for r in contenders}
+        calls = {r["strategy"]: functools.partial(modes.timed_call(strategies.REGISTRY[r["strategy"]], case.mode),
+                                                  shape.model, shape.x) for r in contenders}
         iterations = {r["strategy"]: r["iterations"] for r in contenders}
-        round_s = sum(r["time_median_s"] * r["iterations"] for r in contenders)
-        n = int(min(PLAYOFF_ROUNDS[1], max(PLAYOFF_ROUNDS[0], 2 * self.plan.grid.budget.target_s // round_s)))
-        times, disturbed = self._interleave(calls, iterations, n)
-        note = ""
-        if disturbed and self.settle():
-            note = f"re-timed: the first playoff was disturbed ({disturbed})"
-            times, disturbed = self._interleave(calls, iterations, n)
-        verdict = stats.decide(times)
-        return result | {"best": verdict.best, "verdict": verdict.verdict, "tied_with": verdict.tied_with,
-                         "rounds": n, "runner_up": verdict.runner_up,
-                         "runner_up_ratio": list(verdict.ratios[verdict.runner_up]),
-                         "ratios": {k: list(v) for k, v in verdict.ratios.items()}, "round_times_s": times} \
-            | unstable(disturbed or shape.drift, note)
+        n = playoff.rounds_for(contenders, self.plan.grid.budget.target_s)
+        guard = max(30.0, 20 * n * self.plan.time_budget_s * len(calls))
+        compiled = any(strategies.REGISTRY[name].compiled for name in calls)
+        with compiling.no_recompile(compiled):
+            times, disturbed = playoff.interleave(calls, iterations, n, guard)
+            note = ""
+            if disturbed and self.settle():
+                note = f"re-timed: the first playoff was disturbed ({disturbed})"
+                times, disturbed = playoff.interleave(calls, iterations, n, guard)
+        return playoff.decided(valid, contenders, times) | unstable(disturbed or shape.drift, note)
 
-    def _interleave(self, calls: dict[str, Any], iterations: dict[str, int], rounds: int
-                    ) -> tuple[dict[str, list[float]], str]:
-        """`rounds` rounds; in each, every contender runs its `iterations` calls once, in a shuffled order."""
-        order = random.Random(0)
-        times: dict[str, list[float]] = {name: [] for name in calls}
-        for call in calls.values():
-            call()  # warm again: the last shape's other strategies ran in between
-        guard = max(30.0, 20 * rounds * sum(self.plan.time_budget_s for _ in calls))
-        with measure.time_limit(guard, "the playoff"):
-            before = machine.snapshot()
-            for _ in range(rounds):
-                names = list(calls)
-                order.shuffle(names)
-                for name in names:
-                    times[name] += measure.time_rounds(calls[name], iterations[name], 1)
-        return times, machine.disturbance(before, machine.snapshot())
+    def _first_call(self, strategy: Strategy, call: Call, model: nn.Module, x: Tensor
+                    ) -> tuple[object, float, list[str]]:
+        """The validation call, under the time budget (the compile budget for a compiled strategy, whose first call
+        compiles): (output, seconds it took, the warnings it raised). One retry of a timeout, so a moment of load on
+        a shared machine is not recorded as a timeout (which would also skip every larger shape)."""
+        limit = self.plan.grid.budget.compile_s if strategy.compiled else self.plan.time_budget_s
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            start = time.perf_counter()
+            try:
+                output = self._within_budget(call, model, x, limit)
+            except measure.CaseTimeout:
+                start = time.perf_counter()
+                output = self._within_budget(call, model, x, limit)
+            seconds = time.perf_counter() - start
+        return output, seconds, case_warnings(caught)
 
-    def _first_call(self, strategy: Strategy, model: nn.Module, x: Tensor) -> Tensor:
-        """The validation call, under the time budget. One retry, so a moment of load on a shared machine is not
-        recorded as a timeout (which would also skip every larger shape)."""
-        try:
-            return self._call_within_budget(strategy, model, x)
-        except measure.CaseTimeout:
-            return self._call_within_budget(strategy, model, x)
-
-    def _call_within_budget(self, strategy: Strategy, model: nn.Module, x: Tensor) -> Tensor:
-        with measure.time_limit(self.plan.time_budget_s, "one call"):
-            output = strategy(model, x)
+    def _within_budget(self, call: Call, model: nn.Module, x: Tensor, limit: float | None = None) -> object:
+        with measure.time_limit(limit or self.plan.time_budget_s, "one call"):
+            output = call(model, x)
             measure.synced_clock()  # wait for queued CUDA work inside the limit
         return output
 
@@ -258,6 +252,8 @@ class CaseRunner:
             return self._shape
         self._shape = None  # free the previous shape's tensors before building the next
         _free(device)
+        if self._compiles:
+            compiling.reset()  # each compiled strategy compiles once for this shape: never near the recompile limit
         shape = PreparedShape(key=(case, device))
         try:
             with measure.time_limit(max(10 * self.plan.time_budget_s, 30), "building the model and reference"):
@@ -282,8 +278,8 @@ class CaseRunner:
             raise reference.ModelProblem(problem + (" (a one-sample batch)" if case.batch == 1 else ""))
         with torch.no_grad():
             shape.forward_median_s = measure.median_time(lambda: model(x), self.plan.grid.budget.target_s / 2)
-        ref = reference.reference(model, x, self.memory_budget(device), hidden=case.hidden)
-        shape.reference, shape.coupled = ref.jacobian, ref.coupled
+        shape.reference = reference.reference(model, x, self.memory_budget(device), hidden=case.hidden,
+                                              train=case.mode == "train")
         shape.model, shape.x = model, x
         shape.drift = self.drift.check()
         if shape.drift and self.settle():
@@ -295,7 +291,7 @@ def timing(rounds: list[float], iterations: int) -> Record:
     summary = Stats()
     for seconds in rounds:
         summary.update(seconds)
-    median, low, high = stats.median_ci(rounds)
+    _, low, high = stats.median_ci(rounds)
     return {"time_median_s": summary.median, "time_iqr_s": summary.iqr, "time_min_s": summary.min,
             "time_mean_s": summary.mean, "rounds": len(rounds), "iterations": iterations, "time_ci_low_s": low,
             "time_ci_high_s": high, "round_times_s": rounds}
@@ -305,6 +301,18 @@ def unstable(reason: str, note: str = "") -> Record:
     """`unstable` and the message of a timing: why it was disturbed, and whether it was re-timed."""
     message = "; ".join(m for m in (note, f"unstable: {reason}" if reason else "") if m)
     return {"unstable": bool(reason), "message": message}
+
+
+IGNORED_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def case_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The distinct warnings a call raised (first lines), e.g. torch.func's "There is a performance drop because we
+    have not yet implemented the batching rule for ...": a slow fallback that explains a slow number. Deprecation
+    notices say nothing about the case and are left out."""
+    found = (str(w.message).strip().splitlines()[0][:240] for w in caught
+             if not issubclass(w.category, IGNORED_WARNINGS) and str(w.message).strip())
+    return list(dict.fromkeys(found))
 
 
 def new_record(strategy: Strategy, case: Case, device: str) -> Record:
@@ -318,15 +326,23 @@ def new_record(strategy: Strategy, case: Case, device: str) -> Record:
         "hidden": case.hidden,
         "in_dim": case.in_dim,
         "out_dim": case.out_dim,
+        "mode": case.mode,
         "returns": strategy.returns,
         "independent_samples": strategy.independent_samples,
         "is_jacobian": strategy.returns == "jacobian" or case.out_dim == 1,
+        "compiled": strategy.compiled,
         "summary": strategy.summary,
         "cost": strategy.cost,
         "sweeps": list(case.sweeps),
         "case_id": case_id(strategy.name, device, case.shape_id),
         "message": "",
+        "warnings": [],
     }
+
+
+def _lineage(strategy: Strategy, case: Case, device: str) -> tuple:
+    """The cases whose failure predicts this one's: same strategy, device, model, dtype and mode."""
+    return strategy.name, device, case.model, case.dtype, case.mode
 
 
 def _one_sample_note(model: nn.Module, x: Tensor, out_dim: int) -> str:

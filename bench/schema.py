@@ -42,6 +42,13 @@ def status_kind(status: str) -> str:
 CLOSED_FORM = "analytic"
 # A strategy whose first timing is within this factor of the fastest is re-timed in the playoff of its shape.
 CONTENDER_MARGIN = 1.5
+# A compiled strategy is named after its eager twin: vmap_jacrev_compiled is torch.compile(vmap_jacrev).
+COMPILED_SUFFIX = "_compiled"
+
+
+def eager_twin(strategy: str) -> str | None:
+    """The eager strategy a compiled one compiles (None for a strategy that is not a compiled variant)."""
+    return strategy.removesuffix(COMPILED_SUFFIX) if strategy.endswith(COMPILED_SUFFIX) else None
 
 
 # ---- shapes, cases and their ids ------------------------------------------------------------------------------------
@@ -50,10 +57,13 @@ CONTENDER_MARGIN = 1.5
 AXES = ["batch", "hidden", "in_dim", "out_dim"]  # the four swept sizes of a shape
 AXIS_LABEL = {"batch": "batch size B", "hidden": "hidden width H", "in_dim": "input dim in",
               "out_dim": "output dim out"}
-SETTING = ["model", "device", "dtype"]  # numbers are only compared inside one setting
+SETTING = ["model", "device", "dtype", "mode"]  # numbers are only compared inside one setting
 SHAPE_COLUMNS = [*SETTING, *AXES]  # one measured shape: every strategy ran on it
 # The columns that identify a case across runs and machines: a finished case is never measured twice.
-KEY_COLUMNS = ["strategy", "model", "device", "dtype", *AXES]
+KEY_COLUMNS = ["strategy", "model", "device", "dtype", *AXES, "mode"]
+# What a record written before a column existed means by its absence.
+KEY_DEFAULTS = {"mode": "jacobian"}
+MODES = ("jacobian", "train")  # the Jacobian alone, or a training step through it (bench/modes.py)
 DEVICE_ORDER = {"cpu": 0, "cuda": 1}
 
 
@@ -62,9 +72,10 @@ def sizes_id(sizes: Mapping[str, Any]) -> str:
     return f"B{sizes['batch']}-H{sizes['hidden']}-in{sizes['in_dim']}-out{sizes['out_dim']}"
 
 
-def shape_id(model: str, dtype: str, sizes: Mapping[str, Any]) -> str:
-    """mlp-B64-H256-in16-out16, with -float64 etc. for dtypes other than float32."""
-    return f"{model}-{sizes_id(sizes)}" + ("" if dtype == "float32" else f"-{dtype}")
+def shape_id(model: str, dtype: str, sizes: Mapping[str, Any], mode: str = "jacobian") -> str:
+    """mlp-B64-H256-in16-out16, with -float64 etc. for dtypes other than float32 and -train in train mode."""
+    return f"{model}-{sizes_id(sizes)}" + ("" if dtype == "float32" else f"-{dtype}") \
+        + ("" if mode == "jacobian" else f"-{mode}")
 
 
 def case_id(strategy: str, device: str, shape: str) -> str:
@@ -74,7 +85,7 @@ def case_id(strategy: str, device: str, shape: str) -> str:
 
 def case_key(record: Mapping[str, Any]) -> tuple:
     """The finished-case key of a record (KEY_COLUMNS)."""
-    return tuple(record[k] for k in KEY_COLUMNS)
+    return tuple(record[k] if k in record else KEY_DEFAULTS[k] for k in KEY_COLUMNS)
 
 
 # ---- how numbers read -----------------------------------------------------------------------------------------------

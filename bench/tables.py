@@ -21,9 +21,11 @@ from bench.schema import (
     SETTING,
     SHAPE_COLUMNS,
     STATUSES,
+    eager_twin,
     fmt_bytes,
     fmt_ratio,
     fmt_time,
+    sizes_id,
     status_kind,
 )
 from bench.stats import TIE_MARGIN, ratio_of_medians
@@ -104,7 +106,7 @@ def cell(row: pd.Series, column: str, fmt: Formatter) -> str:
 
 def cases_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Every case, display strings: the long table behind all others."""
-    out = frame[["device", "model", "dtype", *AXES, "strategy", "status"]].copy()
+    out = frame[["device", "model", "dtype", "mode", *AXES, "strategy", "status"]].copy()
     rows = [r for _, r in frame.iterrows()]
     out["time"] = [cell(r, "time_median_s", fmt_time) + (" (unstable)" if r["unstable"] else "") for r in rows]
     out["95% CI"] = [f"{fmt_time(r['time_ci_low_s'])}–{fmt_time(r['time_ci_high_s'])}"
@@ -184,6 +186,85 @@ def fmt_interval(ratio: float, low: float, high: float, interval: bool = True) -
     return f"{fmt_ratio(ratio)} [{low:.2f}–{high:.2f}]"
 
 
+def break_even(part: pd.DataFrame) -> pd.DataFrame:
+    """Per compiled case with a valid eager twin: setup_s, both times, and the calls after which compiling pays,
+    setup_s / (eager time - compiled time) (infinite when the compiled variant is not faster)."""
+    rows = []
+    times = part[part["valid"]].set_index(["strategy", *AXES])["time_median_s"]
+    for _, r in part[part["valid"] & part["compiled"] & part["setup_s"].notna()].iterrows():
+        eager = times.get((eager_twin(r["strategy"]), *(r[a] for a in AXES)))
+        if eager is None:
+            continue
+        saved = eager - r["time_median_s"]
+        rows.append({"strategy": r["strategy"], **{a: r[a] for a in AXES}, "setup_s": r["setup_s"],
+                     "eager_s": eager, "compiled_s": r["time_median_s"],
+                     "break_even_calls": r["setup_s"] / saved if saved > 0 else float("inf")})
+    return pd.DataFrame(rows, columns=["strategy", *AXES, "setup_s", "eager_s", "compiled_s", "break_even_calls"])
+
+
+def compile_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """break_even of every setting, as display strings."""
+    rows = []
+    for _, part in frame.groupby(SETTING, sort=False):
+        pays = break_even(part)
+        for _, r in pays.iterrows():
+            setting = part.iloc[0]
+            rows.append({**{c: setting[c] for c in SETTING if c != "mode"}, **{a: r[a] for a in AXES},
+                         "compiled": r["strategy"], "setup (compiling)": f"{r['setup_s']:.1f} s",
+                         "eager": fmt_time(r["eager_s"]), "compiled time": fmt_time(r["compiled_s"]),
+                         "speedup": fmt_ratio(r["eager_s"] / r["compiled_s"]),
+                         "pays after": "never" if r["break_even_calls"] == math.inf
+                         else f"{math.ceil(r['break_even_calls']):,} calls"})
+    return pd.DataFrame(rows)
+
+
+def training_table(best: pd.DataFrame) -> pd.DataFrame:
+    """Per shape measured in both modes: the fastest strategy for J alone and to train through J, and what the
+    training step costs over computing J with the same strategy."""
+    shape = [c for c in SHAPE_COLUMNS if c != "mode"]
+    jac, train = best[best["mode"] == "jacobian"], best[best["mode"] == "train"]
+    both = jac.merge(train, on=shape, suffixes=("_j", "_t"))
+    if both.empty:
+        return pd.DataFrame()
+    out = both[shape].copy()
+    out["fastest for J"] = [verdict_cell(r, "_j") for _, r in both.iterrows()]
+    out["fastest to train through J"] = [verdict_cell(r, "_t") for _, r in both.iterrows()]
+    out["train step / J (each its fastest)"] = (both["best_s_t"] / both["best_s_j"]).map(fmt_ratio)
+    out["same choice"] = ["yes" if r["winner_j"] == r["winner_t"] else "no" for _, r in both.iterrows()]
+    return out
+
+
+def verdict_cell(row: pd.Series, suffix: str = "") -> str:
+    """grad_batched, or "tie: a, b" (with "(unstable)" when a timing behind it was disturbed)."""
+    winner, verdict = row[f"winner{suffix}"], row[f"verdict{suffix}"]
+    if winner == "none":
+        return "none valid"
+    text = f"tie: {winner}, {row[f'tied_with{suffix}']}" if verdict == "tie" else winner
+    return text + (" (unstable)" if row[f"unstable{suffix}"] else "")
+
+
+def published_table(frame: pd.DataFrame, env: dict[str, Any]) -> pd.DataFrame:
+    """The grid's published ratios (env.json's grid.published) beside this run's, measured at the same shape:
+    time(slower) / time(faster), with the 95% interval of the ratio of medians."""
+    published = (env.get("grid") or {}).get("published") or []
+    rows = []
+    for entry in published:
+        at = frame[(frame["model"] == entry["model"]) & (frame["dtype"] == entry["dtype"])
+                   & (frame["mode"] == "jacobian")]
+        at = at[(at[AXES] == [entry[a] for a in AXES]).all(axis=1)]
+        for device, part in at.groupby("device"):
+            by = part[part["status"] == "ok"].set_index("strategy")
+            ours = "not measured ok"
+            if entry["slower"] in by.index and entry["faster"] in by.index:
+                rounds = by["round_times_s"]
+                ours = fmt_interval(*ratio_of_medians(rounds[entry["slower"]], rounds[entry["faster"]]))
+            rows.append({"source": entry["source"], "shape": sizes_id(entry), "device": device,
+                         "ratio": f"{entry['slower']} / {entry['faster']}", "published": fmt_ratio(entry["ratio"]),
+                         "this run [95% CI]": ours, "this run's threads": env.get("threads", "?"),
+                         "published conditions": entry["conditions"]})
+    return pd.DataFrame(rows)
+
+
 def status_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Cases per strategy and status, per device: where the failures are."""
     counts = frame.groupby(["device", "strategy", "status"]).size().unstack("status", fill_value=0)
@@ -223,7 +304,8 @@ def strategies_table(frame: pd.DataFrame) -> pd.DataFrame:
 ENV_FIELDS = [
     ("run id", "run_id"), ("created", "created"), ("torch", "torch"), ("CUDA", "cuda"), ("cuDNN", "cudnn"),
     ("python", "python"), ("platform", "platform"), ("host", "hostname"), ("CPU", "cpu_model"),
-    ("threads", "threads"), ("TF32", "tf32"), ("seed", "seed"), ("git commit", "git_commit"),
+    ("threads", "threads"), ("TF32", "tf32"), ("inductor cache", "inductor_cache"), ("seed", "seed"),
+    ("git commit", "git_commit"),
 ]
 
 

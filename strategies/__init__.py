@@ -51,7 +51,7 @@ class Strategy:
     def __call__(self, model: nn.Module, x: Tensor, create_graph: bool = False) -> Tensor:
         if create_graph:
             if not self.differentiable:
-                raise Unsupported(f"{self.name} does not keep the graph of J (not differentiable)")
+                raise Unsupported("not differentiable: its J keeps no graph to the parameters to train through")
             return self.fn(model, x, create_graph=True)
         return self.fn(model, x)
 
@@ -113,6 +113,9 @@ _BUILTIN_ORDER = (
     "jvp_loop",
     "jvp_batched",
     "linearize_batched",
+    "func_sum_jacrev_compiled",
+    "vmap_jacrev_compiled",
+    "jvp_batched_compiled",
     "analytic",
 )
 

@@ -138,7 +138,8 @@ def test_tiny_run_without_env_or_sweeps(tmp_path: Path) -> None:
         append_case(run / "cases.jsonl", record(name, "cpu", shape, None))
     text = build_report(run, tmp_path / "plots").with_suffix(".html").read_text()
     assert "vmap_jacrev" in text and "env.json is missing" in text
-    assert not list((tmp_path / "plots").rglob("*.png"))
+    # no sweep, so no line plot: only the memory-against-time scatter, which needs one shape
+    assert {p.stem for p in (tmp_path / "plots").rglob("*.png")} == {"memory_vs_time-cpu-mlp-float32"}
 
 
 def test_sweeps_inferred_when_missing(tmp_path: Path) -> None:

@@ -16,6 +16,17 @@ import strategies
 from strategies import REGISTRY, Unsupported
 
 NAMES = list(REGISTRY)
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test builds new models: a compiled strategy compiles for them afresh, never near dynamo's recompile limit
+    (past it dynamo would run the eager code and these tests would no longer test the compiled one)."""
+    if any(s.compiled for s in REGISTRY.values()):
+        import torch._dynamo
+
+        torch._dynamo.reset()
+    yield
 REQUIRED = {"grad_summed", "grad_loop", "grad_batched", "jacobian_diagonal", "jacobian_sum", "vmap_jacrev",
             "vmap_jacfwd", "jvp_loop", "analytic"}
 

@@ -1,0 +1,58 @@
+"""torch.compile in a benchmark: compile once per shape, time the compiling apart, never time a silent recompile.
+
+Dynamo caches compiled code per function and guards it on the model and input; a new shape brings a new model, so
+every compiled strategy compiles again, once, in its first call (the validation call, timed as `setup_s`). The cache
+is cleared when a new shape starts, so a run never reaches dynamo's recompile limit (past it, dynamo runs the
+function eagerly without a word). While a compiled case is timed, a recompile is an error, not a slow round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def reset() -> None:
+    """Forget every compiled graph: the next call of a compiled strategy compiles for the new shape."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+
+
+class Recompiled(Exception):
+    """A compiled strategy compiled again while it was being timed."""
+
+
+@contextlib.contextmanager
+def no_recompile(enabled: bool = True) -> Iterator[None]:
+    """Raise Recompiled if dynamo compiles anything inside (its own error_on_recompile, and a count of the graphs it
+    built, for compiles that are not recompiles of a cached function)."""
+    if not enabled:
+        yield
+        return
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    try:
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            yield
+    except torch._dynamo.exc.RecompileError as exc:
+        raise Recompiled(f"recompiled while timing: {str(exc).strip().splitlines()[0][:200]}") from None
+    if counters["stats"]["unique_graphs"] != graphs:
+        raise Recompiled("compiled a new graph while timing")
+
+
+def inductor_cache() -> dict[str, object]:
+    """Where inductor keeps compiled kernels and whether it held any when the run started (a warm cache makes
+    setup_s much shorter than a first compile on a fresh machine)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        folder = Path(cache_dir())
+    except Exception:  # an older or newer torch: say what is unknown rather than guess
+        return {"dir": None, "warm": None}
+    warm = folder.is_dir() and any(os.scandir(folder))
+    return {"dir": str(folder), "warm": warm}

@@ -1,0 +1,37 @@
+"""torch.compile of an eager strategy (not a strategy: the leading underscore keeps it out of the registry).
+
+The compiled function is made on first use, so importing `strategies` does not import dynamo. It is compiled with
+dynamic=False: one graph per model and shape, which the harness compiles in the case's first call (timed apart as
+setup_s) after clearing dynamo's cache for the new shape (bench/compiling.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from strategies import Strategy, Unsupported
+
+
+def compiled(eager: Strategy) -> Callable[[nn.Module, Tensor], Tensor]:
+    """fn(model, x) running torch.compile(eager.fn)."""
+
+    @functools.cache
+    def compiled_fn() -> Callable[..., Tensor]:
+        return torch.compile(eager.fn, dynamic=False)
+
+    def run(model: nn.Module, x: Tensor) -> Tensor:
+        import torch._dynamo
+
+        try:
+            return compiled_fn()(model, x)
+        except (torch._dynamo.exc.TorchDynamoException, NotImplementedError) as exc:
+            # dynamo cannot trace this model through the transform: the strategy does not apply, say why
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise Unsupported(f"torch.compile cannot compile {eager.name} for this model: {type(exc).__name__}: "
+                              f"{first}") from None
+
+    return run
