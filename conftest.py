@@ -48,9 +48,19 @@ def pytest_configure(config: pytest.Config) -> None:
     values = {name: config.getoption(flag) for flag, (name, _) in OPTIONS.items() if config.getoption(flag)}
     try:
         plan = plan_run(Settings(**values, resume=config.getoption("resume"), force=config.getoption("force")))
-        config.pluginmanager.register(JacobenchPlugin(plan, open_run(plan)), NAME)
+        plugin = JacobenchPlugin(plan, open_run(plan))
+        plugin.opened_here = True
+        config.pluginmanager.register(plugin, NAME)
     except BenchError as exc:
         raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from bench.plugin import NAME
+
+    plugin = config.pluginmanager.get_plugin(NAME)
+    if plugin is not None and plugin.opened_here:
+        plugin.folder.release()
 
 
 def _is_suite(arg: str) -> bool:

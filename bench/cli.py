@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
 
+if TYPE_CHECKING:  # the harness is imported when a run starts, not for `report` or `grids`
+    from bench.plan import RunPlan
+    from bench.session import RunFolder
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a pipe closed early
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,16 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jacobench: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`python -m bench grids | head`): stop quietly, like `cat`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Plan (refusing bad input before anything is written), open the run folder, hand the run to pytest as a
     plugin object, then write the report."""
-    import pytest
-
-    from bench import results
     from bench.plan import Settings, plan_run
-    from bench.plugin import JacobenchPlugin
     from bench.session import open_run
 
     plan = plan_run(Settings(
@@ -112,6 +117,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         dtype=args.dtype, threads=args.threads, mode=args.mode, resume=args.resume, force=args.force,
     ))
     folder = open_run(plan)
+    try:
+        return _measure_and_report(plan, folder, args)
+    finally:
+        folder.release()  # after the report: nothing may replace the folder while it is written
+
+
+def _measure_and_report(plan: RunPlan, folder: RunFolder, args: argparse.Namespace) -> int:
+    import pytest
+
+    from bench import results
+    from bench.plugin import JacobenchPlugin
+
     for note in plan.notes:
         print(f"jacobench: note: {note}", flush=True)
     pending = plan.planned_cases - len(folder.finished)

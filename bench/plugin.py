@@ -87,6 +87,7 @@ class JacobenchPlugin:
         self.interrupted = False
         self.report_failures = False  # pytest's terminal is off (python -m bench run): print harness failures
         self.records = dict(folder.finished)  # every record of the run so far, by key
+        self.opened_here = False  # conftest.py opened the folder for a direct pytest run: it releases it at the end
         self._last_of_shape: set[tuple] = set()  # the case keys after which a shape's playoff runs
 
     def pending(self) -> list[tuple[str, str, Case]]:
@@ -117,6 +118,7 @@ class JacobenchPlugin:
         playoffs.jsonl."""
         shape = [self.records[k] for k in (case.key(n, device) for n in self.plan.strategies_for(case))
                  if k in self.records]
+        started = time.perf_counter()
         try:
             result = self.runner.playoff(case, device, shape)
         except Exception as exc:  # a verdict is not worth a crash: the cases are on disk already
@@ -124,6 +126,7 @@ class JacobenchPlugin:
             return
         if result is None:
             return
+        result["wall_s"] = round(time.perf_counter() - started, 4)  # what the verdict cost the run
         results.append_line(self.folder.playoffs_path, result)
         self.progress.line(playoff_line(case, device, result))
 
@@ -172,7 +175,8 @@ class JacobenchPlugin:
             print(f"jacobench: internal failure in {report.nodeid}:\n{report.longreprtext}", file=sys.stderr)
 
     def pytest_sessionfinish(self) -> None:
-        counts = session.finish(self.plan.folder, interrupted=self.interrupted)
+        counts = session.finish(self.plan.folder, interrupted=self.interrupted,
+                                calibration=self.runner.drift.summary())
         self.progress.line(f"{sum(counts.values())} cases in {self.plan.folder}: "
                            + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
 

@@ -38,6 +38,10 @@ class RunFolder:
     def playoffs_path(self) -> Path:
         return self.path / "playoffs.jsonl"
 
+    def release(self) -> None:
+        """Give the folder back (the OS would at exit; closing says so explicitly)."""
+        self.lock.close()
+
 
 def open_run(plan: RunPlan) -> RunFolder:
     """Take the run folder for this process (lock), then create it, resume it (RESUME=1) or replace it (FORCE=1),
@@ -119,8 +123,9 @@ def _point_latest(plan: RunPlan) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def finish(folder: Path, interrupted: bool = False) -> dict[str, int]:
-    """Rebuild summary.csv from cases.jsonl and record the end in env.json; return counts per status."""
+def finish(folder: Path, interrupted: bool = False, calibration: dict[str, float] | None = None) -> dict[str, int]:
+    """Rebuild summary.csv from cases.jsonl and record the end (and the machine's calibration times) in env.json;
+    return counts per status."""
     rows = results.write_summary(folder / "summary.csv", results.read_cases(folder / "cases.jsonl"))
     counts: dict[str, int] = {}
     for r in rows:
@@ -128,6 +133,8 @@ def finish(folder: Path, interrupted: bool = False) -> dict[str, int]:
     env_path = folder / "env.json"
     env = results.read_json(env_path) if env_path.exists() else {}
     env.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), interrupted=interrupted, status_counts=counts)
+    if calibration:
+        env["calibration"] = calibration
     results.write_json(env_path, env)
     return counts
 

@@ -304,7 +304,8 @@ def strategies_table(frame: pd.DataFrame) -> pd.DataFrame:
 ENV_FIELDS = [
     ("run id", "run_id"), ("created", "created"), ("torch", "torch"), ("CUDA", "cuda"), ("cuDNN", "cudnn"),
     ("python", "python"), ("platform", "platform"), ("host", "hostname"), ("CPU", "cpu_model"),
-    ("threads", "threads"), ("TF32", "tf32"), ("inductor cache", "inductor_cache"), ("seed", "seed"),
+    ("threads", "threads"), ("TF32", "tf32"), ("inductor cache", "inductor_cache"), ("calibration", "calibration"),
+    ("seed", "seed"),
     ("git commit", "git_commit"),
 ]
 

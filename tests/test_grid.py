@@ -21,9 +21,9 @@ def test_presets_load_and_expand(name):
     g = grid.load_grid(name)
     cases = grid.expand(g)
     assert cases, name
-    assert len({(c.model, c.dtype, c.batch, c.hidden, c.in_dim, c.out_dim) for c in cases}) == len(cases)
-    assert [c.size for c in cases if c.model == cases[0].model and c.dtype == cases[0].dtype] == sorted(
-        c.size for c in cases if c.model == cases[0].model and c.dtype == cases[0].dtype)
+    assert len({(c.model, c.dtype, c.batch, c.hidden, c.in_dim, c.out_dim, c.mode) for c in cases}) == len(cases)
+    first = [c for c in cases if (c.model, c.dtype, c.mode) == (cases[0].model, cases[0].dtype, cases[0].mode)]
+    assert [c.size for c in first] == sorted(c.size for c in first)  # smallest first: a timeout skips larger ones
 
 
 def test_default_covers_the_promised_axes():
@@ -93,3 +93,16 @@ def test_not_toml_and_unknown_names(tmp_path):
         grid.load_grid("nope")
     with pytest.raises(GridError, match="not found"):
         grid.load_grid(str(tmp_path / "missing.toml"))
+
+
+def test_threads_and_published_results(tmp_path):
+    published = ('[[published]]\nsource = "a tutorial"\nconditions = "1 thread"\nmodel = "mlp"\ndtype = "float32"\n'
+                 'batch = 8\nhidden = 16\nin_dim = 3\nout_dim = 2\nslower = "vmap_jacrev"\nfaster = "vmap_jacfwd"\n'
+                 'ratio = 9\n')
+    g = grid.load_grid(write(tmp_path, "threads = 1\n" + BASE + published))
+    assert g.threads == 1 and g.published[0]["ratio"] == 9.0 and g.as_dict()["published"][0]["slower"] == "vmap_jacrev"
+    with pytest.raises(GridError, match=r"published\[1\]\.ratio: missing or not a float"):
+        grid.load_grid(write(tmp_path, BASE + published.replace("ratio = 9\n", "")))
+    with pytest.raises(GridError, match="threads: must be a positive integer"):
+        grid.load_grid(write(tmp_path, "threads = 0\n" + BASE))
+    assert grid.load_grid("published").threads == 1 and len(grid.load_grid("published").published) == 2

@@ -139,7 +139,7 @@ def test_zoo_runs_every_preset_at_sizes_that_fit():
     assert {c.model for c in cases} >= set(models.PRESETS) - {"mlp_batchnorm", "linear_tanh"}  # tutorial: published
     for case in cases:
         assert models.PRESETS[case.model].problem(case.in_dim, case.hidden, case.out_dim) == "", case.shape_id
-    assert len({c.batch for c in cases if c.model == "pinn"}) >= 3
+    assert len({c.batch for c in cases if c.model == "pinn"}) >= 2
 
 
 # ---- every strategy on every preset: right, or Unsupported, or a failure recorded here with its reason ----------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from run_fixtures import STRATEGIES, make_run, record
+from run_fixtures import BASE, STRATEGIES, make_run, record
 
 from bench import frames
 from bench.report import build_report
@@ -160,3 +160,21 @@ def test_missing_cases_are_counted_against_the_plan(tmp_path: Path) -> None:
     assert f"{finished} cases of {finished + 7} planned" in md
     assert f"7 of {finished + 7} planned cases are missing: the run was interrupted (Ctrl-C)" in md
     assert "RESUME=1" in md
+
+
+def test_published_ratios_beside_this_runs(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "results", "pub", devices=("cpu",), coupled=False, small=True)
+    env = json.loads((run / "env.json").read_text())
+    env["threads"] = 1
+    env["grid"]["published"] = [{"source": "a tutorial", "conditions": "1 thread", "model": "mlp",
+                                 "dtype": "float32", **BASE, "slower": "vmap_jacfwd", "faster": "vmap_jacrev",
+                                 "ratio": 9.44}]
+    (run / "env.json").write_text(json.dumps(env))
+    md = build_report(run, tmp_path / "plots").read_text()
+    assert "## Published results, reproduced" in md
+    table = pd.read_csv(run / "tables" / "published.csv")
+    assert table["published"].tolist() == ["9.44×"] and table["this run's threads"].tolist() == [1]
+    frame = frames.load_run(run).frame.set_index("strategy")
+    at_base = frame[(frame[list(BASE)] == list(BASE.values())).all(axis=1)]["time_median_s"]
+    ours = at_base["vmap_jacfwd"] / at_base["vmap_jacrev"]
+    assert table["this run [95% CI]"].iloc[0].startswith(f"{ours:.3g}×")
