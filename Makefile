@@ -15,6 +15,7 @@ TIME_BUDGET ?=
 DTYPE ?=
 THREADS ?=
 MODE ?=
+COMPILED ?=
 
 VENV := .venv
 ifeq ($(strip $(PYTHON)),)
@@ -36,7 +37,8 @@ BENCH_ARGS := --grid '$(GRID)' \
 	$(if $(TIME_BUDGET),--time-budget '$(TIME_BUDGET)') \
 	$(if $(DTYPE),--dtype '$(DTYPE)') \
 	$(if $(THREADS),--threads '$(THREADS)') \
-	$(if $(MODE),--mode '$(MODE)')
+	$(if $(MODE),--mode '$(MODE)') \
+	$(if $(COMPILED),--compiled '$(COMPILED)')
 
 .PHONY: setup bench report compare test lint clean gpu-quick
 
@@ -64,13 +66,15 @@ test: $(SETUP)
 lint: $(SETUP)
 	$(PY) -m ruff check .
 
-# One command for a lent GPU machine (no package index): the quick grid on cpu and cuda, packed for the trip back.
+# One command for a lent GPU machine (no package index): the quick grid on cpu and cuda (eager strategies: compiling
+# for CUDA takes longer than a lent machine's minutes), written under $OUT as it goes, packed for the trip back.
 #   make gpu-quick PYTHON=python3 OUT=$OUT
 GPU_RUN ?= gpu-quick
 OUT ?= .
 gpu-quick: $(SETUP)
-	-@$(PY) -m bench run --grid quick --devices cpu,cuda --run '$(GPU_RUN)' $(if $(filter 1 yes true,$(FORCE)),--force)
-	tar czf '$(OUT)/$(GPU_RUN).tar.gz' results/'$(GPU_RUN)' plots/'$(GPU_RUN)'
+	-@$(PY) -m bench run --grid quick --devices cpu,cuda --compiled 0 --run '$(GPU_RUN)' --results-dir '$(OUT)/results' \
+		$(if $(filter 1 yes true,$(FORCE)),--force)
+	tar czf '$(OUT)/$(GPU_RUN).tar.gz' -C '$(OUT)' results/'$(GPU_RUN)' plots/'$(GPU_RUN)'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

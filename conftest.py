@@ -23,6 +23,7 @@ OPTIONS = {  # option -> (bench.plan.Settings field, help)
     "--dtype": ("dtype", "comma-separated dtypes replacing the grid's, e.g. float64"),
     "--threads": ("threads", "torch intra-op threads for the whole run"),
     "--mode": ("mode", "jacobian and/or train, comma-separated, replacing the grid's"),
+    "--compiled": ("compiled", "1: compiled strategies on every case, 0: on none (default: where the grid says)"),
 }
 
 

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", default="", help="comma-separated dtypes, replacing the grid's (e.g. float64)")
     run.add_argument("--threads", default="", help="torch intra-op threads for the whole run")
     run.add_argument("--mode", default="", help="jacobian and/or train (comma-separated), replacing the grid's")
+    run.add_argument("--compiled", default="", help="1: compiled strategies on every case, 0: on none "
+                                                    "(default: where the grid says)")
     run.add_argument("--resume", action="store_true")
     run.add_argument("--force", action="store_true")
     run.add_argument("--no-report", action="store_true", help="write summary.csv only")
@@ -114,7 +116,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = plan_run(Settings(
         grid=args.grid, devices=args.devices, strategies=args.strategies, model=args.model, run_id=args.run_id,
         results_root=args.results_root, memory_budget=args.memory_budget, time_budget=args.time_budget,
-        dtype=args.dtype, threads=args.threads, mode=args.mode, resume=args.resume, force=args.force,
+        dtype=args.dtype, threads=args.threads, mode=args.mode, compiled=args.compiled, resume=args.resume,
+        force=args.force,
     ))
     folder = open_run(plan)
     try:

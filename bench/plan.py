@@ -42,6 +42,7 @@ class Settings:
     time_budget: str = ""  # seconds or "" = the grid's budget.time_s
     dtype: str = ""  # comma-separated dtypes, or "" = the grid's dtypes
     mode: str = ""  # comma-separated modes (jacobian, train), or "" = the grid's modes
+    compiled: str = ""  # "1": compiled strategies on every case, "0": on none, "" = where the grid's blocks say
     threads: str = ""  # torch intra-op threads for the whole run, or "" = torch's default
     resume: bool = False
     force: bool = False
@@ -64,12 +65,12 @@ class RunPlan:
     threads: int = 0  # torch.get_num_threads() for the whole run
     notes: list[str] = field(default_factory=list)  # worth a line before the run starts
 
-    explicit: bool = False  # STRATEGIES= named the strategies: they run on every case, compiled ones included
+    compiled: bool | None = None  # compiled strategies everywhere (True), nowhere (False), where the grid says (None)
 
     def strategies_for(self, case: grid.Case) -> list[str]:
-        """The strategies that run on a case: compiled ones only on blocks marked `compiled = true`, unless named in
-        STRATEGIES= (compiling takes seconds per shape)."""
-        if self.explicit or case.compiled:
+        """The strategies that run on a case: compiled ones (seconds of compiling per shape) where COMPILED= or, by
+        default, the case's grid block says so, or everywhere when STRATEGIES= names them."""
+        if self.compiled if self.compiled is not None else case.compiled:
             return self.strategy_names
         return [n for n in self.strategy_names if not strategies.REGISTRY[n].compiled]
 
@@ -233,5 +234,13 @@ def plan_run(settings: Settings) -> RunPlan:
         time_budget_s=time_budget,
         threads=threads,
         notes=notes,
-        explicit=bool(settings.strategies),
+        compiled=resolve_compiled(settings.compiled, settings.strategies),
     )
+
+
+def resolve_compiled(spec: str, strategies_spec: str) -> bool | None:
+    if spec not in ("", "0", "1"):
+        raise SettingsError(f"COMPILED={spec!r}: give 1 (compiled strategies on every case) or 0 (on none)")
+    if spec:
+        return spec == "1"
+    return True if strategies_spec else None  # strategies named in STRATEGIES= run wherever they are asked for

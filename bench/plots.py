@@ -310,7 +310,7 @@ def winner_map(part: pd.DataFrame, where: str, best: pd.DataFrame) -> Any | None
             grid[y][x], text[y][x] = 1, "none valid"
             continue
         grid[y][x], text[y][x] = _winner_cell(cell.iloc[0], names)
-    fig, ax = _pyplot().subplots(figsize=(1.5 + 1.5 * len(ins), 1.2 + 0.9 * len(outs)))
+    fig, ax = _pyplot().subplots(figsize=(1.5 + 1.9 * len(ins), 1.2 + 0.95 * len(outs)))
     ax.imshow(grid, cmap=ListedColormap(palette), vmin=0, vmax=len(palette) - 1, origin="lower", aspect="auto")
     for y in range(len(outs)):
         for x in range(len(ins)):
@@ -333,11 +333,18 @@ def _winner_cell(row: pd.Series, names: list[str]) -> tuple[int, str]:
     if row["verdict"] == "tie":
         tied = [row["winner"], *row["tied_with"].split(", ")]
         shown = tied[:3] + ([f"+{len(tied) - 3} more"] if len(tied) > 3 else [])
-        return 2, "\n".join(["tie:", *shown, *closed])
+        return 2, "\n".join(["tie:", *shown, *closed, *_eager_line(row)])
     lines = [row["winner"]]
     if pd.notna(row["runner_up_ratio"]):
         lines.append(f"next ×{row['runner_up_ratio']:.2f}")
-    return 3 + names.index(row["winner"]), "\n".join(lines + closed)
+    return 3 + names.index(row["winner"]), "\n".join(lines + closed + _eager_line(row))
+
+
+def _eager_line(row: pd.Series) -> list[str]:
+    """Under a compiled winner: the fastest eager strategy and how much slower it is (no compiling needed)."""
+    if not row["best_eager"] or row["best_eager"] == row["winner"] or pd.isna(row["best_eager_s"]):
+        return []
+    return [f"eager: {row['best_eager']} ×{row['best_eager_s'] / row['best_s']:.1f}"]
 
 
 def _ink(background: str) -> str:

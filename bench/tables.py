@@ -35,7 +35,8 @@ Formatter = Callable[[float], str]
 
 BEST_COLUMNS = [*SHAPE_COLUMNS, "winner", "verdict", "tied_with", "best_s", "best_ci_low_s", "best_ci_high_s",
                 "runner_up", "runner_up_s", "runner_up_ratio", "runner_up_ratio_low", "runner_up_ratio_high",
-                "jf_best", "analytic_s", "vs_analytic", "forward_s", "n_valid", "unstable", "playoff_rounds"]
+                "jf_best", "analytic_s", "vs_analytic", "forward_s", "n_valid", "unstable", "playoff_rounds",
+                "best_eager", "best_eager_s"]
 
 
 def best_per_shape(frame: pd.DataFrame, playoffs: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -53,7 +54,8 @@ def best_per_shape(frame: pd.DataFrame, playoffs: pd.DataFrame | None = None) ->
         auto = valid[valid["strategy"] != CLOSED_FORM]
         analytic = valid[valid["strategy"] == CLOSED_FORM]["time_median_s"]
         row = dict(zip(SHAPE_COLUMNS, shape, strict=True)) | dict.fromkeys(BEST_COLUMNS[len(SHAPE_COLUMNS):], math.nan)
-        row.update(winner="none", verdict="", tied_with="", runner_up="", forward_s=part["forward_median_s"].median(),
+        row.update(winner="none", verdict="", tied_with="", runner_up="", best_eager="",
+                   forward_s=part["forward_median_s"].median(),
                    n_valid=len(auto), unstable=bool(auto["unstable"].any()), playoff_rounds=0,
                    analytic_s=analytic.iloc[0] if len(analytic) else math.nan)
         if len(auto):
@@ -64,6 +66,9 @@ def best_per_shape(frame: pd.DataFrame, playoffs: pd.DataFrame | None = None) ->
                        vs_analytic=best["time_median_s"] / row["analytic_s"])
             if row["runner_up"]:
                 row["runner_up_s"] = auto.set_index("strategy").loc[row["runner_up"], "time_median_s"]
+            eager = auto[~auto["compiled"]]  # for whoever cannot or will not compile: first timings
+            if len(eager):
+                row.update(best_eager=eager["strategy"].iloc[0], best_eager_s=eager["time_median_s"].iloc[0])
         rows.append(row)
     return pd.DataFrame(rows, columns=BEST_COLUMNS)
 
@@ -166,6 +171,8 @@ def best_table(best: pd.DataFrame) -> pd.DataFrame:
     out["runner-up / fastest"] = [fmt_interval(r.runner_up_ratio, r.runner_up_ratio_low, r.runner_up_ratio_high,
                                                r.playoff_rounds > 0) for r in best.itertuples()]
     out["J/F"] = best["jf_best"].map(fmt_ratio)
+    out["fastest eager"] = [f"{r.best_eager} ({fmt_time(r.best_eager_s)})" if r.best_eager and r.best_eager != r.winner
+                            else "same" if r.best_eager else "—" for r in best.itertuples()]
     out["closed form"] = best["analytic_s"].map(fmt_time)
     out["fastest / closed form"] = best["vs_analytic"].map(fmt_ratio)
     return out

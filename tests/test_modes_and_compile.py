@@ -157,3 +157,13 @@ def test_pareto_front():
     points = pd.DataFrame({"strategy": list("abcd"), "time_median_s": [1.0, 2.0, 3.0, 4.0],
                            "peak_memory_bytes": [50, 60, 10, 5]})
     assert pareto_front(points)["strategy"].tolist() == ["a", "c", "d"]  # b is slower and heavier than a
+
+
+def test_compiled_setting_overrides_the_grid(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "g.toml").write_text("compiled = true\n" + GRID)
+    case = plan_run(Settings(grid="g.toml")).cases[0]
+    assert any(REGISTRY[n].compiled for n in plan_run(Settings(grid="g.toml")).strategies_for(case))
+    assert not any(REGISTRY[n].compiled for n in plan_run(Settings(grid="g.toml", compiled="0")).strategies_for(case))
+    (tmp_path / "g.toml").write_text(GRID)
+    assert any(REGISTRY[n].compiled for n in plan_run(Settings(grid="g.toml", compiled="1")).strategies_for(case))
