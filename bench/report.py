@@ -42,6 +42,18 @@ VERDICTS = (
     "95% interval. The closed form (analytic) exists for plain MLPs only and is not a contender."
 )
 
+PUBLISHED = ("Ratios a published source reports, next to the same ratio measured in this run at the same shape. The "
+             "suite's strategies vmap over a batch (here of one sample), which adds a fixed cost to both sides of the "
+             "ratio; the thread count changes it most.")
+COMPILING = ("A compiled strategy compiles once per shape (torch.compile, dynamic=False); the first call, compiling "
+             "included, is its setup time and is never in the timed rounds. It pays after setup / (eager time − "
+             "compiled time) calls.")
+TRAINING = ("train mode times J with its graph kept (create_graph=True), the penalty (the squared Frobenius norm of J "
+            "summed over the batch) and its gradient with respect to every parameter, validated against a float64 "
+            "reference. Strategies that keep no graph are unsupported there.")
+COUPLED = ("Output row b depends on other rows (e.g. BatchNorm in training mode): strategies that assume independent "
+           "samples return a wrong Jacobian without any error.")
+
 READING = (
     "time: median of one full fn(model, x) call (forward included), validated first against a float64 reference. "
     "J/F: that time over the forward pass model(x) alone. × best: over the fastest valid strategy of the same shape. "
@@ -136,34 +148,13 @@ def run_document(run: LoadedRun, figures: dict[str, Path], tables: Tables) -> Do
         section = sweep_section(key, part, run.env, figures, tables)
         if section.blocks:
             doc.sections.append(section)
-    published = published_table(frame, run.env)
-    if len(published):
-        doc.sections.append(Section("Published results, reproduced", [
-            Block("text", text="Ratios a published source reports, next to the same ratio measured in this run at the "
-                               "same shape. The suite's strategies vmap over a batch (here of one sample), which adds "
-                               "a fixed cost to both sides of the ratio; the thread count changes it most."),
-            tables.show("published", published)]))
-    compiled = compile_table(frame)
-    if len(compiled):
-        doc.sections.append(Section("Compiling: when it pays", [
-            Block("text", text="A compiled strategy compiles once per shape (torch.compile, dynamic=False); the first "
-                               "call, compiling included, is its setup time and is never in the timed rounds. It "
-                               "pays after setup / (eager time − compiled time) calls."),
-            tables.show("compile", compiled)]))
-    training = training_table(best)
-    if len(training):
-        doc.sections.append(Section("Training through the Jacobian", [
-            Block("text", text="train mode times J with its graph kept (create_graph=True), the penalty (the "
-                               "squared Frobenius norm of J summed over the batch) and its gradient with respect to "
-                               "every parameter, validated against a float64 reference. Strategies that keep no "
-                               "graph are unsupported there."),
-            tables.show("training", training)]))
-    coupled = coupled_table(frame)
-    if len(coupled):
-        doc.sections.append(Section("Models that couple samples", [
-            Block("text", text="Output row b depends on other rows (e.g. BatchNorm in training mode): strategies that "
-                               "assume independent samples return a wrong Jacobian without any error."),
-            tables.show("coupled", coupled)]))
+    for title, name, table, intro in (
+            ("Published results, reproduced", "published", published_table(frame, run.env), PUBLISHED),
+            ("Compiling: when it pays", "compile", compile_table(frame), COMPILING),
+            ("Training through the Jacobian", "training", training_table(best), TRAINING),
+            ("Models that couple samples", "coupled", coupled_table(frame), COUPLED)):
+        if len(table):
+            doc.sections.append(Section(title, [Block("text", text=intro), tables.show(name, table)]))
     doc.sections.append(Section("Status of every case", [tables.show("status", status_table(frame))]))
     doc.sections.append(Section("Strategies", [table_block(strategies_table(frame), "strategies")]))
     tables.show("cases", cases_table(frame), numbers=cases_numbers(frame))
