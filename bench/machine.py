@@ -1,9 +1,10 @@
 """The state of the machine while something is timed: other processes' CPU use, stolen time, and drift.
 
-A `Watch` compares two snapshots: from /proc/stat, the CPU time every process used and the time the hypervisor
+`disturbance` compares two snapshots: from /proc/stat, the CPU time every process used and the time the hypervisor
 stole, minus this process's own CPU time (time.process_time, all its threads). What is left was used by other
-processes. A fixed calibration call, timed between shapes, tells when the machine as a whole runs slower than it did
-at its quickest in this run (thermal throttling, a noisy neighbour on a VM). Linux only; elsewhere nothing is flagged.
+processes. A fixed calibration call, timed between shapes (`Drift`), tells when the machine as a whole runs slower
+than it usually does in this run (thermal throttling, a noisy neighbour on a VM). Linux only; elsewhere nothing is
+flagged.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import torch
 # Other processes using more than this share of all CPUs, or the hypervisor stealing more, disturbs a timing.
 FOREIGN_LIMIT = 0.25
 STEAL_LIMIT = 0.10
-# The calibration call this much slower than its quickest in the run: the machine is slower than it was.
-DRIFT_LIMIT = 1.3
+# The calibration call this much slower than the median of the run's earlier ones: the machine is slower than usual.
+# On a quiet 2-core VM the calibration strays up to ×1.3 from its median between shapes, so 1.5 is a real change.
+DRIFT_LIMIT = 1.5
+WARMUP_CALIBRATIONS = 3  # the first ones only set the usual speed
 _CPUS = os.cpu_count() or 1
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PROC_STAT = Path("/proc/stat")
@@ -61,36 +64,38 @@ def disturbance(before: Snapshot, after: Snapshot) -> str:
 
 
 def calibration_s(repeats: int = 5) -> float:
-    """Quickest of `repeats` runs of a fixed mix of small tensor ops and Python calls (~0.5 ms each), the kind of
-    work a Jacobian call of a small model does: a yardstick of how fast the machine runs right now. The quickest,
-    not the median: on a quiet machine the median of such short runs strays up to ×1.6 from its best (allocator and
-    cache state), the quickest stays within ×1.2; a machine that is really slower is slower in every run."""
+    """Quickest of `repeats` runs of a fixed workload (~0.5 ms): small matrix products and tanh into preallocated
+    tensors, and a pure-Python loop. Nothing is allocated, so the process's own heap (fragmented by a large case
+    before) does not move it; what moves it is how fast the machine runs now."""
     a = torch.linspace(-1, 1, 64 * 64).reshape(64, 64)
+    c = torch.empty_like(a)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        h = a
         for _ in range(40):
-            h = torch.tanh(h @ a) + h
+            torch.mm(a, a, out=c)
+            torch.tanh(c, out=c)
+        total = 0
+        for i in range(2000):
+            total += i
         times.append(time.perf_counter() - start)
     return min(times)
 
 
 class Drift:
-    """Calibration times of this run: the current one against the quickest so far."""
+    """Calibration times of this run: the current one against the median of the ones before it."""
 
     def __init__(self) -> None:
-        self.quickest = float("inf")
         self.history: list[float] = []
 
     def check(self) -> str:
-        """Time the calibration call now; the reason the machine is slower than its quickest, or ""."""
+        """Time the calibration call now; the reason the machine is slower than usual in this run, or ""."""
         now = calibration_s()
+        usual = statistics.median(self.history) if len(self.history) >= WARMUP_CALIBRATIONS else None
         self.history.append(now)
-        self.quickest = min(self.quickest, now)
-        ratio = now / self.quickest
-        return f"the machine ran ×{ratio:.2f} slower than its quickest in this run (calibration)" \
-            if ratio > DRIFT_LIMIT else ""
+        if usual is None or now <= DRIFT_LIMIT * usual:
+            return ""
+        return f"the machine ran ×{now / usual:.2f} slower than usual in this run (calibration)"
 
     def summary(self) -> dict[str, float]:
         if not self.history:

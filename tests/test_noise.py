@@ -104,3 +104,13 @@ def test_a_busy_machine_gives_unstable_cases_with_the_reason(tmp_path):
     assert len(unstable), summary[["strategy", "status", "unstable", "message"]]
     assert unstable["message"].str.contains("unstable: other processes used").all()
     assert (unstable["status"] == "ok").all()
+
+
+def test_drift_is_measured_against_the_usual_speed_of_the_run(monkeypatch):
+    times = iter([1.0, 1.1, 0.9, 1.2, 1.0, 1.6, 1.1])
+    monkeypatch.setattr(machine, "calibration_s", lambda: next(times))
+    drift = machine.Drift()
+    reasons = [drift.check() for _ in range(7)]
+    assert reasons[:5] == [""] * 5  # the first ones set the usual speed; ×1.2 is ordinary noise
+    assert reasons[5] == "the machine ran ×1.60 slower than usual in this run (calibration)"
+    assert reasons[6] == "" and drift.summary()["calibrations"] == 7
