@@ -39,7 +39,9 @@ VERDICTS = (
     "timed again in interleaved rounds (shuffled order each round, one process), so a slow moment of the machine "
     "hits all of them alike. winner: every other contender is surely (its whole 95% interval) more than 5% slower; "
     "tie: the listed strategies are not, so either is a good choice. runner-up / fastest: the paired ratio with its "
-    "95% interval. The closed form (analytic) exists for plain MLPs only and is not a contender."
+    "95% interval. The closed form (analytic) exists for plain MLPs only and is not a contender. A playoff sees the "
+    "noise inside one process only: compiled code also changes speed from one process to the next (up to ×1.5 "
+    "between runs on a 2-core VM), so a verdict between two compiled variants is the least certain."
 )
 
 PUBLISHED = ("Ratios a published source reports, next to the same ratio measured in this run at the same shape. The "
