@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.results import plots_dir, read_cases
 from tests.helpers import REPO, bench_env, run_bench
 
@@ -53,3 +55,24 @@ def test_a_run_in_another_results_dir_draws_its_plots_beside_it(tmp_path):
     assert pngs
     report = (tmp_path / "box" / "res" / "r" / "report.md").read_text()
     assert all(f"](../../plots/r/{png.name})" in report for png in pngs)
+
+
+LAYERS = """
+import sys
+import {modules}
+loaded = set(sys.modules)
+print(sorted(m for m in {forbidden} if m in loaded))
+"""
+
+
+@pytest.mark.parametrize("modules,forbidden", [
+    ("bench.report, bench.compare, bench.recommend", ["torch", "strategies"]),  # reporting reads files only
+    ("bench.plugin, bench.runner, bench.cli", ["bench.report", "bench.tables", "bench.plots", "bench.frames",
+                                               "bench.findings", "bench.compare", "matplotlib"]),  # measuring
+])
+def test_measurement_and_reporting_stay_apart(modules, forbidden):
+    code = LAYERS.format(modules=modules, forbidden=forbidden)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=bench_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
