@@ -23,6 +23,10 @@ def activations_bytes(batch: int, hidden: int, in_dim: int, out_dim: int, dtype:
     return itemsize(dtype) * (copies * per_pass + batch * out_dim * in_dim)
 
 
+# A compiled strategy is named after its eager twin (bench.schema reads the same suffix back from result files).
+COMPILED_SUFFIX = "_compiled"
+
+
 def quarter_chunk(n: int) -> int:
     """Chunk size for the chunked strategies: ceil(n / 4), so the vectorized basis is about a quarter of n wide."""
     return max(1, math.ceil(n / 4))

@@ -13,7 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from strategies import Strategy, Unsupported
+from strategies import Strategy, Unsupported, register
+from strategies._common import COMPILED_SUFFIX
 
 
 def compiled(eager: Strategy) -> Callable[[nn.Module, Tensor], Tensor]:
@@ -35,3 +36,16 @@ def compiled(eager: Strategy) -> Callable[[nn.Module, Tensor], Tensor]:
                               f"{first}") from None
 
     return run
+
+
+def register_compiled(eager: Strategy) -> Strategy:
+    """Register torch.compile(eager) as `<eager>_compiled`: same cost and memory, samples assumed alike, no training
+    through it (torch.compile does not support double backward)."""
+    run = compiled(eager)
+
+    def fn(model: nn.Module, x: Tensor) -> Tensor:
+        return run(model, x)
+
+    fn.__doc__ = f"torch.compile({eager.name}), compiled for each shape (compile time apart, as setup_s)."
+    return register(name=f"{eager.name}{COMPILED_SUFFIX}", independent_samples=eager.independent_samples,
+                    compiled=True, cost=f"{eager.cost}, compiled", memory_estimate=eager.memory_estimate)(fn)

@@ -2,21 +2,11 @@
 
 The first call of a shape compiles (seconds to tens of seconds on a CPU; the harness records it as setup_s, never in
 the timed rounds); later calls run the compiled graph. Same cost in B, H, in, out as jvp_batched, minus Python and
-dispatch overhead and with fused elementwise work. Not differentiable: torch.compile does not support
-double backward, so training through J is left to the eager strategies.
+dispatch overhead and with fused elementwise work. Not differentiable: torch.compile does not support double
+backward, so training through J is left to the eager strategies.
 """
 
-from torch import Tensor, nn
+from strategies._compiled import register_compiled
+from strategies.jvp_batched import jvp_batched
 
-from strategies import register
-from strategies._compiled import compiled
-from strategies.jvp_batched import jvp_batched as eager
-
-_run = compiled(eager)
-
-
-@register(independent_samples=eager.independent_samples, compiled=True, cost=f"{eager.cost}, compiled",
-          memory_estimate=eager.memory_estimate)
-def jvp_batched_compiled(model: nn.Module, x: Tensor) -> Tensor:
-    """torch.compile(jvp_batched), compiled for each shape (compile time apart, as setup_s)."""
-    return _run(model, x)
+jvp_batched_compiled = register_compiled(jvp_batched)
