@@ -22,7 +22,7 @@ from bench.frames import LoadedRun, load_run, strategy_order, sweep_line
 from bench.plots import save, speedup_vs_batch
 from bench.results import ResultsError
 from bench.schema import AXES, DEVICE_ORDER, KEY_COLUMNS, fmt_ratio, fmt_time, sizes_id, slug
-from bench.stats import ratio_of_medians
+from bench.stats import ratio_of_medians, significant
 from bench.tables import best_per_shape, env_table, fmt_interval, verdict_cell
 
 JOIN = [k for k in KEY_COLUMNS if k != "device"]
@@ -80,7 +80,7 @@ def join(a: Side, b: Side) -> tuple[pd.DataFrame, list[str]]:
     both["speedup_low"] = [i[1] for i in intervals]
     both["speedup_high"] = [i[2] for i in intervals]
     # Significant: the interval excludes 1. Without round times (an older run) the point estimate is taken as is.
-    both["significant"] = ok & pd.Series([not (lo <= 1 <= hi) for _, lo, hi in intervals], index=both.index)
+    both["significant"] = ok & pd.Series([significant(i) or math.isnan(i[1]) for i in intervals], index=both.index)
     both["unstable"] = both["unstable_a"] | both["unstable_b"]
     return both.rename(columns={"sweeps_a": "sweeps", "rank_a": "rank"}), notes
 

@@ -18,7 +18,7 @@ from bench.formats import table_paths, write_table
 from bench.frames import LoadedRun, Setting, groups, load_run, setting_tag, where_label
 from bench.plots import plot_run
 from bench.results import plots_dir
-from bench.schema import AXES, AXIS_LABEL, SETTING, SHAPE_COLUMNS, fmt_ratio, fmt_time
+from bench.schema import AXES, AXIS_LABEL, SETTING, SHAPE_COLUMNS, STATUS_MEANING, STATUSES, fmt_ratio, fmt_time
 from bench.tables import (
     best_per_shape,
     best_table,
@@ -59,9 +59,8 @@ COUPLED = ("Output row b depends on other rows (e.g. BatchNorm in training mode)
 READING = (
     "time: median of one full fn(model, x) call (forward included), validated first against a float64 reference. "
     "J/F: that time over the forward pass model(x) alone. × best: over the fastest valid strategy of the same shape. "
-    "A case that is not ok shows its status instead of a number: wrong (validation failed, silently incorrect), oom, "
-    "over_budget (not run: predicted over the memory budget), timeout, skipped (not run: a smaller shape timed out or "
-    "ran out of memory), unsupported, error. "
+    "A case that is not ok shows its status instead of a number (the statuses are explained under \"Status of every "
+    "case\"). "
     "Strategies returning the sum over outputs are not the Jacobian when out > 1 and never count as fastest."
 )
 
@@ -157,7 +156,10 @@ def run_document(run: LoadedRun, figures: dict[str, Path], tables: Tables) -> Do
             ("Models that couple samples", "coupled", coupled_table(frame), COUPLED)):
         if len(table):
             doc.sections.append(Section(title, [Block("text", text=intro), tables.show(name, table)]))
-    doc.sections.append(Section("Status of every case", [tables.show("status", status_table(frame))]))
+    present = set(frame["status"])
+    doc.sections.append(Section("Status of every case", [
+        Block("bullets", items=[(s, STATUS_MEANING[s]) for s in STATUSES if s in present]),
+        tables.show("status", status_table(frame))]))
     doc.sections.append(Section("Strategies", [table_block(strategies_table(frame), "strategies")]))
     tables.show("cases", cases_table(frame), numbers=cases_numbers(frame))
     cases = tables.paths("cases")

@@ -78,3 +78,16 @@ def test_user_errors(tmp_path: Path) -> None:
         build_compare([a, other], tmp_path / "out", tmp_path / "plots")
     with pytest.raises(ResultsError, match="no such run folder"):
         build_compare([a, tmp_path / "missing"], tmp_path / "out", tmp_path / "plots")
+
+
+def test_two_runs_of_one_machine_report_significance_and_reproducibility(tmp_path: Path) -> None:
+    a = make_run(tmp_path / "results", "first", devices=("cpu",), coupled=False, small=True)
+    b = make_run(tmp_path / "results", "second", devices=("cpu",), coupled=False, small=True, speed=1.0)
+    c = make_run(tmp_path / "results", "faster", devices=("cpu",), coupled=False, small=True, speed=2.0)
+    same = build_compare([a, b], tmp_path / "results", tmp_path / "plots").read_text()
+    assert "(not significant)" in same  # the same numbers: every interval of the speedup holds 1
+    assert "verdicts that hold" in same and "0 shapes where the runs name different winners" in same
+    faster = build_compare([a, c], tmp_path / "results", tmp_path / "plots").read_text()
+    table = faster.split("Speedup of faster over first vs batch size", 1)[1].split("\n\n", 2)[1]
+    assert re.search(r"\| [12](\.\d+)?× \[\d\.\d\d–\d\.\d\d\]", table)  # a speedup with its interval
+    assert "(not significant)" not in table
