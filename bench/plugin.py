@@ -114,7 +114,7 @@ class JacobenchPlugin:
             pytest.skip(f"{record['status']}: {record['message']}")
 
     def hold_playoff(self, case: Case, device: str) -> None:
-        """Re-time the close contenders of a finished shape interleaved (bench/runner.py) and append the verdict to
+        """Re-time the close contenders of a finished shape interleaved (bench/playoff.py) and append the verdict to
         playoffs.jsonl."""
         shape = [self.records[k] for k in (case.key(n, device) for n in self.plan.strategies_for(case))
                  if k in self.records]
