@@ -1,7 +1,8 @@
-"""Lets `pytest bench/suite.py --grid smoke ...`, run directly, go through the same plugin as `make bench`.
+"""Lets `pytest bench/run/suite.py --grid smoke ...`, run directly, go through the same plugin as `make bench`.
 
-`python -m bench run` hands pytest a ready `bench.plugin.JacobenchPlugin`; run directly, this file builds that object
-from the options below. Only when bench/suite.py is among the arguments: `make test` never plans or opens a run.
+`python -m bench run` hands pytest a ready `bench.run.plugin.JacobenchPlugin`; run directly, this file builds that
+object from the options below. Only when bench/run/suite.py is among the arguments: `make test` never plans or
+opens a run.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SUITE = Path(__file__).parent / "bench" / "suite.py"
+SUITE = Path(__file__).parent / "bench" / "run" / "suite.py"
 OPTIONS = {  # option -> (bench.plan.Settings field, help)
     "--grid": ("grid", "grid preset name or path to a .toml (default: default)"),
     "--devices": ("devices", "comma-separated: cpu,cuda (default: cpu, plus cuda when available)"),
@@ -37,14 +38,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its timer option
 def pytest_configure(config: pytest.Config) -> None:
-    from bench.plugin import NAME
+    from bench.run.plugin import NAME
 
     if config.pluginmanager.has_plugin(NAME) or not any(_is_suite(arg) for arg in config.args):
         return
     from bench.errors import BenchError
-    from bench.plan import Settings, plan_run
-    from bench.plugin import JacobenchPlugin
-    from bench.session import open_run
+    from bench.run.plan import Settings, plan_run
+    from bench.run.plugin import JacobenchPlugin
+    from bench.run.session import open_run
 
     values = {name: config.getoption(flag) for flag, (name, _) in OPTIONS.items() if config.getoption(flag)}
     try:
@@ -57,7 +58,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from bench.plugin import NAME
+    from bench.run.plugin import NAME
 
     plugin = config.pluginmanager.get_plugin(NAME)
     if plugin is not None and plugin.opened_here:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from bench.errors import BenchError
 
 if TYPE_CHECKING:  # the harness is imported when a run starts, not for `report` or `grids`
-    from bench.plan import RunPlan
-    from bench.session import RunFolder
+    from bench.run.plan import RunPlan
+    from bench.run.session import RunFolder
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Plan (refusing bad input before anything is written), open the run folder, hand the run to pytest as a
     plugin object, then write the report."""
-    from bench.plan import Settings, plan_run
-    from bench.session import open_run
+    from bench.run.plan import Settings, plan_run
+    from bench.run.session import open_run
 
     plan = plan_run(Settings(
         grid=args.grid, devices=args.devices, strategies=args.strategies, model=args.model, run_id=args.run_id,
@@ -130,7 +130,7 @@ def _measure_and_report(plan: RunPlan, folder: RunFolder, args: argparse.Namespa
     import pytest
 
     from bench import results
-    from bench.plugin import JacobenchPlugin
+    from bench.run.plugin import JacobenchPlugin
 
     for note in plan.notes:
         print(f"jacobench: note: {note}", flush=True)
@@ -152,14 +152,14 @@ def _measure_and_report(plan: RunPlan, folder: RunFolder, args: argparse.Namespa
 
 
 def _pytest(plugin: Any, benchmark_json: Path) -> int:
-    """bench/suite.py under pytest with the run as a plugin; pytest's own terminal output is off (the plugin prints a
-    line per case)."""
+    """bench/run/suite.py under pytest with the run as a plugin; pytest's own terminal output is off (the plugin prints
+    a line per case)."""
     import pytest
 
     storage = tempfile.mkdtemp(prefix="jacobench-pytest-benchmark-")
     try:
         return pytest.main([
-            str(Path(__file__).with_name("suite.py")),
+            str(Path(__file__).parent / "run" / "suite.py"),
             "-p", "no:cacheprovider", "-p", "no:terminal", "-s", "-W", "ignore::FutureWarning",
             f"--rootdir={Path(__file__).parents[1]}",
             f"--benchmark-json={benchmark_json}",
@@ -183,7 +183,7 @@ def _exit_code(env: dict[str, Any], code: int, folder: Path) -> int:
 
 
 def _report(folder: Path) -> None:
-    from bench.report import build_report
+    from bench.report.run_report import build_report
 
     path = build_report(folder)
     print(f"jacobench: report {path} and {path.with_suffix('.html')}")
@@ -201,7 +201,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from bench import results
-    from bench.compare import build_compare
+    from bench.report.compare import build_compare
 
     if len(args.runs) < 2:
         raise BenchError('compare needs at least two runs: make compare RUNS="results/a results/b"')
@@ -213,7 +213,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     from bench import results
-    from bench.recommend import recommend
+    from bench.report.recommend import recommend
 
     folders = [results.resolve_run_dir(r) for r in args.results]
     pick = recommend(folders, args.batch, args.hidden, args.in_dim, args.out_dim, device=args.device,
@@ -228,7 +228,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_grids(args: argparse.Namespace) -> int:
-    from bench import grid
+    from bench.run import grid
 
     for name in grid.available():
         g = grid.load_grid(name)

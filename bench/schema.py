@@ -63,7 +63,7 @@ SHAPE_COLUMNS = [*SETTING, *AXES]  # one measured shape: every strategy ran on i
 KEY_COLUMNS = ["strategy", "model", "device", "dtype", *AXES, "mode"]
 # What a record written before a column existed means by its absence.
 KEY_DEFAULTS = {"mode": "jacobian"}
-MODES = ("jacobian", "train")  # the Jacobian alone, or a training step through it (bench/modes.py)
+MODES = ("jacobian", "train")  # the Jacobian alone, or a training step through it (bench/run/modes.py)
 DEVICE_ORDER = {"cpu": 0, "cuda": 1}
 
 

@@ -112,7 +112,7 @@ def make_run(root: Path, run_id: str, devices: tuple[str, ...] = ("cpu", "cuda")
 
 
 def valid_best(run: Path, device: str, shape: dict[str, int], model: str = "mlp") -> tuple[str, float]:
-    """The measured best valid strategy at a grid point, computed independently of bench.frames."""
+    """The measured best valid strategy at a grid point, computed independently of bench.report.frames."""
     from bench.results import read_cases
 
     rows = [r for r in read_cases(run / "cases.jsonl") if r["device"] == device and r["model"] == model

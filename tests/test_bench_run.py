@@ -7,7 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from bench import grid, results
+from bench import results
+from bench.run import grid
 from bench.schema import STATUSES, case_key
 from tests.helpers import install_planted, run_bench
 

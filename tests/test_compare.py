@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from run_fixtures import make_run
 
-from bench.compare import build_compare
+from bench.report.compare import build_compare
 from bench.results import ResultsError
 
 PNG = b"\x89PNG\r\n\x1a\n"

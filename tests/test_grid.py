@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench import grid
-from bench.grid import GridError
+from bench.run import grid
+from bench.run.grid import GridError
 
 BASE = "[base]\nbatch = 8\nhidden = 16\nin_dim = 3\nout_dim = 2\n"
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import strategies
-from bench import grid, models, plan, reference
 from bench.cli import main
+from bench.run import grid, models, plan, reference
 
 # Two sizes (in_dim, hidden, out_dim) per preset that fit it; the first is the small one the strategy test uses.
 SIZES = {

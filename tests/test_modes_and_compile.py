@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import compiling, grid, runner
-from bench.grid import GridError
-from bench.plan import Settings, plan_run
-from bench.plots import pareto_front
+from bench.report.plots import pareto_front
+from bench.run import compiling, grid, runner
+from bench.run.grid import GridError
+from bench.run.plan import Settings, plan_run
 from strategies import REGISTRY
 from tests.helpers import run_bench
 

@@ -11,9 +11,9 @@ import time
 import pandas as pd
 import pytest
 
-from bench import machine
-from bench.frames import load_run
-from bench.tables import best_per_shape
+from bench.report.frames import load_run
+from bench.report.tables import best_per_shape
+from bench.run import machine
 from tests.helpers import run_bench
 
 GRID = """

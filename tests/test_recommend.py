@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from run_fixtures import BASE, make_run, record, shapes, valid_best
 
-from bench.frames import load_run
-from bench.recommend import leave_one_out, recommend
+from bench.report.frames import load_run
+from bench.report.recommend import leave_one_out, recommend
 from bench.results import ResultsError, append_case
 
 KEYS = {"strategy", "expected_time_s", "runner_up", "runner_up_time_s", "device", "basis"}

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from bench import reference
-from bench.reference import ModelProblem
+from bench.run import reference
+from bench.run.reference import ModelProblem
 
 
 class Mixed(nn.Module):

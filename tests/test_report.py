@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from run_fixtures import BASE, STRATEGIES, make_run, record
 
-from bench import frames
-from bench.report import build_report
+from bench.report import frames
+from bench.report.run_report import build_report
 from bench.results import ResultsError, append_case
 from bench.schema import AXES
 

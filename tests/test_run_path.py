@@ -1,4 +1,4 @@
-"""The run path: `pytest bench/suite.py` run directly goes through the same plugin as `make bench`; plots follow
+"""The run path: `pytest bench/run/suite.py` run directly goes through the same plugin as `make bench`; plots follow
 the results folder wherever it is."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from tests.helpers import REPO, bench_env, run_bench
 
 
 def pytest_suite(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", str(REPO / "bench" / "suite.py"), "-q",
+    return subprocess.run([sys.executable, "-m", "pytest", str(REPO / "bench" / "run" / "suite.py"), "-q",
                            "-p", "no:cacheprovider", f"--rootdir={REPO}", *args],
                           cwd=cwd, env=bench_env(), capture_output=True, text=True, timeout=300)
 
@@ -66,9 +66,9 @@ print(sorted(m for m in {forbidden} if m in loaded))
 
 
 @pytest.mark.parametrize("modules,forbidden", [
-    ("bench.report, bench.compare, bench.recommend", ["torch", "strategies"]),  # reporting reads files only
-    ("bench.plugin, bench.runner, bench.cli", ["bench.report", "bench.tables", "bench.plots", "bench.frames",
-                                               "bench.findings", "bench.compare", "matplotlib"]),  # measuring
+    ("bench.report.run_report, bench.report.compare, bench.report.recommend", ["torch", "strategies", "bench.run"]),
+    ("bench.run.plugin, bench.run.runner, bench.cli", ["bench.report", "bench.report.tables", "bench.report.plots",
+                                                       "bench.report.frames", "matplotlib"]),  # measuring
 ])
 def test_measurement_and_reporting_stay_apart(modules, forbidden):
     code = LAYERS.format(modules=modules, forbidden=forbidden)

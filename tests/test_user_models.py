@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 import strategies
-from bench import fidelity, results
+from bench import results
+from bench.run import fidelity
 from bench.schema import case_key
 from tests.helpers import run_bench
 

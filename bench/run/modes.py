@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from bench.reference import flat_gradient, trainable
+from bench.run.reference import flat_gradient, trainable
 from bench.schema import MODES
 from strategies import Strategy
 

@@ -1,5 +1,5 @@
 """The document model of every report: sections of text, bullet, table and figure blocks, rendered to Markdown and
-self-contained HTML by two Jinja2 templates (bench/templates/report.{md,html}.j2).
+self-contained HTML by two Jinja2 templates (bench/report/templates/report.{md,html}.j2).
 
 Building a Document writes nothing; `render` writes report.md and report.html. Every string that comes from result
 files is escaped: HTML autoescape, and Markdown escaping of '<' and '|'. The HTML embeds its plots as data URIs and
@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 from markupsafe import Markup
 
-from bench.formats import md_escape, to_html, to_markdown
+from bench.report.formats import md_escape, to_html, to_markdown
 from bench.results import atomic_write_text
 from bench.schema import slug
 

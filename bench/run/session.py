@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from bench import environment, models, results
+from bench import results
 from bench.errors import BenchError
-from bench.plan import RunPlan
+from bench.run import environment, models
+from bench.run.plan import RunPlan
 from bench.schema import case_key
 
 

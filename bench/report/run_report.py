@@ -12,14 +12,12 @@ from typing import Any
 
 import pandas as pd
 
-from bench.document import Block, Document, Section, figure_block, render, table_block
-from bench.findings import summary_items
-from bench.formats import table_paths, write_table
-from bench.frames import LoadedRun, Setting, groups, load_run, setting_tag, where_label
-from bench.plots import plot_run
-from bench.results import plots_dir
-from bench.schema import AXES, AXIS_LABEL, SETTING, SHAPE_COLUMNS, STATUS_MEANING, STATUSES, fmt_ratio, fmt_time
-from bench.tables import (
+from bench.report.document import Block, Document, Section, figure_block, render, table_block
+from bench.report.findings import summary_items
+from bench.report.formats import table_paths, write_table
+from bench.report.frames import LoadedRun, Setting, groups, load_run, setting_tag, where_label
+from bench.report.plots import plot_run
+from bench.report.tables import (
     best_per_shape,
     best_table,
     cases_numbers,
@@ -33,6 +31,8 @@ from bench.tables import (
     strategies_table,
     training_table,
 )
+from bench.results import plots_dir
+from bench.schema import AXES, AXIS_LABEL, SETTING, SHAPE_COLUMNS, STATUS_MEANING, STATUSES, fmt_ratio, fmt_time
 
 VERDICTS = (
     "verdict: after all strategies of a shape were timed, the autodiff strategies within ×1.5 of the fastest were "

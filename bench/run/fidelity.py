@@ -1,6 +1,6 @@
 """Fidelity check of the harness's timing method (a benchmark, not a test).
 
-    python -m bench.fidelity results/<run-id> [--cases 5] [--repeats 3]
+    python -m bench.run.fidelity results/<run-id> [--cases 5] [--repeats 3]
 
 For ok cases of a finished run (spread from fast to slow) it times the same call in this one process,
 interleaved so both see the same machine: (a) the harness's method, measure.median_time (warm-up, measure.plan,
@@ -21,8 +21,9 @@ import torch
 import torch.utils.benchmark as tbench
 
 import strategies
-from bench import measure, models, results
+from bench import results
 from bench.errors import BenchError
+from bench.run import measure, models
 
 
 def pick_cases(records: list[dict], n: int) -> list[dict]:

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.document import Block, Document, Section, figure_block, render, table_block
-from bench.frames import LoadedRun, load_run, strategy_order, sweep_line
-from bench.plots import save, speedup_vs_batch
+from bench.report.document import Block, Document, Section, figure_block, render, table_block
+from bench.report.frames import LoadedRun, load_run, strategy_order, sweep_line
+from bench.report.plots import save, speedup_vs_batch
+from bench.report.tables import best_per_shape, env_table, fmt_interval, verdict_cell
 from bench.results import ResultsError
 from bench.schema import AXES, DEVICE_ORDER, KEY_COLUMNS, fmt_ratio, fmt_time, sizes_id, slug
 from bench.stats import ratio_of_medians, significant
-from bench.tables import best_per_shape, env_table, fmt_interval, verdict_cell
 
 JOIN = [k for k in KEY_COLUMNS if k != "device"]
 KEEP = ["status", "time_median_s", "valid", "is_jacobian", "sweeps", "rank", "round_times_s", "unstable"]

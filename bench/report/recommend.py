@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.frames import load_run
+from bench.report.frames import load_run
 from bench.results import ResultsError
 from bench.schema import AXES, SETTING, sizes_id
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench.frames import LoadedRun, groups, plane, setting_tag, strategy_order, sweep_line, where_label
+from bench.report.frames import LoadedRun, groups, plane, setting_tag, strategy_order, sweep_line, where_label
+from bench.report.tables import best_per_shape
 from bench.results import atomic_write_bytes
 from bench.schema import (
     AXES,
@@ -32,7 +33,6 @@ from bench.schema import (
     sizes_id,
     status_kind,
 )
-from bench.tables import best_per_shape
 
 COLORS = {
     "analytic": "#000000",

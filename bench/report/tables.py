@@ -1,4 +1,4 @@
-"""Tables built from a run's frame (bench/frames.py): display strings for reports, numbers for CSV.
+"""Tables built from a run's frame (bench/report/frames.py): display strings for reports, numbers for CSV.
 
 Tables never show a number for a row whose status is not "ok": the status word takes its place (Markdown/HTML) or
 the cell stays empty next to the status column (CSV).
@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.frames import strategy_order, sweep_line
+from bench.report.frames import strategy_order, sweep_line
 from bench.schema import (
     AXES,
     CLOSED_FORM,
@@ -42,7 +42,7 @@ BEST_COLUMNS = [*SHAPE_COLUMNS, "winner", "verdict", "tied_with", "best_s", "bes
 def best_per_shape(frame: pd.DataFrame, playoffs: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per measured shape: the fastest valid autodiff strategy and whether it wins or ties.
 
-    The verdict comes from the shape's playoff (its close contenders re-timed interleaved, bench/runner.py). A run
+    The verdict comes from the shape's playoff (its close contenders re-timed interleaved, bench/run/runner.py). A run
     without one (an older run, or a shape finished before a kill) gets the verdict from its first timings: the
     intervals of the ratios of medians. `tied_with` lists the strategies not surely more than stats.TIE_MARGIN
     slower. The closed form (analytic) is not a contender: `vs_analytic` says how far the winner is from it.

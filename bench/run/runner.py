@@ -20,9 +20,10 @@ from pytest_benchmark.stats import Stats
 from torch import Tensor, nn
 
 import strategies
-from bench import compiling, machine, measure, models, modes, playoff, reference, stats
-from bench.grid import Case
-from bench.plan import RunPlan
+from bench import stats
+from bench.run import compiling, machine, measure, models, modes, playoff, reference
+from bench.run.grid import Case
+from bench.run.plan import RunPlan
 from bench.schema import AXES, case_id, fmt_bytes
 from strategies import Strategy, Unsupported
 
@@ -202,7 +203,7 @@ class CaseRunner:
         return quiet
 
     def playoff(self, case: Case, device: str, records: list[Record]) -> Record | None:
-        """The verdict of one shape (bench/playoff.py); None when no autodiff strategy of the shape is valid."""
+        """The verdict of one shape (bench/run/playoff.py); None when no autodiff strategy of the shape is valid."""
         valid, contenders = playoff.candidates(records)
         if not valid:
             return None

@@ -1,12 +1,12 @@
 """The run handed to pytest: one object that holds the planned run and its open folder and implements the hooks.
 
     plugin = JacobenchPlugin(plan, folder)
-    pytest.main(["bench/suite.py", ...], plugins=[plugin])
+    pytest.main(["bench/run/suite.py", ...], plugins=[plugin])
 
-It parametrizes bench/suite.py with the cases still to measure, gives the test each case's measurement
+It parametrizes bench/run/suite.py with the cases still to measure, gives the test each case's measurement
 (`measure_case`), prints a progress line per case, stops after the current case on Ctrl-C, and finishes the folder
 (summary.csv, env.json) at the end of the session. `python -m bench run` builds it; the root conftest.py builds the
-same object from pytest options when bench/suite.py is run directly.
+same object from pytest options when bench/run/suite.py is run directly.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 
-from bench import results, session
-from bench.grid import Case
-from bench.plan import RunPlan
-from bench.runner import CaseRunner
+from bench import results
+from bench.run import session
+from bench.run.grid import Case
+from bench.run.plan import RunPlan
+from bench.run.runner import CaseRunner
+from bench.run.session import RunFolder
 from bench.schema import case_id, fmt_time
-from bench.session import RunFolder
 
 NAME = "jacobench-run"  # the plugin's name in pytest's plugin manager
 
@@ -114,7 +115,7 @@ class JacobenchPlugin:
             pytest.skip(f"{record['status']}: {record['message']}")
 
     def hold_playoff(self, case: Case, device: str) -> None:
-        """Re-time the close contenders of a finished shape interleaved (bench/playoff.py) and append the verdict to
+        """Re-time the close contenders of a finished shape interleaved (bench/run/playoff.py) and append the verdict to
         playoffs.jsonl."""
         shape = [self.records[k] for k in (case.key(n, device) for n in self.plan.strategies_for(case))
                  if k in self.records]
@@ -138,7 +139,7 @@ class JacobenchPlugin:
         self.report_failures = not config.pluginmanager.hasplugin("terminalreporter")
         # Time with a clock that waits for queued CUDA work, unless the user chose a timer.
         if config.getoption("benchmark_timer", None) in (None, "time.perf_counter", "timeit.default_timer"):
-            config.option.benchmark_timer = "bench.measure.synced_clock"
+            config.option.benchmark_timer = "bench.run.measure.synced_clock"
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         if "jacobench" not in metafunc.fixturenames:

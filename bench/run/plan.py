@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 import strategies
-from bench import grid, models, results
+from bench import results
 from bench.errors import BenchError
+from bench.run import grid, models
 from bench.schema import MODES
 
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")

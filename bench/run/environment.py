@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from bench import compiling
+from bench.run import compiling
 
 
 def cpu_model() -> str:

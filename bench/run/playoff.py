@@ -11,7 +11,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from bench import machine, measure, stats
+from bench import stats
+from bench.run import machine, measure
 from bench.schema import AXES, CLOSED_FORM, CONTENDER_MARGIN, SETTING
 
 Record = dict[str, Any]

@@ -3,9 +3,9 @@
 A preset is data, validated on load:
 
     description = "..."
-    models = ["mlp"]            # model presets (bench/models.py); MODEL= overrides
+    models = ["mlp"]            # model presets (bench/run/models.py); MODEL= overrides
     dtypes = ["float32"]
-    modes = ["jacobian"]        # "jacobian" and/or "train" (a training step through J, bench/modes.py); MODE= overrides
+    modes = ["jacobian"]        # "jacobian" and/or "train" (a training step through J, run/modes.py); MODE= overrides
     compiled = false            # true: the compiled strategies run on this block's shapes too (compiling takes seconds)
     [base]    batch, hidden, in_dim, out_dim      # the point every sweep passes through
     [sweep]   axis = [values]                     # one-axis sweeps from the base point
@@ -139,7 +139,7 @@ def available() -> list[str]:
 
 
 def load_grid(spec: str) -> Grid:
-    """A preset name (bench/grids/<name>.toml) or a path to a .toml file."""
+    """A preset name (bench/run/grids/<name>.toml) or a path to a .toml file."""
     path = Path(spec)
     if path.suffix != ".toml" and "/" not in spec:
         path = GRIDS_DIR / f"{spec}.toml"

@@ -1,9 +1,0 @@
-"""The benchmark suite: one pytest-benchmark test per strategy × device × case.
-
-Parametrized by the run's plugin (bench/plugin.py) from the grid; ids read ``vmap_jacrev-cpu-mlp-B64-H256-in16-out16``.
-Run it through ``make bench`` / ``python -m bench run``, or ``pytest bench/suite.py --grid smoke``.
-"""
-
-
-def test_jacobian(benchmark, jacobench, strategy, device, case):
-    jacobench.measure_case(benchmark, strategy, device, case)
