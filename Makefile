@@ -2,20 +2,24 @@
 # PYTHON=python3 uses an existing interpreter with the dependencies instead of creating .venv.
 
 PYTHON ?=
+# Run settings: one variable per setting of bench/run/settings.py (a test keeps this list and BENCH_ARGS in step).
 GRID ?= default
 DEVICES ?=
 STRATEGIES ?=
 MODEL ?=
-RUN ?=
-RESUME ?=
-FORCE ?=
-RUNS ?=
+MODE ?=
+DTYPE ?=
+COMPILED ?=
+THREADS ?=
 MEMORY_BUDGET ?=
 TIME_BUDGET ?=
-DTYPE ?=
-THREADS ?=
-MODE ?=
-COMPILED ?=
+RUN ?=
+RESULTS_DIR ?=
+RESUME ?=
+FORCE ?=
+NO_REPORT ?=
+# Other commands
+RUNS ?=
 
 VENV := .venv
 ifeq ($(strip $(PYTHON)),)
@@ -26,21 +30,24 @@ PY := $(PYTHON)
 SETUP :=
 endif
 
+yes = $(filter 1 yes true,$(1))
 BENCH_ARGS := --grid '$(GRID)' \
 	$(if $(DEVICES),--devices '$(DEVICES)') \
 	$(if $(STRATEGIES),--strategies '$(STRATEGIES)') \
 	$(if $(MODEL),--model '$(MODEL)') \
-	$(if $(RUN),--run '$(RUN)') \
-	$(if $(filter 1 yes true,$(RESUME)),--resume) \
-	$(if $(filter 1 yes true,$(FORCE)),--force) \
+	$(if $(MODE),--mode '$(MODE)') \
+	$(if $(DTYPE),--dtype '$(DTYPE)') \
+	$(if $(COMPILED),--compiled '$(COMPILED)') \
+	$(if $(THREADS),--threads '$(THREADS)') \
 	$(if $(MEMORY_BUDGET),--memory-budget '$(MEMORY_BUDGET)') \
 	$(if $(TIME_BUDGET),--time-budget '$(TIME_BUDGET)') \
-	$(if $(DTYPE),--dtype '$(DTYPE)') \
-	$(if $(THREADS),--threads '$(THREADS)') \
-	$(if $(MODE),--mode '$(MODE)') \
-	$(if $(COMPILED),--compiled '$(COMPILED)')
+	$(if $(RUN),--run '$(RUN)') \
+	$(if $(RESULTS_DIR),--results-dir '$(RESULTS_DIR)') \
+	$(if $(call yes,$(RESUME)),--resume) \
+	$(if $(call yes,$(FORCE)),--force) \
+	$(if $(call yes,$(NO_REPORT)),--no-report)
 
-.PHONY: setup bench report compare test lint clean gpu-quick
+.PHONY: setup bench report compare fidelity test lint clean gpu-quick
 
 setup: $(SETUP)
 
@@ -60,6 +67,9 @@ report: $(SETUP)
 compare: $(SETUP)
 	@$(PY) -m bench compare $(RUNS)
 
+fidelity: $(SETUP)
+	@$(PY) -m bench fidelity $(if $(RUN),'$(RUN)',latest)
+
 test: $(SETUP)
 	$(PY) -m pytest -ra
 
@@ -73,7 +83,7 @@ GPU_RUN ?= gpu-quick
 OUT ?= .
 gpu-quick: $(SETUP)
 	-@$(PY) -m bench run --grid quick --devices cpu,cuda --compiled 0 --run '$(GPU_RUN)' --results-dir '$(OUT)/results' \
-		$(if $(filter 1 yes true,$(FORCE)),--force)
+		$(if $(call yes,$(FORCE)),--force)
 	tar czf '$(OUT)/$(GPU_RUN).tar.gz' -C '$(OUT)' results/'$(GPU_RUN)' plots/'$(GPU_RUN)'
 
 clean:

@@ -1,4 +1,4 @@
-"""python -m bench {run,report,compare,recommend,grids}: the commands behind `make bench|report|compare`.
+"""python -m bench {run,report,compare,recommend,fidelity,grids}: the commands behind `make bench|report|compare`.
 
 Bad input prints one line on stderr and exits with status 2; results already written are never touched.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
+from bench.run import settings
 
 if TYPE_CHECKING:  # the harness is imported when a run starts, not for `report` or `grids`
     from bench.run.plan import RunPlan
@@ -45,23 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="measure a grid (what `make bench` runs)")
-    run.add_argument("--grid", default="default")
-    run.add_argument("--devices", default="")
-    run.add_argument("--strategies", default="")
-    run.add_argument("--model", default="")
-    run.add_argument("--run", dest="run_id", default="")
-    run.add_argument("--results-dir", dest="results_root", default="results")
-    run.add_argument("--memory-budget", default="")
-    run.add_argument("--time-budget", default="")
-    run.add_argument("--dtype", default="", help="comma-separated dtypes, replacing the grid's (e.g. float64)")
-    run.add_argument("--threads", default="", help="torch intra-op threads for the whole run")
-    run.add_argument("--mode", default="", help="jacobian and/or train (comma-separated), replacing the grid's")
-    run.add_argument("--compiled", default="", help="1: compiled strategies on every case, 0: on none "
-                                                    "(default: where the grid says)")
-    run.add_argument("--resume", action="store_true")
-    run.add_argument("--force", action="store_true")
-    run.add_argument("--no-report", action="store_true", help="write summary.csv only")
+    run = sub.add_parser("run", help="measure a grid (what `make bench` runs)",
+                         description="Measure a grid: every strategy on every case, validated, then timed.")
+    settings.add_options(run.add_argument)
 
     report = sub.add_parser("report", help="rebuild report.md/html of a run from its files")
     report.add_argument("run", nargs="?", default="latest")
@@ -81,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--mode", default="jacobian", choices=["jacobian", "train"],
                      help="the Jacobian alone, or a training step through it")
     rec.add_argument("--json", action="store_true")
+
+    fidelity = sub.add_parser("fidelity", help="time cases of a finished run again in this process, beside "
+                                               "torch.utils.benchmark.Timer: is the run's number what a call costs?")
+    fidelity.add_argument("run", nargs="?", default="latest", help="results/<run>, a run id, or latest")
+    fidelity.add_argument("--cases", type=_positive_int, default=5, help="ok cases to time, spread fast to slow")
+    fidelity.add_argument("--repeats", type=_positive_int, default=3, help="interleaved repeats of both methods")
 
     sub.add_parser("grids", help="list the grid presets")
     return parser
@@ -110,23 +103,18 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Plan (refusing bad input before anything is written), open the run folder, hand the run to pytest as a
     plugin object, then write the report."""
-    from bench.run.plan import Settings, plan_run
+    from bench.run.plan import plan_run
     from bench.run.session import open_run
 
-    plan = plan_run(Settings(
-        grid=args.grid, devices=args.devices, strategies=args.strategies, model=args.model, run_id=args.run_id,
-        results_root=args.results_root, memory_budget=args.memory_budget, time_budget=args.time_budget,
-        dtype=args.dtype, threads=args.threads, mode=args.mode, compiled=args.compiled, resume=args.resume,
-        force=args.force,
-    ))
+    plan = plan_run(settings.from_namespace(args))
     folder = open_run(plan)
     try:
-        return _measure_and_report(plan, folder, args)
+        return _measure_and_report(plan, folder)
     finally:
         folder.release()  # after the report: nothing may replace the folder while it is written
 
 
-def _measure_and_report(plan: RunPlan, folder: RunFolder, args: argparse.Namespace) -> int:
+def _measure_and_report(plan: RunPlan, folder: RunFolder) -> int:
     import pytest
 
     from bench import results
@@ -139,14 +127,14 @@ def _measure_and_report(plan: RunPlan, folder: RunFolder, args: argparse.Namespa
           f"{len(plan.strategy_names)} strategies, {len(plan.devices)} device(s) ({', '.join(plan.devices)}); "
           f"{pending} cases to measure" + (f", {len(folder.finished)} already done" if folder.finished else ""),
           flush=True)
-    json_name = ".benchmark-resumed.json" if args.resume else "benchmark.json"
+    json_name = ".benchmark-resumed.json" if plan.settings.resume else "benchmark.json"
     code = _pytest(JacobenchPlugin(plan, folder), folder.path / json_name)
-    if args.resume:
+    if plan.settings.resume:
         results.merge_benchmark_json(folder.path / "benchmark.json", folder.path / json_name)
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.INTERRUPTED, pytest.ExitCode.NO_TESTS_COLLECTED):
         print(f"jacobench: the suite ended with pytest exit code {int(code)}; results so far are in {folder.path}",
               file=sys.stderr)
-    if not args.no_report:
+    if not plan.settings.no_report:
         _report(folder.path)
     return _exit_code(results.read_json(folder.path / "env.json"), code, folder.path)
 
@@ -227,6 +215,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fidelity(args: argparse.Namespace) -> int:
+    from bench import results
+    from bench.run.fidelity import measure_fidelity
+
+    measure_fidelity(results.resolve_run_dir(args.run), args.cases, args.repeats)
+    return 0
+
+
 def cmd_grids(args: argparse.Namespace) -> int:
     from bench.run import grid
 
@@ -237,4 +233,4 @@ def cmd_grids(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "recommend": cmd_recommend,
-            "grids": cmd_grids}
+            "fidelity": cmd_fidelity, "grids": cmd_grids}

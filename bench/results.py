@@ -1,10 +1,14 @@
-"""Result files of one run: append-only cases.jsonl, atomic JSON/CSV writes, tolerant reading, the run's lock.
+"""Result files of one run: the format, its version and its upgrade; append-only writes, tolerant reads, the lock.
 
-results/<run-id>/cases.jsonl     one JSON object per finished case (CASE_FIELDS), appended + fsynced as it finishes
+results/<run-id>/cases.jsonl     one CaseRecord per finished case, appended + fsynced as it finishes
 results/<run-id>/benchmark.json  pytest-benchmark's JSON
-results/<run-id>/env.json        machine, versions, settings, grid as run
-results/<run-id>/summary.csv     one row per case, SUMMARY_COLUMNS first
-results/<run-id>/playoffs.jsonl  one JSON object per shape: its contenders re-timed interleaved, and the verdict
+results/<run-id>/env.json        machine, versions, settings, grid as run, and format_version
+results/<run-id>/summary.csv     one row per case: the CaseRecord fields marked for the summary, in their order
+results/<run-id>/playoffs.jsonl  one VerdictRecord per shape: its contenders re-timed interleaved, and the verdict
+
+Format versions: 1 (no format_version in env.json) is every run folder written before the records were typed
+(early ones lack `mode`, `is_jacobian`, round times, or hold "a|b" strings where lists belong); 2 writes every
+CaseRecord field. Older folders are upgraded when they are read (`read_run`), never rewritten and never rejected.
 This module is shared by measurement and reporting: it imports neither `strategies` nor plotting code.
 """
 
@@ -19,50 +23,14 @@ import secrets
 import time
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from bench.errors import BenchError
-from bench.schema import KEY_COLUMNS, case_key
+from bench.schema import AXES, KEY_COLUMNS, SUMMARY_COLUMNS, CaseRecord, VerdictRecord, case_key, is_jacobian
 
-SUMMARY_COLUMNS = [
-    *(k for k in KEY_COLUMNS if k != "mode"),
-    "status",
-    "time_median_s",  # one full fn(model, x) call, forward included; only for status ok
-    "time_iqr_s",
-    "rounds",
-    "forward_median_s",  # model(x) under no_grad, same device
-    "peak_memory_bytes",  # peak bytes above the pre-call baseline, separate pass
-    "max_abs_error",  # vs the float64 reference
-    "is_jacobian",  # False where the strategy returns the sum over outputs and out_dim > 1: not a Jacobian timing
-    "time_ci_low_s",  # 95% bootstrap interval of time_median_s
-    "time_ci_high_s",
-    "unstable",  # timed while other processes loaded the CPUs or the machine ran slow: the reason is in message
-    "mode",  # "jacobian": J alone; "train": J with its graph, the penalty sum(J²) and its parameter gradient
-    "setup_s",  # one-time cost before the first call: compiling (torch.compile) and that call; empty for eager
-]
-
-# Every field of a cases.jsonl record, in order.
-CASE_FIELDS = SUMMARY_COLUMNS + [
-    "message",  # why a case is not ok; empty when ok
-    "iterations",  # calls per round
-    "time_min_s",
-    "time_mean_s",
-    "predicted_memory_bytes",
-    "tolerance",  # max_abs_error must stay <= tolerance
-    "returns",  # "jacobian" | "output_sum"
-    "independent_samples",
-    "coupled",  # the model couples samples (row b depends on other rows), detected on this input
-    "summary",  # the strategy's one-line description
-    "cost",  # the strategy's asymptotic cost
-    "sweeps",  # grid parts the shape belongs to: "base", "batch", "hidden", "in_dim", "out_dim", "plane", "cartesian"
-    "compiled",  # the strategy compiles (torch.compile) for each shape
-    "warnings",  # distinct warnings of the first call, e.g. torch.func falling back to a slow loop
-    "case_id",  # pytest id: vmap_jacrev-cpu-mlp-B64-H256-in16-out16
-    "wall_s",  # wall time spent on the whole case
-    "round_times_s",  # seconds per call in each timed round (cases.jsonl only: summary.csv keeps the statistics)
-]
-SUMMARY_FIELDS = [f for f in CASE_FIELDS if f != "round_times_s"]  # summary.csv: every field but the raw rounds
+FORMAT_VERSION = 2
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -109,9 +77,9 @@ def _lock_owner(lock: IO) -> str:
     return "unknown"
 
 
-def append_case(path: Path, record: dict[str, Any]) -> None:
-    """Append one case record (CASE_FIELDS) to cases.jsonl; see append_line."""
-    append_line(path, {k: record.get(k) for k in CASE_FIELDS})
+def append_case(path: Path, record: CaseRecord) -> None:
+    """Append one case record to cases.jsonl; see append_line."""
+    append_line(path, record.as_dict())
 
 
 def append_line(path: Path, record: dict[str, Any]) -> None:
@@ -147,9 +115,9 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     return found
 
 
-def read_cases(path: Path) -> list[dict[str, Any]]:
-    """All valid records. A torn line (a writer killed mid-line) or a corrupt one is skipped with one warning;
-    a file with lines but no valid record at all is an error."""
+def read_cases(path: Path) -> list[CaseRecord]:
+    """All valid records, upgraded to the current format. A torn line (a writer killed mid-line) or a corrupt one is
+    skipped with one warning; a file with lines but no valid record at all is an error."""
     if not path.exists():
         raise ResultsError(f"{path}: no such file (is this a run folder?)")
     records, skipped = [], []
@@ -157,20 +125,112 @@ def read_cases(path: Path) -> list[dict[str, Any]]:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
-            if not isinstance(record, dict) or any(k not in record for k in (*KEY_COLUMNS, "status")):
+            record = _case(line)
+            if record is None:
                 skipped.append(n)
-                continue
-            records.append(record)
+            else:
+                records.append(record)
     if skipped and not records:
         raise ResultsError(f"{path}: corrupt, none of its {len(skipped)} line(s) is a case record")
     if skipped:
         lines = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
         warnings.warn(f"{path}: skipped {len(skipped)} torn or corrupt line(s): {lines}", stacklevel=2)
     return records
+
+
+def _case(line: str) -> CaseRecord | None:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    try:
+        record = CaseRecord.from_dict(upgrade_case(data))
+    except (KeyError, TypeError):
+        return None
+    sizes_ok = all(isinstance(getattr(record, a), int) and not isinstance(getattr(record, a), bool) for a in AXES)
+    return record if sizes_ok and all(isinstance(getattr(record, k), str) for k in KEY_COLUMNS if k not in AXES) \
+        else None
+
+
+def read_verdicts(path: Path) -> list[VerdictRecord]:
+    """The verdicts of playoffs.jsonl (none for an older run without one), upgraded; unusable lines are skipped."""
+    found = []
+    for data in read_lines(path):
+        try:
+            found.append(VerdictRecord.from_dict(upgrade_verdict(data)))
+        except (KeyError, TypeError):
+            continue
+    return found
+
+
+# ---- upgrading older run folders -------------------------------------------------------------------------------------
+
+def upgrade_case(data: dict[str, Any]) -> dict[str, Any]:
+    """A case record of any format version as the current version writes it (idempotent)."""
+    data = dict(data)
+    data.setdefault("mode", "jacobian")  # a run from before train mode
+    for key in ("sweeps", "warnings"):  # summary.csv-style "a|b" strings in early files
+        value = data.get(key)
+        data[key] = value.split("|") if isinstance(value, str) and value else value if isinstance(value, list) else []
+    if not isinstance(data.get("round_times_s"), list):
+        data["round_times_s"] = []
+    if data.get("is_jacobian") is None and "out_dim" in data:
+        data["is_jacobian"] = is_jacobian(data.get("returns") or "jacobian", data["out_dim"])
+    for key in ("unstable", "compiled"):
+        data[key] = data.get(key) is True
+    for key in ("message", "summary", "cost", "returns"):
+        data[key] = data.get(key) or ("jacobian" if key == "returns" else "")
+    return data
+
+
+def upgrade_verdict(data: dict[str, Any]) -> dict[str, Any]:
+    """A playoff record of any format version as the current version writes it (idempotent)."""
+    data = dict(data)
+    data.setdefault("mode", "jacobian")
+    tied = data.get("tied_with")
+    data["tied_with"] = tied.split(", ") if isinstance(tied, str) and tied else tied if isinstance(tied, list) else []
+    data["unstable"] = data.get("unstable") is True
+    return data
+
+
+def upgrade_env(env: dict[str, Any]) -> dict[str, Any]:
+    """env.json of any format version, with the version it was written in recorded as `format_version_read`."""
+    return {**env, "format_version_read": env.get("format_version", 1), "format_version": FORMAT_VERSION}
+
+
+@dataclass
+class RunFiles:
+    """A run folder's files as the current format reads them, whatever version wrote them."""
+
+    env: dict[str, Any]
+    cases: list[CaseRecord]
+    verdicts: list[VerdictRecord]
+    warnings: list[str] = field(default_factory=list)  # what a reader must know: corrupt lines, a missing env.json
+
+
+def read_run(folder: Path) -> RunFiles:
+    """Read and upgrade every file of a run folder (cases.jsonl, playoffs.jsonl, env.json): the one way reporting
+    reads a run. ResultsError when the folder holds no usable case."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ResultsError(f"{folder}: no such run folder (give results/<run-id>)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cases = read_cases(folder / "cases.jsonl")
+    notes = [str(w.message) for w in caught]
+    if not cases:
+        torn = f" ({len(notes)} corrupt lines skipped)" if notes else ""
+        raise ResultsError(f"{folder / 'cases.jsonl'}: no case records{torn}; the run is empty or broken: run "
+                           "`make bench` again")
+    env_path = folder / "env.json"
+    env = read_json(env_path) if env_path.exists() else {}
+    if not isinstance(env, dict):
+        raise ResultsError(f"{env_path}: expected a JSON object; delete it or rerun the benchmark")
+    if not env_path.exists():
+        notes.append(f"{env_path}: missing, environment unknown")
+    return RunFiles(upgrade_env(env) if env else {}, cases, read_verdicts(folder / "playoffs.jsonl"), notes)
 
 
 def drop_torn_tail(path: Path) -> None:
@@ -216,13 +276,13 @@ def read_json(path: Path) -> Any:
         raise ResultsError(f"{path}: not valid JSON ({exc})") from None
 
 
-def write_summary(path: Path, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def write_summary(path: Path, records: Iterable[CaseRecord]) -> list[CaseRecord]:
     """summary.csv: one row per case, the last record wins when a case appears twice (a resumed run).
     Returns those rows' records."""
     import pandas as pd
 
     latest = list({case_key(r): r for r in records}.values())
-    frame = pd.DataFrame(latest, columns=SUMMARY_FIELDS)
+    frame = pd.DataFrame([r.as_dict() for r in latest], columns=SUMMARY_COLUMNS)
     for column in ("sweeps", "warnings"):  # lists, one cell each
         frame[column] = frame[column].map(lambda s: "|".join(s) if isinstance(s, list) else s)
     atomic_write_text(path, frame.to_csv(index=False))

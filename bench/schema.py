@@ -1,16 +1,19 @@
-"""The terms measurement and reporting share: statuses, axes, the ids and keys of a case, how numbers read.
+"""The terms measurement and reporting share: statuses, sizes, the one case record, verdicts, ids, how numbers read.
 
-Measurement writes these words and ids into result files and reporting reads them back; both import them from here
-and from nowhere else. Nothing here imports torch, pandas or `strategies`.
+Measurement writes these records and words into result files and reporting reads them back; both import them from
+here and from nowhere else. `CaseRecord` is the only list of a case's fields: cases.jsonl, summary.csv and the
+README's column table come from it. Nothing here imports torch, pandas or `strategies`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import re
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 # ---- statuses -------------------------------------------------------------------------------------------------------
 
@@ -28,6 +31,8 @@ STATUS_MEANING = {
 }
 # Cases that did not finish for lack of time or memory, or broke: neither a speed nor a correctness verdict.
 FAILED = ("oom", "over_budget", "timeout", "skipped", "error")
+# A failure that predicts the same failure for every larger shape of the same strategy (those are then `skipped`).
+PREDICTS_LARGER = ("oom", "timeout")
 
 
 def status_kind(status: str) -> str:
@@ -40,10 +45,13 @@ def status_kind(status: str) -> str:
 # The closed form of the MLP family: the limit autodiff is measured against, not a contender (it exists only for
 # plain MLPs), so verdicts and winner maps race the autodiff strategies only.
 CLOSED_FORM = "analytic"
-# A strategy whose first timing is within this factor of the fastest is re-timed in the playoff of its shape.
-CONTENDER_MARGIN = 1.5
 # A compiled strategy is named after its eager twin: vmap_jacrev_compiled is torch.compile(vmap_jacrev).
 COMPILED_SUFFIX = "_compiled"
+
+
+def is_jacobian(returns: str, out_dim: int) -> bool:
+    """Whether a strategy's result is the Jacobian: J.sum(1) ("output_sum") is J only when out == 1."""
+    return returns != "output_sum" or out_dim == 1
 
 
 def eager_twin(strategy: str) -> str | None:
@@ -51,31 +59,48 @@ def eager_twin(strategy: str) -> str | None:
     return strategy.removesuffix(COMPILED_SUFFIX) if strategy.endswith(COMPILED_SUFFIX) else None
 
 
-# ---- shapes, cases and their ids ------------------------------------------------------------------------------------
+# ---- sizes, shapes, cases and their ids ------------------------------------------------------------------------------
+
+class Sizes(NamedTuple):
+    """The four swept sizes of a shape, always together and always in this order."""
+
+    batch: int
+    hidden: int
+    in_dim: int
+    out_dim: int
+
+    @property
+    def id(self) -> str:
+        """B64-H256-in16-out16."""
+        return f"B{self.batch}-H{self.hidden}-in{self.in_dim}-out{self.out_dim}"
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> Sizes:
+        """The sizes of a record, a table row or any mapping with the four axis keys."""
+        return cls(*(int(row[a]) for a in AXES))
+
 
 # Column lists (lists, not tuples: pandas selects columns with lists).
-AXES = ["batch", "hidden", "in_dim", "out_dim"]  # the four swept sizes of a shape
+AXES = list(Sizes._fields)  # the four swept sizes of a shape
 AXIS_LABEL = {"batch": "batch size B", "hidden": "hidden width H", "in_dim": "input dim in",
               "out_dim": "output dim out"}
 SETTING = ["model", "device", "dtype", "mode"]  # numbers are only compared inside one setting
 SHAPE_COLUMNS = [*SETTING, *AXES]  # one measured shape: every strategy ran on it
 # The columns that identify a case across runs and machines: a finished case is never measured twice.
 KEY_COLUMNS = ["strategy", "model", "device", "dtype", *AXES, "mode"]
-# What a record written before a column existed means by its absence.
-KEY_DEFAULTS = {"mode": "jacobian"}
 MODES = ("jacobian", "train")  # the Jacobian alone, or a training step through it (bench/run/modes.py)
 DEVICE_ORDER = {"cpu": 0, "cuda": 1}
 
 
 def sizes_id(sizes: Mapping[str, Any]) -> str:
-    """B64-H256-in16-out16."""
-    return f"B{sizes['batch']}-H{sizes['hidden']}-in{sizes['in_dim']}-out{sizes['out_dim']}"
+    """B64-H256-in16-out16, from any mapping with the four axis keys."""
+    return Sizes.of(sizes).id
 
 
-def shape_id(model: str, dtype: str, sizes: Mapping[str, Any], mode: str = "jacobian") -> str:
+def shape_id(model: str, dtype: str, sizes: Sizes, mode: str = "jacobian") -> str:
     """mlp-B64-H256-in16-out16, with -float64 etc. for dtypes other than float32 and -train in train mode."""
-    return f"{model}-{sizes_id(sizes)}" + ("" if dtype == "float32" else f"-{dtype}") \
-        + ("" if mode == "jacobian" else f"-{mode}")
+    return f"{model}-{sizes.id}" + ("" if dtype == "float32" else f"-{dtype}") + ("" if mode == "jacobian" else
+                                                                                  f"-{mode}")
 
 
 def case_id(strategy: str, device: str, shape: str) -> str:
@@ -83,9 +108,148 @@ def case_id(strategy: str, device: str, shape: str) -> str:
     return f"{strategy}-{device}-{shape}"
 
 
-def case_key(record: Mapping[str, Any]) -> tuple:
-    """The finished-case key of a record (KEY_COLUMNS)."""
-    return tuple(record[k] if k in record else KEY_DEFAULTS[k] for k in KEY_COLUMNS)
+def case_key(record: CaseRecord | Mapping[str, Any]) -> tuple:
+    """The finished-case key (KEY_COLUMNS) of a record or of a mapping with those keys."""
+    get = record.get if isinstance(record, Mapping) else lambda k: getattr(record, k)
+    return tuple(get(k) for k in KEY_COLUMNS)
+
+
+# ---- the case record -------------------------------------------------------------------------------------------------
+
+def _column(meaning: str, default: Any = None, *, summary: bool = True, factory: Any = None) -> Any:
+    """A record field with its one-line meaning; summary=False keeps it out of summary.csv (cases.jsonl only)."""
+    metadata = {"meaning": meaning, "summary": summary}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+_REQUIRED = dataclasses.MISSING
+
+
+@dataclass(kw_only=True)
+class CaseRecord:
+    """One case (strategy × model × device × dtype × sizes × mode), whatever its status: a line of cases.jsonl and a
+    row of summary.csv. The order of the fields is the order of the columns."""
+
+    strategy: str = _column("registry name: module stem, pytest id, CSV value and plot legend", _REQUIRED)
+    model: str = _column("model preset, or file.factory of a user model", _REQUIRED)
+    device: str = _column("cpu, cuda or cuda:N", _REQUIRED)
+    dtype: str = _column("dtype of the model and input (float32, float64, ...)", _REQUIRED)
+    batch: int = _column("batch size B", _REQUIRED)
+    hidden: int = _column("hidden width H", _REQUIRED)
+    in_dim: int = _column("input dimension in", _REQUIRED)
+    out_dim: int = _column("output dimension out", _REQUIRED)
+    status: str = _column("ok, wrong, oom, over_budget, timeout, skipped, unsupported or error", _REQUIRED)
+    time_median_s: float | None = _column("median seconds of one full call (forward included); ok cases only")
+    time_iqr_s: float | None = _column("interquartile range of the per-call times of the timed rounds")
+    rounds: int | None = _column("timed rounds")
+    forward_median_s: float | None = _column("median seconds of model(x) under no_grad on the same device")
+    peak_memory_bytes: int | None = _column("peak bytes of one call above what was allocated before it")
+    max_abs_error: float | None = _column("largest absolute difference from the float64 reference")
+    is_jacobian: bool = _column("false where the strategy returns the sum over outputs and out > 1", True)
+    time_ci_low_s: float | None = _column("95% interval of time_median_s: low end")
+    time_ci_high_s: float | None = _column("95% interval of time_median_s: high end")
+    unstable: bool = _column("timed while other processes loaded the CPUs or the machine ran slow (see message)",
+                             False)
+    mode: str = _column("jacobian: J alone; train: J with its graph, the penalty and its parameter gradient",
+                        "jacobian")
+    setup_s: float | None = _column("one-time cost before the first call (compiling); empty for eager strategies")
+    message: str = _column("why the case is not ok, or what happened while it was timed", "")
+    iterations: int | None = _column("calls per timed round")
+    time_min_s: float | None = _column("fastest per-call time of a round")
+    time_mean_s: float | None = _column("mean per-call time over the rounds")
+    predicted_memory_bytes: int | None = _column("the strategy's memory estimate for this case (budget check)")
+    tolerance: float | None = _column("max_abs_error must stay at or below this (scaled to dtype and to |J|)")
+    returns: str = _column("what the strategy returns: jacobian, or output_sum (J.sum(1))", "jacobian")
+    independent_samples: bool = _column("the strategy is right only when output row b depends on input row b alone",
+                                         False)
+    coupled: bool | None = _column("the model couples samples on this input (found by the reference)")
+    summary: str = _column("the strategy's one-line description: the API it uses", "")
+    cost: str = _column("the strategy's asymptotic cost in B, H, in, out", "")
+    sweeps: list[str] = _column("grid parts the shape belongs to: base, batch, hidden, in_dim, out_dim, plane, "
+                                "cartesian", factory=list)
+    compiled: bool = _column("the strategy compiles (torch.compile) once per shape", False)
+    warnings: list[str] = _column("distinct warnings of the first call (e.g. torch.func's slow fallback)", factory=list)
+    case_id: str = _column("pytest id: vmap_jacrev-cpu-mlp-B64-H256-in16-out16", "")
+    wall_s: float | None = _column("seconds the harness spent on the whole case")
+    round_times_s: list[float] = _column("seconds per call in each timed round", summary=False, factory=list)
+
+    @property
+    def sizes(self) -> Sizes:
+        return Sizes(self.batch, self.hidden, self.in_dim, self.out_dim)
+
+    @property
+    def key(self) -> tuple:
+        return case_key(self)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CaseRecord:
+        """A record from a mapping in the current format (results.upgrade_case brings older ones there); keys this
+        version does not know are ignored. KeyError names a required field that is missing."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        missing = [name for name, f in known.items() if _required(f) and name not in data]
+        if missing:
+            raise KeyError(", ".join(missing))
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is _REQUIRED and f.default_factory is dataclasses.MISSING
+
+
+CASE_FIELDS = [f.name for f in dataclasses.fields(CaseRecord)]
+SUMMARY_COLUMNS = [f.name for f in dataclasses.fields(CaseRecord) if f.metadata["summary"]]
+COLUMN_MEANING = {f.name: f.metadata["meaning"] for f in dataclasses.fields(CaseRecord)}
+
+
+def columns_table() -> str:
+    """The README's table of summary.csv columns, from CaseRecord (a test keeps the README in step)."""
+    rows = [f"| `{name}` | {COLUMN_MEANING[name]} |" for name in SUMMARY_COLUMNS]
+    return "\n".join(["| column | meaning |", "|---|---|", *rows])
+
+
+# ---- the verdict of a shape ------------------------------------------------------------------------------------------
+
+@dataclass(kw_only=True)
+class VerdictRecord:
+    """The verdict of one shape (a line of playoffs.jsonl): its contenders re-timed side by side and who won."""
+
+    model: str
+    device: str
+    dtype: str
+    mode: str = "jacobian"
+    batch: int
+    hidden: int
+    in_dim: int
+    out_dim: int
+    best: str  # the fastest contender (lowest median of the interleaved rounds)
+    verdict: str  # "winner" | "tie"
+    tied_with: list[str] = field(default_factory=list)  # contenders not surely slower than the best by the margin
+    runner_up: str | None = None  # the first tied contender, else the closest
+    runner_up_ratio: list[float] | None = None  # [ratio, low, high]: its time / the best's, with the 95% interval
+    ratios: dict[str, list[float]] = field(default_factory=dict)  # contender -> [ratio, low, high]
+    contenders: list[str] = field(default_factory=list)  # re-timed: within stats.CONTENDER_MARGIN of the fastest
+    rounds: int = 0  # interleaved rounds (0: one contender only, decided on the first timings)
+    unstable: bool = False
+    message: str = ""
+    round_times_s: dict[str, list[float]] = field(default_factory=dict)
+    wall_s: float | None = None
+
+    @property
+    def sizes(self) -> Sizes:
+        return Sizes(self.batch, self.hidden, self.in_dim, self.out_dim)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VerdictRecord:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 # ---- how numbers read -----------------------------------------------------------------------------------------------
@@ -121,6 +285,11 @@ def fmt_ratio(ratio: float | None) -> str:
     if not _finite(ratio):
         return "—"
     return f"{ratio:.0f}×" if abs(ratio) >= 1000 else f"{ratio:.3g}×"
+
+
+def fmt_margin(factor: float) -> str:
+    """A margin factor as prose reads it: 1.05 -> "5%", 1.5 -> "×1.5"."""
+    return f"{round((factor - 1) * 100):g}%" if factor < 1.2 else f"×{factor:g}"
 
 
 def slug(text: str) -> str:

@@ -18,6 +18,8 @@ CONFIDENCE = 0.95
 # A contender ties with the best unless it is surely (its whole interval) more than this much slower: a difference
 # smaller than 5% does not survive a rerun on a laptop or a shared VM, so it is no ground for a choice.
 TIE_MARGIN = 1.05
+# A strategy whose first timing is within this factor of the fastest is a contender: re-timed for the verdict.
+CONTENDER_MARGIN = 1.5
 
 Interval = tuple[float, float, float]  # (estimate, low, high)
 
@@ -78,14 +80,23 @@ class Verdict:
         return min(self.ratios, key=lambda name: self.ratios[name][0]) if self.ratios else None
 
 
-def decide(round_times: Mapping[str, Sequence[float]]) -> Verdict:
-    """The verdict of contenders timed in interleaved rounds (round r of every contender ran side by side).
+def is_contender(time_s: float, best_s: float) -> bool:
+    """A strategy whose time is within CONTENDER_MARGIN of the fastest's may still win: it is re-timed."""
+    return time_s <= CONTENDER_MARGIN * best_s
 
-    The best has the lowest median; every other contender gets the paired ratio to it. A contender whose interval
-    reaches down to TIE_MARGIN ties with the best; with no tie, the best is the winner.
-    """
-    medians = {name: float(np.median(times)) for name, times in round_times.items()}
-    best = min(medians, key=medians.__getitem__)
-    ratios = {name: paired_ratio(times, round_times[best]) for name, times in round_times.items() if name != best}
+
+def verdict_of(best: str, ratios: Mapping[str, Interval]) -> Verdict:
+    """The tie rule: a contender whose ratio interval reaches down to TIE_MARGIN ties with the best; with no tie,
+    the best is the winner."""
+    ratios = dict(ratios)
     tied = sorted((n for n, (_, low, _) in ratios.items() if low <= TIE_MARGIN), key=lambda n: ratios[n][0])
     return Verdict(best=best, verdict="tie" if tied else "winner", tied_with=tied, ratios=ratios)
+
+
+def decide(round_times: Mapping[str, Sequence[float]]) -> Verdict:
+    """The verdict of contenders timed in interleaved rounds (round r of every contender ran side by side): the best
+    has the lowest median; every other contender gets the paired ratio to it (verdict_of applies the tie rule)."""
+    medians = {name: float(np.median(times)) for name, times in round_times.items()}
+    best = min(medians, key=medians.__getitem__)
+    return verdict_of(best, {name: paired_ratio(times, round_times[best]) for name, times in round_times.items()
+                             if name != best})

@@ -28,8 +28,9 @@ ENTRY_POINT_GROUP = "jacobench.strategies"
 
 # fn(model, x: (B, in)[, create_graph=False]) -> (B, out, in) or (B, in)
 StrategyFn = Callable[..., Tensor]
-# memory_estimate(batch, hidden, in_dim, out_dim, dtype) -> peak bytes beyond the model and the input
-MemoryEstimate = Callable[[int, int, int, int, torch.dtype], int]
+# memory_estimate(sizes, dtype) -> peak bytes of one call beyond the model and the input (sizes: bench.schema.Sizes,
+# the named tuple (batch, hidden, in_dim, out_dim))
+MemoryEstimate = Callable[[tuple[int, int, int, int], torch.dtype], int]
 
 
 class Unsupported(Exception):
@@ -41,7 +42,8 @@ class Strategy:
     name: str
     fn: StrategyFn
     returns: Literal["jacobian", "output_sum"] = "jacobian"
-    independent_samples: bool = False
+    independent_samples: bool = False  # the strategy needs independent samples: it is right only when output row b
+    # depends on input row b alone (per-sample tricks); False for strategies exact on coupled samples too
     summary: str = ""  # one line for reports: the API used
     cost: str = ""  # asymptotic cost in B, H, in, out
     memory_estimate: MemoryEstimate | None = None

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from bench.schema import Sizes
+
 
 def leaf(x: Tensor) -> Tensor:
     """A fresh leaf that requires grad and shares x's storage: x itself is never modified."""
@@ -17,14 +19,11 @@ def itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def activations_bytes(batch: int, hidden: int, in_dim: int, out_dim: int, dtype: torch.dtype, copies: int = 1) -> int:
+def activations_bytes(sizes: Sizes, dtype: torch.dtype, copies: int = 1) -> int:
     """Bytes of `copies` forward passes' saved activations plus the (B, out, in) result."""
-    per_pass = batch * (in_dim + 3 * hidden + out_dim)  # [B, in] input, [B, H] pre/post activation + grad, [B, out]
-    return itemsize(dtype) * (copies * per_pass + batch * out_dim * in_dim)
-
-
-# A compiled strategy is named after its eager twin (bench.schema reads the same suffix back from result files).
-COMPILED_SUFFIX = "_compiled"
+    b, h, i, o = sizes
+    per_pass = b * (i + 3 * h + o)  # [B, in] input, [B, H] pre/post activation + grad, [B, out]
+    return itemsize(dtype) * (copies * per_pass + b * o * i)
 
 
 def quarter_chunk(n: int) -> int:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from bench.schema import COMPILED_SUFFIX
 from strategies import Strategy, Unsupported, register
-from strategies._common import COMPILED_SUFFIX
 
 
 def compiled(eager: Strategy) -> Callable[[nn.Module, Tensor], Tensor]:

@@ -6,12 +6,13 @@ Cost: 1 forward + 1 vmapped backward of batch out, O(out·B·H·(in+out)) work, 
 import torch
 from torch import Tensor, nn
 
+from bench.schema import Sizes
 from strategies import register
 from strategies._common import activations_bytes, leaf
 
 
-def _memory(batch: int, hidden: int, in_dim: int, out_dim: int, dtype: torch.dtype) -> int:
-    return activations_bytes(batch, hidden, in_dim, out_dim, dtype, copies=out_dim + 1)
+def _memory(sizes: Sizes, dtype: torch.dtype) -> int:
+    return activations_bytes(sizes, dtype, copies=sizes.out_dim + 1)
 
 
 @register(independent_samples=True, differentiable=True, cost="1 fwd + 1 bwd vmapped over out",

@@ -7,13 +7,14 @@ Exact even when samples are coupled (e.g. BatchNorm in train mode).
 import torch
 from torch import Tensor, nn
 
+from bench.schema import Sizes
 from strategies import register
 from strategies._common import activations_bytes, itemsize
 
 
-def _memory(batch: int, hidden: int, in_dim: int, out_dim: int, dtype: torch.dtype) -> int:
-    full = batch * out_dim * batch * in_dim * itemsize(dtype)  # [B, out, B, in]
-    return full + activations_bytes(batch, hidden, in_dim, out_dim, dtype)
+def _memory(sizes: Sizes, dtype: torch.dtype) -> int:
+    full = sizes.batch * sizes.out_dim * sizes.batch * sizes.in_dim * itemsize(dtype)  # [B, out, B, in]
+    return full + activations_bytes(sizes, dtype)
 
 
 @register(independent_samples=False, differentiable=True, cost="B·out bwd, O(B²·out·in) memory",

@@ -7,12 +7,13 @@ Sum over the batch first (valid when row b depends on x[b] alone), so the Jacobi
 import torch
 from torch import Tensor, nn
 
+from bench.schema import Sizes
 from strategies import register
 from strategies._common import activations_bytes
 
 
-def _memory(batch: int, hidden: int, in_dim: int, out_dim: int, dtype: torch.dtype) -> int:
-    return activations_bytes(batch, hidden, in_dim, out_dim, dtype, copies=out_dim + 1)
+def _memory(sizes: Sizes, dtype: torch.dtype) -> int:
+    return activations_bytes(sizes, dtype, copies=sizes.out_dim + 1)
 
 
 @register(independent_samples=True, differentiable=True, cost="1 fwd + 1 bwd vmapped over out",

@@ -9,12 +9,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp, vmap
 
+from bench.schema import Sizes
 from strategies import register
 from strategies._common import activations_bytes
 
 
-def _memory(batch: int, hidden: int, in_dim: int, out_dim: int, dtype: torch.dtype) -> int:
-    return activations_bytes(batch, hidden, in_dim, out_dim, dtype, copies=in_dim + 1)
+def _memory(sizes: Sizes, dtype: torch.dtype) -> int:
+    return activations_bytes(sizes, dtype, copies=sizes.in_dim + 1)
 
 
 @register(independent_samples=True, differentiable=True, cost="1 fwd with in tangents vmapped (forward mode)",

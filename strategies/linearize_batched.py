@@ -13,12 +13,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import linearize, vmap
 
+from bench.schema import Sizes
 from strategies import register
 from strategies._common import activations_bytes
 
 
-def _memory(batch: int, hidden: int, in_dim: int, out_dim: int, dtype: torch.dtype) -> int:
-    return activations_bytes(batch, hidden, in_dim, out_dim, dtype, copies=in_dim + 2)
+def _memory(sizes: Sizes, dtype: torch.dtype) -> int:
+    return activations_bytes(sizes, dtype, copies=sizes.in_dim + 2)
 
 
 @register(independent_samples=True, differentiable=False, cost="2 fwd + make_fx trace + in JVPs vmapped",

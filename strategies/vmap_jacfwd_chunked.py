@@ -10,13 +10,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp, vmap
 
+from bench.schema import Sizes
 from strategies import register
 from strategies._common import activations_bytes, itemsize, quarter_chunk
 
 
-def _memory(batch: int, hidden: int, in_dim: int, out_dim: int, dtype: torch.dtype) -> int:
-    chunks = batch * out_dim * in_dim * itemsize(dtype)  # [B, out, in] chunk results before the cat
-    return chunks + activations_bytes(batch, hidden, in_dim, out_dim, dtype, copies=quarter_chunk(in_dim) + 1)
+def _memory(sizes: Sizes, dtype: torch.dtype) -> int:
+    chunks = sizes.batch * sizes.out_dim * sizes.in_dim * itemsize(dtype)  # [B, out, in] chunk results before the cat
+    return chunks + activations_bytes(sizes, dtype, copies=quarter_chunk(sizes.in_dim) + 1)
 
 
 @register(independent_samples=True, differentiable=True,

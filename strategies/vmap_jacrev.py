@@ -7,12 +7,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
+from bench.schema import Sizes
 from strategies import register
 from strategies._common import activations_bytes
 
 
-def _memory(batch: int, hidden: int, in_dim: int, out_dim: int, dtype: torch.dtype) -> int:
-    return activations_bytes(batch, hidden, in_dim, out_dim, dtype, copies=out_dim + 1)
+def _memory(sizes: Sizes, dtype: torch.dtype) -> int:
+    return activations_bytes(sizes, dtype, copies=sizes.out_dim + 1)
 
 
 @register(independent_samples=True, differentiable=True, cost="vmapped reverse mode: out VJPs per sample",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.results import append_case, write_json
+from bench.schema import CaseRecord
 
 BASE = {"batch": 64, "hidden": 32, "in_dim": 16, "out_dim": 16}
 SWEEP = {"batch": [1, 4, 16, 64, 256, 1024], "hidden": [16, 32, 128], "in_dim": [4, 16, 64], "out_dim": [1, 16, 64]}
@@ -48,7 +49,7 @@ def shapes(small: bool = False) -> list[tuple[dict[str, int], list[str]]]:
 
 
 def record(strategy: str, device: str, shape: dict[str, int], sweeps: list[str], model: str = "mlp",
-           dtype: str = "float32", speed: float = 1.0, returns: str | None = None) -> dict[str, Any]:
+           dtype: str = "float32", speed: float = 1.0, returns: str | None = None, **fields: Any) -> CaseRecord:
     b, h, i, o = shape["batch"], shape["hidden"], shape["in_dim"], shape["out_dim"]
     ret, independent, cost = STRATEGIES.get(strategy, ("jacobian", False, lambda *_: 8.0 + 0.5 * o))
     overhead, per_flop, per_call = DEVICE_SPEED[device]
@@ -67,7 +68,7 @@ def record(strategy: str, device: str, shape: dict[str, int], sweeps: list[str],
     elif strategy == "jvp_loop" and i == 64 and device == "cuda":
         status, message = "error", "RuntimeError: something | broke <here>"
     ok = status == "ok"
-    return {
+    return CaseRecord(**{
         "strategy": strategy, "model": model, "device": device, "dtype": dtype, **shape, "status": status,
         "time_median_s": time if ok else None, "time_iqr_s": time * 0.03 if ok else None, "rounds": 5 if ok else None,
         "forward_median_s": forward, "peak_memory_bytes": 4 * b * (h + o * i) * 3 if ok else None,
@@ -79,8 +80,8 @@ def record(strategy: str, device: str, shape: dict[str, int], sweeps: list[str],
         "case_id": f"{strategy}-{device}-{model}-B{b}-H{h}-in{i}-out{o}", "wall_s": 0.1,
         "round_times_s": [time * f for f in (0.97, 0.99, 1.0, 1.01, 1.03)] if ok else None,
         "time_ci_low_s": time * 0.99 if ok else None, "time_ci_high_s": time * 1.01 if ok else None,
-        "unstable": False,
-    }
+        "unstable": False, "is_jacobian": (returns or ret) != "output_sum" or o == 1,
+    } | fields)
 
 
 def make_run(root: Path, run_id: str, devices: tuple[str, ...] = ("cpu", "cuda"), torch: str = "2.4.0",
@@ -93,7 +94,7 @@ def make_run(root: Path, run_id: str, devices: tuple[str, ...] = ("cpu", "cuda")
     for device in devices:
         for shape, tags in shapes(small):
             for name in names:
-                append_case(run / "cases.jsonl", record(name, device, shape, tags if sweeps else None, dtype=dtype,
+                append_case(run / "cases.jsonl", record(name, device, shape, tags if sweeps else [], dtype=dtype,
                                                         speed=speed))
         if coupled and device == "cpu":
             for shape, tags in shapes(small)[:4]:
@@ -115,8 +116,8 @@ def valid_best(run: Path, device: str, shape: dict[str, int], model: str = "mlp"
     """The measured best valid strategy at a grid point, computed independently of bench.report.frames."""
     from bench.results import read_cases
 
-    rows = [r for r in read_cases(run / "cases.jsonl") if r["device"] == device and r["model"] == model
-            and all(r[k] == v for k, v in shape.items()) and r["status"] == "ok"
-            and (r["returns"] == "jacobian" or shape["out_dim"] == 1)]
-    best = min(rows, key=lambda r: r["time_median_s"])
-    return best["strategy"], best["time_median_s"]
+    rows = [r for r in read_cases(run / "cases.jsonl") if r.device == device and r.model == model
+            and all(getattr(r, k) == v for k, v in shape.items()) and r.status == "ok"
+            and (r.returns == "jacobian" or shape["out_dim"] == 1)]
+    best = min(rows, key=lambda r: r.time_median_s)
+    return best.strategy, best.time_median_s

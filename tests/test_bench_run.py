@@ -9,7 +9,7 @@ import pytest
 
 from bench import results
 from bench.run import grid
-from bench.schema import STATUSES, case_key
+from bench.schema import CASE_FIELDS, STATUSES, case_key
 from tests.helpers import install_planted, run_bench
 
 CONTRACT_COLUMNS = ["strategy", "model", "device", "dtype", "batch", "hidden", "in_dim", "out_dim", "status",
@@ -42,7 +42,7 @@ def test_cases_jsonl_holds_exactly_the_finished_cases(smoke_run):
     strategies_run = {r["strategy"] for r in records}
     assert {"planted_wrong", "planted_slow", "planted_hungry", "analytic"} <= strategies_run
     assert len(records) == len(shapes) * len(strategies_run)
-    assert all(set(results.CASE_FIELDS) == set(r) for r in records)
+    assert all(set(CASE_FIELDS) == set(r) for r in records)
 
 
 def test_summary_has_contract_columns_and_one_row_per_case(smoke_run):
@@ -89,11 +89,11 @@ def test_is_jacobian_column_marks_the_sum_over_outputs(smoke_run):
 def test_a_timeout_skips_larger_cases_of_the_same_strategy(smoke_run):
     _, folder, _ = smoke_run
     records = [r for r in results.read_cases(folder / "cases.jsonl")
-               if r["strategy"] == "planted_slow" and r["model"] == "mlp"]
-    timed_out = [r for r in records if r["status"] == "timeout"]
-    skipped = [r for r in records if r["status"] == "skipped"]
+               if r.strategy == "planted_slow" and r.model == "mlp"]
+    timed_out = [r for r in records if r.status == "timeout"]
+    skipped = [r for r in records if r.status == "skipped"]
     assert len(timed_out) == 1 and skipped  # B8-out1 really timed out; B8-out2 (larger) was not attempted
-    assert all(r["wall_s"] < 1 and timed_out[0]["case_id"].split("-cpu-")[1] in r["message"] for r in skipped)
+    assert all(r.wall_s < 1 and timed_out[0].case_id.split("-cpu-")[1] in r.message for r in skipped)
 
 
 def test_numbers_only_for_validated_cases(smoke_run):
@@ -141,6 +141,6 @@ def test_a_tiny_memory_budget_skips_before_running(tmp_path):
                      "--memory-budget", "100", "--no-report")
     assert proc.returncode == 0, proc.stderr
     records = results.read_cases(tmp_path / "results" / "tiny" / "cases.jsonl")
-    assert records and {r["status"] for r in records} == {"over_budget"}
-    assert all(r["predicted_memory_bytes"] > 100 and "memory budget" in r["message"] for r in records)
-    assert all(r["wall_s"] < 1 for r in records)  # skipped, not run
+    assert records and {r.status for r in records} == {"over_budget"}
+    assert all(r.predicted_memory_bytes > 100 and "memory budget" in r.message for r in records)
+    assert all(r.wall_s < 1 for r in records)  # skipped, not run

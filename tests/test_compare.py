@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+import statistics
 from pathlib import Path
 
 import pytest
-from run_fixtures import make_run
+from run_fixtures import BASE, make_run
 
 from bench.report.compare import build_compare
-from bench.results import ResultsError
+from bench.results import ResultsError, read_cases
+from bench.schema import fmt_ratio
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -91,3 +93,25 @@ def test_two_runs_of_one_machine_report_significance_and_reproducibility(tmp_pat
     table = faster.split("Speedup of faster over first vs batch size", 1)[1].split("\n\n", 2)[1]
     assert re.search(r"\| [12](\.\d+)?× \[\d\.\d\d–\d\.\d\d\]", table)  # a speedup with its interval
     assert "(not significant)" not in table
+
+
+def test_speedups_are_the_ratio_of_the_two_runs_medians(tmp_path: Path) -> None:
+    """Every speedup cell and the median of the summary are time on a / time on b, case by case."""
+    a = make_run(tmp_path / "results", "slow", devices=("cpu",), coupled=False, small=True)
+    b = make_run(tmp_path / "results", "fast", devices=("cpu",), coupled=False, small=True, speed=2.0)
+    times = {run: {(r.strategy, r.batch, r.hidden, r.in_dim, r.out_dim): r.time_median_s
+                   for r in read_cases(run / "cases.jsonl") if r.status == "ok"} for run in (a, b)}
+    speedups = {k: times[a][k] / times[b][k] for k in times[a].keys() & times[b].keys()}
+    md = build_compare([a, b], tmp_path / "results", tmp_path / "plots").read_text()
+    assert f"median speedup {fmt_ratio(statistics.median(speedups.values()))}" in md
+    assert f"range {fmt_ratio(min(speedups.values()))} – {fmt_ratio(max(speedups.values()))}" in md
+    table = md.split("Speedup of fast over slow vs batch size", 1)[1].split("\n\n", 2)[1]
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    rows = {line.strip("|").split("|")[0].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in table.splitlines()[2:]}
+    for batch in ("1", "16", "64"):
+        cell = rows[batch][header.index("grad_loop")]
+        expected = speedups[("grad_loop", int(batch), BASE["hidden"], BASE["in_dim"], BASE["out_dim"])]
+        assert cell.startswith(fmt_ratio(expected) + " ["), cell
+        low, high = map(float, re.search(r"\[(\d\.\d\d)–(\d\.\d\d)\]", cell).groups())
+        assert low <= round(expected, 2) <= high

@@ -21,7 +21,7 @@ def test_presets_load_and_expand(name):
     g = grid.load_grid(name)
     cases = grid.expand(g)
     assert cases, name
-    assert len({(c.model, c.dtype, c.batch, c.hidden, c.in_dim, c.out_dim, c.mode) for c in cases}) == len(cases)
+    assert len({(c.model, c.dtype, c.sizes, c.mode) for c in cases}) == len(cases)
     first = [c for c in cases if (c.model, c.dtype, c.mode) == (cases[0].model, cases[0].dtype, cases[0].mode)]
     assert [c.size for c in first] == sorted(c.size for c in first)  # smallest first: a timeout skips larger ones
 
@@ -29,9 +29,9 @@ def test_presets_load_and_expand(name):
 def test_default_covers_the_promised_axes():
     cases = grid.expand(grid.load_grid("default"))
     mlp = [c for c in cases if c.model == "mlp" and c.dtype == "float32"]
-    assert {c.batch for c in mlp if "batch" in c.sweeps} >= {1, 4096}
-    assert {c.in_dim for c in mlp if "in_dim" in c.sweeps} >= {1, 256}
-    assert {c.out_dim for c in mlp if "out_dim" in c.sweeps} >= {1, 256}
+    assert {c.sizes.batch for c in mlp if "batch" in c.sweeps} >= {1, 4096}
+    assert {c.sizes.in_dim for c in mlp if "in_dim" in c.sweeps} >= {1, 256}
+    assert {c.sizes.out_dim for c in mlp if "out_dim" in c.sweeps} >= {1, 256}
     assert len([c for c in mlp if "plane" in c.sweeps]) == 25
     assert {c.model for c in cases} == {"mlp", "deep_mlp", "mlp_batchnorm"}
     assert {c.dtype for c in cases} == {"float32", "float64"}

@@ -9,6 +9,7 @@ import torch
 import strategies
 from bench.cli import main
 from bench.run import grid, models, plan, reference
+from bench.schema import Sizes
 
 # Two sizes (in_dim, hidden, out_dim) per preset that fit it; the first is the small one the strategy test uses.
 SIZES = {
@@ -48,10 +49,10 @@ def test_factory_says_how_the_three_sizes_are_read(name):
 def test_preset_maps_batch_in_to_batch_out(name, size, batch):
     in_dim, hidden, out_dim = size
     model_def = models.PRESETS[name]
-    assert model_def.problem(in_dim, hidden, out_dim) == ""
-    if batch == 1 and not model_def.independent_samples:
+    assert model_def.problem(Sizes(batch, hidden, in_dim, out_dim)) == ""
+    if batch == 1 and model_def.couples_samples:
         pytest.skip("BatchNorm in train mode needs more than one sample")
-    model, x = models.build(model_def, batch, hidden, in_dim, out_dim, "cpu", torch.float32)
+    model, x = models.build(model_def, Sizes(batch, hidden, in_dim, out_dim), "cpu", torch.float32)
     assert models.run_problem(model, x, out_dim) == ""
     assert model(x).shape == (batch, out_dim)
 
@@ -60,8 +61,8 @@ def test_preset_maps_batch_in_to_batch_out(name, size, batch):
 def test_samples_are_independent_when_the_preset_says_so(name, size):
     in_dim, hidden, out_dim = size
     model_def = models.PRESETS[name]
-    model, x = models.build(model_def, 6, hidden, in_dim, out_dim, "cpu", torch.float64)
-    assert reference.samples_coupled(model, x) is not model_def.independent_samples
+    model, x = models.build(model_def, Sizes(6, hidden, in_dim, out_dim), "cpu", torch.float64)
+    assert reference.samples_coupled(model, x) is model_def.couples_samples
 
 
 # model(x) of each seed preset at B2-H4-in3-out2 in float64, as the presets built it before the model zoo: their
@@ -75,21 +76,22 @@ SEED_OUTPUTS = {
 
 @pytest.mark.parametrize("name", list(SEED_OUTPUTS))
 def test_the_seed_models_are_unchanged(name):
-    model, x = models.build(models.PRESETS[name], 2, 4, 3, 2, "cpu", torch.float64)
+    model, x = models.build(models.PRESETS[name], Sizes(2, 4, 3, 2), "cpu", torch.float64)
     assert model(x).flatten().tolist() == pytest.approx(SEED_OUTPUTS[name], abs=1e-7)
 
 
 @pytest.mark.parametrize("name,size,words", [(n, s, w) for n, cases in UNFIT.items() for s, w in cases])
 def test_unfit_sizes_are_named_by_fits_and_by_the_factory(name, size, words):
     model_def = models.PRESETS[name]
-    assert words in model_def.problem(*size)
+    in_dim, hidden, out_dim = size
+    assert words in model_def.problem(Sizes(1, hidden, in_dim, out_dim))
     with pytest.raises(ValueError, match=words.replace("(", r"\(")):
         model_def.factory(*size)
 
 
 def test_user_models_have_no_size_check():
-    user = models.ModelDef("mine", lambda i, h, o: torch.nn.Linear(i, o), False, "user model")
-    assert user.fits is None and user.problem(10, 1, 3) == ""
+    user = models.ModelDef("mine", lambda i, h, o: torch.nn.Linear(i, o), "user model")
+    assert user.fits is None and user.problem(Sizes(1, 1, 10, 3)) == ""
 
 
 # ---- the refusal through the CLI: one line, exit 2, before anything runs -------------------------------------------
@@ -138,8 +140,8 @@ def test_zoo_runs_every_preset_at_sizes_that_fit():
     cases = grid.expand(grid.load_grid("zoo"))
     assert {c.model for c in cases} >= set(models.PRESETS) - {"mlp_batchnorm", "linear_tanh"}  # tutorial: published
     for case in cases:
-        assert models.PRESETS[case.model].problem(case.in_dim, case.hidden, case.out_dim) == "", case.shape_id
-    assert len({c.batch for c in cases if c.model == "pinn"}) >= 2
+        assert models.PRESETS[case.model].problem(case.sizes) == "", case.shape_id
+    assert len({c.sizes.batch for c in cases if c.model == "pinn"}) >= 2
 
 
 # ---- every strategy on every preset: right, or Unsupported, or a failure recorded here with its reason ----------
@@ -172,7 +174,7 @@ def float64_cases() -> dict[str, tuple[torch.nn.Module, torch.Tensor, reference.
     built = {}
     for name, sizes in SIZES.items():
         in_dim, hidden, out_dim = sizes[0]
-        model, x = models.build(models.PRESETS[name], 4, hidden, in_dim, out_dim, "cpu", torch.float64)
+        model, x = models.build(models.PRESETS[name], Sizes(4, hidden, in_dim, out_dim), "cpu", torch.float64)
         built[name] = (model, x, reference.reference(model, x))
     return built
 

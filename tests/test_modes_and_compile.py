@@ -14,7 +14,8 @@ import torch
 from bench.report.plots import pareto_front
 from bench.run import compiling, grid, runner
 from bench.run.grid import GridError
-from bench.run.plan import Settings, plan_run
+from bench.run.plan import plan_run
+from bench.run.settings import Settings
 from strategies import REGISTRY
 from tests.helpers import run_bench
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 import strategies.vmap_jacfwd_chunked as jacfwd_chunked_module
 import strategies.vmap_jacrev_chunked as jacrev_chunked_module
+from bench.schema import Sizes
 from strategies import REGISTRY
 from strategies._common import quarter_chunk
 
@@ -77,6 +78,6 @@ def test_vmap_jacfwd_chunked_runs_four_chunks_of_a_quarter_of_in():
     ("vmap_jacfwd_chunked", "vmap_jacfwd", (256, 256, 256, 16)),  # wide in
 ])
 def test_chunked_memory_estimate_is_below_the_unchunked_one(chunked, full, shape):
-    low = REGISTRY[chunked].memory_estimate(*shape, torch.float32)
-    high = REGISTRY[full].memory_estimate(*shape, torch.float32)
+    low = REGISTRY[chunked].memory_estimate(Sizes(*shape), torch.float32)
+    high = REGISTRY[full].memory_estimate(Sizes(*shape), torch.float32)
     assert low < high / 2

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from run_fixtures import BASE, record
 
 from bench import results
 from bench.cli import main
@@ -139,8 +140,7 @@ def test_make_passes_variables_and_fails_cleanly(existing):
 
 def test_torn_last_line_is_skipped_with_a_warning(tmp_path):
     path = tmp_path / "cases.jsonl"
-    good = {k: 1 for k in results.CASE_FIELDS} | {"status": "ok"}
-    results.append_case(path, good)
+    results.append_case(path, record("grad_loop", "cpu", BASE, ["base"]))
     with open(path, "a") as f:
         f.write('{"strategy": "grad_lo')  # a writer killed mid-line
     with pytest.warns(UserWarning, match="torn or corrupt"):

@@ -20,11 +20,11 @@ def pytest_suite(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_pytest_on_the_suite_runs_the_same_plugin(tmp_path):
-    proc = pytest_suite(tmp_path, "--grid", "smoke", "--strategies", "analytic,grad_loop", "--run-id", "direct",
+    proc = pytest_suite(tmp_path, "--grid", "smoke", "--strategies", "analytic,grad_loop", "--run", "direct",
                         "--results-dir", str(tmp_path / "out"), "--dtype", "float64")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     records = read_cases(tmp_path / "out" / "direct" / "cases.jsonl")
-    assert len(records) == 2 * 4 and {r["dtype"] for r in records} == {"float64"}
+    assert len(records) == 2 * 4 and {r.dtype for r in records} == {"float64"}
     assert (tmp_path / "out" / "direct" / "summary.csv").is_file()
     assert "[   8/8 eta" in proc.stdout  # the plugin's progress line
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 import strategies
+from bench.schema import Sizes
 from strategies import REGISTRY, Unsupported
 
 NAMES = list(REGISTRY)
@@ -241,13 +242,13 @@ def test_analytic_both_association_orders(in_dim, out_dim):
 def test_memory_estimates():
     diag = REGISTRY["jacobian_diagonal"].memory_estimate
     assert diag is not None
-    small = diag(64, 32, 8, 8, torch.float32)
-    assert diag(128, 32, 8, 8, torch.float32) > 3.5 * small  # O(B²)
-    assert diag(64, 32, 8, 8, torch.float64) > 1.9 * small
+    small = diag(Sizes(64, 32, 8, 8), torch.float32)
+    assert diag(Sizes(128, 32, 8, 8), torch.float32) > 3.5 * small  # O(B²)
+    assert diag(Sizes(64, 32, 8, 8), torch.float64) > 1.9 * small
     assert small >= 64 * 64 * 8 * 8 * 4
     for s in REGISTRY.values():
         if s.memory_estimate is not None:
-            assert s.memory_estimate(4, 8, 3, 2, torch.float32) > 0
+            assert s.memory_estimate(Sizes(4, 8, 3, 2), torch.float32) > 0
 
 
 def test_register_rejects_duplicates_and_bad_returns():
@@ -340,3 +341,26 @@ def test_without_create_graph_j_carries_no_graph(name):
     model, x = build(mlp, 4, 3, 6, 2)
     jac = call(REGISTRY[name], model, x)
     assert jac.grad_fn is None and not jac.requires_grad
+
+
+# Memory estimates decide `over_budget` before a case runs: they must be the right size, not exact. On the seed MLP at
+# shapes where the call needs tens of MB (well above the allocator's noise), the estimate stays within this factor of
+# the peak measured the way a run measures it (VmHWM after clear_refs, in this process).
+MEMORY_FACTOR = 4
+MEMORY_SHAPES = [("jacobian_diagonal", Sizes(256, 64, 16, 16)), ("vmap_jacrev", Sizes(2048, 256, 16, 64)),
+                 ("grad_batched", Sizes(2048, 256, 16, 64)), ("vmap_jacfwd", Sizes(2048, 256, 64, 16)),
+                 ("jacobian_sum", Sizes(2048, 256, 16, 64))]
+
+
+@pytest.mark.parametrize("name,sizes", MEMORY_SHAPES, ids=[f"{n}-{s.id}" for n, s in MEMORY_SHAPES])
+def test_memory_estimate_is_within_a_factor_of_the_measured_peak(name, sizes):
+    from bench.run import measure, models
+
+    model, x = models.build(models.PRESETS["mlp"], sizes, "cpu", torch.float32)
+    strategy = REGISTRY[name]
+    strategy(model, x)  # lazy imports and the allocator's first growth, as a run's warm-up does
+    peak = measure.peak_memory(lambda: strategy(model, x), "cpu")
+    if peak is None:
+        pytest.skip("no /proc/self/clear_refs: peak memory cannot be measured here")
+    estimate = strategy.memory_estimate(sizes, torch.float32)
+    assert 1 / MEMORY_FACTOR <= estimate / peak <= MEMORY_FACTOR, f"estimate {estimate:,} B, measured {peak:,} B"

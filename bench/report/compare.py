@@ -20,7 +20,7 @@ import pandas as pd
 from bench.report.document import Block, Document, Section, figure_block, render, table_block
 from bench.report.frames import LoadedRun, load_run, strategy_order, sweep_line
 from bench.report.plots import save, speedup_vs_batch
-from bench.report.tables import best_per_shape, env_table, fmt_interval, verdict_cell
+from bench.report.tables import NONE_VALID, best_per_shape, env_table, fmt_interval, verdict_cell
 from bench.results import ResultsError
 from bench.schema import AXES, DEVICE_ORDER, KEY_COLUMNS, fmt_ratio, fmt_time, sizes_id, slug
 from bench.stats import ratio_of_medians, significant
@@ -197,18 +197,18 @@ def reproducibility(a: Side, b: Side) -> list[tuple[str, str]]:
     """How far two runs of the same machine and grid agree: verdicts, contradictions, regret of one's pick."""
     shape = ["model", "dtype", "mode", *AXES]
     both = a.best.merge(b.best, on=shape, suffixes=("_a", "_b"))
-    both = both[(both["winner_a"] != "none") & (both["winner_b"] != "none")]
+    both = both[(both["fastest_a"] != NONE_VALID) & (both["fastest_b"] != NONE_VALID)]
     if both.empty:
         return []
     held, decisive = 0, 0
     for x, y in (("a", "b"), ("b", "a")):
         for _, r in both[both[f"verdict_{x}"] == "winner"].iterrows():
             decisive += 1
-            held += r[f"winner_{x}"] in (r[f"winner_{y}"], *r[f"tied_with_{y}"].split(", "))
-    contradictions = [f"{sizes_id(r)}: {r['winner_a']} vs {r['winner_b']}" for _, r in both.iterrows()
-                      if r["verdict_a"] == r["verdict_b"] == "winner" and r["winner_a"] != r["winner_b"]]
+            held += r[f"fastest_{x}"] in (r[f"fastest_{y}"], *r[f"tied_with_{y}"])
+    contradictions = [f"{sizes_id(r)}: {r['fastest_a']} vs {r['fastest_b']}" for _, r in both.iterrows()
+                      if r["verdict_a"] == r["verdict_b"] == "winner" and r["fastest_a"] != r["fastest_b"]]
     times_b = b.frame[b.frame["valid"]].set_index([*shape, "strategy"])["time_median_s"]
-    regret = np.array([times_b.get((*(r[c] for c in shape), r["winner_a"]), math.inf) / r["best_s_b"]
+    regret = np.array([times_b.get((*(r[c] for c in shape), r["fastest_a"]), math.inf) / r["best_s_b"]
                        for _, r in both.iterrows()])
     median, p90 = (float(np.quantile(regret, q, method="inverted_cdf")) for q in (0.5, 0.9))
     return [

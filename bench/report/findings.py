@@ -11,8 +11,9 @@ from collections import Counter
 import pandas as pd
 
 from bench.report.recommend import leave_one_out
-from bench.report.tables import break_even
-from bench.schema import AXES, CLOSED_FORM, FAILED, fmt_ratio
+from bench.report.tables import NONE_VALID, break_even
+from bench.schema import AXES, CLOSED_FORM, FAILED, fmt_margin, fmt_ratio
+from bench.stats import TIE_MARGIN
 
 Items = list[tuple[str, str]]
 
@@ -39,12 +40,12 @@ def summary_items(part: pd.DataFrame, best: pd.DataFrame) -> Items:
 def headline(part: pd.DataFrame, best: pd.DataFrame) -> Items:
     """The autodiff strategy to use and what one Jacobian costs in forward passes; the closed form, when the model
     has one, comes after it (it exists for plain MLPs only)."""
-    measured = best[best["winner"] != "none"]
+    measured = best[best["fastest"] != NONE_VALID]
     if measured.empty:
         return [("best autodiff", "no autodiff strategy gave a valid result here")]
-    counts = measured["winner"].value_counts()
+    counts = measured["fastest"].value_counts()
     lead = counts.index[0]
-    jf = measured.loc[measured["winner"] == lead, "jf_best"].dropna()
+    jf = measured.loc[measured["fastest"] == lead, "jf_best"].dropna()
     text = f"{lead}: fastest on {counts.iloc[0]} of {len(best)} shapes"
     text += f", at a median {fmt_ratio(jf.median())} the time of one forward pass" if len(jf) else ""
     has_closed_form = (part["strategy"] == CLOSED_FORM).any() and (part.loc[part["strategy"] == CLOSED_FORM,
@@ -57,13 +58,13 @@ def winner_items(best: pd.DataFrame) -> Items:
     """Which autodiff strategy wins, overall and in each regime a user thinks in; ties counted as ties."""
     items = []
     for label, rows in regimes(best):
-        measured = rows[rows["winner"] != "none"]
+        measured = rows[rows["fastest"] != NONE_VALID]
         if measured.empty:
             items.append((label, f"no valid autodiff strategy on any of {len(rows)} shapes"))
             continue
-        wins = measured[measured["verdict"] == "winner"]["winner"].value_counts()
+        wins = measured[measured["verdict"] == "winner"]["fastest"].value_counts()
         ties = measured[measured["verdict"] == "tie"]
-        tied = Counter(name for _, r in ties.iterrows() for name in [r["winner"], *r["tied_with"].split(", ")])
+        tied = Counter(name for _, r in ties.iterrows() for name in [r["fastest"], *r["tied_with"]])
         lead = wins.index[0] if len(wins) else tied.most_common(1)[0][0]
         if wins.get(lead, 0):
             text = f"{lead} wins {wins[lead]} of {plural(len(rows), 'shape', 'shapes')}"
@@ -72,8 +73,8 @@ def winner_items(best: pd.DataFrame) -> Items:
             text = f"{lead} ties for best on {tied[lead]} of {plural(len(rows), 'shape', 'shapes')}"
         others = [f"{name} wins {n}" for name, n in wins.items() if name != lead]
         text += f"; {', '.join(others)}" if others else ""
-        text += f"; {plural(len(ties), 'shape is a tie', 'shapes are ties')} (no strategy surely more than 5% " \
-                "faster)" if len(ties) else ""
+        text += f"; {plural(len(ties), 'shape is a tie', 'shapes are ties')} (no strategy surely more than " \
+                f"{fmt_margin(TIE_MARGIN)} faster)" if len(ties) else ""
         items.append((f"fastest autodiff, {label}", text))
     return items
 

@@ -58,7 +58,8 @@ def write_table(table: pd.DataFrame, out_dir: Path, name: str, numbers: pd.DataF
                 highlight: pd.DataFrame | None = None, index: bool = False) -> dict[str, Path]:
     """tables/<name>.csv (+ .md, .html); the CSV gets `numbers` (machine-readable) when given."""
     paths = table_paths(out_dir, name)
-    atomic_write_text(paths["csv"], (numbers if numbers is not None else table).to_csv(index=index))
+    csv = (numbers if numbers is not None else table).map(lambda v: "|".join(map(str, v)) if isinstance(v, list) else v)
+    atomic_write_text(paths["csv"], csv.to_csv(index=index))
     atomic_write_text(paths["md"], to_markdown(table, index=index) + "\n")
     body = to_html(table, name, highlight=highlight, index=index)
     atomic_write_text(paths["html"], f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{css_id(name)}"

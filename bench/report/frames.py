@@ -1,7 +1,6 @@
 """Run folder -> pandas: one row per case with the derived numbers every report needs, and the slices reports draw.
 
-Derived columns (added by `to_frame`):
-  is_jacobian  the strategy returns J for this shape (False for "output_sum" strategies when out_dim > 1)
+Derived columns (added by `to_frame`; the recorded ones are schema.CaseRecord's):
   valid        status "ok" and is_jacobian: the only rows that may be "fastest", a winner or a recommendation
   note         "sum over outputs — not the Jacobian" where is_jacobian is False, else the failure message
   jf_ratio     time_median_s / forward_median_s (the ADBench/GradBench J/F ratio); ok rows only
@@ -13,7 +12,6 @@ Reading is from files only: no `strategies`, no `torch`.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +19,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench.results import CASE_FIELDS, ResultsError, read_cases, read_json, read_lines
-from bench.schema import AXES, DEVICE_ORDER, KEY_DEFAULTS, SETTING, SHAPE_COLUMNS, case_key, slug
+from bench.results import ResultsError, read_run
+from bench.schema import AXES, CASE_FIELDS, DEVICE_ORDER, SETTING, SHAPE_COLUMNS, CaseRecord, VerdictRecord, slug
 
 NOT_J = "sum over outputs — not the Jacobian"
 NUMERIC = ["time_median_s", "time_iqr_s", "forward_median_s", "peak_memory_bytes", "max_abs_error", "jf_ratio",
@@ -43,74 +41,41 @@ class LoadedRun:
 
 
 def load_run(run_dir: Path) -> LoadedRun:
-    """Read cases.jsonl (+ env.json when present) of one run; a clear ResultsError for anything unusable."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ResultsError(f"{run_dir}: no such run folder (give results/<run-id>)")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        records = read_cases(run_dir / "cases.jsonl")
-    notes = [str(w.message) for w in caught]
-    if not records:
-        torn = f" ({len(notes)} corrupt lines skipped)" if notes else ""
-        raise ResultsError(f"{run_dir / 'cases.jsonl'}: no case records{torn}; the run is empty or broken: run "
-                           "`make bench` again")
-    env_path = run_dir / "env.json"
-    env = read_json(env_path) if env_path.exists() else {}
-    if not isinstance(env, dict):
-        raise ResultsError(f"{env_path}: expected a JSON object; delete it or rerun the benchmark")
-    if not env_path.exists():
-        notes.append(f"{env_path}: missing, environment unknown")
-    frame = to_frame(records, base=_grid_base(env))
-    return LoadedRun(run_id=run_dir.resolve().name, path=run_dir, env=env, frame=frame,
-                     playoffs=playoffs_frame(read_lines(run_dir / "playoffs.jsonl")), warnings=notes)
+    """Read cases.jsonl (+ env.json, playoffs.jsonl when present) of one run, of any format version (results.read_run
+    upgrades it); a clear ResultsError for anything unusable."""
+    files = read_run(Path(run_dir))
+    return LoadedRun(run_id=Path(run_dir).resolve().name, path=Path(run_dir), env=files.env,
+                     frame=to_frame(files.cases, base=_grid_base(files.env)), playoffs=playoffs_frame(files.verdicts),
+                     warnings=files.warnings)
 
 
 PLAYOFF_COLUMNS = [*SHAPE_COLUMNS, "best", "verdict", "tied_with", "runner_up", "runner_up_ratio", "contenders",
                    "rounds", "unstable", "message"]
 
 
-def playoffs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """Playoff records -> one row per shape (the last one wins); an older run without playoffs gives no rows."""
-    records = [KEY_DEFAULTS | r for r in records]
-    rows = {tuple(r.get(c) for c in SHAPE_COLUMNS): r for r in records if all(c in r for c in SHAPE_COLUMNS)}
-    frame = pd.DataFrame(list(rows.values()), columns=PLAYOFF_COLUMNS)
-    frame["tied_with"] = frame["tied_with"].map(lambda v: list(v) if isinstance(v, list) else [])
-    frame["unstable"] = frame["unstable"].map(lambda v: v is True)
-    return frame
+def playoffs_frame(verdicts: list[VerdictRecord]) -> pd.DataFrame:
+    """Verdict records -> one row per shape (the last one wins); an older run without playoffs gives no rows."""
+    rows = {tuple(getattr(v, c) for c in SHAPE_COLUMNS): v.as_dict() for v in verdicts}
+    return pd.DataFrame(list(rows.values()), columns=PLAYOFF_COLUMNS)
 
 
-def to_frame(records: Iterable[dict[str, Any]], base: dict[str, int] | None = None) -> pd.DataFrame:
+def to_frame(records: Iterable[CaseRecord], base: dict[str, int] | None = None) -> pd.DataFrame:
     """Records -> DataFrame with the derived columns; the last record of a case wins (a resumed run)."""
     records = list(records)
-    rank = {name: i for i, name in enumerate(dict.fromkeys(r.get("strategy") for r in records))}
-    frame = pd.DataFrame(list({case_key(r): r for r in records}.values()))
-    for col in CASE_FIELDS:
-        if col not in frame:
-            frame[col] = None
-    for col in AXES:
-        frame[col] = pd.to_numeric(frame[col], errors="coerce")
-    bad = frame[AXES].isna().any(axis=1)
-    if bad.all():
-        raise ResultsError("no record has integer batch/hidden/in_dim/out_dim: not a jacobench cases.jsonl")
-    frame = frame[~bad].copy()
-    frame[AXES] = frame[AXES].astype(int)
-    frame["mode"] = frame["mode"].fillna(KEY_DEFAULTS["mode"])  # a run from before train mode
+    if not records:
+        raise ResultsError("no case records")
+    rank = {name: i for i, name in enumerate(dict.fromkeys(r.strategy for r in records))}
+    frame = pd.DataFrame([r.as_dict() for r in {r.key: r for r in records}.values()], columns=CASE_FIELDS)
     for col in TEXT:
         frame[col] = frame[col].fillna("").astype(str)
     for col in NUMERIC:
         if col in frame:
             frame[col] = pd.to_numeric(frame[col], errors="coerce")
     frame["coupled"] = frame["coupled"].map(lambda v: v is True)
-    frame["unstable"] = frame["unstable"].map(lambda v: v is True)
-    frame["compiled"] = frame["compiled"].map(lambda v: v is True)
-    frame["warnings"] = frame["warnings"].map(lambda v: v if isinstance(v, list) else [])
-    frame["round_times_s"] = frame["round_times_s"].map(lambda v: v if isinstance(v, list) else [])
     frame["rank"] = frame["strategy"].map(rank)
     ok = frame["status"] == "ok"
     # A time or memory figure belongs to a validated case only: drop stray numbers of failed cases at the source.
     frame.loc[~ok, ["time_median_s", "time_iqr_s", "time_ci_low_s", "time_ci_high_s", "peak_memory_bytes"]] = math.nan
-    frame["is_jacobian"] = (frame["returns"] != "output_sum") | (frame["out_dim"] == 1)
     frame["valid"] = ok & frame["is_jacobian"] & frame["time_median_s"].gt(0)
     frame["note"] = frame["message"].where(~ok, "")
     frame.loc[~frame["is_jacobian"], "note"] = NOT_J
@@ -137,7 +102,7 @@ def _grid_base(env: dict[str, Any]) -> dict[str, int] | None:
 
 def _sweeps(frame: pd.DataFrame, base: dict[str, int] | None) -> pd.Series:
     """Keep the harness's sweep tags; infer them (from env's grid base, else the most common value) when missing."""
-    given = frame["sweeps"].map(lambda s: tuple(s) if isinstance(s, list) else tuple(str(s).split("|")) if s else ())
+    given = frame["sweeps"].map(tuple)
     if given.map(len).all():
         return given
     inferred = pd.Series([()] * len(frame), index=frame.index, dtype=object)

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from bench.report.frames import LoadedRun, groups, plane, setting_tag, strategy_order, sweep_line, where_label
-from bench.report.tables import best_per_shape
+from bench.report.tables import NONE_VALID, best_per_shape
 from bench.results import atomic_write_bytes
 from bench.schema import (
     AXES,
@@ -28,11 +28,13 @@ from bench.schema import (
     SETTING,
     SHAPE_COLUMNS,
     eager_twin,
+    fmt_margin,
     fmt_ratio,
     fmt_time,
     sizes_id,
     status_kind,
 )
+from bench.stats import TIE_MARGIN
 
 COLORS = {
     "analytic": "#000000",
@@ -293,13 +295,13 @@ def winner_map(part: pd.DataFrame, where: str, best: pd.DataFrame) -> Any | None
     if rows.empty:
         return None
     b, h = rows["batch"].iloc[0], rows["hidden"].iloc[0]
-    cells = best[(best["batch"] == b) & (best["hidden"] == h) & (best["winner"] != "none")
+    cells = best[(best["batch"] == b) & (best["hidden"] == h) & (best["fastest"] != NONE_VALID)
                  & best["in_dim"].isin(rows["in_dim"]) & best["out_dim"].isin(rows["out_dim"])]
     if cells.empty:
         return None
     ins, outs = sorted(rows["in_dim"].unique()), sorted(rows["out_dim"].unique())
     winners = cells[cells["verdict"] == "winner"]
-    names = strategy_order(rows[rows["strategy"].isin(winners["winner"])])  # only winners get a colour
+    names = strategy_order(rows[rows["strategy"].isin(winners["fastest"])])  # only winners get a colour
     palette = ["#ffffff", "#dddddd", TIE_COLOR] + [color(s) for s in names]  # not measured, none valid, tie
     grid = [[0] * len(ins) for _ in outs]
     text = [["not measured"] * len(ins) for _ in outs]
@@ -322,7 +324,8 @@ def winner_map(part: pd.DataFrame, where: str, best: pd.DataFrame) -> Any | None
     ax.set_title(f"Fastest autodiff strategy over in × out (B={b}, H={h}): winner or tie\n{where}", fontsize=10)
     handles = [Patch(color=color(s), label=s) for s in names]
     if (cells["verdict"] == "tie").any():
-        handles.append(Patch(facecolor=TIE_COLOR, edgecolor="#999999", label="tie: none surely >5% faster"))
+        handles.append(Patch(facecolor=TIE_COLOR, edgecolor="#999999",
+                             label=f"tie: none surely >{fmt_margin(TIE_MARGIN)} faster"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return fig
 
@@ -331,18 +334,18 @@ def _winner_cell(row: pd.Series, names: list[str]) -> tuple[int, str]:
     """(palette index, text) of one winner-map cell."""
     closed = [f"{row['vs_analytic']:.1f}× analytic"] if pd.notna(row["vs_analytic"]) else []
     if row["verdict"] == "tie":
-        tied = [row["winner"], *row["tied_with"].split(", ")]
+        tied = [row["fastest"], *row["tied_with"]]
         shown = tied[:3] + ([f"+{len(tied) - 3} more"] if len(tied) > 3 else [])
         return 2, "\n".join(["tie:", *shown, *closed, *_eager_line(row)])
-    lines = [row["winner"]]
+    lines = [row["fastest"]]
     if pd.notna(row["runner_up_ratio"]):
         lines.append(f"next ×{row['runner_up_ratio']:.2f}")
-    return 3 + names.index(row["winner"]), "\n".join(lines + closed + _eager_line(row))
+    return 3 + names.index(row["fastest"]), "\n".join(lines + closed + _eager_line(row))
 
 
 def _eager_line(row: pd.Series) -> list[str]:
     """Under a compiled winner: the fastest eager strategy and how much slower it is (no compiling needed)."""
-    if not row["best_eager"] or row["best_eager"] == row["winner"] or pd.isna(row["best_eager_s"]):
+    if not row["best_eager"] or row["best_eager"] == row["fastest"] or pd.isna(row["best_eager_s"]):
         return []
     return [f"eager: {row['best_eager']} ×{row['best_eager_s'] / row['best_s']:.1f}"]
 

@@ -32,16 +32,28 @@ from bench.report.tables import (
     training_table,
 )
 from bench.results import plots_dir
-from bench.schema import AXES, AXIS_LABEL, SETTING, SHAPE_COLUMNS, STATUS_MEANING, STATUSES, fmt_ratio, fmt_time
+from bench.schema import (
+    AXES,
+    AXIS_LABEL,
+    SETTING,
+    SHAPE_COLUMNS,
+    STATUS_MEANING,
+    STATUSES,
+    fmt_margin,
+    fmt_ratio,
+    fmt_time,
+)
+from bench.stats import CONTENDER_MARGIN, TIE_MARGIN
 
 VERDICTS = (
-    "verdict: after all strategies of a shape were timed, the autodiff strategies within ×1.5 of the fastest were "
-    "timed again in interleaved rounds (shuffled order each round, one process), so a slow moment of the machine "
-    "hits all of them alike. winner: every other contender is surely (its whole 95% interval) more than 5% slower; "
-    "tie: the listed strategies are not, so either is a good choice. runner-up / fastest: the paired ratio with its "
-    "95% interval. The closed form (analytic) exists for plain MLPs only and is not a contender. A playoff sees the "
-    "noise inside one process only: compiled code also changes speed from one process to the next (up to ×1.5 "
-    "between runs on a 2-core VM), so a verdict between two compiled variants is the least certain."
+    f"verdict: after all strategies of a shape were timed, the autodiff strategies within "
+    f"{fmt_margin(CONTENDER_MARGIN)} of the fastest were timed again in interleaved rounds (shuffled order each "
+    f"round, one process), so a slow moment of the machine hits all of them alike. winner: every other contender is "
+    f"surely (its whole 95% interval) more than {fmt_margin(TIE_MARGIN)} slower; tie: the listed strategies are not, "
+    "so either is a good choice. runner-up / fastest: the paired ratio with its 95% interval. The closed form "
+    "(analytic) exists for plain MLPs only and is not a contender. A playoff sees the noise inside one process only: "
+    "compiled code also changes speed from one process to the next (up to ×1.5 between runs on a 2-core VM), so a "
+    "verdict between two compiled variants is the least certain."
 )
 
 PUBLISHED = ("Ratios a published source reports, next to the same ratio measured in this run at the same shape. The "

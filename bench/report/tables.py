@@ -17,7 +17,6 @@ from bench.report.frames import strategy_order, sweep_line
 from bench.schema import (
     AXES,
     CLOSED_FORM,
-    CONTENDER_MARGIN,
     SETTING,
     SHAPE_COLUMNS,
     STATUSES,
@@ -28,24 +27,25 @@ from bench.schema import (
     sizes_id,
     status_kind,
 )
-from bench.stats import TIE_MARGIN, ratio_of_medians
+from bench.stats import is_contender, ratio_of_medians, verdict_of
 
 Formatter = Callable[[float], str]
 
 
-BEST_COLUMNS = [*SHAPE_COLUMNS, "winner", "verdict", "tied_with", "best_s", "best_ci_low_s", "best_ci_high_s",
+BEST_COLUMNS = [*SHAPE_COLUMNS, "fastest", "verdict", "tied_with", "best_s", "best_ci_low_s", "best_ci_high_s",
                 "runner_up", "runner_up_s", "runner_up_ratio", "runner_up_ratio_low", "runner_up_ratio_high",
                 "jf_best", "analytic_s", "vs_analytic", "forward_s", "n_valid", "unstable", "playoff_rounds",
                 "best_eager", "best_eager_s"]
+NONE_VALID = ""  # `fastest` of a shape where no autodiff strategy gave a valid result
 
 
 def best_per_shape(frame: pd.DataFrame, playoffs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per measured shape: the fastest valid autodiff strategy and whether it wins or ties.
+    """One row per measured shape: the fastest valid autodiff strategy (`fastest`), and whether it wins or ties.
 
-    The verdict comes from the shape's playoff (its close contenders re-timed interleaved, bench/run/runner.py). A run
-    without one (an older run, or a shape finished before a kill) gets the verdict from its first timings: the
-    intervals of the ratios of medians. `tied_with` lists the strategies not surely more than stats.TIE_MARGIN
-    slower. The closed form (analytic) is not a contender: `vs_analytic` says how far the winner is from it.
+    The verdict, its contenders and `tied_with` (a list) come from the shape's playoff record (bench/run/playoff.py).
+    A shape without one (a run older than playoffs, or a shape finished before a kill) is decided from its first
+    timings by the same rule (stats.verdict_of). The closed form (analytic) is not a contender: `vs_analytic` says
+    how far the fastest is from it.
     """
     by_shape = {} if playoffs is None else {tuple(r[c] for c in SHAPE_COLUMNS): r for _, r in playoffs.iterrows()}
     rows = []
@@ -54,18 +54,19 @@ def best_per_shape(frame: pd.DataFrame, playoffs: pd.DataFrame | None = None) ->
         auto = valid[valid["strategy"] != CLOSED_FORM]
         analytic = valid[valid["strategy"] == CLOSED_FORM]["time_median_s"]
         row = dict(zip(SHAPE_COLUMNS, shape, strict=True)) | dict.fromkeys(BEST_COLUMNS[len(SHAPE_COLUMNS):], math.nan)
-        row.update(winner="none", verdict="", tied_with="", runner_up="", best_eager="",
+        row.update(fastest=NONE_VALID, verdict="", tied_with=[], runner_up="", best_eager="",
                    forward_s=part["forward_median_s"].median(),
                    n_valid=len(auto), unstable=bool(auto["unstable"].any()), playoff_rounds=0,
                    analytic_s=analytic.iloc[0] if len(analytic) else math.nan)
         if len(auto):
             row.update(_verdict(auto, by_shape.get(shape)))
-            best = auto.set_index("strategy").loc[row["winner"]]
+            by = auto.set_index("strategy")
+            best = by.loc[row["fastest"]]
             row.update(best_s=best["time_median_s"], best_ci_low_s=best["time_ci_low_s"],
                        best_ci_high_s=best["time_ci_high_s"], jf_best=best["jf_ratio"],
                        vs_analytic=best["time_median_s"] / row["analytic_s"])
             if row["runner_up"]:
-                row["runner_up_s"] = auto.set_index("strategy").loc[row["runner_up"], "time_median_s"]
+                row["runner_up_s"] = by.loc[row["runner_up"], "time_median_s"]
             eager = auto[~auto["compiled"]]  # for whoever cannot or will not compile: first timings
             if len(eager):
                 row.update(best_eager=eager["strategy"].iloc[0], best_eager_s=eager["time_median_s"].iloc[0])
@@ -74,31 +75,30 @@ def best_per_shape(frame: pd.DataFrame, playoffs: pd.DataFrame | None = None) ->
 
 
 def _verdict(auto: pd.DataFrame, playoff: pd.Series | None) -> dict[str, Any]:
-    """winner, verdict, tied_with, runner-up and its ratio: from the playoff, else from the first timings."""
+    """fastest, verdict, tied_with, runner-up and its ratio: from the playoff record, else from the first timings."""
     if playoff is not None and playoff["best"] in set(auto["strategy"]):
         ratio = playoff["runner_up_ratio"] if isinstance(playoff["runner_up_ratio"], list) else [math.nan] * 3
-        runner_up = playoff["runner_up"] if isinstance(playoff["runner_up"], str) else ""
-        return {"winner": playoff["best"], "verdict": playoff["verdict"], "tied_with": ", ".join(playoff["tied_with"]),
-                "runner_up": runner_up, "runner_up_ratio": ratio[0], "runner_up_ratio_low": ratio[1],
+        return {"fastest": playoff["best"], "verdict": playoff["verdict"], "tied_with": list(playoff["tied_with"]),
+                "runner_up": playoff["runner_up"] if isinstance(playoff["runner_up"], str) else "",
+                "runner_up_ratio": ratio[0], "runner_up_ratio_low": ratio[1],
                 "runner_up_ratio_high": ratio[2], "playoff_rounds": int(playoff["rounds"] or 0),
                 "unstable": bool(playoff["unstable"] or auto["unstable"].any())}
     best = auto.iloc[0]
-    ratios = {r["strategy"]: _first_timing_ratio(r, best) for _, r in auto.iloc[1:].iterrows()}
-    tied = [name for name, (_, low, _) in ratios.items() if low <= TIE_MARGIN]
-    runner_up = tied[0] if tied else next(iter(ratios), "")
-    ratio = ratios.get(runner_up, (math.nan,) * 3)
-    return {"winner": best["strategy"], "verdict": "tie" if tied else "winner", "tied_with": ", ".join(tied),
-            "runner_up": runner_up, "runner_up_ratio": ratio[0], "runner_up_ratio_low": ratio[1],
+    verdict = verdict_of(best["strategy"], {r["strategy"]: _first_timing_ratio(r, best)
+                                            for _, r in auto.iloc[1:].iterrows()})
+    ratio = verdict.ratios.get(verdict.runner_up, (math.nan,) * 3)
+    return {"fastest": verdict.best, "verdict": verdict.verdict, "tied_with": verdict.tied_with,
+            "runner_up": verdict.runner_up or "", "runner_up_ratio": ratio[0], "runner_up_ratio_low": ratio[1],
             "runner_up_ratio_high": ratio[2]}
 
 
 def _first_timing_ratio(row: pd.Series, best: pd.Series) -> tuple[float, float, float]:
     """row / best from the first timings: the bootstrap interval of the ratio of medians; without round times (a
-    run older than round times), the point ratio, counted a tie within the contender margin."""
+    run older than round times), the point ratio, taken as a tie while the strategy is still a contender."""
     if len(row["round_times_s"]) and len(best["round_times_s"]):
         return ratio_of_medians(row["round_times_s"], best["round_times_s"])
     ratio = row["time_median_s"] / best["time_median_s"]
-    return ratio, ratio if ratio > CONTENDER_MARGIN else 1.0, ratio
+    return ratio, 1.0 if is_contender(row["time_median_s"], best["time_median_s"]) else ratio, ratio
 
 
 def cell(row: pd.Series, column: str, fmt: Formatter) -> str:
@@ -163,7 +163,7 @@ def pivot(part: pd.DataFrame, axis: str, column: str, fmt: Formatter) -> tuple[p
 def best_table(best: pd.DataFrame) -> pd.DataFrame:
     """best_per_shape as display strings."""
     out = best[SHAPE_COLUMNS].copy()
-    out["fastest autodiff"] = best["winner"]
+    out["fastest autodiff"] = best["fastest"]
     out["verdict"] = [verdict_text(r) for _, r in best.iterrows()]
     out["time [95% CI]"] = [f"{fmt_time(r.best_s)} [{fmt_time(r.best_ci_low_s)}–{fmt_time(r.best_ci_high_s)}]"
                             if pd.notna(r.best_ci_low_s) else fmt_time(r.best_s) for r in best.itertuples()]
@@ -171,7 +171,7 @@ def best_table(best: pd.DataFrame) -> pd.DataFrame:
     out["runner-up / fastest"] = [fmt_interval(r.runner_up_ratio, r.runner_up_ratio_low, r.runner_up_ratio_high,
                                                r.playoff_rounds > 0) for r in best.itertuples()]
     out["J/F"] = best["jf_best"].map(fmt_ratio)
-    out["fastest eager"] = [f"{r.best_eager} ({fmt_time(r.best_eager_s)})" if r.best_eager and r.best_eager != r.winner
+    out["fastest eager"] = [f"{r.best_eager} ({fmt_time(r.best_eager_s)})" if r.best_eager and r.best_eager != r.fastest
                             else "same" if r.best_eager else "—" for r in best.itertuples()]
     out["closed form"] = best["analytic_s"].map(fmt_time)
     out["fastest / closed form"] = best["vs_analytic"].map(fmt_ratio)
@@ -179,10 +179,10 @@ def best_table(best: pd.DataFrame) -> pd.DataFrame:
 
 
 def verdict_text(row: pd.Series) -> str:
-    """winner | tie with a, b | — ; "(unstable)" when a timing behind it was disturbed."""
-    if row["winner"] == "none":
+    """winner | tie with a, b | no valid strategy; "(unstable)" when a timing behind it was disturbed."""
+    if row["fastest"] == NONE_VALID:
         return "no valid strategy"
-    text = f"tie with {row['tied_with']}" if row["verdict"] == "tie" else row["verdict"]
+    text = f"tie with {', '.join(row['tied_with'])}" if row["verdict"] == "tie" else row["verdict"]
     return text + (" (unstable)" if row["unstable"] else "")
 
 
@@ -237,16 +237,16 @@ def training_table(best: pd.DataFrame) -> pd.DataFrame:
     out["fastest for J"] = [verdict_cell(r, "_j") for _, r in both.iterrows()]
     out["fastest to train through J"] = [verdict_cell(r, "_t") for _, r in both.iterrows()]
     out["train step / J (each its fastest)"] = (both["best_s_t"] / both["best_s_j"]).map(fmt_ratio)
-    out["same choice"] = ["yes" if r["winner_j"] == r["winner_t"] else "no" for _, r in both.iterrows()]
+    out["same choice"] = ["yes" if r["fastest_j"] == r["fastest_t"] else "no" for _, r in both.iterrows()]
     return out
 
 
 def verdict_cell(row: pd.Series, suffix: str = "") -> str:
     """grad_batched, or "tie: a, b" (with "(unstable)" when a timing behind it was disturbed)."""
-    winner, verdict = row[f"winner{suffix}"], row[f"verdict{suffix}"]
-    if winner == "none":
+    fastest, verdict = row[f"fastest{suffix}"], row[f"verdict{suffix}"]
+    if fastest == NONE_VALID:
         return "none valid"
-    text = f"tie: {winner}, {row[f'tied_with{suffix}']}" if verdict == "tie" else winner
+    text = f"tie: {', '.join([fastest, *row[f'tied_with{suffix}']])}" if verdict == "tie" else fastest
     return text + (" (unstable)" if row[f"unstable{suffix}"] else "")
 
 

@@ -33,7 +33,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from bench.errors import BenchError
-from bench.schema import AXES, MODES, case_key, shape_id
+from bench.schema import AXES, MODES, Sizes, case_key, shape_id
 
 GRIDS_DIR = Path(__file__).parent / "grids"
 DTYPES = ("float32", "float64", "float16", "bfloat16")
@@ -111,27 +111,28 @@ class Grid:
 
 @dataclass(frozen=True)
 class Case:
+    """One shape of the grid in one setting: what every strategy of the shape is measured on."""
+
     model: str
     dtype: str
-    batch: int
-    hidden: int
-    in_dim: int
-    out_dim: int
+    sizes: Sizes
     mode: str = "jacobian"
     sweeps: tuple[str, ...] = field(default=(), compare=False)
     compiled: bool = field(default=False, compare=False)  # a block of this shape runs the compiled strategies
 
     def key(self, strategy: str, device: str) -> tuple:
         """The finished-case key (schema.case_key) of this case measured by `strategy` on `device`."""
-        return case_key({"strategy": strategy, "device": device, **vars(self)})
+        return case_key({"strategy": strategy, "device": device, "model": self.model, "dtype": self.dtype,
+                         "mode": self.mode, **self.sizes._asdict()})
 
     @property
     def shape_id(self) -> str:
-        return shape_id(self.model, self.dtype, vars(self), self.mode)
+        return shape_id(self.model, self.dtype, self.sizes, self.mode)
 
     @property
     def size(self) -> int:
-        return self.batch * self.hidden * (self.in_dim + self.out_dim)
+        """A measure of the work in one call: B·H·(in + out), to order cases smallest first."""
+        return self.sizes.batch * self.sizes.hidden * (self.sizes.in_dim + self.sizes.out_dim)
 
 
 def available() -> list[str]:
@@ -290,7 +291,7 @@ def expand(grid: Grid, models: tuple[str, ...] | None = None, dtypes: tuple[str,
 
     `models` (MODEL=) replaces the models of every block, `dtypes` (DTYPE=) their dtypes, `modes` (MODE=) theirs.
     """
-    parts: dict[tuple, set[str]] = {}  # (model, dtype, B, H, in, out, mode) -> grid parts
+    parts: dict[tuple, set[str]] = {}  # (model, dtype, Sizes, mode) -> grid parts
     compiled: set[tuple] = set()  # the keys a block with compiled = true holds
     for block in grid.blocks:
         points: list[tuple[str, dict[str, int]]] = [("base", {})]
@@ -307,12 +308,12 @@ def expand(grid: Grid, models: tuple[str, ...] | None = None, dtypes: tuple[str,
                 for mode in modes or block.modes:
                     for part, overrides in points:
                         point = block.base | overrides
-                        key = (model, dtype, *(point[a] for a in AXES), mode)
+                        key = (model, dtype, Sizes.of(point), mode)
                         parts.setdefault(key, set()).add(part)
                         if block.compiled:
                             compiled.add(key)
     order = ("base", *AXES, "plane", "cartesian")
     cases = [Case(*key, sweeps=tuple(p for p in order if p in tags), compiled=key in compiled)
              for key, tags in parts.items()]
-    return sorted(cases, key=lambda c: (c.mode != "jacobian", c.model, c.dtype, c.size, c.batch, c.in_dim, c.out_dim,
-                                        c.hidden))
+    return sorted(cases, key=lambda c: (c.mode != "jacobian", c.model, c.dtype, c.size, c.sizes.batch,
+                                        c.sizes.in_dim, c.sizes.out_dim, c.sizes.hidden))

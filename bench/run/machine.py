@@ -113,3 +113,20 @@ def wait_until_quiet(timeout_s: float, window_s: float = 0.5) -> tuple[bool, flo
         if not disturbance(before, snapshot()):
             return True, time.perf_counter() - start
     return False, time.perf_counter() - start
+
+
+class Settler:
+    """Waits for other processes' load to pass: at most `per_wait_s` each time, `total_s` in all for the run."""
+
+    def __init__(self, per_wait_s: float, total_s: float):
+        self.per_wait_s = per_wait_s
+        self.left_s = total_s
+
+    def settle(self) -> bool:
+        """Wait until the machine is quiet (within the limits); whether it is."""
+        wait = min(self.per_wait_s, self.left_s)
+        if wait <= 0:
+            return False
+        quiet, waited = wait_until_quiet(wait)
+        self.left_s -= waited
+        return quiet

@@ -56,19 +56,21 @@ def time_limit(seconds: float, what: str = "one call") -> Iterator[None]:
 
 
 @dataclass(frozen=True)
-class Plan:
+class RoundPlan:
+    """How one case is timed: rounds of `iterations` calls each, after `warmup_rounds`."""
+
     rounds: int
     iterations: int  # calls per round, so one round lasts well above the timer's resolution
     warmup_rounds: int
 
 
-def plan(one_call_s: float, target_s: float, min_round_s: float = 2e-3, min_rounds: int = 3,
-         max_rounds: int = 200) -> Plan:
+def round_plan(one_call_s: float, target_s: float, min_round_s: float = 2e-3, min_rounds: int = 3,
+               max_rounds: int = 200) -> RoundPlan:
     """Iterations so a round lasts >= min_round_s (perf_counter resolves ~100 ns), rounds to fill target_s."""
     one_call_s = max(one_call_s, 1e-7)
     iterations = max(1, math.ceil(min_round_s / one_call_s))
     rounds = int(min(max_rounds, max(min_rounds, target_s // (iterations * one_call_s))))
-    return Plan(rounds=rounds, iterations=iterations, warmup_rounds=1)
+    return RoundPlan(rounds=rounds, iterations=iterations, warmup_rounds=1)
 
 
 def time_rounds(fn: Callable[[], object], iterations: int, rounds: int) -> list[float]:
@@ -87,7 +89,7 @@ def median_time(fn: Callable[[], object], target_s: float) -> float:
     fn()
     start = synced_clock()
     fn()
-    p = plan(synced_clock() - start, target_s)
+    p = round_plan(synced_clock() - start, target_s)
     return statistics.median(time_rounds(fn, p.iterations, p.rounds))
 
 
@@ -156,3 +158,15 @@ def available_memory(device: str) -> int:
     import os
 
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def free(device: str) -> None:
+    """Give cached device memory back before the next shape is built."""
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type when it has none), cut to `limit` characters."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -2,9 +2,10 @@
 
 Every factory has the signature ``factory(in_dim, hidden, out_dim) -> nn.Module`` mapping (B, in) to (B, out).
 Models and inputs are seeded from the case, so the same case gives the same tensors on every run and machine.
-A preset whose architecture does not fit every size says so in ``fits``: the run is refused at planning time, with
-the reason, before anything is built or measured. Output row b depends on input row b alone unless the preset's
-``independent_samples`` is False.
+The model is measured in the train/eval mode its factory returns it in (BatchNorm in training mode couples the
+samples; Dropout in training mode is random, and no reference can validate it). A preset whose architecture does
+not fit every size says so in ``fits``: the run is refused at planning time, with the reason, before anything is
+built or measured. Output row b depends on input row b alone unless the preset ``couples_samples``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.errors import BenchError
+from bench.schema import Sizes
 
 # factory(in_dim, hidden, out_dim) -> model
 Factory = Callable[[int, int, int], nn.Module]
@@ -37,24 +39,23 @@ class ModelError(BenchError):
 class ModelDef:
     name: str
     factory: Factory
-    train: bool  # train mode (BatchNorm uses batch statistics: samples are coupled)
     description: str
     spec: str = ""  # how to resolve it again: the preset name, or /absolute/path/file.py:factory
     fits: Fits | None = None  # None: every size fits (user models: the factory itself is the check)
-    independent_samples: bool = True  # output row b depends on input row b alone
+    couples_samples: bool = False  # output row b depends on other input rows too (BatchNorm in training mode)
 
     def __post_init__(self) -> None:
         if not self.spec:
             object.__setattr__(self, "spec", self.name)
 
-    def problem(self, in_dim: int, hidden: int, out_dim: int) -> str:
+    def problem(self, sizes: Sizes) -> str:
         """Why these sizes do not fit the architecture, "" when they do."""
-        return self.fits(in_dim, hidden, out_dim) if self.fits else ""
+        return self.fits(sizes.in_dim, sizes.hidden, sizes.out_dim) if self.fits else ""
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
     """The seed model: in_dim inputs -> one Tanh layer of width hidden -> out_dim outputs."""
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, out_dim))
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, out_dim)).eval()
 
 
 def _deep_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
@@ -64,13 +65,14 @@ def _deep_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
         nn.Linear(hidden, hidden), nn.GELU(),
         nn.Linear(hidden, hidden), nn.Softplus(),
         nn.Linear(hidden, out_dim),
-    )  # fmt: skip
+    ).eval()  # fmt: skip
 
 
 def _mlp_batchnorm(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
     """in_dim inputs -> Linear to width hidden -> BatchNorm1d -> Tanh -> out_dim outputs. Run in train mode, the batch
     statistics couple the samples: row b of the output depends on every input row."""
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.Tanh(), nn.Linear(hidden, out_dim))
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.Tanh(),
+                         nn.Linear(hidden, out_dim)).train()
 
 
 # ---- beyond the MLP: each factory checks its sizes with the same fits() the planner calls ------------------------
@@ -101,7 +103,7 @@ def _pinn(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
         nn.Linear(hidden, hidden), nn.Tanh(),
         nn.Linear(hidden, hidden), nn.Tanh(),
         nn.Linear(hidden, out_dim),
-    )  # fmt: skip
+    ).eval()  # fmt: skip
 
 
 CNN_MIN_SIDE = 4  # two 2x2 poolings leave at least one pixel
@@ -129,7 +131,7 @@ def _cnn(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
         nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(),  # [B, hidden * pooled^2]
         nn.Linear(hidden * pooled * pooled, out_dim),
-    )  # fmt: skip
+    ).eval()  # fmt: skip
 
 
 ATTENTION_TOKENS = 8
@@ -176,7 +178,7 @@ def _attention(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
     """A transformer block: in_dim = 8 tokens x width D flattened (in_dim = 64 is 8 tokens of width 8); hidden =
     width of the block's GELU MLP; out_dim = outputs of the linear head on the flattened tokens."""
     _require(_attention_fits(in_dim, hidden, out_dim))
-    return Attention(in_dim, hidden, out_dim)
+    return Attention(in_dim, hidden, out_dim).eval()
 
 
 FLOW_COUPLINGS = 4
@@ -211,7 +213,7 @@ def _flow(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
     """A normalizing flow (RealNVP): four affine coupling layers on in_dim == out_dim features (>= 2), each with a
     scale/shift net of width hidden (Linear -> Tanh -> Linear -> Tanh -> Linear); J is square and invertible."""
     _require(_flow_fits(in_dim, hidden, out_dim))
-    return nn.Sequential(*(Coupling(in_dim, hidden) for _ in range(FLOW_COUPLINGS)))
+    return nn.Sequential(*(Coupling(in_dim, hidden) for _ in range(FLOW_COUPLINGS))).eval()
 
 
 class ResidualBlock(nn.Module):
@@ -237,33 +239,32 @@ def _resmlp(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
         *(ResidualBlock(hidden) for _ in range(RESMLP_BLOCKS)),
         nn.LayerNorm(hidden),
         nn.Linear(hidden, out_dim),
-    )
+    ).eval()
 
 
 def _linear_tanh(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
     """The torch.func tutorial's `predict`: tanh(Linear(in, out)), one layer; hidden is not used."""
-    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.Tanh())
+    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.Tanh()).eval()
 
 
 PRESETS: dict[str, ModelDef] = {
     m.name: m
     for m in [
-        ModelDef("mlp", _mlp, False, "the seed model: Linear(in, H) -> Tanh -> Linear(H, out)"),
-        ModelDef("deep_mlp", _deep_mlp, False, "4 Linear layers of width H with SiLU, GELU, Softplus"),
-        ModelDef("mlp_batchnorm", _mlp_batchnorm, True, "Linear -> BatchNorm1d (train mode) -> Tanh -> Linear",
-                 independent_samples=False),
-        ModelDef("pinn", _pinn, False, "PINN: in coordinates (1-4) -> 4 Tanh layers of width H -> out fields",
+        ModelDef("mlp", _mlp, "the seed model: Linear(in, H) -> Tanh -> Linear(H, out)"),
+        ModelDef("deep_mlp", _deep_mlp, "4 Linear layers of width H with SiLU, GELU, Softplus"),
+        ModelDef("mlp_batchnorm", _mlp_batchnorm, "Linear -> BatchNorm1d (train mode) -> Tanh -> Linear",
+                 couples_samples=True),
+        ModelDef("pinn", _pinn, "PINN: in coordinates (1-4) -> 4 Tanh layers of width H -> out fields",
                  fits=_pinn_fits),
-        ModelDef("cnn", _cnn, False, "in = side x side image, 1 channel: [Conv3x3(H ch) -> ReLU -> MaxPool2] x 2 "
+        ModelDef("cnn", _cnn, "in = side x side image, 1 channel: [Conv3x3(H ch) -> ReLU -> MaxPool2] x 2 "
                  "-> Linear(out classes)", fits=_cnn_fits),
-        ModelDef("attention", _attention, False, "in = 8 tokens x width: pre-LN self-attention + GELU MLP of width "
+        ModelDef("attention", _attention, "in = 8 tokens x width: pre-LN self-attention + GELU MLP of width "
                  "H (residual) -> LayerNorm -> Linear(out)", fits=_attention_fits),
-        ModelDef("flow", _flow, False, "RealNVP: 4 affine coupling layers, scale/shift nets of width H; in == out",
+        ModelDef("flow", _flow, "RealNVP: 4 affine coupling layers, scale/shift nets of width H; in == out",
                  fits=_flow_fits),
-        ModelDef("resmlp", _resmlp, False, "Linear(in, H) -> 3 residual blocks (LayerNorm, GELU) -> LayerNorm -> "
+        ModelDef("resmlp", _resmlp, "Linear(in, H) -> 3 residual blocks (LayerNorm, GELU) -> LayerNorm -> "
                  "Linear(out)"),
-        ModelDef("linear_tanh", _linear_tanh, False, "tanh(Linear(in, out)), the torch.func tutorial's predict; "
-                 "H unused"),
+        ModelDef("linear_tanh", _linear_tanh, "tanh(Linear(in, out)), the torch.func tutorial's predict; H unused"),
     ]
 }
 
@@ -289,18 +290,18 @@ def resolve(spec: str) -> ModelDef:
     if not callable(factory):
         raise ModelError(f"MODEL={spec}: {file} has no function {attr!r} (expected factory(in_dim, hidden, out_dim))")
     source = f"{path.resolve()}:{attr}"
-    return ModelDef(f"{path.stem}.{attr}", factory, train=False, description=f"user model {source}", spec=source)
+    return ModelDef(f"{path.stem}.{attr}", factory, description=f"user model {source}", spec=source)
 
 
-def seed_for(model_name: str, batch: int, hidden: int, in_dim: int, out_dim: int) -> int:
-    return SEED + zlib.crc32(f"{model_name}-{batch}-{hidden}-{in_dim}-{out_dim}".encode())
+def seed_for(model_name: str, sizes: Sizes) -> int:
+    return SEED + zlib.crc32(f"{model_name}-{'-'.join(map(str, sizes))}".encode())
 
 
-def instantiate(model_def: ModelDef, in_dim: int, hidden: int, out_dim: int) -> nn.Module:
+def instantiate(model_def: ModelDef, sizes: Sizes) -> nn.Module:
     """Call the factory; a ModelError that names the call when it raises or returns something else."""
-    call = f"model {model_def.name}: factory(in_dim={in_dim}, hidden={hidden}, out_dim={out_dim})"
+    call = f"model {model_def.name}: factory(in_dim={sizes.in_dim}, hidden={sizes.hidden}, out_dim={sizes.out_dim})"
     try:
-        model = model_def.factory(in_dim, hidden, out_dim)
+        model = model_def.factory(sizes.in_dim, sizes.hidden, sizes.out_dim)
     except Exception as exc:
         raise ModelError(f"{call} raised {type(exc).__name__}: {_first_line(exc)}") from None
     if not isinstance(model, nn.Module):
@@ -308,17 +309,14 @@ def instantiate(model_def: ModelDef, in_dim: int, hidden: int, out_dim: int) -> 
     return model
 
 
-def build(
-    model_def: ModelDef, batch: int, hidden: int, in_dim: int, out_dim: int, device: str, dtype: torch.dtype
-) -> tuple[nn.Module, Tensor]:
-    """The seeded model and input of one case: identical on every run, built on CPU then moved."""
-    seed = seed_for(model_def.name, batch, hidden, in_dim, out_dim)
+def build(model_def: ModelDef, sizes: Sizes, device: str, dtype: torch.dtype) -> tuple[nn.Module, Tensor]:
+    """The seeded model and input of one case: identical on every run, built on CPU then moved, in the train/eval
+    mode the factory returned it in."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = instantiate(model_def, in_dim, hidden, out_dim)
-        x = torch.randn(batch, in_dim)  # [B, in]
-    model = model.to(device=device, dtype=dtype).train(model_def.train)
-    return model, x.to(device=device, dtype=dtype)
+        torch.manual_seed(seed_for(model_def.name, sizes))
+        model = instantiate(model_def, sizes)
+        x = torch.randn(sizes.batch, sizes.in_dim)  # [B, in]
+    return model.to(device=device, dtype=dtype), x.to(device=device, dtype=dtype)
 
 
 def native_dtype(model: nn.Module) -> torch.dtype | None:
@@ -347,20 +345,23 @@ class Probe:
 
     dtype: torch.dtype | None  # as the factory built it
     one_sample: str  # why it fails on a one-sample batch ("" if it works)
+    training: bool  # nn.Module.training as the factory returned it: the mode it is measured in
 
 
-def check(model_def: ModelDef, hidden: int, in_dim: int, out_dim: int, batch: int = 2) -> Probe:
-    """Fail early (one clear message) when a model does not map (B, in) to (B, out); probe a one-sample batch too,
-    which per-sample strategies (vmap over single samples) and B=1 cases feed it."""
+def check(model_def: ModelDef, sizes: Sizes) -> Probe:
+    """Fail early (one clear message) when a model does not map (B, in) to (B, out) at these sizes (B=2 is used);
+    probe a one-sample batch too, which per-sample strategies (vmap over single samples) and B=1 cases feed it."""
+    sizes = sizes._replace(batch=2)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed_for(model_def.name, batch, hidden, in_dim, out_dim))
-        model = instantiate(model_def, in_dim, hidden, out_dim)
+        torch.manual_seed(seed_for(model_def.name, sizes))
+        model = instantiate(model_def, sizes)
     dtype = native_dtype(model)
-    model = model.float().train(model_def.train)
-    problem = run_problem(model, torch.randn(batch, in_dim), out_dim)
+    model = model.float()
+    problem = run_problem(model, torch.randn(sizes.batch, sizes.in_dim), sizes.out_dim)
     if problem:
         raise ModelError(f"model {model_def.name}: {problem}")
-    return Probe(dtype=dtype, one_sample=run_problem(model, torch.randn(1, in_dim), out_dim))
+    return Probe(dtype=dtype, one_sample=run_problem(model, torch.randn(1, sizes.in_dim), sizes.out_dim),
+                 training=model.training)
 
 
 def run_problem(model: nn.Module, x: Tensor, out_dim: int) -> str:

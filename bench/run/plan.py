@@ -1,4 +1,5 @@
-"""What a run will measure: the user's settings, validated and resolved up front, before anything is written.
+"""What a run will measure: the user's settings (bench/run/settings.py), validated and resolved up front, before
+anything is written.
 
 `plan_run(Settings(...))` refuses every bad input with one clear message (a BenchError) and returns a `RunPlan`:
 the grid's cases, devices, strategies, models, budgets and thread count.
@@ -18,7 +19,8 @@ import strategies
 from bench import results
 from bench.errors import BenchError
 from bench.run import grid, models
-from bench.schema import MODES
+from bench.run.settings import Settings
+from bench.schema import MODES, Sizes
 
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
@@ -27,26 +29,6 @@ _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6,
 
 class SettingsError(BenchError):
     pass
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What the user asked for (Make variables / CLI flags / pytest options), before validation."""
-
-    grid: str = "default"
-    devices: str = ""  # "" = cpu, plus cuda when available
-    strategies: str = ""  # "" = all registered
-    model: str = ""  # "" = the grid's models
-    run_id: str = ""  # "" = a timestamped id
-    results_root: str = "results"
-    memory_budget: str = ""  # bytes ("8GiB") or "" = the grid's fraction of available memory
-    time_budget: str = ""  # seconds or "" = the grid's budget.time_s
-    dtype: str = ""  # comma-separated dtypes, or "" = the grid's dtypes
-    mode: str = ""  # comma-separated modes (jacobian, train), or "" = the grid's modes
-    compiled: str = ""  # "1": compiled strategies on every case, "0": on none, "" = where the grid's blocks say
-    threads: str = ""  # torch intra-op threads for the whole run, or "" = torch's default
-    resume: bool = False
-    force: bool = False
 
 
 @dataclass
@@ -179,7 +161,7 @@ def check_models(specs: list[str], the_grid: grid.Grid, dtypes: tuple[str, ...] 
     run_dtypes = dtypes or tuple(dict.fromkeys(d for b in the_grid.blocks for d in b.dtypes))
     for name, model_def in model_defs.items():
         base = next(b.base for b in the_grid.blocks if override or name in b.models)
-        probe = models.check(model_def, base["hidden"], base["in_dim"], base["out_dim"])
+        probe = models.check(model_def, Sizes.of(base))
         built = str(probe.dtype).removeprefix("torch.") if probe.dtype else None
         if built and built != "float32" and built not in run_dtypes and not dtypes:
             raise SettingsError(f"model {model_def.name}: the factory builds {built} parameters but the run measures "
@@ -201,7 +183,7 @@ def _check_sizes(model_defs: dict[str, models.ModelDef], the_grid: grid.Grid, dt
             where += f"; MODEL={override} replaces the models of every block"
         block_models = tuple(model_defs) if override else block.models
         for case in grid.expand(replace(the_grid, blocks=(block,)), block_models, dtypes):
-            problem = model_defs[case.model].problem(case.in_dim, case.hidden, case.out_dim)
+            problem = model_defs[case.model].problem(case.sizes)
             if problem:
                 unfit.append(f"model {case.model}: {problem}; case {case.shape_id} of {where}")
     if unfit:
@@ -221,12 +203,12 @@ def plan_run(settings: Settings) -> RunPlan:
     model_defs, notes = check_models(model_specs, the_grid, dtypes, override=settings.model)
     memory_budget = parse_bytes(settings.memory_budget) if settings.memory_budget else None
     time_budget = parse_seconds(settings.time_budget) if settings.time_budget else the_grid.budget.time_s
-    run_id = results.check_run_id(settings.run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{the_grid.name}")
+    run_id = results.check_run_id(settings.run or f"{time.strftime('%Y%m%d-%H%M%S')}-{the_grid.name}")
     return RunPlan(
         settings=settings,
         grid=the_grid,
         run_id=run_id,
-        folder=Path(settings.results_root) / run_id,
+        folder=Path(settings.results_dir) / run_id,
         devices=devices,
         strategy_names=strategy_names,
         model_defs=model_defs,

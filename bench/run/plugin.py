@@ -25,7 +25,7 @@ from bench.run.grid import Case
 from bench.run.plan import RunPlan
 from bench.run.runner import CaseRunner
 from bench.run.session import RunFolder
-from bench.schema import case_id, fmt_time
+from bench.schema import CaseRecord, VerdictRecord, case_id, fmt_time
 
 NAME = "jacobench-run"  # the plugin's name in pytest's plugin manager
 
@@ -39,21 +39,21 @@ class Progress:
     done: int = 0
     started: float = field(default_factory=time.perf_counter)
 
-    def case_done(self, record: dict[str, Any]) -> None:
+    def case_done(self, record: CaseRecord) -> None:
         self.done += 1
         elapsed = time.perf_counter() - self.started
         eta = elapsed / self.done * (self.total - self.done)
-        status = record["status"]
+        status = record.status
         if status == "ok":
-            fwd = record.get("forward_median_s")
-            ratio = f"{record['time_median_s'] / fwd:8.1f}x fwd" if fwd else ""
-            detail = f"{fmt_time(record['time_median_s']):>10} {ratio}"
-            status += "" if record.get("is_jacobian", True) else " (sum, not J)"
-            status += " (unstable)" if record.get("unstable") else ""
+            fwd = record.forward_median_s
+            ratio = f"{record.time_median_s / fwd:8.1f}x fwd" if fwd else ""
+            detail = f"{fmt_time(record.time_median_s):>10} {ratio}"
+            status += "" if record.is_jacobian else " (sum, not J)"
+            status += " (unstable)" if record.unstable else ""
         else:
-            detail = record["message"][:70]
+            detail = record.message[:70]
         self.line(f"[{self.done:>4}/{self.total} eta {int(eta // 60)}m{int(eta % 60):02d}s] {status:<16} "
-                  f"{record['case_id']:<52} {detail}")
+                  f"{record.case_id:<52} {detail}")
 
     def line(self, text: str) -> None:
         capman = self.config.pluginmanager.getplugin("capturemanager") if self.config else None
@@ -64,15 +64,15 @@ class Progress:
             print(text, flush=True)
 
 
-def playoff_line(case: Case, device: str, result: dict[str, Any]) -> str:
+def playoff_line(case: Case, device: str, result: VerdictRecord) -> str:
     """"   playoff mlp-B32-H64-in8-out8 on cpu: tie grad_batched = jacobian_sum (×1.02 [0.98–1.07])"."""
-    ratio = result.get("runner_up_ratio")
-    margin = f" (×{ratio[0]:.2f} [{ratio[1]:.2f}–{ratio[2]:.2f}])" if ratio and result.get("rounds") else \
+    ratio = result.runner_up_ratio
+    margin = f" (×{ratio[0]:.2f} [{ratio[1]:.2f}–{ratio[2]:.2f}])" if ratio and result.rounds else \
         f" (next ×{ratio[0]:.2f})" if ratio else ""
-    who = " = ".join([result["best"], *result["tied_with"]]) if result["verdict"] == "tie" else result["best"]
-    where = f"   playoff {case.shape_id} on {device}: {result['verdict']} {who}"
-    return where + (f" vs {result['runner_up']}" if result["verdict"] == "winner" and result.get("runner_up") else "") \
-        + margin + (" [unstable]" if result.get("unstable") else "")
+    who = " = ".join([result.best, *result.tied_with]) if result.verdict == "tie" else result.best
+    where = f"   playoff {case.shape_id} on {device}: {result.verdict} {who}"
+    return where + (f" vs {result.runner_up}" if result.verdict == "winner" and result.runner_up else "") \
+        + margin + (" [unstable]" if result.unstable else "")
 
 
 class JacobenchPlugin:
@@ -102,8 +102,8 @@ class JacobenchPlugin:
         """Measure one case, append its record to cases.jsonl (flushed: a kill -9 later loses nothing), hold the
         shape's playoff after its last case, and turn a status other than ok into a pytest skip with the message."""
         record = self.runner.run_case(benchmark, strategy, case, device)
-        if record["status"] == "ok":
-            benchmark.extra_info.update({k: v for k, v in record.items()
+        if record.status == "ok":
+            benchmark.extra_info.update({k: v for k, v in record.as_dict().items()
                                          if k not in ("summary", "cost", "round_times_s")})
         results.append_case(self.folder.cases_path, record)
         key = case.key(strategy, device)
@@ -111,8 +111,8 @@ class JacobenchPlugin:
         self.progress.case_done(record)
         if key in self._last_of_shape:
             self.hold_playoff(case, device)
-        if record["status"] != "ok":
-            pytest.skip(f"{record['status']}: {record['message']}")
+        if record.status != "ok":
+            pytest.skip(f"{record.status}: {record.message}")
 
     def hold_playoff(self, case: Case, device: str) -> None:
         """Re-time the close contenders of a finished shape interleaved (bench/run/playoff.py) and append the verdict to
@@ -127,8 +127,8 @@ class JacobenchPlugin:
             return
         if result is None:
             return
-        result["wall_s"] = round(time.perf_counter() - started, 4)  # what the verdict cost the run
-        results.append_line(self.folder.playoffs_path, result)
+        result.wall_s = round(time.perf_counter() - started, 4)  # what the verdict cost the run
+        results.append_line(self.folder.playoffs_path, result.as_dict())
         self.progress.line(playoff_line(case, device, result))
 
     # ---- pytest hooks and fixtures -------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ class JacobenchPlugin:
 
     def pytest_sessionfinish(self) -> None:
         counts = session.finish(self.plan.folder, interrupted=self.interrupted,
-                                calibration=self.runner.drift.summary())
+                                calibration=self.runner.shapes.drift.summary())
         self.progress.line(f"{sum(counts.values())} cases in {self.plan.folder}: "
                            + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
 

@@ -16,7 +16,7 @@ from bench import results
 from bench.errors import BenchError
 from bench.run import environment, models
 from bench.run.plan import RunPlan
-from bench.schema import case_key
+from bench.schema import CaseRecord
 
 
 class FolderError(BenchError):
@@ -29,7 +29,7 @@ class RunFolder:
 
     path: Path
     lock: IO
-    finished: dict[tuple, dict] = field(default_factory=dict)  # the records already in cases.jsonl (resume), by key
+    finished: dict[tuple, CaseRecord] = field(default_factory=dict)  # records already in cases.jsonl (resume), by key
 
     @property
     def cases_path(self) -> Path:
@@ -48,13 +48,13 @@ def open_run(plan: RunPlan) -> RunFolder:
     """Take the run folder for this process (lock), then create it, resume it (RESUME=1) or replace it (FORCE=1),
     and write env.json. Refuses, touching nothing, a folder in use, an existing one, or a resume of other settings."""
     check_folder(plan)  # cheap checks first: a refused run leaves even the lock file alone
-    lock = results.lock_run(Path(plan.settings.results_root), plan.run_id)  # before FORCE may delete anything
+    lock = results.lock_run(Path(plan.settings.results_dir), plan.run_id)  # before FORCE may delete anything
     finished = check_folder(plan)  # again: another process may have made the folder before this one took the lock
     _create(plan)
     return RunFolder(plan.folder, lock, finished)
 
 
-def check_folder(plan: RunPlan) -> dict[tuple, dict]:
+def check_folder(plan: RunPlan) -> dict[tuple, CaseRecord]:
     """Refuse what cannot be done with the folder; return the finished records of a run to resume, by key."""
     exists = (plan.folder / "env.json").exists() or (plan.folder / "cases.jsonl").exists()
     hint = f"RUN={plan.run_id}"
@@ -77,8 +77,8 @@ def check_folder(plan: RunPlan) -> dict[tuple, dict]:
     return {}
 
 
-def _finished(path: Path) -> dict[tuple, dict]:
-    return {case_key(r): r for r in results.read_cases(path)} if path.exists() else {}
+def _finished(path: Path) -> dict[tuple, CaseRecord]:
+    return {r.key: r for r in results.read_cases(path)} if path.exists() else {}
 
 
 def _canonical(obj: Any) -> str:
@@ -96,6 +96,7 @@ def _create(plan: RunPlan) -> None:
     env_path = plan.folder / "env.json"
     previous = results.read_json(env_path) if plan.settings.resume and env_path.exists() else {}
     env = environment.collect(plan.devices) | {
+        "format_version": results.FORMAT_VERSION,
         "run_id": plan.run_id,
         "created": previous.get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
         "resumed": previous.get("resumed", []) + ([time.strftime("%Y-%m-%dT%H:%M:%S%z")] if previous else []),
@@ -114,7 +115,7 @@ def _create(plan: RunPlan) -> None:
 
 def _point_latest(plan: RunPlan) -> None:
     """results/latest -> the newest run (a relative symlink, replaced atomically)."""
-    link = Path(plan.settings.results_root) / "latest"
+    link = Path(plan.settings.results_dir) / "latest"
     tmp = link.with_name(f".latest.{os.getpid()}")
     try:
         tmp.unlink(missing_ok=True)
@@ -130,7 +131,7 @@ def finish(folder: Path, interrupted: bool = False, calibration: dict[str, float
     rows = results.write_summary(folder / "summary.csv", results.read_cases(folder / "cases.jsonl"))
     counts: dict[str, int] = {}
     for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+        counts[r.status] = counts.get(r.status, 0) + 1
     env_path = folder / "env.json"
     env = results.read_json(env_path) if env_path.exists() else {}
     env.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), interrupted=interrupted, status_counts=counts)
