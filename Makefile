@@ -13,6 +13,7 @@ COMPILED ?=
 THREADS ?=
 MEMORY_BUDGET ?=
 TIME_BUDGET ?=
+PROCESSES ?=
 RUN ?=
 RESULTS_DIR ?=
 RESUME ?=
@@ -41,6 +42,7 @@ BENCH_ARGS := --grid '$(GRID)' \
 	$(if $(THREADS),--threads '$(THREADS)') \
 	$(if $(MEMORY_BUDGET),--memory-budget '$(MEMORY_BUDGET)') \
 	$(if $(TIME_BUDGET),--time-budget '$(TIME_BUDGET)') \
+	$(if $(PROCESSES),--processes '$(PROCESSES)') \
 	$(if $(RUN),--run '$(RUN)') \
 	$(if $(RESULTS_DIR),--results-dir '$(RESULTS_DIR)') \
 	$(if $(call yes,$(RESUME)),--resume) \

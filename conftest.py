@@ -50,10 +50,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if plugin is None or not plugin.opened_here:
         return
     try:
-        if not plugin.plan.settings.no_report:
-            from bench.report.run_report import build_report
+        from bench.cli import complete
 
-            print(f"jacobench: report {build_report(plugin.folder.path)}")
+        complete(plugin.plan, plugin.interrupted)
     except BenchError as exc:
         print(f"jacobench: error: {exc}", file=sys.stderr)
     finally:

@@ -69,11 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the Jacobian alone, or a training step through it")
     rec.add_argument("--json", action="store_true")
 
-    fidelity = sub.add_parser("fidelity", help="time cases of a finished run again in this process, beside "
+    fidelity = sub.add_parser("fidelity", help="time cases of a finished run in fresh processes with "
                                                "torch.utils.benchmark.Timer: is the run's number what a call costs?")
     fidelity.add_argument("run", nargs="?", default="latest", help="results/<run>, a run id, or latest")
-    fidelity.add_argument("--cases", type=_positive_int, default=5, help="ok cases to time, spread fast to slow")
-    fidelity.add_argument("--repeats", type=_positive_int, default=3, help="interleaved repeats of both methods")
+    fidelity.add_argument("--cases", type=_positive_int, default=5,
+                          help="ok cases to time, spread fast to slow (per strategy with --strategies)")
+    fidelity.add_argument("--repeats", type=_positive_int, default=3, help="turns of fresh processes per case")
+    fidelity.add_argument("--strategies", default="", help="comma-separated: time cases of these strategies")
+
+    retime = sub.add_parser("retime", help="the second worker process of a run (started by `run`)")
+    retime.add_argument("run", help="results/<run>")
 
     sub.add_parser("grids", help="list the grid presets")
     return parser
@@ -128,15 +133,29 @@ def _measure_and_report(plan: RunPlan, folder: RunFolder) -> int:
           f"{pending} cases to measure" + (f", {len(folder.finished)} already done" if folder.finished else ""),
           flush=True)
     json_name = ".benchmark-resumed.json" if plan.settings.resume else "benchmark.json"
-    code = _pytest(JacobenchPlugin(plan, folder), folder.path / json_name)
+    plugin = JacobenchPlugin(plan, folder)
+    code = _pytest(plugin, folder.path / json_name)
     if plan.settings.resume:
         results.merge_benchmark_json(folder.path / "benchmark.json", folder.path / json_name)
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.INTERRUPTED, pytest.ExitCode.NO_TESTS_COLLECTED):
         print(f"jacobench: the suite ended with pytest exit code {int(code)}; results so far are in {folder.path}",
               file=sys.stderr)
-    if not plan.settings.no_report:
-        _report(folder.path)
+    complete(plan, plugin.interrupted)
     return _exit_code(results.read_json(folder.path / "env.json"), code, folder.path)
+
+
+def complete(plan: RunPlan, interrupted: bool) -> None:
+    """After the first worker process: the second one (unless interrupted), the run's numbers, the report."""
+    from bench.run import session
+
+    if not interrupted and plan.processes > 1:
+        print("jacobench: second process: each shape's contenders timed again in a fresh process", flush=True)
+        interrupted = session.second_process(plan.folder, plan.processes) == session.EXIT_INTERRUPTED
+    counts = session.finish(plan.folder, interrupted)
+    print(f"jacobench: {sum(counts.values())} cases in {plan.folder}: "
+          + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())), flush=True)
+    if not plan.settings.no_report:
+        _report(plan.folder)
 
 
 def _pytest(plugin: Any, benchmark_json: Path) -> int:
@@ -171,9 +190,18 @@ def _exit_code(env: dict[str, Any], code: int, folder: Path) -> int:
 
 
 def _report(folder: Path) -> None:
+    """Build the run's report and record how long it took in env.json's phases."""
+    import time
+
+    from bench import results
     from bench.report.run_report import build_report
 
+    started = time.perf_counter()
     path = build_report(folder)
+    env = results.read_json(folder / "env.json") if (folder / "env.json").exists() else None
+    if isinstance(env, dict):
+        env.setdefault("phases", {})["report"] = round(time.perf_counter() - started, 2)
+        results.write_json(folder / "env.json", env)
     print(f"jacobench: report {path} and {path.with_suffix('.html')}")
 
 
@@ -219,8 +247,16 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     from bench import results
     from bench.run.fidelity import measure_fidelity
 
-    measure_fidelity(results.resolve_run_dir(args.run), args.cases, args.repeats)
+    names = [s.strip() for s in args.strategies.split(",") if s.strip()] or None
+    measure_fidelity(results.resolve_run_dir(args.run), args.cases, args.repeats, names)
     return 0
+
+
+def cmd_retime(args: argparse.Namespace) -> int:
+    from bench import results
+    from bench.run.retime import retime
+
+    return retime(results.resolve_run_dir(args.run))
 
 
 def cmd_grids(args: argparse.Namespace) -> int:
@@ -233,4 +269,4 @@ def cmd_grids(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "recommend": cmd_recommend,
-            "fidelity": cmd_fidelity, "grids": cmd_grids}
+            "fidelity": cmd_fidelity, "retime": cmd_retime, "grids": cmd_grids}

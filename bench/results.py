@@ -78,7 +78,8 @@ def _lock_owner(lock: IO) -> str:
 
 
 def append_case(path: Path, record: CaseRecord) -> None:
-    """Append one case record to cases.jsonl; see append_line."""
+    """Append one case record to cases.jsonl; see append_line. A later record of the same case replaces an earlier
+    one when the file is read (a resumed run, the second worker process, the finished numbers)."""
     append_line(path, record.as_dict())
 
 
@@ -261,6 +262,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_lines(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """A whole .jsonl file replaced at once (finishing a run compacts its records: one line per case, with the run's
+    numbers): readers, and a kill in the middle, see the old file or the new one."""
+    atomic_write_text(path, "".join(json.dumps(_finite(r), allow_nan=False, default=str) + "\n" for r in records))
+
+
+def replace_benchmark_entries(path: Path, entries: list[dict[str, Any]]) -> None:
+    """benchmark.json with the per-case entries replaced by `entries` (pytest-benchmark's own entries of the run,
+    the forward passes, stay); nothing is written when pytest-benchmark wrote no file (no pytest session ran)."""
+    if not path.exists():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return
+    kept = [b for b in data.get("benchmarks", []) if (b.get("extra_info") or {}).get("kind") != "case"]
+    write_json(path, data | {"benchmarks": kept + entries})
 
 
 def write_json(path: Path, obj: Any) -> None:

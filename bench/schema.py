@@ -148,13 +148,21 @@ class CaseRecord:
     peak_memory_bytes: int | None = _column("peak bytes of one call above what was allocated before it")
     max_abs_error: float | None = _column("largest absolute difference from the float64 reference")
     is_jacobian: bool = _column("false where the strategy returns the sum over outputs and out > 1", True)
-    time_ci_low_s: float | None = _column("95% interval of time_median_s: low end")
-    time_ci_high_s: float | None = _column("95% interval of time_median_s: high end")
+    time_ci_low_s: float | None = _column("low end of the 95% interval a rerun's median falls in (this machine)")
+    time_ci_high_s: float | None = _column("high end of the 95% interval a rerun's median falls in (this machine)")
     unstable: bool = _column("timed while other processes loaded the CPUs or the machine ran slow (see message)",
                              False)
     mode: str = _column("jacobian: J alone; train: J with its graph, the penalty and its parameter gradient",
                         "jacobian")
     setup_s: float | None = _column("one-time cost before the first call (compiling); empty for eager strategies")
+    log_time_sd: float | None = _column("how far ln(time_median_s) moves from run to run, as this run estimates it "
+                                        "(rounds, blocks, processes); the interval is ±1.96·√2 of it")
+    contender: bool | None = _column("timed to precision; false: stopped early, surely more than ×1.5 slower than "
+                                     "the shape's fastest autodiff strategy (fewer rounds, a wider interval)")
+    rounds_set_aside: int | None = _column("rounds timed while the machine was disturbed (slow episode, other "
+                                           "processes), not kept, measured again")
+    module_training: bool | None = _column("nn.Module.training of the model as its factory returned it: the mode "
+                                           "it is measured in")
     message: str = _column("why the case is not ok, or what happened while it was timed", "")
     iterations: int | None = _column("calls per timed round")
     time_min_s: float | None = _column("fastest per-call time of a round")
@@ -173,7 +181,10 @@ class CaseRecord:
     warnings: list[str] = _column("distinct warnings of the first call (e.g. torch.func's slow fallback)", factory=list)
     case_id: str = _column("pytest id: vmap_jacrev-cpu-mlp-B64-H256-in16-out16", "")
     wall_s: float | None = _column("seconds the harness spent on the whole case")
-    round_times_s: list[float] = _column("seconds per call in each timed round", summary=False, factory=list)
+    round_times_s: list[float] = _column("seconds per call in each kept round, in time order, process by process",
+                                         summary=False, factory=list)
+    process_rounds: list[int] = _column("kept rounds from each worker process, in the order of round_times_s",
+                                        summary=False, factory=list)
 
     @property
     def sizes(self) -> Sizes:
@@ -216,7 +227,7 @@ def columns_table() -> str:
 
 @dataclass(kw_only=True)
 class VerdictRecord:
-    """The verdict of one shape (a line of playoffs.jsonl): its contenders re-timed side by side and who won."""
+    """The verdict of one shape (a line of playoffs.jsonl): its contenders' paired rounds, and who won."""
 
     model: str
     device: str
@@ -226,17 +237,17 @@ class VerdictRecord:
     hidden: int
     in_dim: int
     out_dim: int
-    best: str  # the fastest contender (lowest median of the interleaved rounds)
+    best: str  # the fastest contender (lowest median of its rounds)
     verdict: str  # "winner" | "tie"
     tied_with: list[str] = field(default_factory=list)  # contenders not surely slower than the best by the margin
     runner_up: str | None = None  # the first tied contender, else the closest
     runner_up_ratio: list[float] | None = None  # [ratio, low, high]: its time / the best's, with the 95% interval
     ratios: dict[str, list[float]] = field(default_factory=dict)  # contender -> [ratio, low, high]
-    contenders: list[str] = field(default_factory=list)  # re-timed: within stats.CONTENDER_MARGIN of the fastest
-    rounds: int = 0  # interleaved rounds (0: one contender only, decided on the first timings)
+    contenders: list[str] = field(default_factory=list)  # strategies not surely more than the contender margin slower
+    rounds: int = 0  # paired rounds behind the ratios (0: one contender, decided on its lead alone)
+    processes: int = 1  # worker processes the paired rounds came from
     unstable: bool = False
     message: str = ""
-    round_times_s: dict[str, list[float]] = field(default_factory=dict)
     wall_s: float | None = None
 
     @property

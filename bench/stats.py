@@ -100,3 +100,148 @@ def decide(round_times: Mapping[str, Sequence[float]]) -> Verdict:
     best = min(medians, key=medians.__getitem__)
     return verdict_of(best, {name: paired_ratio(times, round_times[best]) for name, times in round_times.items()
                              if name != best})
+
+
+# ---- what a rerun will see -------------------------------------------------------------------------------------------
+#
+# A case's rounds come from one or more worker processes (a run uses two: bench/run/session.py), each a series of
+# rounds spread over the shape's measuring window. The median a rerun will measure differs from this run's by the
+# noise of the rounds (within a process, slow drift included: a block bootstrap keeps neighbouring rounds together)
+# and by what sets the speed of a whole process (memory layout, a slow episode of the machine that lasts a process):
+# the between-process variance, seen directly where a case ran in two processes and pooled over the run's cases.
+
+Z = 1.959963984540054  # two-sided 95% quantile of the normal distribution
+BLOCKS = 8  # a process's rounds are resampled in about this many blocks of consecutive rounds
+
+
+def median_order_ci(samples: Sequence[float]) -> Interval:
+    """The median and its distribution-free 95% interval from order statistics: no resampling, cheap enough to judge
+    a strategy after every block of rounds. With fewer than 6 rounds it is [min, max]."""
+    x = np.sort(np.asarray(samples, dtype=float))
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    k = max(0, int(math.floor((n - Z * math.sqrt(n)) / 2)))  # 0-based index of the lower bound
+    return float(np.median(x)), float(x[k]), float(x[n - 1 - k])
+
+
+def log_median_se(samples: Sequence[float]) -> float:
+    """Standard error of ln(median) of one process's rounds (in time order): the larger of a moving-block bootstrap
+    (blocks of consecutive rounds keep slow drift together) and the order-statistic interval (few rounds)."""
+    x = np.log(np.asarray(samples, dtype=float))
+    n = len(x)
+    if n < 2:
+        return math.inf
+    _, low, high = median_order_ci(x)
+    order_se = (high - low) / (2 * Z)
+    block = max(1, math.ceil(n / BLOCKS))
+    rng = np.random.default_rng(SEED)
+    starts = rng.integers(0, n - block + 1, size=(RESAMPLES // 4, math.ceil(n / block)))
+    index = (starts[:, :, None] + np.arange(block)).reshape(len(starts), -1)[:, :n]
+    return float(max(order_se, np.std(np.median(x[index], axis=1))))
+
+
+def by_process(values: Sequence[float], process_rounds: Sequence[int]) -> list[np.ndarray]:
+    """The rounds of each process, in order: process_rounds = [rounds of the first process, of the second, ...]."""
+    values = np.asarray(values, dtype=float)
+    if not process_rounds or sum(process_rounds) != len(values):
+        return [values] if len(values) else []
+    edges = np.cumsum([0, *process_rounds])
+    return [values[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+@dataclass(frozen=True)
+class Spread:
+    """What one case's rounds say about how its median moves between runs (all in natural log)."""
+
+    center: float  # ln of the estimate: the median of all rounds, or of the paired ratios
+    within: float  # variance of the mean of the processes' ln medians that their own rounds explain
+    excess: float | None  # between-process variance this case showed beyond `within` (None: one process)
+    processes: int
+
+
+def spread(values: Sequence[float], process_rounds: Sequence[int], center: float | None = None) -> Spread:
+    """The Spread of positive values (seconds per call, or paired ratios) measured in one or more processes."""
+    parts = [p for p in by_process(values, process_rounds) if len(p)]
+    if not parts:
+        return Spread(math.nan, math.inf, None, 0)
+    ses = [log_median_se(p) for p in parts]
+    within = sum(se**2 for se in ses) / len(parts) ** 2
+    excess = None
+    if len(parts) > 1:
+        medians = np.log([np.median(p) for p in parts])
+        excess = max(0.0, float(np.var(medians, ddof=1)) - float(np.mean([se**2 for se in ses])))
+    if center is None:
+        center = float(np.log(np.median(np.concatenate(parts))))
+    return Spread(center, within, excess, len(parts))
+
+
+def pooled_excess(spreads: Sequence[Spread]) -> float:
+    """The run's between-process variance: the mean excess of the cases measured in more than one process (0 when
+    none was, and the intervals then say so only through a narrower width)."""
+    seen = [s.excess for s in spreads if s.excess is not None and math.isfinite(s.within)]
+    return float(np.mean(seen)) if seen else 0.0
+
+
+def log_sd(s: Spread, pooled: float) -> float:
+    """Standard deviation of this estimate's ln from one run to the next: the rounds' own noise and the larger of
+    the run's pooled between-process variance and what this case showed itself."""
+    between = max(pooled, s.excess or 0.0)
+    return math.sqrt(s.within + between / max(s.processes, 1))
+
+
+def rerun_interval(s: Spread, pooled: float) -> Interval:
+    """The estimate and the 95% interval a rerun's estimate (made the same way) falls in: ±Z·√2·sd in ln."""
+    sd = log_sd(s, pooled)
+    half = Z * math.sqrt(2) * sd
+    return math.exp(s.center), math.exp(s.center - half), math.exp(s.center + half)
+
+
+def confidence_interval(s: Spread, pooled: float) -> Interval:
+    """The estimate and the 95% interval of its true value: ±Z·sd in ln (a ratio for a verdict)."""
+    sd = log_sd(s, pooled)
+    return math.exp(s.center), math.exp(s.center - Z * sd), math.exp(s.center + Z * sd)
+
+
+def paired_log_ratios(slower: Sequence[float], faster: Sequence[float], process_rounds_slower: Sequence[int],
+                      process_rounds_faster: Sequence[int]) -> tuple[list[float], list[int]]:
+    """Per-round ratios slower/faster of two strategies timed in the same sweeps, process by process: round i of a
+    process pairs with round i of the other strategy's same process (a strategy that stopped early pairs its
+    prefix). Returns the ratios and how many came from each process."""
+    ratios, counts = [], []
+    for a, b in zip(by_process(slower, process_rounds_slower), by_process(faster, process_rounds_faster),
+                    strict=False):
+        n = min(len(a), len(b))
+        ratios += list(a[:n] / b[:n])
+        counts.append(n)
+    return ratios, counts
+
+
+def significantly_different(a: float, sd_a: float, b: float, sd_b: float) -> Interval:
+    """a / b with the 95% interval of that ratio between two runs whose estimates move by sd_a and sd_b (ln)."""
+    half = Z * math.sqrt(sd_a**2 + sd_b**2)
+    ratio = a / b
+    return ratio, ratio * math.exp(-half), ratio * math.exp(half)
+
+
+Rounds = tuple[Sequence[float], Sequence[int]]  # (seconds per call of each round, rounds per process)
+
+
+def ratio_spreads(contenders: Mapping[str, Rounds]) -> tuple[str, dict[str, Spread]]:
+    """The fastest contender (lowest median of all its rounds) and the Spread of every other one's paired ratio to
+    it, process by process."""
+    medians = {name: float(np.median(values)) for name, (values, _) in contenders.items()}
+    best = min(medians, key=medians.__getitem__)
+    spreads = {}
+    for name, (values, counts) in contenders.items():
+        if name == best:
+            continue
+        ratios, paired = paired_log_ratios(values, contenders[best][0], counts, contenders[best][1])
+        spreads[name] = spread(ratios, paired)
+    return best, spreads
+
+
+def decide_spreads(best: str, spreads: Mapping[str, Spread], pooled: float) -> Verdict:
+    """The verdict from paired ratios measured in one or more processes: each ratio's 95% confidence interval
+    includes the run's between-process variance of ratios (`pooled`); verdict_of applies the tie rule."""
+    return verdict_of(best, {name: confidence_interval(s, pooled) for name, s in spreads.items()})

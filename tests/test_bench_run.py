@@ -108,13 +108,20 @@ def test_numbers_only_for_validated_cases(smoke_run):
     assert (wrong["max_abs_error"] > wrong["tolerance"]).all()
 
 
-def test_benchmark_json_holds_the_timed_cases(smoke_run):
+def test_benchmark_json_holds_every_timed_case_with_its_rounds(smoke_run):
+    """pytest-benchmark stays the record of the timings: one entry per ok case holding every kept round of both
+    worker processes (what `pytest-benchmark compare` reads), beside each shape's forward pass it timed itself."""
     _, folder, _ = smoke_run
     data = json.loads((folder / "benchmark.json").read_text())
-    ok = pd.read_csv(folder / "summary.csv").query("status == 'ok'")
-    assert len(data["benchmarks"]) == len(ok)
-    one = data["benchmarks"][0]
-    assert one["extra_info"]["status"] == "ok" and one["stats"]["rounds"] >= 1
+    records = {r.case_id: r for r in results.read_cases(folder / "cases.jsonl") if r.status == "ok"}
+    cases = [b for b in data["benchmarks"] if b["extra_info"].get("kind") == "case"]
+    assert sorted(b["param"] for b in cases) == sorted(records)
+    for entry in cases:
+        record = records[entry["param"]]
+        assert entry["stats"]["data"] == record.round_times_s and entry["stats"]["rounds"] == record.rounds
+        assert entry["stats"]["median"] == pytest.approx(record.time_median_s)
+    forwards = [b for b in data["benchmarks"] if b["extra_info"].get("kind") == "forward"]
+    assert forwards and all(b["stats"]["rounds"] >= 1 for b in forwards)
     assert data["machine_info"]["torch_threads"] >= 1
 
 

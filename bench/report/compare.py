@@ -23,10 +23,11 @@ from bench.report.plots import save, speedup_vs_batch
 from bench.report.tables import NONE_VALID, best_per_shape, env_table, fmt_interval, verdict_cell
 from bench.results import ResultsError
 from bench.schema import AXES, DEVICE_ORDER, KEY_COLUMNS, fmt_ratio, fmt_time, sizes_id, slug
-from bench.stats import ratio_of_medians, significant
+from bench.stats import ratio_of_medians, significant, significantly_different
 
 JOIN = [k for k in KEY_COLUMNS if k != "device"]
-KEEP = ["status", "time_median_s", "valid", "is_jacobian", "sweeps", "rank", "round_times_s", "unstable"]
+KEEP = ["status", "time_median_s", "valid", "is_jacobian", "sweeps", "rank", "round_times_s", "unstable", "log_time_sd",
+        "time_ci_low_s", "time_ci_high_s"]
 
 
 @dataclass
@@ -75,7 +76,7 @@ def join(a: Side, b: Side) -> tuple[pd.DataFrame, list[str]]:
             f"{shapes[a.label]} vs {shapes[b.label]} shapes: run both with the same GRID and MODEL")
     ok = (both["status_a"] == "ok") & (both["status_b"] == "ok")
     both["speedup"] = (both["time_median_s_a"] / both["time_median_s_b"]).where(ok)
-    intervals = [ratio_of_medians(r["round_times_s_a"], r["round_times_s_b"]) if is_ok else (math.nan,) * 3
+    intervals = [speedup_interval(r) if is_ok else (math.nan,) * 3
                  for is_ok, (_, r) in zip(ok, both.iterrows(), strict=True)]
     both["speedup_low"] = [i[1] for i in intervals]
     both["speedup_high"] = [i[2] for i in intervals]
@@ -83,6 +84,17 @@ def join(a: Side, b: Side) -> tuple[pd.DataFrame, list[str]]:
     both["significant"] = ok & pd.Series([significant(i) or math.isnan(i[1]) for i in intervals], index=both.index)
     both["unstable"] = both["unstable_a"] | both["unstable_b"]
     return both.rename(columns={"sweeps_a": "sweeps", "rank_a": "rank"}), notes
+
+
+def speedup_interval(row: pd.Series) -> tuple[float, float, float]:
+    """time on a / time on b with the 95% interval of that ratio between the two runs: from each run's estimate of
+    how far its medians move from run to run (log_time_sd: rounds, blocks and processes), so two runs of one machine
+    differ significantly only where the difference exceeds what a rerun shows. Runs older than log_time_sd fall back
+    to a bootstrap over their rounds, which knows only the noise inside one block of rounds."""
+    sd_a, sd_b = row["log_time_sd_a"], row["log_time_sd_b"]
+    if pd.notna(sd_a) and pd.notna(sd_b):
+        return significantly_different(row["time_median_s_a"], sd_a, row["time_median_s_b"], sd_b)
+    return ratio_of_medians(row["round_times_s_a"], row["round_times_s_b"])
 
 
 def speedup_cell(row: pd.Series) -> str:
@@ -224,6 +236,23 @@ def reproducibility(a: Side, b: Side) -> list[tuple[str, str]]:
     ]
 
 
+def rerun_agreement(both: pd.DataFrame) -> list[tuple[str, str]]:
+    """How far the case medians of two runs of one machine agree, and how often each run's interval holds the other
+    run's median (the intervals claim 95%)."""
+    ok = both[both["speedup"].notna()]
+    if ok.empty:
+        return []
+    log_ratio = np.log(ok["time_median_s_b"] / ok["time_median_s_a"])
+    holds_b = ok["time_median_s_b"].between(ok["time_ci_low_s_a"], ok["time_ci_high_s_a"])
+    holds_a = ok["time_median_s_a"].between(ok["time_ci_low_s_b"], ok["time_ci_high_s_b"])
+    return [
+        ("medians from run to run", f"geometric spread ×{math.exp(log_ratio.std()):.3f} of the {len(ok)} ratios of "
+                                    f"case medians; {(np.abs(log_ratio) <= math.log(1.1)).mean():.0%} within ×1.1"),
+        ("intervals that hold the other run's median", f"{holds_b.mean():.0%} of the first run's, "
+                                                       f"{holds_a.mean():.0%} of the second's (they claim 95%)"),
+    ]
+
+
 def warnings_for(sides: list[Side]) -> list[str]:
     """Differences that make a speedup mean something else than the hardware: software versions, precision."""
     out = []
@@ -277,7 +306,7 @@ def build_compare(run_dirs: list[Path], out_root: Path = Path("results"), plots_
                      f"(range {fmt_ratio(speed.min())} – {fmt_ratio(speed.max())})")
         items = [(f"{b.label} over {a.label}", text + _significance(both))]
         if same_machine(a, b):
-            items += reproducibility(a, b)
+            items += rerun_agreement(both) + reproducibility(a, b)
         line = sweep_line(both, "batch") if len(both) else both
         for strategy, rows in (line.groupby("strategy") if len(line) else []):
             items.append((f"crossover, {strategy}", crossover(rows)[0]))

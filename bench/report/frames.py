@@ -24,7 +24,8 @@ from bench.schema import AXES, CASE_FIELDS, DEVICE_ORDER, SETTING, SHAPE_COLUMNS
 
 NOT_J = "sum over outputs — not the Jacobian"
 NUMERIC = ["time_median_s", "time_iqr_s", "forward_median_s", "peak_memory_bytes", "max_abs_error", "jf_ratio",
-           "vs_best", "time_min_s", "time_mean_s", "tolerance", "wall_s", "time_ci_low_s", "time_ci_high_s", "setup_s"]
+           "vs_best", "time_min_s", "time_mean_s", "tolerance", "wall_s", "time_ci_low_s", "time_ci_high_s", "setup_s",
+           "log_time_sd"]
 TEXT = ["strategy", "model", "device", "dtype", "mode", "status", "message", "returns", "summary", "cost"]
 
 

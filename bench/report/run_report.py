@@ -46,14 +46,14 @@ from bench.schema import (
 from bench.stats import CONTENDER_MARGIN, TIE_MARGIN
 
 VERDICTS = (
-    f"verdict: after all strategies of a shape were timed, the autodiff strategies within "
-    f"{fmt_margin(CONTENDER_MARGIN)} of the fastest were timed again in interleaved rounds (shuffled order each "
-    f"round, one process), so a slow moment of the machine hits all of them alike. winner: every other contender is "
-    f"surely (its whole 95% interval) more than {fmt_margin(TIE_MARGIN)} slower; tie: the listed strategies are not, "
-    "so either is a good choice. runner-up / fastest: the paired ratio with its 95% interval. The closed form "
-    "(analytic) exists for plain MLPs only and is not a contender. A playoff sees the noise inside one process only: "
-    "compiled code also changes speed from one process to the next (up to ×1.5 between runs on a 2-core VM), so a "
-    "verdict between two compiled variants is the least certain."
+    "verdict: every strategy of a shape is timed in short rounds, interleaved in a new shuffled order each sweep over "
+    "the shape's window, so a slow moment of the machine hits all of them alike; rounds timed during a slow episode "
+    "or under other processes' load are set aside and measured again. The contenders (valid autodiff strategies not "
+    f"surely more than {fmt_margin(CONTENDER_MARGIN)} slower than the fastest) are timed to precision, then timed "
+    "again in a second, fresh process: a process sets the speed of some calls. winner: every other contender is "
+    f"surely (the whole 95% interval of its paired ratio, process noise included) more than {fmt_margin(TIE_MARGIN)} "
+    "slower; tie: the listed strategies are not, so either is a good choice. runner-up / fastest: that ratio with its "
+    "interval. The closed form (analytic) exists for plain MLPs only and is not a contender."
 )
 
 PUBLISHED = ("Ratios a published source reports, next to the same ratio measured in this run at the same shape. The "
@@ -69,7 +69,9 @@ COUPLED = ("Output row b depends on other rows (e.g. BatchNorm in training mode)
            "samples return a wrong Jacobian without any error.")
 
 READING = (
-    "time: median of one full fn(model, x) call (forward included), validated first against a float64 reference. "
+    "time: median of one full fn(model, x) call (forward included), validated first against a float64 reference; "
+    "its interval is where a rerun's median falls (95%, from the rounds, their spread over time and the run's two "
+    "processes). "
     "J/F: that time over the forward pass model(x) alone. × best: over the fastest valid strategy of the same shape. "
     "A case that is not ok shows its status instead of a number (the statuses are explained under \"Status of every "
     "case\"). "
@@ -184,7 +186,37 @@ def run_document(run: LoadedRun, figures: dict[str, Path], tables: Tables) -> Do
 def environment_section(env: dict[str, Any]) -> Section:
     if not env:
         return Section("Environment", [Block("warning", text="env.json is missing: machine and versions unknown")])
-    return Section("Environment", [table_block(env_table({"value": env}).rename(columns={"": "key"}), "env")])
+    blocks = [Block("text", text=line) for line in (phases_line(env), noise_line(env)) if line]
+    return Section("Environment", [*blocks, table_block(env_table({"value": env}).rename(columns={"": "key"}),
+                                                        "env")])
+
+
+PHASE_WORDS = {"timing": "timed rounds", "validation": "validation", "references": "float64 references",
+               "compiling": "compiling", "models": "models and forward passes", "warm-up": "warm-up", "heap": "heap",
+               "startup": "start-up", "finish": "finishing", "report": "report"}
+
+
+def phases_line(env: dict[str, Any]) -> str:
+    """"Where the harness's time went: 212 s in all: timed rounds 120 s, ...": env.json's phases, largest first."""
+    phases = env.get("phases") if isinstance(env.get("phases"), dict) else {}
+    if not phases:
+        return ""
+    parts = ", ".join(f"{PHASE_WORDS.get(name, name)} {seconds:.0f} s" for name, seconds in
+                      sorted(phases.items(), key=lambda kv: -kv[1]) if seconds >= 0.5)
+    walls = [p.get("wall_s") for p in env.get("processes", []) if isinstance(p, dict) and p.get("wall_s")]
+    total = f"{sum(walls) + phases.get('finish', 0) + phases.get('report', 0):.0f} s in all over " \
+            f"{len(walls)} worker process{'es' if len(walls) != 1 else ''}: " if walls else ""
+    return f"Where the harness's time went: {total}{parts}."
+
+
+def noise_line(env: dict[str, Any]) -> str:
+    """The run's own measure of its noise: what a second process changes."""
+    noise = env.get("noise") if isinstance(env.get("noise"), dict) else {}
+    if not noise.get("cases_in_two_processes"):
+        return ""
+    return (f"Noise: a worker process moves a case's median by ±{100 * noise['between_process_sd_time']:.1f}% "
+            f"(standard deviation, over {noise['cases_in_two_processes']} cases timed in both processes) and a "
+            f"paired ratio by ±{100 * noise['between_process_sd_ratio']:.1f}%; intervals and verdicts include it.")
 
 
 FIGURES = (("jf_ratio_vs_batch", "Jacobian time / forward time vs batch size"),

@@ -1,82 +1,116 @@
 """Is a run's number what the call costs in the user's own program? (`python -m bench fidelity RUN`)
 
-For ok cases of a finished run (spread from fast to slow) it rebuilds the seeded model and input and times the
-record's own call (the Jacobian, or the training step in train mode) in this one process, interleaved so both see
-the same machine: (a) the harness's method, measure.median_time (warm-up, measure.round_plan, synced_clock, median
-of rounds of `iterations` calls), and (b) torch.utils.benchmark.Timer(...).blocked_autorange(), with the run's
-thread count. Target: medians within ±10%. The run's own recorded median is printed beside them.
+For ok cases of a finished run (spread from fast to slow, or those of the strategies named), each case's call (the
+Jacobian, or the training step in train mode) is timed in a fresh Python process, as a user's program would run it:
+the seeded model and input rebuilt, one warm-up call, then torch.utils.benchmark.Timer.blocked_autorange with the
+run's thread count. The cases take turns, `repeats` times, so a slow moment of the machine does not land on one of
+them. Printed: the run's median, the fresh processes' median, and their ratio (target: within ±10%).
 """
 
 from __future__ import annotations
 
-import functools
 import json
+import random
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
-import torch
-import torch.utils.benchmark as tbench
-
-import strategies
 from bench import results
 from bench.errors import BenchError
-from bench.run import measure, models, modes
 from bench.schema import CaseRecord
 
+TARGET = 0.10  # the run's median within ±10% of what a fresh process measures
 
-def pick_cases(records: list[CaseRecord], n: int) -> list[CaseRecord]:
-    """n ok cases spread over the range of measured times (fast to slow)."""
-    ok = sorted((r for r in records if r.status == "ok"), key=lambda r: r.time_median_s)
-    if len(ok) <= n:
-        return ok
+
+def pick_cases(records: list[CaseRecord], n: int, strategies: list[str] | None = None) -> list[CaseRecord]:
+    """n ok cases spread over the range of measured times (fast to slow); with `strategies`, n of each of them."""
+    ok = sorted((r for r in records if r.status == "ok" and r.time_median_s), key=lambda r: r.time_median_s)
+    if strategies:
+        return [c for name in strategies for c in spread([r for r in ok if r.strategy == name], n)]
+    return spread(ok, n)
+
+
+def spread(ordered: list[CaseRecord], n: int) -> list[CaseRecord]:
+    if len(ordered) <= n:
+        return ordered
     if n == 1:
-        return [ok[len(ok) // 2]]
-    return [ok[round(i * (len(ok) - 1) / (n - 1))] for i in range(n)]
+        return [ordered[len(ordered) // 2]]
+    return [ordered[round(i * (len(ordered) - 1) / (n - 1))] for i in range(n)]
 
 
-def model_defs(env: dict) -> dict[str, models.ModelDef]:
-    """The models of a run by the name its records use: the presets, plus the user's file.py:factory as run."""
-    found = dict(models.PRESETS)
-    for name, spec in (env.get("models") or {}).items():
-        if name not in found:
-            found[name] = models.resolve(spec)  # ModelError (one line) when the file moved since the run
-    return found
-
-
-def measure_fidelity(folder: Path, cases: int = 5, repeats: int = 3) -> list[dict]:
-    """Time `cases` ok cases of the run both ways, `repeats` times interleaved; print the table and return its rows."""
+def measure_fidelity(folder: Path, cases: int = 5, repeats: int = 3, strategies: list[str] | None = None
+                     ) -> list[dict]:
+    """Time the picked cases in fresh processes, `repeats` turns each; print the table and return its rows."""
     env = results.read_json(folder / "env.json")
-    defs = model_defs(env)
-    target_s = env.get("grid", {}).get("budget", {}).get("target_s", 0.25)
-    torch.set_num_threads(env.get("threads", torch.get_num_threads()))
-    picked = pick_cases(results.read_cases(folder / "cases.jsonl"), cases)
+    picked = pick_cases(results.read_cases(folder / "cases.jsonl"), cases, strategies)
     if not picked:
-        raise BenchError(f"{folder}: no ok case to time")
-    rows = [_time_both(r, defs, target_s, repeats) for r in picked]
+        raise BenchError(f"{folder}: no ok case to time" + (f" of {', '.join(strategies)}" if strategies else ""))
+    specs = {r.case_id: _spec(r, env) for r in picked}
+    fresh: dict[str, list[float]] = {case: [] for case in specs}
+    order = random.Random(0)
+    for _ in range(repeats):  # the cases take turns: the machine's slow moments spread over all of them
+        turn = list(specs)
+        order.shuffle(turn)
+        for case in turn:
+            fresh[case].append(in_fresh_process(specs[case]))
+    rows = [{"case": r.case_id, "run_s": r.time_median_s, "fresh_s": statistics.median(fresh[r.case_id])}
+            for r in picked]
     width = max(len(row["case"]) for row in rows)
-    print(f"{'case':<{width}}  {'run':>10}  {'harness':>10}  {'Timer':>10}  harness/Timer  run/Timer")
+    print(f"{'case':<{width}}  {'run':>10}  {'fresh':>10}  run/fresh")
     for row in rows:
-        print(f"{row['case']:<{width}}  {row['run_s'] * 1e3:7.3f} ms  {row['harness_s'] * 1e3:7.3f} ms  "
-              f"{row['timer_s'] * 1e3:7.3f} ms  {row['harness_s'] / row['timer_s']:13.3f}  "
-              f"{row['run_s'] / row['timer_s']:9.3f}")
-    print(json.dumps({"max_abs_deviation": max(abs(row["harness_s"] / row["timer_s"] - 1) for row in rows),
-                      "max_abs_run_deviation": max(abs(row["run_s"] / row["timer_s"] - 1) for row in rows)}))
+        ratio = row["run_s"] / row["fresh_s"]
+        print(f"{row['case']:<{width}}  {row['run_s'] * 1e3:7.3f} ms  {row['fresh_s'] * 1e3:7.3f} ms  {ratio:9.3f}"
+              + ("" if abs(ratio - 1) <= TARGET else "  outside ±10%"))
+    deviations = [abs(row["run_s"] / row["fresh_s"] - 1) for row in rows]
+    print(json.dumps({"cases": len(rows), "within_10pct": sum(d <= TARGET for d in deviations),
+                      "max_abs_deviation": round(max(deviations), 4)}))
     return rows
 
 
-def _time_both(record: CaseRecord, defs: dict[str, models.ModelDef], target_s: float, repeats: int) -> dict:
-    if record.model not in defs:
-        raise BenchError(f"model {record.model!r} is not a preset and env.json does not say which file built it; "
-                         "rerun with MODEL=path/to/file.py:factory")
-    if record.strategy not in strategies.REGISTRY:
-        raise BenchError(f"strategy {record.strategy!r} of the run is not registered here (a plugin not installed?)")
-    model, x = models.build(defs[record.model], record.sizes, record.device, getattr(torch, record.dtype))
-    call = modes.timed_call(strategies.REGISTRY[record.strategy], record.mode)  # the record's own mode
+def _spec(record: CaseRecord, env: dict) -> dict:
+    from bench.run.models import resolve
+
+    models = env.get("models") or {}
+    if record.model not in models:
+        raise BenchError(f"model {record.model!r}: env.json does not say how to build it; rerun the benchmark")
+    resolve(models[record.model])  # one line (ModelError) when a user's model file moved since the run
+    return {"model": models[record.model], "name": record.model, "strategy": record.strategy, "mode": record.mode,
+            "sizes": list(record.sizes), "device": record.device, "dtype": record.dtype,
+            "threads": env.get("threads") or 0, "min_run_time": 0.4}
+
+
+def in_fresh_process(spec: dict) -> float:
+    """The median seconds of one call, timed by torch.utils.benchmark.Timer in a new Python process."""
+    proc = subprocess.run([sys.executable, "-m", "bench.run.fidelity", json.dumps(spec)], capture_output=True,
+                          text=True, timeout=600)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"timing {spec['strategy']} on {spec['name']} in a fresh process failed: {last}")
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def _time_here(spec: dict) -> float:
+    """The fresh process's side: build the case as the run did and time its call (the user's own program)."""
+    import torch
+    import torch.utils.benchmark as tbench
+
+    import strategies
+    from bench.run import models, modes
+    from bench.schema import Sizes
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    model_def = models.resolve(spec["model"])
+    model_def = model_def if model_def.name == spec["name"] else models.ModelDef(spec["name"], model_def.factory,
+                                                                                  model_def.description)
+    model, x = models.build(model_def, Sizes(*spec["sizes"]), spec["device"], getattr(torch, spec["dtype"]))
+    call = modes.timed_call(strategies.REGISTRY[spec["strategy"]], spec["mode"])
+    call(model, x)
     timer = tbench.Timer("call(model, x)", globals={"call": call, "model": model, "x": x},
                          num_threads=torch.get_num_threads())
-    ours, theirs = [], []
-    for _ in range(repeats):  # interleaved: both methods see the same machine state
-        ours.append(measure.median_time(functools.partial(call, model, x), target_s))
-        theirs.append(timer.blocked_autorange(min_run_time=max(target_s, 0.2)).median)
-    return {"case": record.case_id, "run_s": record.time_median_s, "harness_s": statistics.median(ours),
-            "timer_s": statistics.median(theirs)}
+    return timer.blocked_autorange(min_run_time=spec["min_run_time"]).median
+
+
+if __name__ == "__main__":
+    print(_time_here(json.loads(sys.argv[1])))

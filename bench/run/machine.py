@@ -2,8 +2,8 @@
 
 `disturbance` compares two snapshots: from /proc/stat, the CPU time every process used and the time the hypervisor
 stole, minus this process's own CPU time (time.process_time, all its threads). What is left was used by other
-processes. A fixed calibration call, timed between shapes (`Drift`), tells when the machine as a whole runs slower
-than it usually does in this run (thermal throttling, a noisy neighbour on a VM). Linux only; elsewhere nothing is
+processes. A fixed calibration call, timed between blocks of rounds (`Calibration`), tells when the machine as a
+whole runs slower than it usually does (a VM's slow episode, thermal throttling). Linux only; elsewhere nothing is
 flagged.
 """
 
@@ -20,10 +20,12 @@ import torch
 # Other processes using more than this share of all CPUs, or the hypervisor stealing more, disturbs a timing.
 FOREIGN_LIMIT = 0.25
 STEAL_LIMIT = 0.10
-# The calibration call this much slower than the median of the run's earlier ones: the machine is slower than usual.
-# On a quiet 2-core VM the calibration strays up to ×1.3 from its median between shapes, so 1.5 is a real change.
-DRIFT_LIMIT = 1.5
+# The calibration call this much slower than the machine's usual (fast) level in this process: a slow episode. On the
+# project's 2-core VM, slow episodes last seconds, come in clusters and slow the calibration ×1.3–1.9.
+DRIFT_LIMIT = 1.3
 WARMUP_CALIBRATIONS = 3  # the first ones only set the usual speed
+CALIBRATION_REPEATS = 3  # the quickest of 3 runs of the ~0.5 ms workload (about 1.5 ms per check)
+EPISODE_WAIT_S = 2.0  # at most this long to wait for a slow episode to pass before measuring again
 _CPUS = os.cpu_count() or 1
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PROC_STAT = Path("/proc/stat")
@@ -82,26 +84,39 @@ def calibration_s(repeats: int = 5) -> float:
     return min(times)
 
 
-class Drift:
-    """Calibration times of this run: the current one against the median of the ones before it."""
+class Calibration:
+    """The machine's speed in this process, from a fixed calibration call timed between blocks of rounds: `check`
+    says when it runs slower than usual (its fast level: the lower quartile of the calibrations so far), so the
+    rounds of that moment are set aside. A VM's slow episodes last seconds and slow every call alike."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_usual_s: float | None = None) -> None:
         self.history: list[float] = []
+        self.slow = 0  # checks that found the machine slower than usual
+        self.run_usual_s = run_usual_s  # the usual level of the run's first process: a second one is held to it
+
+    def usual_s(self) -> float | None:
+        if self.run_usual_s:
+            return self.run_usual_s
+        if len(self.history) < WARMUP_CALIBRATIONS:
+            return None
+        return statistics.quantiles(self.history, n=4)[0] if len(self.history) >= 4 else min(self.history)
 
     def check(self) -> str:
-        """Time the calibration call now; the reason the machine is slower than usual in this run, or ""."""
-        now = calibration_s()
-        usual = statistics.median(self.history) if len(self.history) >= WARMUP_CALIBRATIONS else None
+        """Time the calibration call now; the reason the machine is slower than usual, or ""."""
+        now = calibration_s(CALIBRATION_REPEATS)
+        usual = self.usual_s()
         self.history.append(now)
         if usual is None or now <= DRIFT_LIMIT * usual:
             return ""
-        return f"the machine ran ×{now / usual:.2f} slower than usual in this run (calibration)"
+        self.slow += 1
+        return f"the machine ran ×{now / usual:.2f} slower than usual in this process (calibration)"
 
     def summary(self) -> dict[str, float]:
         if not self.history:
             return {}
-        return {"calibrations": len(self.history), "quickest_s": round(min(self.history), 6),
-                "median_s": round(statistics.median(self.history), 6), "slowest_s": round(max(self.history), 6)}
+        return {"calibrations": len(self.history), "usual_s": round(self.usual_s() or min(self.history), 6),
+                "median_s": round(statistics.median(self.history), 6), "slowest_s": round(max(self.history), 6),
+                "slow_share": round(self.slow / len(self.history), 3)}
 
 
 def wait_until_quiet(timeout_s: float, window_s: float = 0.5) -> tuple[bool, float]:
@@ -116,17 +131,34 @@ def wait_until_quiet(timeout_s: float, window_s: float = 0.5) -> tuple[bool, flo
 
 
 class Settler:
-    """Waits for other processes' load to pass: at most `per_wait_s` each time, `total_s` in all for the run."""
+    """Waits for other processes' load to pass: at most `per_wait_s` each time, `total_s` in all for the process."""
 
     def __init__(self, per_wait_s: float, total_s: float):
         self.per_wait_s = per_wait_s
         self.left_s = total_s
+        self.waited_s = 0.0
 
     def settle(self) -> bool:
-        """Wait until the machine is quiet (within the limits); whether it is."""
+        """Wait until no other process loads the CPUs (within the limits); whether that happened."""
         wait = min(self.per_wait_s, self.left_s)
         if wait <= 0:
             return False
         quiet, waited = wait_until_quiet(wait)
         self.left_s -= waited
+        self.waited_s += waited
         return quiet
+
+    def wait_for_usual_speed(self, calibration: Calibration) -> bool:
+        """Wait (at most EPISODE_WAIT_S, within the total) until the calibration is back to its usual level: a slow
+        episode of the machine passes in about a second."""
+        start = time.perf_counter()
+        usual = False
+        while time.perf_counter() - start < min(EPISODE_WAIT_S, self.left_s):
+            time.sleep(0.1)
+            if not calibration.check():
+                usual = True
+                break
+        waited = time.perf_counter() - start
+        self.left_s -= waited
+        self.waited_s += waited
+        return usual

@@ -13,6 +13,7 @@ import signal
 import statistics
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,13 @@ def _release_freed_memory() -> None:
 
 
 def peak_memory(fn: Callable[[], object], device: str) -> int | None:
-    """Peak bytes allocated during fn() above what was allocated before it (None where it cannot be measured).
+    """Peak bytes allocated during fn() above what was allocated before it (None where it cannot be measured)."""
+    return call_with_peak(fn, device)[1]
+
+
+def call_with_peak(fn: Callable[[], object], device: str) -> tuple[object, int | None]:
+    """fn()'s result and the peak bytes allocated during the call above what was allocated before it (None where it
+    cannot be measured): the validation call of a case measures its memory too, with no call of its own.
 
     CUDA: max_memory_allocated after reset_peak_memory_stats. CPU: reset the peak RSS by writing 5 to
     /proc/self/clear_refs, then read VmHWM (Linux), minus VmRSS before the call.
@@ -122,19 +129,15 @@ def peak_memory(fn: Callable[[], object], device: str) -> int | None:
         before = torch.cuda.memory_allocated()
         result = fn()
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - before
-        del result
-        return peak
+        return result, torch.cuda.max_memory_allocated() - before
     try:
         _release_freed_memory()
         before = _status_kib("VmRSS")
         _CLEAR_REFS.write_text("5")
     except (OSError, KeyError):
-        return None
+        return fn(), None
     result = fn()
-    peak = _status_kib("VmHWM")
-    del result
-    return max(0, peak - before) * 1024
+    return result, max(0, _status_kib("VmHWM") - before) * 1024
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -170,3 +173,21 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (its type when it has none), cut to `limit` characters."""
     text = str(exc).strip()
     return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
+class Phases:
+    """Seconds this process spent per phase of the harness (env.json's `phases`): `with phases("references"): ...`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def rounded(self) -> dict[str, float]:
+        return {name: round(seconds, 2) for name, seconds in self.seconds.items()}

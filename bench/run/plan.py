@@ -47,6 +47,7 @@ class RunPlan:
     time_budget_s: float
     threads: int = 0  # torch.get_num_threads() for the whole run
     notes: list[str] = field(default_factory=list)  # worth a line before the run starts
+    processes: int = 2  # worker processes that time each shape's contenders (bench/run/session.py)
 
     compiled: bool | None = None  # compiled strategies everywhere (True), nowhere (False), where the grid says (None)
 
@@ -167,6 +168,10 @@ def check_models(specs: list[str], the_grid: grid.Grid, dtypes: tuple[str, ...] 
             raise SettingsError(f"model {model_def.name}: the factory builds {built} parameters but the run measures "
                                 f"{', '.join(run_dtypes)}; set DTYPE={built} to measure it as built, or "
                                 f"DTYPE={run_dtypes[0]} to cast it")
+        if probe.training and model_def.name not in models.PRESETS:
+            notes.append(f"model {model_def.name} is measured in training mode, as its factory returns it "
+                         "(nn.Module.training=True: Dropout and BatchNorm behave as in training); return model.eval() "
+                         "from the factory to measure inference")
         if probe.one_sample:
             notes.append(f"model {model_def.name} fails on a one-sample batch ({probe.one_sample}): its B=1 cases and "
                          "the per-sample strategies (vmap_jacrev, vmap_jacfwd) will end in error")
@@ -218,7 +223,14 @@ def plan_run(settings: Settings) -> RunPlan:
         threads=threads,
         notes=notes,
         compiled=resolve_compiled(settings.compiled, settings.strategies),
+        processes=resolve_processes(settings.processes),
     )
+
+
+def resolve_processes(spec: str) -> int:
+    if spec not in ("1", "2"):
+        raise SettingsError(f"PROCESSES={spec!r}: give 2 (the contenders timed again in a second process) or 1")
+    return int(spec)
 
 
 def resolve_compiled(spec: str, strategies_spec: str) -> bool | None:

@@ -3,10 +3,12 @@
     plugin = JacobenchPlugin(plan, folder)
     pytest.main(["bench/run/suite.py", ...], plugins=[plugin])
 
-It parametrizes bench/run/suite.py with the cases still to measure, gives the test each case's measurement
-(`measure_case`), prints a progress line per case, stops after the current case on Ctrl-C, and finishes the folder
-(summary.csv, env.json) at the end of the session. `python -m bench run` builds it; the root conftest.py builds the
-same object from pytest options when bench/run/suite.py is run directly.
+It parametrizes bench/run/suite.py with the shapes still to measure (one test per device and shape: its strategies
+are timed together, interleaved), gives the test each shape's measurement (`measure_shape`), prints a progress line
+per case, stops after the current shape on Ctrl-C, and finishes the folder at the end of the session. pytest-benchmark
+times each shape's forward pass with its `benchmark` fixture and keeps one entry per case in benchmark.json
+(`pytest_benchmark_update_json`). `python -m bench run` builds the plugin; the root conftest.py builds the same object
+from pytest options when bench/run/suite.py is run directly.
 """
 
 from __future__ import annotations
@@ -14,18 +16,19 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from bench import results
-from bench.run import session
+from bench.run import finish, measure, session
 from bench.run.grid import Case
 from bench.run.plan import RunPlan
-from bench.run.runner import CaseRunner
+from bench.run.runner import ShapeRunner
 from bench.run.session import RunFolder
-from bench.schema import CaseRecord, VerdictRecord, case_id, fmt_time
+from bench.schema import CaseRecord, fmt_time
 
 NAME = "jacobench-run"  # the plugin's name in pytest's plugin manager
 
@@ -42,7 +45,7 @@ class Progress:
     def case_done(self, record: CaseRecord) -> None:
         self.done += 1
         elapsed = time.perf_counter() - self.started
-        eta = elapsed / self.done * (self.total - self.done)
+        eta = elapsed / self.done * max(self.total - self.done, 0)
         status = record.status
         if status == "ok":
             fwd = record.forward_median_s
@@ -50,6 +53,7 @@ class Progress:
             detail = f"{fmt_time(record.time_median_s):>10} {ratio}"
             status += "" if record.is_jacobian else " (sum, not J)"
             status += " (unstable)" if record.unstable else ""
+            detail += "" if record.contender is not False else "  (no contender)"
         else:
             detail = record.message[:70]
         self.line(f"[{self.done:>4}/{self.total} eta {int(eta // 60)}m{int(eta % 60):02d}s] {status:<16} "
@@ -64,72 +68,47 @@ class Progress:
             print(text, flush=True)
 
 
-def playoff_line(case: Case, device: str, result: VerdictRecord) -> str:
-    """"   playoff mlp-B32-H64-in8-out8 on cpu: tie grad_batched = jacobian_sum (×1.02 [0.98–1.07])"."""
-    ratio = result.runner_up_ratio
-    margin = f" (×{ratio[0]:.2f} [{ratio[1]:.2f}–{ratio[2]:.2f}])" if ratio and result.rounds else \
-        f" (next ×{ratio[0]:.2f})" if ratio else ""
-    who = " = ".join([result.best, *result.tied_with]) if result.verdict == "tie" else result.best
-    where = f"   playoff {case.shape_id} on {device}: {result.verdict} {who}"
-    return where + (f" vs {result.runner_up}" if result.verdict == "winner" and result.runner_up else "") \
-        + margin + (" [unstable]" if result.unstable else "")
-
-
 class JacobenchPlugin:
-    """A planned run with its open folder, measured through pytest-benchmark's `benchmark` fixture."""
+    """A planned run with its open folder, measured shape by shape (the first worker process of the run)."""
 
     __name__ = NAME  # pluggy registers a plugin under its __name__: `pluginmanager.has_plugin(NAME)` finds it
 
     def __init__(self, plan: RunPlan, folder: RunFolder):
         self.plan = plan
         self.folder = folder
-        self.runner = CaseRunner(plan)
+        self.phases = measure.Phases()
+        self.runner = ShapeRunner(plan, self.phases)
         self.progress = Progress()
         self.interrupted = False
         self.report_failures = False  # pytest's terminal is off (python -m bench run): print harness failures
-        self.records = dict(folder.finished)  # every record of the run so far, by key
         self.opened_here = False  # conftest.py opened the folder for a direct pytest run: it releases it at the end
-        self._last_of_shape: set[tuple] = set()  # the case keys after which a shape's playoff runs
+        self.started = time.perf_counter()
+        self.measured: list[CaseRecord] = []  # this session's records, for benchmark.json
 
-    def pending(self) -> list[tuple[str, str, Case]]:
-        """(strategy, device, case) not in cases.jsonl yet, smallest shapes first: a timeout on a small case skips
-        the larger ones."""
-        return [(name, device, case) for device in self.plan.devices for case in self.plan.cases
-                for name in self.plan.strategies_for(case)
-                if case.key(name, device) not in self.folder.finished]
+    def pending(self) -> list[tuple[str, Case, list[str]]]:
+        """(device, shape, strategies not in cases.jsonl yet), smallest shapes first: a timeout on a small case
+        skips the larger ones."""
+        found = []
+        for device in self.plan.devices:
+            for case in self.plan.cases:
+                names = [n for n in self.plan.strategies_for(case) if case.key(n, device) not in self.folder.finished]
+                if names:
+                    found.append((device, case, names))
+        return found
 
-    def measure_case(self, benchmark: Any, strategy: str, device: str, case: Case) -> None:
-        """Measure one case, append its record to cases.jsonl (flushed: a kill -9 later loses nothing), hold the
-        shape's playoff after its last case, and turn a status other than ok into a pytest skip with the message."""
-        record = self.runner.run_case(benchmark, strategy, case, device)
-        if record.status == "ok":
-            benchmark.extra_info.update({k: v for k, v in record.as_dict().items()
-                                         if k not in ("summary", "cost", "round_times_s")})
-        results.append_case(self.folder.cases_path, record)
-        key = case.key(strategy, device)
-        self.records[key] = record
-        self.progress.case_done(record)
-        if key in self._last_of_shape:
-            self.hold_playoff(case, device)
-        if record.status != "ok":
-            pytest.skip(f"{record.status}: {record.message}")
+    def measure_shape(self, benchmark: Any, device: str, case: Case, names: list[str]) -> None:
+        """Measure one shape: each case's record is appended to cases.jsonl (flushed: a kill -9 later loses
+        nothing) as soon as it is final in this process."""
+        if self.phases.seconds.get("startup") is None:
+            self.phases.seconds["startup"] = time.perf_counter() - self.started
 
-    def hold_playoff(self, case: Case, device: str) -> None:
-        """Re-time the close contenders of a finished shape interleaved (bench/run/playoff.py) and append the verdict to
-        playoffs.jsonl."""
-        shape = [self.records[k] for k in (case.key(n, device) for n in self.plan.strategies_for(case))
-                 if k in self.records]
-        started = time.perf_counter()
-        try:
-            result = self.runner.playoff(case, device, shape)
-        except Exception as exc:  # a verdict is not worth a crash: the cases are on disk already
-            self.progress.line(f"playoff of {case.shape_id} on {device} failed: {type(exc).__name__}: {exc}")
-            return
-        if result is None:
-            return
-        result.wall_s = round(time.perf_counter() - started, 4)  # what the verdict cost the run
-        results.append_line(self.folder.playoffs_path, result.as_dict())
-        self.progress.line(playoff_line(case, device, result))
+        def done(record: CaseRecord) -> None:
+            results.append_case(self.folder.cases_path, record)
+            self.measured.append(record)
+            self.progress.case_done(record)
+
+        self.runner.measure_shape(case, device, names, forward_timer(benchmark, self.plan.grid.budget.target_s / 2),
+                                  done)
 
     # ---- pytest hooks and fixtures -------------------------------------------------------------------------------
 
@@ -145,25 +124,23 @@ class JacobenchPlugin:
         if "jacobench" not in metafunc.fixturenames:
             return
         params = self.pending()
-        self.progress.total = len(params)
-        last = {(device, case): name for name, device, case in params}  # the shape's last pending strategy
-        self._last_of_shape = {case.key(name, device) for (device, case), name in last.items()}
-        ids = [case_id(name, device, case.shape_id) for name, device, case in params]
-        metafunc.parametrize(("strategy", "device", "case"), params, ids=ids)
+        self.progress.total = sum(len(names) for _, _, names in params)
+        ids = [f"{device}-{case.shape_id}" for device, case, _ in params]
+        metafunc.parametrize(("device", "case", "names"), params, ids=ids)
 
     @pytest.fixture(scope="session")
     def jacobench(self) -> JacobenchPlugin:
         return self
 
     def pytest_sessionstart(self) -> None:
-        """Ctrl-C (SIGINT) stops after the current case; a second Ctrl-C aborts at once."""
+        """Ctrl-C (SIGINT) stops after the current shape; a second Ctrl-C aborts at once."""
 
         def on_sigint(signum, frame):
             if self.interrupted:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 raise KeyboardInterrupt
             self.interrupted = True
-            self.progress.line("Ctrl-C: stopping after the current case (press again to abort now)")
+            self.progress.line("Ctrl-C: stopping after the current shape (press again to abort now)")
 
         signal.signal(signal.SIGINT, on_sigint)
 
@@ -176,10 +153,13 @@ class JacobenchPlugin:
             print(f"jacobench: internal failure in {report.nodeid}:\n{report.longreprtext}", file=sys.stderr)
 
     def pytest_sessionfinish(self) -> None:
-        counts = session.finish(self.plan.folder, interrupted=self.interrupted,
-                                calibration=self.runner.shapes.drift.summary())
-        self.progress.line(f"{sum(counts.values())} cases in {self.plan.folder}: "
-                           + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+        session.record_process(self.plan.folder, 1, self.phases.rounded(), self.runner.calibration.summary(),
+                               time.perf_counter() - self.started, self.interrupted)
+
+    def pytest_benchmark_update_json(self, config: pytest.Config, benchmarks: list, output_json: dict) -> None:
+        """One entry per timed case beside the forward passes pytest-benchmark timed (finishing the run replaces
+        them with the entries of both processes)."""
+        output_json["benchmarks"] = output_json.get("benchmarks", []) + finish.benchmark_entries(self.measured)
 
     def pytest_benchmark_update_machine_info(self, config: pytest.Config, machine_info: dict[str, Any]) -> None:
         import torch
@@ -187,4 +167,20 @@ class JacobenchPlugin:
         machine_info["torch"] = torch.__version__
         machine_info["torch_threads"] = torch.get_num_threads()
         machine_info["cuda"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
+def forward_timer(benchmark: Any, target_s: float) -> Callable[[Callable[[], object]], float]:
+    """Times a shape's forward pass with pytest-benchmark (its entry in benchmark.json): iterations so a round lasts
+    well above the clock's resolution; the median seconds per call."""
+
+    def time_forward(forward: Callable[[], object]) -> float:
+        forward()
+        start = measure.synced_clock()
+        forward()
+        p = measure.round_plan(measure.synced_clock() - start, target_s)
+        benchmark.extra_info["kind"] = "forward"
+        benchmark.pedantic(forward, rounds=p.rounds, iterations=p.iterations, warmup_rounds=1)
+        return benchmark.stats.stats.median
+
+    return time_forward
 

@@ -104,8 +104,13 @@ def reference(model: nn.Module, x: Tensor, memory_budget: int | None = None, hid
     if bad:
         raise ModelProblem(f"the model itself returns NaN or inf (in float64) for {_rows(bad, batch)} of this input")
     if not torch.equal(y, again):
+        random_layers = sorted({type(m).__name__ for m in model64.modules() if m.training and "Dropout" in
+                                type(m).__name__})
+        why = (f"{', '.join(random_layers)} in training mode, as the factory returned the model" if random_layers
+               else "a random op in its forward")
         raise ModelProblem("the model is not deterministic: two float64 forward passes on the same input differ "
-                           "(dropout or another random op active?); no reference can validate it")
+                           f"({why}); no reference can validate it. To measure it, return model.eval() from the "
+                           "factory (inference: dropout off), or make its randomness a fixed input of the model")
     out_dim = y.shape[1]
     coupled = samples_coupled(model64, x64)
     if coupled:

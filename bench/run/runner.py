@@ -1,183 +1,259 @@
-"""One case = one strategy × shape × mode × device -> one CaseRecord, whatever happens.
+"""One shape (every strategy of it, on one device, in one mode) -> one CaseRecord per strategy, whatever happens.
 
-Order per case: the skip rules (bench/run/skips.py), the shape shared by every strategy (model, input, forward time,
-float64 reference: bench/run/shapes.py), the strategy's first call validated against the reference (for a compiled
-strategy that call compiles: its time is `setup_s`), the timed rounds (pytest-benchmark's pedantic mode), peak memory
-in a separate pass. No exception escapes: every failure becomes a status. After a shape's last case its close
-contenders are re-timed interleaved (bench/run/playoff.py).
+The first process of a run measures a shape in this order: the skip rules (bench/run/skips.py); the shape every
+strategy shares (model, input, forward time, float64 reference: bench/run/shapes.py); each strategy's first call,
+validated against the reference, its peak memory measured on the way (for a compiled strategy the first call
+compiles: its time is `setup_s`, and the call after it gives the memory); then every valid strategy timed together,
+interleaved (bench/run/timing.py). The second process re-times the contenders of each shape (`retime_shape`).
+No exception escapes: every failure becomes a status.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
-from pytest_benchmark.stats import Stats
 from torch import Tensor, nn
 
 import strategies
-from bench import stats
-from bench.run import compiling, machine, measure, models, modes, playoff, reference
+from bench.run import compiling, finish, machine, measure, models, modes, reference, timing
 from bench.run.grid import Case
 from bench.run.plan import RunPlan
-from bench.run.shapes import PreparedShape, ShapeCache
+from bench.run.shapes import ForwardTimer, PreparedShape, ShapeCache
 from bench.run.skips import SkipPolicy, predicted_memory
-from bench.schema import CaseRecord, VerdictRecord, case_id, is_jacobian
+from bench.schema import CLOSED_FORM, CaseRecord, case_id, is_jacobian
 from strategies import Strategy, Unsupported
 
 Call = Callable[[nn.Module, Tensor], object]  # what one timed call runs: fn(model, x)
-SETTLE_TOTAL_S = 120.0  # a run waits at most this long in all for other processes' load to pass
-
-
-@dataclass(frozen=True)
-class Timing:
-    """The numbers of a timed case, from its per-call time in each round (pytest-benchmark's statistics)."""
-
-    round_times_s: list[float]
-    iterations: int
-    unstable: bool = False
-    message: str = ""  # why it is unstable, and whether it was re-timed
-
-    def fields(self) -> dict[str, Any]:
-        summary = Stats()
-        for seconds in self.round_times_s:
-            summary.update(seconds)
-        _, low, high = stats.median_ci(self.round_times_s)
-        return {"time_median_s": summary.median, "time_iqr_s": summary.iqr, "time_min_s": summary.min,
-                "time_mean_s": summary.mean, "rounds": len(self.round_times_s), "iterations": self.iterations,
-                "time_ci_low_s": low, "time_ci_high_s": high, "round_times_s": self.round_times_s,
-                "unstable": self.unstable}
+Done = Callable[[CaseRecord], None]  # told of each case as soon as its record is final for this process
+SETTLE_TOTAL_S = 120.0  # a process waits at most this long in all for other processes' load to pass
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What measuring one case found: its status, why, and the numbers that became known on the way."""
 
-    status: str
+    status: str  # "ok" before timing means valid, to be timed
     message: str = ""
     predicts_larger: bool = False  # a failure that every larger shape of the same strategy would repeat
     check: reference.Check | None = None
     setup_s: float | None = None
     warnings: list[str] = field(default_factory=list)
-    timing: Timing | None = None
     peak_memory_bytes: int | None = None
+    one_call_s: float | None = None  # the validation call's time (after compiling, for a compiled strategy)
+    entry: timing.Entry | None = None  # its rounds, once timed
+    unstable: str = ""  # why its rounds were timed under disturbance
+    wall_s: float = 0.0
 
 
-class CaseRunner:
-    """Measures the cases of a planned run, one call of `run_case` per case, shape after shape."""
+class ShapeRunner:
+    """Measures the shapes of a planned run, one call of `measure_shape` (or `retime_shape`) per shape."""
 
-    def __init__(self, plan: RunPlan):
+    def __init__(self, plan: RunPlan, phases: measure.Phases, run_usual_s: float | None = None):
         self.plan = plan
+        self.phases = phases
         budget = plan.grid.budget
         self.skips = SkipPolicy(plan.memory_budget_bytes, budget.memory_fraction)
         self.settler = machine.Settler(budget.settle_s, SETTLE_TOTAL_S)
-        self.shapes = ShapeCache(plan.model_defs, plan.strategy_names, budget.target_s, plan.time_budget_s,
-                                 self.skips.budget, self.settler)
+        self.calibration = machine.Calibration(run_usual_s)  # a second process is held to the first one's speed
+        self.shapes = ShapeCache(plan.model_defs, plan.strategy_names, plan.time_budget_s, self.skips.budget, phases)
 
-    def run_case(self, benchmark: Any, strategy_name: str, case: Case, device: str) -> CaseRecord:
-        """The record of one case, whatever happens: measured, or with the status and message of what stopped it."""
-        started = time.perf_counter()
-        strategy = strategies.REGISTRY[strategy_name]
-        predicted = predicted_memory(strategy, case)
+    def measure_shape(self, case: Case, device: str, names: list[str], time_forward: ForwardTimer,
+                      done: Done) -> list[CaseRecord]:
+        """The first process: every named strategy of the shape validated, then the valid ones timed together."""
+        outcomes: dict[str, Outcome] = {}
         shape = None
-        try:
-            skip = self.skips.reason(strategy, case, device, predicted)
-            if skip:
-                outcome = Outcome(*skip)
-            else:
-                self.shapes.warm_up(case, device)
-                shape = self.shapes.prepare(case, device)
-                outcome = self._measure(benchmark, strategy, shape)
-        except Exception as exc:  # a harness bug must not stop the run either
-            outcome = Outcome("error", f"harness: {type(exc).__name__}: {exc}")
-        self.skips.note(strategy, case, device, outcome.status, outcome.predicts_larger)
-        return case_record(strategy, case, device, outcome, shape, predicted, time.perf_counter() - started)
+        for name in names:
+            started = time.perf_counter()
+            strategy = strategies.REGISTRY[name]
+            try:
+                skip = self.skips.reason(strategy, case, device, predicted_memory(strategy, case))
+                if skip:
+                    outcome = Outcome(*skip)
+                else:
+                    self.shapes.warm_up(case, device)
+                    shape = self.shapes.prepare(case, device, time_forward)
+                    outcome = self._validate(strategy, shape)
+            except Exception as exc:  # a harness bug must not stop the run either
+                outcome = Outcome("error", f"harness: {type(exc).__name__}: {exc}")
+            outcomes[name] = dataclasses.replace(outcome, wall_s=time.perf_counter() - started)
+            self.skips.note(strategy, case, device, outcome.status, outcome.predicts_larger)
+            if outcome.status != "ok":
+                done(self._record(name, case, device, outcomes[name], shape))
+        valid = {n: o for n, o in outcomes.items() if o.status == "ok"}
+        if valid:
+            outcomes |= self._time(shape, valid)
+        records = [self._record(n, case, device, outcomes[n], shape) for n in names]
+        for name in valid:
+            done(records[names.index(name)])
+        return records
 
-    def _measure(self, benchmark: Any, strategy: Strategy, shape: PreparedShape) -> Outcome:
+    def _validate(self, strategy: Strategy, shape: PreparedShape) -> Outcome:
+        """The first call, validated against the reference; its peak memory and time on the way."""
         if shape.status != "ok":  # out of memory for the reference: larger shapes will be too
             return Outcome(shape.status, shape.message, predicts_larger=shape.status == "oom")
         call = modes.timed_call(strategy, shape.case.mode)
-        found: dict[str, Any] = {}  # what is known before a failure: the check, setup_s, warnings
+        found: dict = {}  # what is known before a failure: setup_s, warnings, the check
         try:
-            output, setup_s, found["warnings"] = self._first_call(strategy, call, shape)
-            found["setup_s"] = setup_s if strategy.compiled else None
+            with self.phases("compiling" if strategy.compiled else "validation"):
+                output, peak, seconds, found["warnings"] = self._first_call(strategy, call, shape)
+            if strategy.compiled:
+                found["setup_s"] = seconds
+                self.shapes.compiled()
+                with self.phases("validation"), compiling.no_recompile():
+                    start = measure.synced_clock()
+                    output, peak = measure.call_with_peak(lambda: within(call, shape, self.plan.time_budget_s),
+                                                          shape.device)
+                    seconds = measure.synced_clock() - start
             found["check"] = validate(output, shape.reference, strategy, shape.case)
             del output
             if not found["check"].ok:
                 return Outcome("wrong", found["check"].message, **found)
-            with compiling.no_recompile(strategy.compiled):
-                timing = self._time(benchmark, call, shape)
-                peak = measure.peak_memory(lambda: call(shape.model, shape.x), shape.device)
-            return Outcome("ok", timing.message, timing=timing, peak_memory_bytes=peak, **found)
-        except Unsupported as exc:
-            return Outcome("unsupported", str(exc), **found)
-        except measure.CaseTimeout as exc:
-            # only a single call over the budget predicts that larger shapes will time out too
-            return Outcome("timeout", str(exc), predicts_larger=exc.what == "one call", **found)
+            return Outcome("ok", peak_memory_bytes=peak, one_call_s=seconds, **found)
         except Exception as exc:
-            if measure.is_out_of_memory(exc):
-                measure.free(shape.device)
-                return Outcome("oom", measure.first_line(exc), predicts_larger=True, **found)
-            return Outcome("error", f"{type(exc).__name__}: {measure.first_line(exc)}" + _one_sample_note(shape),
-                           **found)
+            return failure(exc, shape, **found)
 
-    def _first_call(self, strategy: Strategy, call: Call, shape: PreparedShape) -> tuple[object, float, list[str]]:
+    def _first_call(self, strategy: Strategy, call: Call, shape: PreparedShape
+                    ) -> tuple[object, int | None, float, list[str]]:
         """The validation call, under the time budget (the compile budget for a compiled strategy, whose first call
-        compiles): (output, seconds it took, the warnings it raised). One retry of a timeout, so a moment of load on
-        a shared machine is not recorded as a timeout (which would also skip every larger shape)."""
+        compiles): (output, peak bytes, seconds, the warnings it raised). One retry of a timeout, so a moment of
+        load on a shared machine is not recorded as a timeout (which would also skip every larger shape)."""
         limit = self.plan.grid.budget.compile_s if strategy.compiled else self.plan.time_budget_s
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            start = time.perf_counter()
+            for attempt in (1, 2):
+                start = measure.synced_clock()
+                try:
+                    output, peak = measure.call_with_peak(lambda: within(call, shape, limit), shape.device)
+                    break
+                except measure.CaseTimeout:
+                    if attempt == 2:
+                        raise
+            seconds = measure.synced_clock() - start
+        return output, peak, seconds, case_warnings(caught)
+
+    def _time(self, shape: PreparedShape, valid: dict[str, Outcome]) -> dict[str, Outcome]:
+        """Every valid strategy of the shape timed together (bench/run/timing.py)."""
+        entries = [timing.Entry(name, functools.partial(modes.timed_call(strategies.REGISTRY[name], shape.case.mode),
+                                                        shape.model, shape.x), o.one_call_s,
+                                eligible=may_win(strategies.REGISTRY[name], shape.case))
+                   for name, o in valid.items()]
+        result = self._window(shape, entries)
+        return {e.name: timed(valid[e.name], e, result) for e in entries}
+
+    def _window(self, shape: PreparedShape, entries: list[timing.Entry]) -> timing.ShapeTiming:
+        """The shape's measuring window: target_s per strategy. A recompile while timed, or the guard against a
+        hang, is the error of the strategies it concerns."""
+        window_s = self.plan.grid.budget.target_s * len(entries)
+        guard_s = max(60.0, 20 * window_s + self.plan.time_budget_s * len(entries) * timing.MIN_ROUNDS)
+        compiled = [e for e in entries if strategies.REGISTRY[e.name].compiled]
+        result = timing.ShapeTiming(entries)
+        try:
+            with self.phases("timing"), compiling.no_recompile(bool(compiled)):
+                result = timing.time_shape(entries, window_s, self.calibration, self.settler, guard_s,
+                                           seed=zlib.crc32(shape.case.shape_id.encode()))
+        except compiling.Recompiled as exc:
+            for e in compiled:
+                e.error = e.error or exc
+        except measure.CaseTimeout as exc:
+            for e in entries:
+                if len(e.rounds) < timing.MIN_ROUNDS_TO_DROP:
+                    e.error = e.error or exc
+        return result
+
+    def retime_shape(self, case: Case, device: str, records: list[CaseRecord], done: Done) -> list[CaseRecord]:
+        """The second process: the shape's contenders timed together again, their rounds added as this process's."""
+        contenders = [r for r in records if r.status == "ok" and r.contender]
+        shape = self.shapes.prepare(case, device, with_reference=False)
+        if shape.status != "ok" or not contenders:
+            return []
+        self.shapes.warm_up(case, device, [r.strategy for r in contenders])
+        entries, failed = [], {}
+        for r in contenders:
+            strategy = strategies.REGISTRY[r.strategy]
+            call = modes.timed_call(strategy, case.mode)
             try:
-                output = within(call, shape, limit)
-            except measure.CaseTimeout:
-                start = time.perf_counter()
-                output = within(call, shape, limit)
-            seconds = time.perf_counter() - start
-        return output, seconds, case_warnings(caught)
+                with self.phases("compiling" if strategy.compiled else "validation"):
+                    within(call, shape, self.plan.grid.budget.compile_s)  # compiles, or warms
+                    if strategy.compiled:
+                        self.shapes.compiled()
+                    start = measure.synced_clock()
+                    within(call, shape, self.plan.time_budget_s)
+                    one_call = measure.synced_clock() - start
+            except Exception as exc:
+                failed[r.strategy] = f"second process: {type(exc).__name__}: {measure.first_line(exc)}"
+                continue
+            entries.append(timing.Entry(r.strategy, functools.partial(call, shape.model, shape.x), one_call,
+                                        eligible=may_win(strategy, case)))
+        result = self._window(shape, entries) if entries else timing.ShapeTiming([])
+        by_name = {e.name: e for e in entries}
+        updated = []
+        for r in contenders:
+            new = added_process(r, by_name.get(r.strategy), result, failed.get(r.strategy, ""))
+            updated.append(new)
+            done(new)
+        return updated
 
-    def _time(self, benchmark: Any, call: Call, shape: PreparedShape) -> Timing:
-        """pytest-benchmark's pedantic mode: iterations so a round lasts well above the clock's resolution. A timing
-        that other processes disturbed is done again once they are gone; what stays disturbed is `unstable`."""
-        start = measure.synced_clock()
-        within(call, shape, self.plan.time_budget_s)
-        one_call = measure.synced_clock() - start
-        p = measure.round_plan(one_call, self.plan.grid.budget.target_s)
-        # The timed phase is bounded by its plan; this limit only guards against a hang (a loaded machine can slow
-        # calls many times over, and that must not be mistaken for a timeout of the strategy).
-        planned_s = (p.rounds + p.warmup_rounds) * p.iterations * one_call
-        with measure.time_limit(max(30.0, self.plan.time_budget_s + 20 * planned_s), "the timed rounds"):
-            before = machine.snapshot()
-            benchmark.pedantic(call, args=(shape.model, shape.x), rounds=p.rounds, iterations=p.iterations,
-                               warmup_rounds=p.warmup_rounds)
-            rounds = list(benchmark.stats.stats.data)
-            disturbed = machine.disturbance(before, machine.snapshot())
-            note = ""
-            if disturbed and self.settler.settle():
-                before = machine.snapshot()
-                rounds = measure.time_rounds(functools.partial(call, shape.model, shape.x), p.iterations, p.rounds)
-                note, disturbed = f"re-timed: the first timing was disturbed ({disturbed})", \
-                    machine.disturbance(before, machine.snapshot())
-        reason = disturbed or shape.drift
-        return Timing(rounds, p.iterations, unstable=bool(reason), message=unstable_message(reason, note))
+    def _record(self, name: str, case: Case, device: str, outcome: Outcome, shape: PreparedShape | None
+                ) -> CaseRecord:
+        return case_record(strategies.REGISTRY[name], case, device, outcome, shape,
+                           predicted_memory(strategies.REGISTRY[name], case))
 
-    def playoff(self, case: Case, device: str, records: list[CaseRecord]) -> VerdictRecord | None:
-        """The verdict of one shape (bench/run/playoff.py); None when no autodiff strategy of the shape is valid."""
-        shape = self.shapes.prepare(case, device)
 
-        def call_of(name: str) -> Callable[[], object]:
-            return functools.partial(modes.timed_call(strategies.REGISTRY[name], case.mode), shape.model, shape.x)
+def timed(outcome: Outcome, entry: timing.Entry, result: timing.ShapeTiming) -> Outcome:
+    """The outcome of a valid case after its window: ok with its rounds, or the failure that stopped its rounds."""
+    wall_s = outcome.wall_s + entry.spent_s
+    if entry.error is not None:
+        failed = failure(entry.error, None, check=outcome.check, setup_s=outcome.setup_s, warnings=outcome.warnings)
+        return dataclasses.replace(failed, wall_s=wall_s)
+    notes = [timing.note(entry)] + ([f"unstable: {result.unstable}"] if result.unstable else [])
+    return dataclasses.replace(outcome, entry=entry, wall_s=wall_s, message="; ".join(n for n in notes if n),
+                               unstable=result.unstable)
 
-        compiled = any(strategies.REGISTRY[r.strategy].compiled for r in records)
-        with compiling.no_recompile(compiled):
-            return playoff.hold(records, call_of, self.plan.grid.budget.target_s, self.plan.time_budget_s,
-                                self.settler, shape.drift)
+
+def added_process(record: CaseRecord, entry: timing.Entry | None, result: timing.ShapeTiming, problem: str
+                  ) -> CaseRecord:
+    """A record with the rounds of one more process (or, when that process could not time it, with why)."""
+    if entry is None or entry.error is not None or not entry.rounds:
+        why = problem or (f"second process: {type(entry.error).__name__}: {measure.first_line(entry.error)}"
+                          if entry is not None and entry.error is not None else "second process: no rounds kept")
+        return dataclasses.replace(record, message="; ".join(m for m in (record.message, why) if m))
+    rounds = record.round_times_s + entry.rounds
+    process_rounds = (record.process_rounds or [len(record.round_times_s)]) + [len(entry.rounds)]
+    message = "; ".join(m for m in (record.message, f"second process unstable: {result.unstable}"
+                                    if result.unstable else "") if m)
+    return dataclasses.replace(
+        record, round_times_s=rounds, process_rounds=process_rounds,
+        rounds_set_aside=(record.rounds_set_aside or 0) + entry.set_aside, unstable=record.unstable
+        or bool(result.unstable), message=message, wall_s=round((record.wall_s or 0) + entry.spent_s, 4),
+        **finish.timing_fields(rounds, process_rounds, pooled=0.0))
+
+
+def failure(exc: BaseException, shape: PreparedShape | None, **found) -> Outcome:
+    """The status of an exception raised by a strategy's call."""
+    if isinstance(exc, Unsupported):
+        return Outcome("unsupported", str(exc), **found)
+    if isinstance(exc, measure.CaseTimeout):
+        # only a single call over the budget predicts that larger shapes will time out too
+        return Outcome("timeout", str(exc), predicts_larger=exc.what == "one call", **found)
+    if measure.is_out_of_memory(exc):
+        if shape is not None:
+            measure.free(shape.device)
+        return Outcome("oom", measure.first_line(exc), predicts_larger=True, **found)
+    note = _one_sample_note(shape) if shape is not None else ""
+    return Outcome("error", f"{type(exc).__name__}: {measure.first_line(exc)}{note}", **found)
+
+
+def may_win(strategy: Strategy, case: Case) -> bool:
+    """Whether a strategy can be the shape's answer: autodiff (the closed form is the limit, not a contender) and
+    returning J (a sum over outputs is not J when out > 1)."""
+    return strategy.name != CLOSED_FORM and is_jacobian(strategy.returns, case.sizes.out_dim)
 
 
 def within(call: Call, shape: PreparedShape, limit: float) -> object:
@@ -198,11 +274,6 @@ def validate(output: object, ref: reference.Reference, strategy: Strategy, case:
     return reference.validate(output, ref.jacobian, strategy.returns, dtype)
 
 
-def unstable_message(reason: str, note: str = "") -> str:
-    """The message of a timing: whether it was re-timed, and why it is still unstable."""
-    return "; ".join(m for m in (note, f"unstable: {reason}" if reason else "") if m)
-
-
 IGNORED_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 
 
@@ -216,25 +287,35 @@ def case_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
 
 
 def case_record(strategy: Strategy, case: Case, device: str, outcome: Outcome, shape: PreparedShape | None,
-                predicted_bytes: int, wall_s: float) -> CaseRecord:
-    """The record of a case: who and where, then what its outcome measured."""
-    check = outcome.check
+                predicted_bytes: int) -> CaseRecord:
+    """The record of a case: who and where, then what its outcome measured (its interval provisional until the run
+    is finished: bench/run/finish.py adds the noise of the other process)."""
+    check, entry = outcome.check, outcome.entry
+    rounds = {}
+    if entry is not None:
+        rounds = finish.timing_fields(entry.rounds, [len(entry.rounds)], pooled=0.0) | {
+            "round_times_s": entry.rounds, "process_rounds": [len(entry.rounds)], "iterations": entry.iterations,
+            "contender": entry.contender, "rounds_set_aside": entry.set_aside}
+    prepared = shape is not None and shape.model is not None
     return CaseRecord(
         strategy=strategy.name, model=case.model, device=device, dtype=case.dtype, **case.sizes._asdict(),
-        mode=case.mode, status=outcome.status, message=outcome.message,
-        **(outcome.timing.fields() if outcome.timing else {}),
+        mode=case.mode, status=outcome.status, message=outcome.message, **rounds, unstable=bool(outcome.unstable),
         forward_median_s=shape.forward_median_s if shape else None, coupled=shape.coupled if shape else None,
-        peak_memory_bytes=outcome.peak_memory_bytes, predicted_memory_bytes=predicted_bytes,
+        module_training=shape.model.training if prepared else None,
+        peak_memory_bytes=outcome.peak_memory_bytes if outcome.status == "ok" else None,
+        predicted_memory_bytes=predicted_bytes,
         max_abs_error=check.max_abs_error if check else None, tolerance=check.tolerance if check else None,
         setup_s=outcome.setup_s, warnings=outcome.warnings, returns=strategy.returns,
         is_jacobian=is_jacobian(strategy.returns, case.sizes.out_dim),
         independent_samples=strategy.independent_samples, compiled=strategy.compiled, summary=strategy.summary,
         cost=strategy.cost, sweeps=list(case.sweeps), case_id=case_id(strategy.name, device, case.shape_id),
-        wall_s=round(wall_s, 4))
+        wall_s=round(outcome.wall_s, 4))
 
 
 def _one_sample_note(shape: PreparedShape) -> str:
     """Why a strategy may have failed: the model cannot run one sample, which per-sample strategies feed it."""
+    if shape.model is None:
+        return ""
     problem = models.run_problem(shape.model, shape.x[:1], shape.case.sizes.out_dim)
     return f" (the model fails on a one-sample batch, which per-sample strategies feed it: {problem})" if problem \
         else ""

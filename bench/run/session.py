@@ -1,5 +1,11 @@
-"""A run's folder while the run lasts: owned by one process (an OS lock), opened new, resumed or replaced, and
-finished (summary.csv and the end recorded in env.json).
+"""A run's folder while the run lasts: owned by one process (an OS lock), opened new, resumed or replaced, measured
+in two worker processes, and finished.
+
+A run measures in two processes: the first (`python -m bench run`, or pytest run directly) validates and times every
+case; the second (`python -m bench retime`, started by the first once it is done) times each shape's contenders
+again in a fresh process: a process sets the speed of some calls (memory layout, a slow episode of the machine that
+lasts it), and a rerun is another process. `finish` then turns both into the run's numbers (bench/run/finish.py):
+intervals that describe a rerun, and verdicts.
 """
 
 from __future__ import annotations
@@ -7,6 +13,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,8 +24,11 @@ from typing import IO, Any
 from bench import results
 from bench.errors import BenchError
 from bench.run import environment, models
+from bench.run import finish as finishing
 from bench.run.plan import RunPlan
 from bench.schema import CaseRecord
+
+EXIT_INTERRUPTED = 130
 
 
 class FolderError(BenchError):
@@ -28,7 +40,7 @@ class RunFolder:
     """An open run folder: this process holds its lock until it exits."""
 
     path: Path
-    lock: IO
+    lock: IO | None  # None in the second worker process: the first one holds the lock for both
     finished: dict[tuple, CaseRecord] = field(default_factory=dict)  # records already in cases.jsonl (resume), by key
 
     @property
@@ -41,7 +53,8 @@ class RunFolder:
 
     def release(self) -> None:
         """Give the folder back (the OS would at exit; closing says so explicitly)."""
-        self.lock.close()
+        if self.lock is not None:
+            self.lock.close()
 
 
 def open_run(plan: RunPlan) -> RunFolder:
@@ -52,6 +65,11 @@ def open_run(plan: RunPlan) -> RunFolder:
     finished = check_folder(plan)  # again: another process may have made the folder before this one took the lock
     _create(plan)
     return RunFolder(plan.folder, lock, finished)
+
+
+def attach(plan: RunPlan) -> RunFolder:
+    """The folder of a run whose first process holds the lock and waits for this one (the second worker)."""
+    return RunFolder(plan.folder, None, _finished(plan.folder / "cases.jsonl"))
 
 
 def check_folder(plan: RunPlan) -> dict[tuple, CaseRecord]:
@@ -108,6 +126,7 @@ def _create(plan: RunPlan) -> None:
         "time_budget_s": plan.time_budget_s,
         "fingerprint": plan.fingerprint(),
         "planned_cases": plan.planned_cases,
+        "processes": previous.get("processes", []),  # what each worker process did (record_process)
     }
     results.write_json(env_path, env)
     _point_latest(plan)
@@ -125,18 +144,60 @@ def _point_latest(plan: RunPlan) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def finish(folder: Path, interrupted: bool = False, calibration: dict[str, float] | None = None) -> dict[str, int]:
-    """Rebuild summary.csv from cases.jsonl and record the end (and the machine's calibration times) in env.json;
-    return counts per status."""
-    rows = results.write_summary(folder / "summary.csv", results.read_cases(folder / "cases.jsonl"))
+def record_process(folder: Path, process: int, seconds: dict[str, float], calibration: dict[str, float],
+                   wall_s: float, interrupted: bool) -> None:
+    """Add what one worker process did to env.json: its phases in seconds, its machine calibration, its wall time."""
+    env_path = folder / "env.json"
+    env = results.read_json(env_path) if env_path.exists() else {}
+    env.setdefault("processes", []).append({
+        "process": process, "pid": os.getpid(), "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_s": round(wall_s, 2), "phases": seconds, "calibration": calibration, "interrupted": interrupted})
+    results.write_json(env_path, env)
+
+
+def second_process(folder: Path, processes: int) -> int:
+    """Run the second worker process on this run folder and wait for it; its exit code (0 when none is due).
+    Ctrl-C reaches both processes: the second stops after its current shape, this one waits for it."""
+    if processes < 2:
+        return 0
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker handles Ctrl-C; wait for it to stop
+    try:
+        return subprocess.run([sys.executable, "-m", "bench", "retime", str(folder)], check=False).returncode
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def finish(folder: Path, interrupted: bool = False) -> dict[str, int]:
+    """The run's numbers from its records (bench/run/finish.py): the noise model, every ok case's statistics and
+    rerun interval, every shape's verdict. While a run measures, its files are append-only (a later line of a case
+    replaces an earlier one: the second process adds rounds); finishing compacts them, atomically, to one line per
+    case in cases.jsonl and one verdict per shape in playoffs.jsonl, then writes summary.csv, the per-case entries
+    of benchmark.json, and the end in env.json. Idempotent. Returns the counts per status."""
+    started = time.perf_counter()
+    records = list({r.key: r for r in results.read_cases(folder / "cases.jsonl")}.values())
+    model = finishing.noise(records)
+    records = finishing.with_intervals(records, model)
+    results.write_lines(folder / "cases.jsonl", [r.as_dict() for r in records])
+    results.write_lines(folder / "playoffs.jsonl", [v.as_dict() for v in finishing.verdicts(records, model)])
+    results.write_summary(folder / "summary.csv", records)
+    results.replace_benchmark_entries(folder / "benchmark.json", finishing.benchmark_entries(records))
     counts: dict[str, int] = {}
-    for r in rows:
+    for r in records:
         counts[r.status] = counts.get(r.status, 0) + 1
     env_path = folder / "env.json"
     env = results.read_json(env_path) if env_path.exists() else {}
-    env.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), interrupted=interrupted, status_counts=counts)
-    if calibration:
-        env["calibration"] = calibration
+    phases = total_phases(env.get("processes", []))
+    phases["finish"] = round(time.perf_counter() - started, 2)
+    env.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), interrupted=interrupted, status_counts=counts,
+               noise=model.summary(), phases=phases)
     results.write_json(env_path, env)
     return counts
 
+
+def total_phases(processes: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds per phase over every worker process of the run (resumed sessions included)."""
+    total: dict[str, float] = {}
+    for entry in processes:
+        for name, seconds in (entry.get("phases") or {}).items():
+            total[name] = round(total.get(name, 0.0) + seconds, 2)
+    return total

@@ -40,6 +40,9 @@ class Settings:
                                                        "the grid's fraction of the free memory)")
     time_budget: str = _setting("", "TIME_BUDGET", "seconds one strategy call may take before the case is a "
                                                    "timeout (default: the grid's budget.time_s)")
+    processes: str = _setting("2", "PROCESSES", "worker processes that time each shape's contenders: 2 measures "
+                                                "them again in a fresh process, so intervals and verdicts include "
+                                                "what a process changes; 1 is quicker and knows less")
     run: str = _setting("", "RUN", "run id, the folder results/<run> (default: a timestamp and the grid name)")
     results_dir: str = _setting("results", "RESULTS_DIR", "folder that holds the run folders")
     resume: bool = _setting(False, "RESUME", "finish an interrupted run: measure only the cases missing from RUN")

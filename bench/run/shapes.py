@@ -1,17 +1,28 @@
 """What every strategy of one shape on one device shares, prepared once: the model, the input, the forward time and
-the float64 reference; and the warm-up that keeps lazy loading out of every time limit.
+the float64 reference; the warm-up that keeps lazy loading out of every time limit; and a quiet heap.
+
+The heap: a run process holds far more Python objects than the user's program (torch.func, dynamo and inductor
+state after compiling: ~0.5 M objects), and every full collection of Python's cyclic garbage collector walks them
+all, ~0.2 s here. A Python-heavy strategy (linearize_batched: make_fx tracing) triggers such collections inside its
+own calls, so in a run it measured up to ×5 slower than in a fresh process. Before a shape is measured, the objects
+alive are moved out of the collector's reach (gc.freeze): collections then walk only what the calls create, as in
+a program that has just started. Frozen objects are still freed by reference counting; the cyclic garbage a compiled
+shape leaves (dynamo's graphs after a reset) is collected in full before the next shape is frozen.
 """
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 import strategies
-from bench.run import compiling, machine, measure, models, reference
+from bench.run import compiling, measure, models, reference
 from bench.run.grid import Case
+from bench.run.measure import Phases
 
 
 @dataclass
@@ -25,7 +36,6 @@ class PreparedShape:
     x: Tensor | None = None  # [B, in]
     forward_median_s: float | None = None
     reference: reference.Reference | None = None
-    drift: str = ""  # why the machine ran slower than usual when this shape started ("" if it did not)
     status: str = "ok"
     message: str = ""
 
@@ -34,34 +44,38 @@ class PreparedShape:
         return self.reference.coupled if self.reference else None
 
 
-class ShapeCache:
-    """Prepares each shape once (the last one is kept: a run goes shape by shape) and warms each model up once."""
+ForwardTimer = Callable[[Callable[[], object]], float]  # times model(x) under no_grad: seconds per call
 
-    def __init__(self, model_defs: dict[str, models.ModelDef], strategy_names: list[str], target_s: float,
-                 time_budget_s: float, memory_budget: callable, settler: machine.Settler):
+
+class ShapeCache:
+    """Prepares each shape once (a run goes shape by shape: the last one is kept) and warms each model up once."""
+
+    def __init__(self, model_defs: dict[str, models.ModelDef], strategy_names: list[str], time_budget_s: float,
+                 memory_budget: Callable[[str], int], phases: Phases):
         self.model_defs = model_defs
         self.strategy_names = strategy_names
-        self.target_s = target_s
         self.time_budget_s = time_budget_s
         self.memory_budget = memory_budget  # device -> bytes
-        self.settler = settler
-        self.drift = machine.Drift()
+        self.phases = phases
         self._shape: PreparedShape | None = None
         self._warm: set[tuple[str, str]] = set()  # (device, model) warmed up
-        self._compiles = any(strategies.REGISTRY[name].compiled for name in strategy_names)
+        self._compiled_since_collect = False  # a compiled strategy compiled since the last full collection
+        self._collected = False  # the first shape collects in full
 
-    def prepare(self, case: Case, device: str) -> PreparedShape:
-        """Build (once per shape and device) the model, input, forward time and float64 reference."""
+    def prepare(self, case: Case, device: str, time_forward: ForwardTimer | None = None,
+                with_reference: bool = True) -> PreparedShape:
+        """Build (once per shape and device) the model and input; time the forward pass with `time_forward` and
+        compute the float64 reference when asked (the measuring pass needs both; re-timing needs neither)."""
         if self._shape is not None and (self._shape.case, self._shape.device) == (case, device):
             return self._shape
         self._shape = None  # free the previous shape's tensors before building the next
         measure.free(device)
-        if self._compiles:
-            compiling.reset()  # each compiled strategy compiles once for this shape: never near the recompile limit
+        with self.phases("heap"):
+            self._quiet_heap()
         shape = PreparedShape(case, device)
         try:
             with measure.time_limit(max(10 * self.time_budget_s, 30), "building the model and reference"):
-                self._build(shape)
+                self._build(shape, time_forward, with_reference)
         except (models.ModelError, reference.ModelProblem) as exc:
             shape.status, shape.message = "error", str(exc)
         except MemoryError as exc:
@@ -74,39 +88,58 @@ class ShapeCache:
         self._shape = shape
         return shape
 
-    def _build(self, shape: PreparedShape) -> None:
-        case = shape.case
-        model, x = models.build(self.model_defs[case.model], case.sizes, shape.device, getattr(torch, case.dtype))
-        problem = models.run_problem(model, x, case.sizes.out_dim)
-        if problem:
-            raise reference.ModelProblem(problem + (" (a one-sample batch)" if case.sizes.batch == 1 else ""))
-        with torch.no_grad():
-            shape.forward_median_s = measure.median_time(lambda: model(x), self.target_s / 2)
-        shape.reference = reference.reference(model, x, self.memory_budget(shape.device), hidden=case.sizes.hidden,
-                                              train=case.mode == "train")
-        shape.model, shape.x = model, x
-        shape.drift = self.drift.check()
-        if shape.drift and self.settler.settle():
-            shape.drift = self.drift.check()
+    def compiled(self) -> None:
+        """A compiled strategy compiled for the current shape: collect its garbage in full before the next shape."""
+        self._compiled_since_collect = True
 
-    def warm_up(self, case: Case, device: str) -> None:
-        """Call every strategy once on a two-sample version of the case's model, outside any time limit: lazy imports
-        (torch.func pulls in torch._dynamo and sympy), CUDA context and kernel loading happen here, never inside a
-        timed or time-limited call (an import cut off by the time limit leaves torch half-initialised)."""
+    def _quiet_heap(self) -> None:
+        if self._compiled_since_collect:
+            compiling.reset()  # each compiled strategy compiles once per shape: never near the recompile limit
+        if self._compiled_since_collect or not self._collected:
+            gc.unfreeze()
+            gc.collect()
+            self._compiled_since_collect, self._collected = False, True
+        else:
+            gc.collect(1)
+        gc.freeze()
+
+    def _build(self, shape: PreparedShape, time_forward: ForwardTimer | None, with_reference: bool) -> None:
+        case = shape.case
+        with self.phases("models"):
+            model, x = models.build(self.model_defs[case.model], case.sizes, shape.device, getattr(torch, case.dtype))
+            problem = models.run_problem(model, x, case.sizes.out_dim)
+            if problem:
+                raise reference.ModelProblem(problem + (" (a one-sample batch)" if case.sizes.batch == 1 else ""))
+            if time_forward is not None:
+                with torch.no_grad():
+                    shape.forward_median_s = time_forward(lambda: model(x))
+        if with_reference:
+            with self.phases("references"):
+                shape.reference = reference.reference(model, x, self.memory_budget(shape.device),
+                                                      hidden=case.sizes.hidden, train=case.mode == "train")
+        shape.model, shape.x = model, x
+
+    def warm_up(self, case: Case, device: str, names: list[str] | None = None) -> None:
+        """Call every strategy (or those named) once on a two-sample version of the case's model, outside any time
+        limit: lazy imports (torch.func pulls in torch._dynamo and sympy), CUDA context and kernel loading happen
+        here, never inside a timed or time-limited call (an import cut off by a time limit leaves torch
+        half-initialised)."""
         if (device, case.model) in self._warm:
             return
         self._warm.add((device, case.model))
-        torch.func.vmap(torch.func.jacrev(torch.sin))(torch.ones(2, 2))  # whatever the model, torch.func is loaded
-        try:
-            model, x = models.build(self.model_defs[case.model], case.sizes._replace(batch=2), device, torch.float32)
-            reference.reference(model, x)
-            measure.peak_memory(lambda: model(x), device)
-        except Exception:  # a model that cannot be built is measured (and reported) per case
-            return
-        for name in self.strategy_names:
-            if strategies.REGISTRY[name].compiled:
-                continue  # compiling is the case's own setup, timed apart
+        with self.phases("warm-up"):
+            torch.func.vmap(torch.func.jacrev(torch.sin))(torch.ones(2, 2))  # whatever the model, torch.func loads
             try:
-                strategies.REGISTRY[name](model, x)
-            except Exception:
-                pass
+                model, x = models.build(self.model_defs[case.model], case.sizes._replace(batch=2), device,
+                                        torch.float32)
+                reference.reference(model, x)
+                measure.peak_memory(lambda: model(x), device)
+            except Exception:  # a model that cannot be built is measured (and reported) per case
+                return
+            for name in names or self.strategy_names:
+                if strategies.REGISTRY[name].compiled:
+                    continue  # compiling is the case's own setup, timed apart
+                try:
+                    strategies.REGISTRY[name](model, x)
+                except Exception:
+                    pass

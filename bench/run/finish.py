@@ -1,0 +1,140 @@
+"""Finishing a run: the run's noise model, every ok case's rerun interval, and every shape's verdict, from the
+records alone (no torch): the same numbers whether the run just ended, was resumed, or its shards were merged.
+
+A case's rounds come from one or two worker processes (bench/run/session.py). The between-process variance is
+pooled over the run's cases measured in both (stats.pooled_excess); each ok case then gets the interval a rerun's
+median falls in (stats.rerun_interval) and `log_time_sd`, and each shape's contenders get the paired ratios to the
+fastest with 95% intervals that include the variance a process adds to a ratio, and the verdict (stats.verdict_of).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from pytest_benchmark.stats import Stats
+
+from bench import stats
+from bench.schema import CLOSED_FORM, SHAPE_COLUMNS, CaseRecord, VerdictRecord
+
+
+def timing_fields(rounds: list[float], process_rounds: list[int], pooled: float) -> dict[str, Any]:
+    """The statistics of a case's rounds (pytest-benchmark's Stats) and its rerun interval given the run's pooled
+    between-process variance."""
+    summary = Stats()
+    for seconds in rounds:
+        summary.update(seconds)
+    s = stats.spread(rounds, process_rounds)
+    _, low, high = stats.rerun_interval(s, pooled)
+    return {"time_median_s": summary.median, "time_iqr_s": summary.iqr, "time_min_s": summary.min,
+            "time_mean_s": summary.mean, "rounds": len(rounds), "time_ci_low_s": low, "time_ci_high_s": high,
+            "log_time_sd": stats.log_sd(s, pooled)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Noise:
+    """What the run learned about its own noise: ln-scale variances a process adds beyond its rounds."""
+
+    time_excess: float  # of a case's median
+    ratio_excess: float  # of a paired ratio between two strategies of a shape
+    cases_in_two_processes: int
+    pairs_in_two_processes: int
+
+    def summary(self) -> dict[str, Any]:
+        """For env.json: standard deviations (ln), i.e. about the relative spread a process adds."""
+        return {"between_process_sd_time": round(math.sqrt(self.time_excess), 4),
+                "between_process_sd_ratio": round(math.sqrt(self.ratio_excess), 4),
+                "cases_in_two_processes": self.cases_in_two_processes,
+                "pairs_in_two_processes": self.pairs_in_two_processes}
+
+
+def timed(records: Iterable[CaseRecord]) -> list[CaseRecord]:
+    return [r for r in records if r.status == "ok" and r.round_times_s]
+
+
+def noise(records: list[CaseRecord]) -> Noise:
+    """The run's between-process variance of medians and of paired ratios."""
+    ok = timed(records)
+    times = [stats.spread(r.round_times_s, r.process_rounds) for r in ok]
+    ratios = [s for shape in _shapes(ok) for s in _ratio_spreads(shape)[1].values()]
+    return Noise(stats.pooled_excess(times), stats.pooled_excess(ratios),
+                 sum(s.excess is not None for s in times), sum(s.excess is not None for s in ratios))
+
+
+def with_intervals(records: list[CaseRecord], model: Noise) -> list[CaseRecord]:
+    """Every timed record with its statistics and rerun interval under the run's noise model."""
+    return [dataclasses.replace(r, **timing_fields(r.round_times_s, r.process_rounds, model.time_excess))
+            if r.status == "ok" and r.round_times_s else r for r in records]
+
+
+def verdicts(records: list[CaseRecord], model: Noise) -> list[VerdictRecord]:
+    """One verdict per shape with a valid autodiff strategy: its contenders' paired ratios to the fastest."""
+    found = []
+    for shape in _shapes(timed(records)):
+        best, spreads = _ratio_spreads(shape)
+        if best is None:
+            continue
+        contenders = [r for r in shape if r.contender is not False]
+        verdict = stats.decide_spreads(best, spreads, model.ratio_excess)
+        runner_up = verdict.runner_up
+        first = shape[0]
+        unstable = [r for r in contenders if r.unstable]
+        found.append(VerdictRecord(
+            model=first.model, device=first.device, dtype=first.dtype, mode=first.mode, **first.sizes._asdict(),
+            best=best, verdict=verdict.verdict, tied_with=verdict.tied_with, runner_up=runner_up,
+            runner_up_ratio=list(verdict.ratios[runner_up]) if runner_up else _lead(shape, best),
+            ratios={k: list(v) for k, v in verdict.ratios.items()}, contenders=[r.strategy for r in contenders],
+            rounds=min((len(r.round_times_s) for r in contenders), default=0),
+            processes=max((len(r.process_rounds) for r in contenders), default=1),
+            unstable=bool(unstable), message="; ".join(f"{r.strategy}: {r.message}" for r in unstable)))
+    return found
+
+
+def shape_key(record: CaseRecord | VerdictRecord) -> tuple:
+    return tuple(getattr(record, c) for c in SHAPE_COLUMNS)
+
+
+def _shapes(records: list[CaseRecord]) -> list[list[CaseRecord]]:
+    """The valid autodiff records of each shape (the closed form is no contender; J.sum(1) is not J)."""
+    by_shape: dict[tuple, list[CaseRecord]] = {}
+    for r in records:
+        if r.is_jacobian and r.strategy != CLOSED_FORM:
+            by_shape.setdefault(shape_key(r), []).append(r)
+    return list(by_shape.values())
+
+
+def _ratio_spreads(shape: list[CaseRecord]) -> tuple[str | None, dict[str, stats.Spread]]:
+    contenders = {r.strategy: (r.round_times_s, r.process_rounds) for r in shape if r.contender is not False}
+    if not contenders:
+        return None, {}
+    return stats.ratio_spreads(contenders)
+
+
+def _lead(shape: list[CaseRecord], best: str) -> list[float] | None:
+    """A sole contender's lead: the next strategy's median over its own (no paired rounds: a point ratio)."""
+    medians = sorted((r.time_median_s, r.strategy) for r in shape)
+    following = [m for m, name in medians if name != best]
+    lead = following[0] / next(m for m, name in medians if name == best) if following else None
+    return [lead] * 3 if lead else None
+
+
+def benchmark_entries(records: Iterable[CaseRecord]) -> list[dict[str, Any]]:
+    """pytest-benchmark JSON entries, one per timed case, with every kept round (what `pytest-benchmark compare`
+    reads): the record of the timings in pytest-benchmark's own format."""
+    entries = []
+    for r in timed(records):
+        summary = Stats()
+        for seconds in r.round_times_s:
+            summary.update(seconds)
+        entries.append({
+            "group": r.case_id.removeprefix(f"{r.strategy}-"), "name": f"test_shape[{r.case_id}]",
+            "fullname": f"bench/run/suite.py::test_shape[{r.case_id}]", "params": {"case": r.case_id},
+            "param": r.case_id, "extra_info": {"kind": "case"} | {k: v for k, v in r.as_dict().items()
+                                                                if k not in ("summary", "cost", "round_times_s")},
+            "options": {"timer": "synced_clock", "min_rounds": 1, "disable_gc": False, "warmup": True,
+                        "interleaved": True, "iterations": r.iterations},
+            "stats": summary.as_dict() | {"data": list(r.round_times_s), "iterations": r.iterations or 1}})
+    return entries
+

@@ -1,0 +1,201 @@
+"""Every valid strategy of one shape timed together: short rounds, interleaved in a shuffled order, spread over the
+shape's measuring window, with the machine watched in between.
+
+A sweep runs one round of each strategy still being timed (a round = `iterations` calls, at least MIN_ROUND_S long),
+in a new shuffled order; sweeps are grouped in blocks of at least BLOCK_S. Before each block a calibration call says
+whether the machine runs at its usual speed in this run; after it, /proc/stat says whether other processes used the
+CPUs. A disturbed block is set aside (its rounds are not kept) and measured again — after waiting for other processes
+to finish when they were the cause; past MIN_SET_ASIDE and half of the shape's blocks, disturbed blocks are kept and
+the shape's strategies are `unstable` with the reason.
+
+After each block every strategy is judged on its kept rounds:
+- a strategy whose median's 95% interval lies wholly above CONTENDER_MARGIN x the median of the fastest strategy that
+  may win (autodiff, returning J) is not a contender (judged after MIN_ROUNDS_TO_DROP rounds): from then on it runs
+  in every DROPPED_EVERY-th sweep only, until it has MIN_ROUNDS rounds, so its few rounds still spread over time;
+- the contenders keep running, side by side (round i of each is paired in the verdict), until every one has
+  MIN_ROUNDS rounds and an interval within ±PRECISION of its median, or the window closes.
+Each round of a quick strategy starts with LEAD_IN_S of untimed calls: after another strategy, caches, the allocator and
+the OpenMP threads (which spin for milliseconds after a parallel region) slow the first calls. A strategy whose single
+call is longer than WARM_CALL_S was warmed by its validation call and gets no warm-up round and no lead-in.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bench import stats
+from bench.run import machine, measure
+from bench.schema import fmt_margin
+
+MIN_ROUND_S = 2e-3  # a round lasts at least this long: far above perf_counter's resolution and call overhead
+LEAD_IN_S = 2e-3  # untimed calls before each round of a quick strategy: the caches, the allocator and the OpenMP
+# worker threads are left as the previous strategy left them, and the first calls after another strategy run slower
+WARM_CALL_S = 0.05  # a call this long was warmed by the validation call: no warm-up round, no lead-in
+BLOCK_S = 0.1  # rounds are kept or set aside in blocks this long (the kernel counts CPU time in 10 ms ticks)
+MIN_ROUNDS = 7  # rounds before a contender may stop for precision, and every strategy's least
+MIN_ROUNDS_TO_DROP = 3  # rounds before a strategy may be dropped as no contender
+DROPPED_EVERY = 4  # a dropped strategy still runs in every 4th sweep until it has MIN_ROUNDS: spread over time
+PRECISION = 0.02  # a contender is precise when its median's 95% interval is within ±2% (one process)
+MAX_ROUNDS = 400
+MIN_SET_ASIDE = 3  # a shape sets aside at least this many disturbed blocks, at most half of its blocks
+
+
+@dataclass
+class Entry:
+    """One strategy of the shape being timed."""
+
+    name: str
+    call: Callable[[], object]  # one call of the case: fn(model, x) in the case's mode
+    one_call_s: float  # the first estimate of one call (the validation call, or the call after compiling)
+    eligible: bool = True  # may win the shape: an autodiff strategy whose result is J (not the closed form, not a sum)
+    iterations: int = 1
+    lead_in: int = 0  # untimed calls before each round
+    rounds: list[float] = field(default_factory=list)  # seconds per call of each kept round, in time order
+    spent_s: float = 0.0  # wall time of its rounds, set-aside ones included
+    set_aside: int = 0  # rounds timed during a disturbance and not kept
+    contender: bool = True  # False once it is surely more than CONTENDER_MARGIN slower than the fastest
+    done: bool = False
+    sweeps: int = 0  # sweeps of the window so far while it was being timed
+    error: BaseException | None = None  # what a call raised while timed (out of memory, a recompile, ...)
+
+    def __post_init__(self) -> None:
+        one_call = max(self.one_call_s, 1e-7)
+        self.iterations = max(1, math.ceil(MIN_ROUND_S / one_call))
+        self.lead_in = math.ceil(LEAD_IN_S / one_call) if one_call < WARM_CALL_S else 0
+
+    def median(self) -> float:
+        return stats.median_order_ci(self.rounds)[0] if self.rounds else math.inf
+
+
+@dataclass
+class ShapeTiming:
+    """The result of one shape's window: each entry with its rounds, and what disturbed the window."""
+
+    entries: list[Entry]
+    unstable: str = ""  # why kept rounds were timed under disturbance ("" if none were)
+    blocks: int = 0
+    blocks_set_aside: int = 0
+
+
+def time_shape(entries: list[Entry], window_s: float, calibration: machine.Calibration,
+               settler: machine.Settler, guard_s: float, seed: int = 0) -> ShapeTiming:
+    """Time `entries` interleaved for about `window_s` of kept rounds (longer while a contender lacks MIN_ROUNDS);
+    `guard_s` bounds the whole window against a hang (CaseTimeout)."""
+    order = random.Random(seed)
+    result = ShapeTiming(entries)
+    started, aside_s = time.perf_counter(), 0.0
+    with measure.time_limit(guard_s, "the timed rounds"):
+        _warm_up([e for e in entries if e.one_call_s < WARM_CALL_S], order)
+        while True:
+            active = [e for e in entries if not e.done]
+            if not active or _window_closed(active, time.perf_counter() - started - aside_s, window_s):
+                break
+            block_started = time.perf_counter()
+            block, disturbed = _block(active, calibration, order)
+            result.blocks += 1
+            if disturbed and result.blocks_set_aside < max(MIN_SET_ASIDE, result.blocks // 2):
+                result.blocks_set_aside += 1
+                for e in active:
+                    e.set_aside += len(block[e.name])
+                if disturbed.startswith("the machine ran"):  # a slow episode: wait until it has passed
+                    settler.wait_for_usual_speed(calibration)
+                else:  # other processes: wait until they are gone
+                    settler.settle()
+                aside_s += time.perf_counter() - block_started
+                continue
+            if disturbed:
+                result.unstable = disturbed
+            for e in active:
+                e.rounds += block[e.name]
+            _judge([e for e in entries if e.error is None])
+    return result
+
+
+def _warm_up(entries: list[Entry], order: random.Random) -> None:
+    """One round each, not kept: other strategies ran since the validation call (caches, allocator)."""
+    order.shuffle(entries)
+    for e in entries:
+        _round(e)
+
+
+def _round(e: Entry) -> list[float]:
+    """One round of an entry, after its lead-in ([] when its call raised: the entry stops with the error)."""
+    start = time.perf_counter()
+    try:
+        for _ in range(e.lead_in):
+            e.call()
+        return measure.time_rounds(e.call, e.iterations, 1)
+    except measure.CaseTimeout:
+        raise  # the window's own guard: not this entry's failure
+    except Exception as exc:
+        e.error, e.done = exc, True
+        return []
+    finally:
+        e.spent_s += time.perf_counter() - start
+
+
+def _block(active: list[Entry], calibration: machine.Calibration, order: random.Random
+           ) -> tuple[dict[str, list[float]], str]:
+    """Sweeps of the active entries for at least BLOCK_S; their rounds and why the block was disturbed ("" if not)."""
+    slow = calibration.check()
+    before = machine.snapshot()
+    block: dict[str, list[float]] = {e.name: [] for e in active}
+    sweeps = 0
+    while True:
+        sweep = [e for e in active if e.error is None and (e.contender or (e.sweeps + sweeps) % DROPPED_EVERY == 0)]
+        order.shuffle(sweep)
+        for e in sweep:
+            block[e.name] += _round(e)
+        sweeps += 1
+        if not sweep or time.perf_counter() - before.wall >= BLOCK_S or sweeps >= MAX_ROUNDS:
+            break
+    for e in active:
+        e.sweeps += sweeps
+    return block, slow or machine.disturbance(before, machine.snapshot())
+
+
+def _judge(entries: list[Entry]) -> None:
+    """Drop the strategies that surely are no contenders; stop the contenders once they all are precise."""
+    if not entries:
+        return
+    fastest = min((e.median() for e in entries if e.eligible), default=min(e.median() for e in entries))
+    for e in entries:
+        if e.done or not e.contender or len(e.rounds) < MIN_ROUNDS_TO_DROP:
+            continue
+        _, low, _ = stats.median_order_ci(e.rounds)
+        if not stats.is_contender(low, fastest):
+            e.contender = False
+    contenders = [e for e in entries if e.contender and not e.done]
+    if contenders and all(_precise(e) for e in contenders):
+        for e in contenders:
+            e.done = True
+    for e in entries:
+        if len(e.rounds) >= MAX_ROUNDS or (not e.contender and len(e.rounds) >= MIN_ROUNDS):
+            e.done = True
+
+
+def _precise(e: Entry) -> bool:
+    if len(e.rounds) < MIN_ROUNDS:
+        return False
+    median, low, high = stats.median_order_ci(e.rounds)
+    return high - low <= 2 * PRECISION * median
+
+
+def _window_closed(active: list[Entry], kept_s: float, window_s: float) -> bool:
+    """Past the window (counting the time of kept blocks), and every strategy still running has its minimum."""
+    return kept_s >= window_s and all(len(e.rounds) >= MIN_ROUNDS for e in active)
+
+
+def note(e: Entry) -> str:
+    """What the record's message says about how an entry was timed ("" when plainly)."""
+    notes = []
+    if not e.contender:
+        notes.append(f"{len(e.rounds)} rounds: surely more than {fmt_margin(stats.CONTENDER_MARGIN)} slower than the "
+                     "shape's fastest, timed less")
+    if e.set_aside:
+        notes.append(f"{e.set_aside} rounds timed during a disturbance set aside and measured again")
+    return "; ".join(notes)
