@@ -290,6 +290,12 @@ def second_order_reference(model: nn.Module, x: Tensor, quantity: str = "hessian
     """
     if quantity not in ("hessian", "laplacian"):
         raise ValueError(f"second_order_reference computes a hessian or a laplacian, not a {quantity}")
+    with torch.enable_grad():  # nested reverse passes, also when called under no_grad
+        return _second_order_reference(model, x, quantity, memory_budget, hidden, train)
+
+
+def _second_order_reference(model: nn.Module, x: Tensor, quantity: str, memory_budget: int | None, hidden: int,
+                            train: bool) -> SecondOrderReference:
     model64, x64, out_dim = _float64_copy(model, x)
     batch, in_dim = x64.shape
     coupled = samples_coupled(model64, x64)
