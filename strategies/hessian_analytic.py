@@ -23,7 +23,7 @@ from strategies._common import itemsize, second_order_bytes
 
 def _memory(sizes: Sizes, dtype: torch.dtype) -> int:
     b, h, i, o = sizes
-    return second_order_bytes(sizes, dtype, copies=1, quantity="hessian") + itemsize(dtype) * b * h * i * (o + 2)
+    return second_order_bytes(sizes, dtype, copies=1, quantity="hessian") + itemsize(dtype) * b * h * i * (2 * o + 4)
 
 
 @register(quantity="hessian", independent_samples=False, differentiable=True,

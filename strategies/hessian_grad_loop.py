@@ -15,7 +15,8 @@ from strategies._common import leaf, second_order_bytes
 
 
 def _memory(sizes: Sizes, dtype: torch.dtype) -> int:
-    return second_order_bytes(sizes, dtype, copies=4, quantity="hessian")  # y's graph, g's graph, one row's pass
+    # y's graph, g's graph (create_graph keeps the backward's intermediates) and one row's double backward
+    return second_order_bytes(sizes, dtype, copies=8, quantity="hessian")
 
 
 @register(quantity="hessian", independent_samples=True, differentiable=True,

@@ -14,7 +14,8 @@ from strategies._common import nested_ad_model, second_order_bytes
 
 
 def _memory(sizes: Sizes, dtype: torch.dtype) -> int:
-    return second_order_bytes(sizes, dtype, copies=sizes.out_dim * (sizes.in_dim + 1) + 1, quantity="hessian")
+    return second_order_bytes(sizes, dtype, copies=2 * sizes.out_dim * (sizes.in_dim + 1) + 1,
+                              quantity="hessian")  # the double backward keeps the first backward's graph too
 
 
 @register(quantity="hessian", independent_samples=True, differentiable=True,

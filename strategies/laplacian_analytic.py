@@ -20,7 +20,7 @@ from strategies._common import second_order_bytes
 
 
 def _memory(sizes: Sizes, dtype: torch.dtype) -> int:
-    return second_order_bytes(sizes, dtype, copies=2 * sizes.in_dim + 2, quantity="laplacian")
+    return second_order_bytes(sizes, dtype, copies=sizes.in_dim + 2, quantity="laplacian")
 
 
 @register(quantity="laplacian", independent_samples=False, differentiable=True,
