@@ -5,6 +5,8 @@ The per-sample gradients of every output come from one reverse pass over the bat
 depends on x[b] alone); vmap runs the in JVPs as one. Cost: 1 forward + 1 backward vmapped over out, carrying in
 tangents: O(in·out·B·H·(H + in)), memory O(in·out·B·H). Runs with grad mode on and, without create_graph, the
 parameters detached (_common.nested_ad_model says why).
+Training through it (the PINN step) gets wrong parameter gradients through nn.LayerNorm in torch 2.14 (layer_norm's
+forward-mode derivative, differentiated again: pytorch/pytorch#196700); validation marks it `wrong`.
 """
 
 import torch

@@ -3,6 +3,8 @@
 Per sample, the gradient by reverse mode (out VJPs) differentiated by forward mode (in JVPs), all vectorized: cost
 O(in·out·B·H·(H + in)) in one batched pass, memory O(in·out·B·H) for the tangents of the vectorized backward. Runs
 with grad mode on and, without create_graph, the parameters detached (_common.nested_ad_model says why).
+Training through it (the PINN step) gets wrong parameter gradients through nn.LayerNorm in torch 2.14 (layer_norm's
+forward-mode derivative, differentiated again: pytorch/pytorch#196700); validation marks it `wrong`.
 """
 
 import torch

@@ -2,6 +2,10 @@
 
 Per sample, in JVPs for the Jacobian, then in JVPs of each: in² tangent pairs carried through one forward pass, no
 backward graph. Cost O(in²·B·H·(H + out)), memory O(in²·B·H): cheap for the few coordinates of a PINN, quadratic in in.
+
+Wrong through nn.LayerNorm in torch 2.14, without any error: layer_norm's forward-mode derivative is wrong when
+differentiated again (pytorch/pytorch#196700); validation marks it `wrong`. Runs with grad mode on and, without
+create_graph, the parameters detached (_common.nested_ad_model says why).
 """
 
 import torch

@@ -1,7 +1,8 @@
 """torch.func.vmap(torch.func.jacrev(torch.func.jacrev(f))) where f runs the model on one sample: reverse over reverse.
 
 Per sample, out VJPs for the gradient, then out·in VJPs through that backward graph, all vectorized: cost
-O(out·in·B·H·(H + in)), memory O(out·in·B·H) (the vectorized double backward).
+O(out·in·B·H·(H + in)), memory O(out·in·B·H) (the vectorized double backward). Runs with grad mode on and, without
+create_graph, the parameters detached (_common.nested_ad_model says why).
 """
 
 import torch

@@ -8,7 +8,8 @@ forward, vmapped over the probes; valid when row b depends on x[b] alone). E[v�
 
 with S = SAMPLES (`standard_error` computes it from a Hessian). The estimate is exact when H is diagonal (in = 1, or a
 separable model). Its error stays within 6σ at every (b, o) of the suite's tests, and its mean square over many (b, o)
-is about σ². Cost O(S·B·H·(H + out)), about 3·S forward passes, whatever in is; memory O(S·B·H).
+is about σ². Cost O(S·B·H·(H + out)), about 3·S forward passes, whatever in is; memory O(S·B·H). Through
+nn.LayerNorm the jvp of a jvp is wrong in torch 2.14 (pytorch/pytorch#196700), so is the estimate's mean there.
 """
 
 import torch

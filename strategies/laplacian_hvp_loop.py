@@ -5,6 +5,8 @@ The per-sample gradients of every output come from one reverse pass over the bat
 depends on x[b] alone); entry i of it is H[b, o, i, i], summed into the Laplacian. Cost: in passes of 1 forward + 1
 backward vmapped over out, with one tangent: O(in·out·B·H·(H + in)); memory O(out·B·H), one HVP at a time. Runs
 with grad mode on and, without create_graph, the parameters detached (_common.nested_ad_model says why).
+Training through it (the PINN step) gets wrong parameter gradients through nn.LayerNorm in torch 2.14 (layer_norm's
+forward-mode derivative, differentiated again: pytorch/pytorch#196700); validation marks it `wrong`.
 """
 
 import torch

@@ -4,6 +4,10 @@ d²/dt² model(x + t·e_i) at t = 0 is H[b, o, i, i] (e_i broadcast over the bat
 alone): a jvp of a jvp, no backward pass at all, the idea behind forward Laplacians and Taylor mode. vmap runs the in
 directions as one pass carrying 2·in tangents. Cost O(in·B·H·(H + out)) (about 3·in forward passes of work), memory
 O(in·B·H).
+
+Wrong through nn.LayerNorm in torch 2.14, without any error: layer_norm's forward-mode derivative is wrong when
+differentiated again (pytorch/pytorch#196700); validation marks it `wrong`. Runs with grad mode on and, without
+create_graph, the parameters detached (_common.nested_ad_model says why).
 """
 
 import torch
