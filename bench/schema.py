@@ -45,6 +45,10 @@ def status_kind(status: str) -> str:
 # The closed form of the MLP family: the limit autodiff is measured against, not a contender (it exists only for
 # plain MLPs), so verdicts and winner maps race the autodiff strategies only.
 CLOSED_FORM = "analytic"
+# What a strategy computes per sample: the Jacobian (B, out, in), the Hessian (B, out, in, in) or the Laplacian
+# (B, out), the trace of each output's Hessian. Only "jacobian" runs in the harness until the QUANTITY axis lands
+# (issue 21, phase 2).
+QUANTITIES = ("jacobian", "hessian", "laplacian")
 # A compiled strategy is named after its eager twin: vmap_jacrev_compiled is torch.compile(vmap_jacrev).
 COMPILED_SUFFIX = "_compiled"
 

@@ -1,9 +1,13 @@
-"""Per-sample Jacobian strategies: one module per strategy, collected into ``REGISTRY``.
+"""Per-sample derivative strategies: one module per strategy, collected into ``REGISTRY``.
 
-A strategy maps ``(model, x)`` with ``x: (B, in)`` to the per-sample Jacobian ``J: (B, out, in)``, or to
-``J.sum(1): (B, in)`` when it declares ``returns="output_sum"``. A strategy that declares ``differentiable=True``
-also takes ``create_graph=True`` and then returns a J that can be backpropagated to the model's parameters (training
-through the Jacobian); with ``create_graph=False`` (the default) J carries no graph. Modules in this package register
+A strategy maps ``(model, x)`` with ``x: (B, in)`` to a per-sample derivative of the model, the ``quantity`` it
+declares: the Jacobian ``J: (B, out, in)`` (the default; or ``J.sum(1): (B, in)`` when it declares
+``returns="output_sum"``), the Hessian ``H: (B, out, in, in)`` with ``H[b, o, i, j] = d² y[b, o] / dx[b, i] dx[b, j]``,
+or the Laplacian ``(B, out)``, the trace of each output's Hessian. A strategy with ``estimator=True`` returns a
+stochastic estimate of its quantity: recorded with its measured error, never a winner against exact strategies.
+A strategy that declares ``differentiable=True`` also takes ``create_graph=True`` and then returns a result that can
+be backpropagated to the model's parameters (training through the Jacobian, or a PINN step through the Laplacian);
+with ``create_graph=False`` (the default) it carries no graph. Modules in this package register
 themselves with ``@register(...)``; third-party packages add strategies through the entry-point group
 ``jacobench.strategies`` whose objects are ``Strategy`` instances (the entry point's name becomes the strategy's name).
 """
@@ -22,11 +26,16 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["REGISTRY", "Strategy", "Unsupported", "register", "load_entry_points"]
+from bench.schema import QUANTITIES
+
+__all__ = ["QUANTITIES", "REGISTRY", "Strategy", "Unsupported", "names", "register", "load_entry_points"]
 
 ENTRY_POINT_GROUP = "jacobench.strategies"
 
-# fn(model, x: (B, in)[, create_graph=False]) -> (B, out, in) or (B, in)
+Quantity = Literal["jacobian", "hessian", "laplacian"]
+
+# fn(model, x: (B, in)[, create_graph=False]) -> (B, out, in) or (B, in) for a Jacobian, (B, out, in, in) for a
+# Hessian, (B, out) for a Laplacian
 StrategyFn = Callable[..., Tensor]
 # memory_estimate(sizes, dtype) -> peak bytes of one call beyond the model and the input (sizes: bench.schema.Sizes,
 # the named tuple (batch, hidden, in_dim, out_dim))
@@ -49,6 +58,15 @@ class Strategy:
     memory_estimate: MemoryEstimate | None = None
     differentiable: bool = False  # fn(model, x, create_graph=True) gives a J that backpropagates to the parameters
     compiled: bool = False  # fn compiles (torch.compile) on its first call for a shape: the harness times that apart
+    quantity: Quantity = "jacobian"  # what fn returns: J (B, out, in), H (B, out, in, in) or the Laplacian (B, out)
+    estimator: bool = False  # fn returns a stochastic estimate of its quantity, not the exact value
+
+    def __post_init__(self) -> None:
+        if self.quantity not in QUANTITIES:
+            raise ValueError(f"quantity must be one of {', '.join(QUANTITIES)}, not {self.quantity!r}")
+        if self.returns != "jacobian" and self.quantity != "jacobian":
+            raise ValueError(f"returns={self.returns!r} is a Jacobian's variant; a {self.quantity} strategy returns "
+                             "its quantity whole")
 
     def __call__(self, model: nn.Module, x: Tensor, create_graph: bool = False) -> Tensor:
         if create_graph:
@@ -61,6 +79,11 @@ class Strategy:
 REGISTRY: dict[str, Strategy] = {}
 
 
+def names(quantity: Quantity = "jacobian") -> list[str]:
+    """The registered strategies of one quantity, in registration order."""
+    return [n for n, s in REGISTRY.items() if s.quantity == quantity]
+
+
 def register(
     *,
     name: str | None = None,
@@ -70,6 +93,8 @@ def register(
     memory_estimate: MemoryEstimate | None = None,
     differentiable: bool = False,
     compiled: bool = False,
+    quantity: Quantity = "jacobian",
+    estimator: bool = False,
 ) -> Callable[[StrategyFn], Strategy]:
     """Decorator: turn ``fn(model, x)`` into a ``Strategy`` named after its module and add it to ``REGISTRY``."""
     if returns not in ("jacobian", "output_sum"):
@@ -87,6 +112,8 @@ def register(
             memory_estimate=memory_estimate,
             differentiable=differentiable,
             compiled=compiled,
+            quantity=quantity,
+            estimator=estimator,
         )
         _add(strategy)
         return strategy
@@ -101,6 +128,7 @@ def _add(strategy: Strategy) -> None:
 
 
 # The order strategies appear in tables: from the naive to the closed form. Files not listed come after, by name.
+# A derived strategy (compiled, trace) comes after the strategy it derives from: its module imports that one.
 _BUILTIN_ORDER = (
     "grad_summed",
     "grad_loop",
@@ -119,6 +147,25 @@ _BUILTIN_ORDER = (
     "vmap_jacrev_compiled",
     "jvp_batched_compiled",
     "analytic",
+    # second order (quantity "hessian", then "laplacian"): from the naive to the closed form, each Hessian's trace
+    "hessian_grad_loop",
+    "hessian_sum",
+    "hessian_vmap_jacrev_jacrev",
+    "hessian_vmap_hessian",
+    "hessian_vmap_jacfwd_jacfwd",
+    "hessian_hvp_vmapped",
+    "hessian_analytic",
+    "laplacian_trace_grad_loop",
+    "laplacian_trace_sum",
+    "laplacian_trace_vmap_jacrev_jacrev",
+    "laplacian_trace_vmap_hessian",
+    "laplacian_trace_vmap_jacfwd_jacfwd",
+    "laplacian_trace_hvp_vmapped",
+    "laplacian_hvp_loop",
+    "laplacian_jvp_jvp",
+    "laplacian_hutchinson",
+    "laplacian_trace_analytic",
+    "laplacian_analytic",
 )
 
 

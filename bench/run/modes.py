@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from bench.run.reference import flat_gradient, trainable
+from bench.run.reference import flat_gradient, pinn_loss, trainable
 from bench.schema import MODES
 from strategies import Strategy
 
@@ -33,3 +33,14 @@ def train_step(strategy: Strategy, model: nn.Module, x: Tensor) -> Tensor:
     """J with its graph, the Jacobian penalty, and its gradient with respect to the parameters (flat)."""
     jac = strategy(model, x, create_graph=True)  # Unsupported for a strategy that keeps no graph
     return flat_gradient(jac.square().sum(), trainable(model))
+
+
+def pinn_step(strategy: Strategy, model: nn.Module, x: Tensor) -> Tensor:
+    """A physics-informed training step through a second-order strategy: the Laplacian with its graph (the trace of
+    the Hessian for a hessian strategy), the Poisson residual Δu - f(x) and its mean square (reference.pinn_loss),
+    and the gradient of that loss with respect to every parameter (flat), which is what it validates."""
+    if strategy.quantity not in ("hessian", "laplacian"):
+        raise ValueError(f"{strategy.name} computes a {strategy.quantity}: the PINN step needs a Laplacian")
+    second = strategy(model, x, create_graph=True)  # Unsupported for a strategy that keeps no graph
+    laplacian = second if strategy.quantity == "laplacian" else second.diagonal(dim1=2, dim2=3).sum(-1)  # [B, out]
+    return flat_gradient(pinn_loss(laplacian, x), trainable(model))
