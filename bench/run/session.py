@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from bench import results
 from bench.errors import BenchError
-from bench.run import environment, models
+from bench.run import environment, models, shards
 from bench.run.plan import RunPlan
 from bench.schema import CaseRecord
 
@@ -108,6 +108,7 @@ def _create(plan: RunPlan) -> None:
         "time_budget_s": plan.time_budget_s,
         "fingerprint": plan.fingerprint(),
         "planned_cases": plan.planned_cases,
+        **shards.env_fields(plan),
     }
     results.write_json(env_path, env)
     _point_latest(plan)

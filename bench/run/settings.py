@@ -41,6 +41,8 @@ class Settings:
     time_budget: str = _setting("", "TIME_BUDGET", "seconds one strategy call may take before the case is a "
                                                    "timeout (default: the grid's budget.time_s)")
     run: str = _setting("", "RUN", "run id, the folder results/<run> (default: a timestamp and the grid name)")
+    shard: str = _setting("", "SHARD", "k/N: measure the k-th of N shards of the plan (whole shapes, balanced by "
+                                       "predicted cost) into results/<run>.shard-k-of-N; `make merge` joins them")
     results_dir: str = _setting("results", "RESULTS_DIR", "folder that holds the run folders")
     resume: bool = _setting(False, "RESUME", "finish an interrupted run: measure only the cases missing from RUN")
     force: bool = _setting(False, "FORCE", "replace an existing RUN folder")
