@@ -289,6 +289,8 @@ def submit(chosen: Settings, resources: Resources) -> Submission:
     with sigint_ignored_by_children():
         jobs = executor.map_array(run_shard, [argv] * count, range(1, count + 1), [count] * count,
                                   [slots] * count, [str(logs / "slots")] * count)
+    with contextlib.suppress(OSError):
+        (logs / "%j").rmdir()  # the executor's folder pattern, made literally by submitit and left empty
     ids = [str(j.job_id) for j in jobs]
     array = ids[0].split("_")[0] if "_" in ids[0] else ""
     print(f"jacobench: submitted {count} tasks" + (f" as job array {array} ({ids[0]} … {ids[-1]})" if array else
