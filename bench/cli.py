@@ -219,7 +219,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from bench.run.forecast import as_json, forecast, render
     from bench.run.plan import plan_run
 
-    plan = plan_run(settings.from_namespace(args), here=False)
+    chosen = settings.from_namespace(args)
+    if chosen.shard and args.shards:
+        raise BenchError("SHARD=k/N plans one shard, SHARDS=N shows the split of the whole plan: give one of them")
+    plan = plan_run(chosen, here=False)
     model = costs.from_run(args.from_run) if args.from_run else costs.default()
     predicted = forecast(plan, model)
     print(json.dumps(as_json(predicted, args.shards)) if args.json else render(predicted, args.shards))

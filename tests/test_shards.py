@@ -116,7 +116,7 @@ def test_each_shard_is_a_run_folder_that_names_its_shard_and_plan(sharded):
     assert [e["shard"]["index"] for e in envs] == [1, 2] and {e["shard"]["count"] for e in envs} == {2}
     assert envs[0]["plan_hash"] == envs[1]["plan_hash"] == whole["plan_hash"] and whole["shard"] is None
     assert envs[0]["plan_cases"] == whole["planned_cases"] == sum(e["planned_cases"] for e in envs)
-    assert "shard" not in whole["fingerprint"] and envs[0]["fingerprint"]["shard"] == "1/2"
+    assert "shard" not in whole["fingerprint"] and envs[0]["fingerprint"]["shard"]["shard"] == "1/2"
 
 
 def test_a_shard_resumes_on_its_own(sharded, tmp_path):

@@ -67,7 +67,8 @@ class RunPlan:
 
     def fingerprint(self) -> dict[str, Any]:
         """What must match for RESUME=1 to continue this run."""
-        shard = {"shard": self.shard.label} if self.shard else {}  # absent in a whole run, as before shards existed
+        # absent in a whole run, as before shards existed; the split too, so a resumed shard holds the same shapes
+        shard = {"shard": {"shard": self.shard.label, "split": self.shard.split}} if self.shard else {}
         return shard | {
             "grid": self.grid.as_dict() | {"path": None},
             "devices": self.devices,

@@ -141,8 +141,9 @@ def _slot(slots: list[Slot] | None, lock_dir: str) -> Iterator[Slot | None]:
 
 
 def run_shard(argv: list[str], index: int, count: int, slots: list[Slot] | None, lock_dir: str) -> dict[str, Any]:
-    """One task of the array: `python -m bench run <argv> --shard index/count` in a process of its own session (a
-    Ctrl-C at the submitting terminal does not reach it), in a free slot when there are slots."""
+    """One task of the array: `python -m bench run <argv> --shard index/count` in a process of its own, in a free slot
+    when there are slots (local tasks). A local shard gets a session of its own, so a Ctrl-C at the submitting
+    terminal does not reach it; on SLURM it stays in the task's, where the scheduler can signal it."""
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])  # the checkout that submitted: `bench` importable from anywhere
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -158,7 +159,7 @@ def run_shard(argv: list[str], index: int, count: int, slots: list[Slot] | None,
               + (f", CPUs {slot.cpus[0]}-{slot.cpus[-1]}" if slot and slot.cpus else "")
               + (f" (waited {waited:.0f} s for a slot)" if waited >= 1 else ""), flush=True)
         proc = subprocess.run([sys.executable, "-m", "bench", "run", *argv, "--shard", f"{index}/{count}"], env=env,
-                              start_new_session=True, check=False)
+                              start_new_session=slots is not None, check=False)
     return {"shard": f"{index}/{count}", "returncode": proc.returncode, "hostname": socket.gethostname(),
             "seconds": round(time.time() - started - waited, 1)}
 
@@ -294,8 +295,9 @@ def submit(chosen: Settings, resources: Resources) -> Submission:
     ids = [str(j.job_id) for j in jobs]
     array = ids[0].split("_")[0] if "_" in ids[0] else ""
     print(f"jacobench: submitted {count} tasks" + (f" as job array {array} ({ids[0]} … {ids[-1]})" if array else
-                                                   f" (jobs {', '.join(ids)})")
-          + f", {gpus} GPU(s) per task, time limit {timeout} min; logs in {logs}/<job id>/", flush=True)
+                                                   f" (local processes {', '.join(ids)})")
+          + ("" if local else f", {gpus} GPU(s) per task") + f", time limit {timeout} min; logs in {logs}/<job id>/",
+          flush=True)
     print(f"jacobench: waiting for them; Ctrl-C stops the waiting, not the tasks: then `make merge RUN={run}` "
           "when they are done", flush=True)
     return Submission(run, root, jobs)
