@@ -183,3 +183,27 @@ def test_slurm_without_srun_is_one_line(tmp_path):
     env["PATH"] = "/usr/bin:/bin"  # no srun here
     proc = _submit(tmp_path, *SMOKE, "--shards", "2", "--executor", "slurm", env=env)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "EXECUTOR=local" in proc.stderr
+
+
+def test_local_slots_pin_one_shard_per_gpu_and_keep_cpu_shards_apart(monkeypatch):
+    from bench.run import submit
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    slots, why = submit.local_slots(["cuda"], [], None)
+    assert [s.gpus for s in slots] == ["0", "1", "2"] and "one per GPU" in why
+    assert [s.gpus for s in submit.local_slots(["cuda"], [], 2)[0]] == ["0", "1"]  # PARALLELISM=2
+    slots, why = submit.local_slots(["cpu", "cuda"], [], None)  # CPU timings: one shard at a time, every GPU
+    assert slots == [submit.Slot(gpus="0,1,2")] and "one after another" in why
+    sets = submit.parse_cpusets("0-1,2-3")
+    slots, _ = submit.local_slots(["cpu"], sets, None)
+    assert [(s.gpus, s.cpus) for s in slots] == [("", (0, 1)), ("", (2, 3))]
+    with pytest.raises(submit.SubmitError, match="DEVICES=cuda"):
+        submit.local_slots(["cuda:1"], [], None)
+
+
+def test_a_slot_is_held_by_one_task_at_a_time(tmp_path):
+    from bench.run import submit
+
+    slots = [submit.Slot(gpus="0"), submit.Slot(gpus="1")]
+    with submit._slot(slots, str(tmp_path)) as first, submit._slot(slots, str(tmp_path)) as second:
+        assert {first.gpus, second.gpus} == {"0", "1"}
