@@ -1,4 +1,5 @@
-# jacobench — `make bench` measures, `make report` / `make compare` read result files, `make test` checks.
+# jacobench — `make bench` measures, `make plan` predicts, `make submit` / `make merge` run a grid in shards,
+# `make report` / `make compare` read result files, `make test` checks.
 # PYTHON=python3 uses an existing interpreter with the dependencies instead of creating .venv.
 
 PYTHON ?=
@@ -15,12 +16,23 @@ MEMORY_BUDGET ?=
 TIME_BUDGET ?=
 PROCESSES ?=
 RUN ?=
+SHARD ?=
 RESULTS_DIR ?=
 RESUME ?=
 FORCE ?=
 NO_REPORT ?=
 # Other commands
 RUNS ?=
+FROM ?=
+JSON ?=
+SHARDS ?=
+EXECUTOR ?=
+PARTITION ?=
+GPUS_PER_TASK ?=
+CPUS_PER_TASK ?=
+TIMEOUT_MIN ?=
+PARALLELISM ?=
+CPUSETS ?=
 
 VENV := .venv
 ifeq ($(strip $(PYTHON)),)
@@ -44,12 +56,13 @@ BENCH_ARGS := --grid '$(GRID)' \
 	$(if $(TIME_BUDGET),--time-budget '$(TIME_BUDGET)') \
 	$(if $(PROCESSES),--processes '$(PROCESSES)') \
 	$(if $(RUN),--run '$(RUN)') \
+	$(if $(SHARD),--shard '$(SHARD)') \
 	$(if $(RESULTS_DIR),--results-dir '$(RESULTS_DIR)') \
 	$(if $(call yes,$(RESUME)),--resume) \
 	$(if $(call yes,$(FORCE)),--force) \
 	$(if $(call yes,$(NO_REPORT)),--no-report)
 
-.PHONY: setup bench report compare fidelity test lint clean gpu-quick
+.PHONY: setup bench plan merge submit report compare fidelity test lint clean gpu-quick
 
 setup: $(SETUP)
 
@@ -62,6 +75,25 @@ $(VENV)/.installed: pyproject.toml
 
 bench: $(SETUP)
 	@$(PY) -m bench run $(BENCH_ARGS)
+
+# What a run will do and how long it will take; nothing is measured. FROM=results/<run> predicts from that run,
+# SHARDS=N shows the split, JSON=1 prints one JSON object.
+plan: $(SETUP)
+	@$(PY) -m bench plan $(BENCH_ARGS) $(if $(FROM),--from '$(FROM)') $(if $(SHARDS),--shards '$(SHARDS)') \
+		$(if $(call yes,$(JSON)),--json)
+
+# The shards results/$(RUN).shard-k-of-N of one plan, joined into results/$(RUN).
+merge: $(SETUP)
+	@$(PY) -m bench merge '$(RUN)' $(if $(RESULTS_DIR),--results-dir '$(RESULTS_DIR)') \
+		$(if $(call yes,$(NO_REPORT)),--no-report)
+
+# SHARDS=N shards as one job array (submitit; EXECUTOR=slurm or local), one shard per task, then the merge.
+submit: $(SETUP)
+	@$(PY) -m bench submit $(BENCH_ARGS) $(if $(SHARDS),--shards '$(SHARDS)') \
+		$(if $(EXECUTOR),--executor '$(EXECUTOR)') $(if $(PARTITION),--partition '$(PARTITION)') \
+		$(if $(GPUS_PER_TASK),--gpus-per-task '$(GPUS_PER_TASK)') $(if $(CPUS_PER_TASK),--cpus-per-task '$(CPUS_PER_TASK)') \
+		$(if $(TIMEOUT_MIN),--timeout-min '$(TIMEOUT_MIN)') $(if $(PARALLELISM),--parallelism '$(PARALLELISM)') \
+		$(if $(CPUSETS),--cpusets '$(CPUSETS)')
 
 report: $(SETUP)
 	@$(PY) -m bench report $(if $(RUN),'$(RUN)',latest)

@@ -1,4 +1,4 @@
-"""python -m bench {run,report,compare,recommend,fidelity,grids}: the commands behind `make bench|report|compare`.
+"""python -m bench {run,plan,merge,submit,report,compare,recommend,fidelity,grids}: the commands behind `make ...`.
 
 Bad input prints one line on stderr and exits with status 2; results already written are never touched.
 """
@@ -49,6 +49,42 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="measure a grid (what `make bench` runs)",
                          description="Measure a grid: every strategy on every case, validated, then timed.")
     settings.add_options(run.add_argument)
+
+    plan = sub.add_parser("plan", help="what a run will do and how long it will take; nothing is measured",
+                          description="The cases of a run, those the memory budget skips, and the predicted wall time "
+                                      "(bench/run/costs.py); nothing is measured, nothing is written.")
+    settings.add_options(plan.add_argument)
+    plan.add_argument("--from", dest="from_run", default="", metavar="FROM",
+                      help="predict from this run (results/<run>), not the committed reference runs [make: FROM=]")
+    plan.add_argument("--shards", type=_positive_int, default=None, metavar="SHARDS",
+                      help="also show the split into this many shards [make: SHARDS=]")
+    plan.add_argument("--json", action="store_true", help="one JSON object, for machines")
+
+    merge = sub.add_parser("merge", help="join the shards results/<run>.shard-k-of-N of one plan into results/<run>")
+    merge.add_argument("run", help="the run id the shards were started with (RUN=)")
+    merge.add_argument("--results-dir", default="results", metavar="RESULTS_DIR")
+    merge.add_argument("--no-report", action="store_true", help="merge and write summary.csv only")
+
+    submit = sub.add_parser("submit", help="run the shards of a plan as one job array (submitit: SLURM or local "
+                                           "processes), then merge them",
+                            description="One submitit job array, one shard per task; waits, then merges. Needs the "
+                                        "optional extra: pip install -e '.[cluster]'.")
+    settings.add_options(submit.add_argument)
+    submit.add_argument("--shards", type=_positive_int, required=True, metavar="SHARDS", help="tasks of the array")
+    submit.add_argument("--executor", default="", choices=["", "slurm", "local"],
+                        help="slurm, or local processes (default: slurm where srun is on PATH) [make: EXECUTOR=]")
+    submit.add_argument("--partition", default="", metavar="PARTITION", help="SLURM partition [make: PARTITION=]")
+    submit.add_argument("--gpus-per-task", type=int, default=None, metavar="GPUS_PER_TASK",
+                        help="GPUs per task (default: 1 when DEVICES has cuda, else 0) [make: GPUS_PER_TASK=]")
+    submit.add_argument("--cpus-per-task", type=_positive_int, default=None, metavar="CPUS_PER_TASK",
+                        help="CPUs per SLURM task [make: CPUS_PER_TASK=]")
+    submit.add_argument("--timeout-min", type=_positive_int, default=None, metavar="TIMEOUT_MIN",
+                        help="time limit per task in minutes (default: twice the predicted time, plus 15) "
+                             "[make: TIMEOUT_MIN=]")
+    submit.add_argument("--parallelism", type=_positive_int, default=None, metavar="PARALLELISM",
+                        help="tasks running at once [make: PARALLELISM=]")
+    submit.add_argument("--cpusets", default="", metavar="CPUSETS",
+                        help="local: disjoint CPU sets, one shard on each at a time, e.g. 0-7,8-15 [make: CPUSETS=]")
 
     report = sub.add_parser("report", help="rebuild report.md/html of a run from its files")
     report.add_argument("run", nargs="?", default="latest")
@@ -205,6 +241,68 @@ def _report(folder: Path) -> None:
     print(f"jacobench: report {path} and {path.with_suffix('.html')}")
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Plan as `run` would (here=False: a GPU run can be planned from a machine without one), then forecast."""
+    from bench.run import costs
+    from bench.run.forecast import as_json, forecast, render
+    from bench.run.plan import plan_run
+
+    chosen = settings.from_namespace(args)
+    if chosen.shard and args.shards:
+        raise BenchError("SHARD=k/N plans one shard, SHARDS=N shows the split of the whole plan: give one of them")
+    plan = plan_run(chosen, here=False)
+    model = costs.from_run(args.from_run) if args.from_run else costs.default()
+    predicted = forecast(plan, model)
+    print(json.dumps(as_json(predicted, args.shards)) if args.json else render(predicted, args.shards))
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    return merge_run(Path(args.results_dir), args.run, report=not args.no_report)
+
+
+def merge_run(results_root: Path, run: str, report: bool = True) -> int:
+    """Merge the shards of `run` under the merged folder's lock, finish it, report it, seal it; 0 when every shard was
+    there and finished, 1 when some were missing or unfinished (merged as far as they go)."""
+    from bench import results
+    from bench.run import merge
+
+    if not run:
+        raise BenchError("merge needs the run id the shards were started with: make merge RUN=<run>")
+    lock = results.lock_run(results_root, results.check_run_id(run))
+    try:
+        merged = merge.merge(results_root, run)
+        if merged.changed:
+            if report:
+                _report(merged.folder)
+            merge.seal(merged)
+    finally:
+        lock.close()
+    print(f"jacobench: {merged.summary(run)}", file=sys.stdout if merged.complete else sys.stderr)
+    return 0 if merged.complete else 1
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from bench.run import submit
+
+    resources = submit.Resources(shards=args.shards, executor=args.executor, partition=args.partition,
+                                 gpus_per_task=args.gpus_per_task, cpus_per_task=args.cpus_per_task,
+                                 timeout_min=args.timeout_min, parallelism=args.parallelism, cpusets=args.cpusets)
+    chosen = settings.from_namespace(args)
+    submission = submit.submit(chosen, resources)
+    try:
+        problems = submission.wait()
+    except KeyboardInterrupt:
+        print(f"jacobench: stopped waiting; the tasks keep running: `make merge RUN={submission.run}"
+              + (f" RESULTS_DIR={chosen.results_dir}" if chosen.results_dir != "results" else "")
+              + "` when they are done", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    for line in problems:
+        print(f"jacobench: {line}", file=sys.stderr)
+    code = merge_run(submission.results_root, submission.run, report=not chosen.no_report)
+    return code or (1 if problems else 0)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from bench import results
 
@@ -268,5 +366,6 @@ def cmd_grids(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "recommend": cmd_recommend,
-            "fidelity": cmd_fidelity, "retime": cmd_retime, "grids": cmd_grids}
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "merge": cmd_merge, "submit": cmd_submit, "report": cmd_report,
+            "compare": cmd_compare, "recommend": cmd_recommend, "fidelity": cmd_fidelity, "retime": cmd_retime,
+            "grids": cmd_grids}

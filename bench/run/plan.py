@@ -2,7 +2,8 @@
 anything is written.
 
 `plan_run(Settings(...))` refuses every bad input with one clear message (a BenchError) and returns a `RunPlan`:
-the grid's cases, devices, strategies, models, budgets and thread count.
+the grid's cases, devices, strategies, models, budgets and thread count; with SHARD=k/N, the cases of that shard
+(bench/run/shards.py), and in every plan the hash that shards of one plan share.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 import strategies
 from bench import results
 from bench.errors import BenchError
-from bench.run import grid, models
+from bench.run import grid, models, shards
 from bench.run.settings import Settings
 from bench.schema import MODES, Sizes
 
@@ -50,6 +51,9 @@ class RunPlan:
     processes: int = 2  # worker processes that time each shape's contenders (bench/run/session.py)
 
     compiled: bool | None = None  # compiled strategies everywhere (True), nowhere (False), where the grid says (None)
+    plan_hash: str = ""  # what shards of one plan share (bench/run/shards.py)
+    total_cases: int = 0  # planned cases of the whole plan, all shards together
+    shard: shards.Shard | None = None  # SHARD=k/N: `cases` are that shard's
 
     def strategies_for(self, case: grid.Case) -> list[str]:
         """The strategies that run on a case: compiled ones (seconds of compiling per shape) where COMPILED= or, by
@@ -64,7 +68,9 @@ class RunPlan:
 
     def fingerprint(self) -> dict[str, Any]:
         """What must match for RESUME=1 to continue this run."""
-        return {
+        # absent in a whole run, as before shards existed; the split too, so a resumed shard holds the same shapes
+        shard = {"shard": {"shard": self.shard.label, "split": self.shard.split}} if self.shard else {}
+        return shard | {
             "grid": self.grid.as_dict() | {"path": None},
             "devices": self.devices,
             "strategies": self.strategy_names,
@@ -94,14 +100,14 @@ def parse_seconds(text: str) -> float:
     return value
 
 
-def resolve_devices(spec: str) -> list[str]:
+def resolve_devices(spec: str, here: bool = True) -> list[str]:
     names = [d.strip() for d in spec.split(",") if d.strip()] if spec else []
     if not names:
         return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
     for name in names:
         if not DEVICE_PATTERN.match(name):
             raise SettingsError(f"unknown device {name!r}: use cpu, cuda or cuda:N (e.g. DEVICES=cpu,cuda)")
-        if name.startswith("cuda"):
+        if name.startswith("cuda") and here:
             if not torch.cuda.is_available():
                 raise SettingsError(f"DEVICES={spec}: CUDA is not available on this machine "
                                     f"(torch {torch.__version__}); use DEVICES=cpu")
@@ -203,10 +209,13 @@ def _check_sizes(model_defs: dict[str, models.ModelDef], the_grid: grid.Grid, dt
         raise models.ModelError(unfit[0] + more)
 
 
-def plan_run(settings: Settings) -> RunPlan:
-    """Validate every setting and resolve the run; nothing is written (THREADS already applies to this process)."""
+def plan_run(settings: Settings, here: bool = True) -> RunPlan:
+    """Validate every setting and resolve the run; nothing is written (THREADS already applies to this process).
+    here=False plans for another machine (`make plan`, `make submit` from a cluster's login node): CUDA devices are
+    checked by name only."""
+    shard = shards.parse(settings.shard) if settings.shard else None
     the_grid = grid.load_grid(settings.grid)
-    devices = resolve_devices(settings.devices)
+    devices = resolve_devices(settings.devices, here)
     strategy_names = resolve_strategies(settings.strategies)
     dtypes = resolve_dtypes(settings.dtype)
     modes = resolve_modes(settings.mode)
@@ -216,7 +225,7 @@ def plan_run(settings: Settings) -> RunPlan:
     memory_budget = parse_bytes(settings.memory_budget) if settings.memory_budget else None
     time_budget = parse_seconds(settings.time_budget) if settings.time_budget else the_grid.budget.time_s
     run_id = results.check_run_id(settings.run or f"{time.strftime('%Y%m%d-%H%M%S')}-{the_grid.name}")
-    return RunPlan(
+    plan = RunPlan(
         settings=settings,
         grid=the_grid,
         run_id=run_id,
@@ -232,6 +241,10 @@ def plan_run(settings: Settings) -> RunPlan:
         compiled=resolve_compiled(settings.compiled, settings.strategies),
         processes=resolve_processes(settings.processes),
     )
+    plan.plan_hash, plan.total_cases = shards.plan_hash(plan), plan.planned_cases
+    if shard:
+        shards.restrict(plan, *shard)
+    return plan
 
 
 def resolve_processes(spec: str) -> int:

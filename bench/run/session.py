@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from bench import results
 from bench.errors import BenchError
-from bench.run import environment, models
+from bench.run import environment, models, shards
 from bench.run import finish as finishing
 from bench.run.plan import RunPlan
 from bench.schema import CaseRecord
@@ -127,6 +127,7 @@ def _create(plan: RunPlan) -> None:
         "fingerprint": plan.fingerprint(),
         "planned_cases": plan.planned_cases,
         "processes": previous.get("processes", []),  # what each worker process did (record_process)
+        **shards.env_fields(plan),
     }
     results.write_json(env_path, env)
     _point_latest(plan)

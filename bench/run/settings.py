@@ -44,6 +44,8 @@ class Settings:
                                                 "them again in a fresh process, so intervals and verdicts include "
                                                 "what a process changes; 1 is quicker and knows less")
     run: str = _setting("", "RUN", "run id, the folder results/<run> (default: a timestamp and the grid name)")
+    shard: str = _setting("", "SHARD", "k/N: measure the k-th of N shards of the plan (whole shapes, balanced by "
+                                       "predicted cost) into results/<run>.shard-k-of-N; `make merge` joins them")
     results_dir: str = _setting("results", "RESULTS_DIR", "folder that holds the run folders")
     resume: bool = _setting(False, "RESUME", "finish an interrupted run: measure only the cases missing from RUN")
     force: bool = _setting(False, "FORCE", "replace an existing RUN folder")

@@ -1,0 +1,42 @@
+"""Nearest measured neighbours in log space: what measured shapes say about one that was not measured.
+
+Sizes span four orders of magnitude and costs grow as powers of them, so distances are taken between log2 sizes and
+values are averaged as logs: the k nearest points, weighted by 1 / distance**power (inverse-distance weighting); an
+exact match is the answer itself. Shared by measurement and reporting (bench/run/costs.py predicts the wall time of
+a run with it); numpy only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+K_NEAREST = 4
+POWER = 2.0
+EXACT = 1e-9  # a distance below this is the same point
+
+
+def log2_sizes(rows: Sequence[Sequence[float]]) -> np.ndarray:
+    """[n, 4] log2 of (batch, hidden, in_dim, out_dim) rows."""
+    return np.log2(np.asarray(rows, dtype=float).reshape(len(rows), -1))
+
+
+def idw(distances: np.ndarray, values: np.ndarray, k: int = K_NEAREST, power: float = POWER
+        ) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the inverse-distance-weighted mean of the values of its k nearest points.
+
+    distances: [queries, points]; values: [points, columns] (one column per quantity averaged with the same
+    weights). Returns (estimates [queries, columns], the nearest point of each query [queries]). A query at distance
+    0 from a point takes that point's values (the first such point when several are).
+    """
+    distances = np.asarray(distances, dtype=float)
+    values = np.asarray(values, dtype=float).reshape(distances.shape[1], -1)
+    k = min(k, distances.shape[1])
+    nearest = np.argsort(distances, axis=1, kind="stable")[:, :k]  # [queries, k]
+    d = np.take_along_axis(distances, nearest, axis=1)  # [queries, k]
+    exact = d[:, :1] < EXACT  # [queries, 1]
+    weights = np.where(exact, (np.arange(k) == 0).astype(float), 1.0 / np.maximum(d, EXACT) ** power)  # [queries, k]
+    weights /= weights.sum(axis=1, keepdims=True)
+    estimates = np.einsum("qk,qkc->qc", weights, values[nearest])  # [queries, columns]
+    return estimates, nearest[:, 0]
