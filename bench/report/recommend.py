@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.frames import load_run
-from bench.report.tables import NONE_VALID, best_per_shape
+from bench.report.tables import NONE_VALID, best_per_shape, playoffs_among
 from bench.results import ResultsError
 from bench.schema import AXES, SETTING, sizes_id
 
@@ -139,7 +139,7 @@ def measured_at(run_dirs: list[Path], device: str, dtype: str, mode: str, batch:
         for (model, hidden, dev), part in at.groupby(["model", "hidden", "device"], sort=False):
             shape = {"batch": batch, "hidden": int(hidden), "in_dim": in_dim, "out_dim": out_dim}
             ranked = predict(part, shape)
-            best = best_per_shape(part, run.playoffs).iloc[0]
+            best = best_per_shape(part, playoffs_among(run.playoffs, set(part["strategy"]))).iloc[0]
             lead = [] if best["fastest"] == NONE_VALID else [best["fastest"], *best["tied_with"]]
             order = list(dict.fromkeys(lead + list(ranked["candidates"] if ranked else [])))
             answers.append({"run": str(folder), "model": model, "spec": models.get(model, model), "hidden": int(hidden),
