@@ -95,9 +95,19 @@ class Pick:
         return {k: v for k, v in asdict(self).items() if k not in ("source", "where", "measured", "context")}
 
     @classmethod
-    def from_saved(cls, data: dict[str, Any], where: str) -> Pick:
+    def from_saved(cls, data: dict[str, Any], where: str) -> Pick | None:
+        """A pick read back from the cache file; None for an entry this version cannot use (a strategy no longer
+        registered, or fields of the wrong kind): it is tuned again."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**{**known, "source": "cache", "where": where})
+        try:
+            pick = cls(**{**known, "source": "cache", "where": where})
+            usable = (pick.strategy in REGISTRY and pick.verdict in ("winner", "tie")
+                      and all(isinstance(getattr(pick, f), list) for f in ("tied_with", "raced"))
+                      and all(isinstance(getattr(pick, f), dict) for f in ("times", "first", "ratios", "refused"))
+                      and all(isinstance(t, (int, float)) for t in [*pick.times.values(), *pick.first.values()]))
+        except TypeError:  # a field missing: written by an incompatible version
+            return None
+        return pick if usable else None
 
 
 @dataclass(frozen=True)
@@ -137,6 +147,8 @@ def autotune(model: nn.Module, example_x: Tensor, mode: str = "jacobian", strate
     when tuned(x) first sees it (the cache remembers each). Raises AutotuneError when no strategy is valid, with the
     reason of each.
     """
+    if not isinstance(model, nn.Module):
+        raise AutotuneError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     settings = _settings(mode, strategies, budget_s, compiled, cache, results)
     return Tuned(model, settings, example_x)
 
@@ -224,8 +236,6 @@ class Tuned:
 
 def tune(model: nn.Module, x: Tensor, settings: Settings) -> Pick:
     """The pick for inputs shaped like x: from a measured run (results=), else the cache, else validated and raced."""
-    if not isinstance(model, nn.Module):
-        raise AutotuneError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     start = time.perf_counter()
     context = ""
     with _buffers_kept(model), torch.enable_grad():
@@ -238,9 +248,8 @@ def tune(model: nn.Module, x: Tensor, settings: Settings) -> Pick:
         key = tunecache.key(model, x, settings.mode, settings.candidates)
         saved = tunecache.TuneCache(settings.folder)
         hit = saved.get(key)
-        if hit is not None and hit["strategy"] in REGISTRY:
-            pick = Pick.from_saved(hit, str(saved.path))
-        else:
+        pick = Pick.from_saved(hit, str(saved.path)) if hit is not None else None
+        if pick is None:
             pick = measured(model, x, out_dim, settings, start)
             saved.put(key, pick.saved())
             pick.where = str(saved.path or "")
@@ -372,6 +381,8 @@ def from_results(model: nn.Module, x: Tensor, out_dim: int, settings: Settings) 
         return None, (f"{runs} measured this input shape for other models ({others}; none has this model's modules "
                       "and parameter shapes): tuned here instead")
     answer = same[0]
+    if not answer["order"]:
+        return None, f"{runs} measured no valid strategy for this model at this shape: tuned here instead"
     ref = _reference(model, x, settings.mode)
     case = _case(x, out_dim, settings.mode)
     refused: dict[str, str] = {}

@@ -163,6 +163,21 @@ def test_a_corrupt_or_foreign_cache_file_is_ignored_with_one_warning(tmp_path, c
     assert not list(tmp_path.glob(".*.tmp")), "writes are atomic"
 
 
+def test_an_unusable_entry_in_a_valid_cache_file_is_tuned_again(tmp_path, timed):
+    model, x = mlp(), inputs()
+    autotune(model, x, budget_s=BUDGET, cache=tmp_path)
+    path = tmp_path / tunecache.FILE_NAME
+    data = json.loads(path.read_text())
+    (entry,) = data["entries"].values()
+    entry["pick"]["times"] = "not a table"  # edited by hand, or written by a version that went wrong
+    path.write_text(json.dumps(data))
+    tunecache.forget()
+    timed.clear()
+    tuned = autotune(model, x, budget_s=BUDGET, cache=tmp_path)
+    assert tuned.pick.source == "tuned" and timed
+    assert isinstance(json.loads(path.read_text())["entries"].popitem()[1]["pick"]["times"], dict)
+
+
 def test_the_default_cache_folder_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert tunecache.folder_of(True) == tmp_path / "jacobench"
@@ -269,6 +284,10 @@ def test_bad_arguments_are_one_clear_error(kwargs, match):
         autotune(mlp(), inputs(), cache=False, **kwargs)
 
 
-def test_an_input_that_is_not_a_batch_is_refused():
+def test_an_input_that_is_not_a_batch_or_a_model_that_is_not_a_module_is_refused():
     with pytest.raises(AutotuneError, match=r"a \(B, in\) tensor"):
         autotune(mlp(), torch.ones(3), cache=False)
+    with pytest.raises(AutotuneError, match="must be a torch.nn.Module, not builtin_function_or_method"):
+        autotune(torch.tanh, inputs(), cache=False)
+    with pytest.raises(AutotuneError, match=r"returned \(8, 3, 1\)"):
+        autotune(nn.Unflatten(1, (3, 1)), inputs(), cache=False)
