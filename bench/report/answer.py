@@ -105,10 +105,11 @@ def _row(key: tuple, how: str, use: str, shapes: pd.DataFrame, by_strategy: pd.D
     mode = key[SETTING.index("mode")]
     return {**dict(zip(SETTING, key, strict=True)), "batch_min": int(shapes["batch"].min()),
             "batch_max": int(shapes["batch"].max()), "how": how, "use": use, "shapes": len(shapes),
-            "wins": len(wins), "ties": len(good) - len(wins), "tied_with": [n for n, _ in partners.most_common()],
+            "wins": len(wins), "ties": len(good) - len(wins),
+            "tied_with": sorted(partners, key=lambda n: (-partners[n], n)),  # sets have no stable order
             "otherwise": [f"{n} ({c})" for n, c in otherwise.most_common()],
-            "jf_median": pd.Series(jf, dtype=float).median(), "vs_closed_form_median": pd.Series(vs_closed,
-                                                                                                  dtype=float).median(),
+            "jf_median": pd.Series(jf, dtype=float).median(),
+            "vs_closed_form_median": pd.Series(vs_closed, dtype=float).median(),
             "code": code_line(use, mode, _returns(by_strategy, use)) if use != NONE_VALID else ""}
 
 
