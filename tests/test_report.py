@@ -13,7 +13,7 @@ from run_fixtures import BASE, STRATEGIES, make_run, record
 from bench.report import frames
 from bench.report.run_report import build_report
 from bench.results import ResultsError, append_case
-from bench.schema import AXES
+from bench.schema import AXES, slug
 
 EVIL = "<script>alert(1)</script>"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -178,3 +178,64 @@ def test_published_ratios_beside_this_runs(tmp_path: Path) -> None:
     at_base = frame[(frame[list(BASE)] == list(BASE.values())).all(axis=1)]["time_median_s"]
     ours = at_base["vmap_jacfwd"] / at_base["vmap_jacrev"]
     assert table["this run [95% CI]"].iloc[0].startswith(f"{ours:.3g}×")
+
+
+def test_the_report_opens_on_which_strategy_to_use(built: dict[str, Path]) -> None:
+    md, html = built["md"].read_text(), built["html"].read_text()
+    sections = re.findall(r"^## (.+)$", md, re.M)
+    assert sections[0] == "Which strategy to use" and sections[1] == "Fastest autodiff strategy per shape"
+    answer = _md_rows(built["run"] / "tables" / "answer.md")
+    assert {r["device"] for r in answer} == {"cpu (Synthetic CPU &lt;8 cores>)", "cuda (Synthetic GPU)"}
+    for row in answer:
+        if row["use"] != "none valid":
+            assert row["code"] == f'J = strategies.REGISTRY["{row["use"]}"](model, x)', row
+    first = html.split('<section id="which_strategy_to_use">', 1)[1].split("</section>", 1)[0]
+    assert 'id="T_answer"' in first and "from bench import autotune" in first
+    assert "winner_map-cpu-mlp-float32" in first and "time_vs_batch-cpu-mlp-float32" in first
+    assert html.index('id="which_strategy_to_use"') < html.index('id="fastest_autodiff_strategy_per_shape"')
+    for title in ("What this means", "Status of every case", "Environment"):  # the long lists, folded
+        anchor = slug(title).lower()
+        assert f'<details id="{anchor}">' in html, title
+        assert f'href="#{anchor}"' in html, f"{title} is not in the contents"
+
+
+def test_the_answer_names_a_strategy_that_is_best_or_tied_where_it_says(built: dict[str, Path]) -> None:
+    answer = pd.read_csv(built["run"] / "tables" / "answer.csv")
+    best = pd.read_csv(built["run"] / "tables" / "best.csv")
+    assert not answer.empty and set(answer["how"]) == {"eager"}  # the synthetic run compiles nothing
+    for row in answer.itertuples():
+        shapes = best[(best["model"] == row.model) & (best["device"] == row.device) & (best["mode"] == row.mode)
+                      & best["batch"].between(row.batch_min, row.batch_max)]
+        good = [row.use == r.fastest or row.use in str(r.tied_with).split("|") for r in shapes.itertuples()]
+        assert len(shapes) == row.shapes and sum(good) == row.wins + row.ties, row
+        assert not (row.use == "grad_summed" and (shapes["out_dim"] > 1).any() and row.wins + row.ties == len(shapes))
+
+
+def test_compiled_strategies_get_their_own_answer(tmp_path: Path) -> None:
+    from bench.report.answer import answer_rows, answer_table
+
+    run = tmp_path / "results" / "compiled"
+    run.mkdir(parents=True)
+    for batch in (1, 4, 16):
+        shape = {**BASE, "batch": batch}
+        for name in ("grad_batched", "vmap_jacrev", "grad_summed"):
+            append_case(run / "cases.jsonl", record(name, "cpu", shape, ["batch"]))
+        append_case(run / "cases.jsonl", record("vmap_jacrev_compiled", "cpu", shape, ["batch"], speed=20.0,
+                                                compiled=True, setup_s=0.5))
+    loaded = frames.load_run(run)
+    rows = answer_rows(loaded.frame, loaded.playoffs)
+    assert list(rows["how"]) == ["eager", "compiled"]
+    assert rows["use"].iloc[1] == "vmap_jacrev_compiled" and rows["use"].iloc[0] != "vmap_jacrev_compiled"
+    assert list(rows["batch_min"]) == [1, 1] and list(rows["batch_max"]) == [16, 16]
+    assert list(rows["wins"] + rows["ties"]) == [3, 3]
+    table, shared = answer_table(rows, {"cpu": "Box CPU"})
+    assert shared == "cpu (Box CPU) · float32 · jacobian" and "how" in table.columns
+    assert table["code"].iloc[1] == 'J = strategies.REGISTRY["vmap_jacrev_compiled"](model, x)'
+
+
+def test_code_lines_train_through_j_and_shape_the_output_sum() -> None:
+    from bench.report.answer import code_line
+
+    assert code_line("func_sum_jacrev", "train") == \
+        'J = strategies.REGISTRY["func_sum_jacrev"](model, x, create_graph=True)'
+    assert code_line("grad_summed", "jacobian", "output_sum").endswith("(model, x).unsqueeze(1)")

@@ -69,6 +69,8 @@ print(sorted(m for m in {forbidden} if m in loaded))
     ("bench.report.run_report, bench.report.compare, bench.report.recommend", ["torch", "strategies", "bench.run"]),
     ("bench.run.plugin, bench.run.runner, bench.cli", ["bench.report", "bench.report.tables", "bench.report.plots",
                                                        "bench.report.frames", "matplotlib"]),  # measuring
+    ("bench", ["torch", "strategies", "bench.autotuning"]),  # `import bench` stays light: autotune loads on use
+    ("bench.autotuning", ["bench.report", "matplotlib"]),  # autotune reads result files only for results=
 ])
 def test_measurement_and_reporting_stay_apart(modules, forbidden):
     code = LAYERS.format(modules=modules, forbidden=forbidden)
@@ -76,3 +78,11 @@ def test_measurement_and_reporting_stay_apart(modules, forbidden):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_from_bench_import_autotune_gives_the_function_whatever_was_imported_before():
+    code = "import bench.autotuning, bench.tunecache\nfrom bench import autotune\nprint(autotune.__name__)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=bench_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "autotune"

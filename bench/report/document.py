@@ -26,7 +26,8 @@ TEMPLATES = Path(__file__).parent / "templates"
 
 @dataclass
 class Block:
-    """One piece of a section. kind: "text", "bullets" ([(label, text)]), "warning", "table", "figure", "links"."""
+    """One piece of a section. kind: "text", "note" (small print), "bullets" ([(label, text)]), "warning", "table",
+    "figure", "figures" ([(path, caption)], side by side in HTML), "links", "code" (text to paste)."""
 
     kind: str
     text: str = ""
@@ -40,6 +41,12 @@ class Block:
 class Section:
     title: str
     blocks: list[Block] = field(default_factory=list)
+    folded: bool = False  # HTML shows the title only until it is opened (<details>); Markdown shows it all
+    short: str = ""  # the title in the list of contents, when the title is long
+
+    @property
+    def label(self) -> str:
+        return self.short or self.title
 
     @property
     def anchor(self) -> str:
@@ -65,6 +72,11 @@ def figure_block(path: Path, caption: str) -> Block:
     return Block("figure", text=caption, image=path)
 
 
+def fenced(text: str) -> Markup:
+    """Text for a fenced Markdown code block: verbatim, but it cannot close the fence."""
+    return Markup(text.replace("```", "` ` `"))
+
+
 def render(doc: Document, out_dir: Path) -> Path:
     """Write out_dir/report.md and out_dir/report.html from the templates; returns the path of report.md."""
     import jinja2
@@ -83,6 +95,7 @@ def render(doc: Document, out_dir: Path) -> Path:
                                 finalize=lambda v: v if isinstance(v, Markup) else md_escape(v))
     for env in (html_env, md_env):
         env.filters.update(relpath=md_links, data_uri=data_uri)
+    md_env.filters["fenced"] = fenced
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "report.html", html_env.get_template("report.html.j2").render(doc=doc))
     atomic_write_text(out_dir / "report.md", md_env.get_template("report.md.j2").render(doc=doc))

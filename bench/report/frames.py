@@ -51,7 +51,7 @@ def load_run(run_dir: Path) -> LoadedRun:
 
 
 PLAYOFF_COLUMNS = [*SHAPE_COLUMNS, "best", "verdict", "tied_with", "runner_up", "runner_up_ratio", "contenders",
-                   "rounds", "unstable", "message"]
+                   "rounds", "unstable", "message", "ratios"]
 
 
 def playoffs_frame(verdicts: list[VerdictRecord]) -> pd.DataFrame:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.frames import load_run
+from bench.report.tables import NONE_VALID, best_per_shape, playoffs_among
 from bench.results import ResultsError
 from bench.schema import AXES, SETTING, sizes_id
 
@@ -111,6 +112,42 @@ def predict(part: pd.DataFrame, shape: dict[str, int]) -> dict[str, Any] | None:
         "unstable": unstable[best],
         "candidates": dict(ranked),
     }
+
+
+def measured_at(run_dirs: list[Path], device: str, dtype: str, mode: str, batch: int, in_dim: int, out_dim: int,
+                strategies: list[str] | None = None) -> list[dict[str, Any]]:
+    """What runs measured at one input shape, for a model known by its sizes alone (autotune's `results=`).
+
+    One answer per (run, model, hidden width, device) measured at (batch, in_dim, out_dim) in this dtype and mode, on
+    devices of `device`'s type ("cuda:0" matches "cuda"). An answer names the model's spec (env.json's `models`) so
+    the caller can rebuild it and check that it is the same model, and ranks the strategies among `strategies` that
+    were valid there: the shape's verdict first (best_per_shape: its playoff, else the tie rule on first timings),
+    then those tied with it, then the rest by measured time (`predict` at an exact match).
+    """
+    kind = device.split(":")[0]
+    answers = []
+    for folder in run_dirs:
+        run = load_run(Path(folder))
+        frame = run.frame
+        at = frame[(frame["device"].str.split(":").str[0] == kind) & (frame["dtype"] == dtype)
+                   & (frame["mode"] == mode) & (frame["batch"] == batch) & (frame["in_dim"] == in_dim)
+                   & (frame["out_dim"] == out_dim)]
+        if strategies is not None:
+            at = at[at["strategy"].isin(strategies)]
+        models = run.env.get("models") if isinstance(run.env.get("models"), dict) else {}
+        names = run.env.get("devices") if isinstance(run.env.get("devices"), dict) else {}
+        for (model, hidden, dev), part in at.groupby(["model", "hidden", "device"], sort=False):
+            shape = {"batch": batch, "hidden": int(hidden), "in_dim": in_dim, "out_dim": out_dim}
+            ranked = predict(part, shape)
+            best = best_per_shape(part, playoffs_among(run.playoffs, set(part["strategy"]))).iloc[0]
+            lead = [] if best["fastest"] == NONE_VALID else [best["fastest"], *best["tied_with"]]
+            order = list(dict.fromkeys(lead + list(ranked["candidates"] if ranked else [])))
+            answers.append({"run": str(folder), "model": model, "spec": models.get(model, model), "hidden": int(hidden),
+                            "device": dev, "device_name": names.get(dev) or run.env.get("cpu_model") or dev,
+                            "torch": run.env.get("torch"), "threads": run.env.get("threads"), "order": order,
+                            "verdict": best["verdict"] if lead else "", "tied_with": list(best["tied_with"]),
+                            "times": ranked["candidates"] if ranked else {}})
+    return answers
 
 
 def leave_one_out(frame: pd.DataFrame) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.report.answer import AUTOTUNE_LINE, answer_rows, answer_table
 from bench.report.document import Block, Document, Section, figure_block, render, table_block
 from bench.report.findings import summary_items
 from bench.report.formats import table_paths, write_table
@@ -55,6 +56,16 @@ VERDICTS = (
     "slower; tie: the listed strategies are not, so either is a good choice. runner-up / fastest: that ratio with its "
     "interval. The closed form (analytic) exists for plain MLPs only and is not a contender."
 )
+
+ANSWER = ("how: eager, or compiled with torch.compile (raced apart). × forward: one call over one forward pass; "
+          "× closed form: over the hand-written Jacobian of plain MLPs (analytic); medians over the shapes where it "
+          "is best or tied. verdict, on n of the range's shapes: winner (every other strategy surely more than "
+          f"{fmt_margin(TIE_MARGIN)} slower) or tie (with the strategies named: not surely slower, either is a good "
+          "choice); else: the best where it is neither. code: what to paste, after `import strategies`.")
+AUTOTUNE = ("For your own model, input shape and machine, autotune validates every strategy on your input, races the "
+            "valid ones with the same rule, and remembers the pick:")
+
+FOLD_ROWS = 20  # a findings table longer than this is folded in HTML
 
 PUBLISHED = ("Ratios a published source reports, next to the same ratio measured in this run at the same shape. The "
              "suite's strategies vmap over a batch (here of one sample), which adds a fixed cost to both sides of the "
@@ -142,25 +153,27 @@ class Tables:
 
 
 def run_document(run: LoadedRun, figures: dict[str, Path], tables: Tables) -> Document:
-    """All sections of a run report; the tables it shows are listed in `tables`, nothing is written."""
+    """All sections of a run report; the tables it shows are listed in `tables`, nothing is written.
+
+    The answer comes first (which strategy to use, per model and regime, and the figures behind it), then the per
+    shape verdicts and the findings; the long lists (bullets per setting, sweeps, statuses, environment) come after,
+    folded in HTML.
+    """
     frame = run.frame
     doc = Document(title=f"jacobench report — {run.run_id}", warnings=list(run.warnings) + run_warnings(run),
                    subtitle=f"{run_header(run.env)}{len(frame)} cases{_of_planned(run)}, "
                             f"{frame['strategy'].nunique()} strategies, "
                             f"{frame[SHAPE_COLUMNS].drop_duplicates().shape[0]} shapes × settings")
-    doc.sections.append(environment_section(run.env))
     best = best_per_shape(frame, run.playoffs)
-    meaning = Section("What this means")
-    for key, part in groups(frame):
-        best_part = best[(best[SETTING] == list(key)).all(axis=1)]
-        meaning.blocks += [Block("text", text=where_label(key, run.env)),
-                           Block("bullets", items=summary_items(part, best_part))]
-    doc.sections.append(meaning)
+    above = [name for name, _ in answer_figures(frame, figures)]  # embedded once, in the answer
+    doc.sections.append(answer_section(run, figures, tables, above))
     doc.sections.append(Section("Fastest autodiff strategy per shape", [
         Block("text", text=READING), Block("text", text=VERDICTS),
         tables.show("best", best_table(best), numbers=best)]))
+    doc.sections.append(meaning_section(run, best))
     for key, part in groups(frame):
-        section = sweep_section(key, part, run.env, figures, tables)
+        section = sweep_section(key, part, run.env, {k: v for k, v in figures.items() if k not in above}, tables,
+                                above)
         if section.blocks:
             doc.sections.append(section)
     for title, name, table, intro in (
@@ -168,13 +181,15 @@ def run_document(run: LoadedRun, figures: dict[str, Path], tables: Tables) -> Do
             ("Compiling: when it pays", "compile", compile_table(frame), COMPILING),
             ("Training through the Jacobian", "training", training_table(best), TRAINING),
             ("Models that couple samples", "coupled", coupled_table(frame), COUPLED)):
-        if len(table):
-            doc.sections.append(Section(title, [Block("text", text=intro), tables.show(name, table)]))
+        if len(table):  # a table longer than a screen is folded
+            doc.sections.append(Section(title, [Block("text", text=intro), tables.show(name, table)],
+                                        folded=len(table) > FOLD_ROWS))
     present = set(frame["status"])
     doc.sections.append(Section("Status of every case", [
         Block("bullets", items=[(s, STATUS_MEANING[s]) for s in STATUSES if s in present]),
-        tables.show("status", status_table(frame))]))
-    doc.sections.append(Section("Strategies", [table_block(strategies_table(frame), "strategies")]))
+        tables.show("status", status_table(frame))], folded=True))
+    doc.sections.append(Section("Strategies", [table_block(strategies_table(frame), "strategies")], folded=True))
+    doc.sections.append(environment_section(run.env))
     tables.show("cases", cases_table(frame), numbers=cases_numbers(frame))
     cases = tables.paths("cases")
     doc.sections.append(Section("All cases", [Block("links", items=[
@@ -183,12 +198,61 @@ def run_document(run: LoadedRun, figures: dict[str, Path], tables: Tables) -> Do
     return doc
 
 
+def answer_section(run: LoadedRun, figures: dict[str, Path], tables: Tables, shown: list[str]) -> Section:
+    """The first screen: which strategy to use, per model and regime, with the code to paste; then the winner map
+    and the time-vs-batch plot of each device's most measured setting."""
+    rows = answer_rows(run.frame, run.playoffs)
+    devices = run.env.get("devices") if isinstance(run.env.get("devices"), dict) else {}
+    table, shared = answer_table(rows, devices)
+    section = Section("Which strategy to use", [
+        tables.show("answer", table, numbers=rows, highlight=column_mask(table, "use"),
+                    caption=f"{shared}: the valid autodiff strategy that wins or ties on the most measured shapes of "
+                            "each batch range"),
+        Block("note", text=ANSWER),
+        Block("text", text=AUTOTUNE),
+        Block("code", text=AUTOTUNE_LINE)])
+    if shown:
+        captions = dict(answer_figures(run.frame, figures))
+        section.blocks.append(Block("figures", items=[(figures[name], captions[name]) for name in shown]))
+    return section
+
+
+def column_mask(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """A highlight mask that marks one column."""
+    return pd.DataFrame({c: [c == column] * len(table) for c in table.columns}, index=table.index)
+
+
+def answer_figures(frame: pd.DataFrame, figures: dict[str, Path]) -> list[tuple[str, str]]:
+    """(plot name, caption): per device, the winner map and the time-vs-batch plot of the setting with the most
+    shapes that has them."""
+    shapes = frame.groupby(SETTING)[AXES].apply(lambda rows: len(rows.drop_duplicates()))
+    out: list[tuple[str, str]] = []
+    for device in dict.fromkeys(key[1] for key, _ in groups(frame)):
+        keys = sorted((key for key, _ in groups(frame) if key[1] == device), key=lambda k: -shapes.get(k, 0))
+        for kind, caption in (("winner_map", "fastest valid strategy over the in × out plane"),
+                              ("time_vs_batch", "median time per call vs batch size, log-log")):
+            name = next((f"{kind}-{setting_tag(k)}" for k in keys if f"{kind}-{setting_tag(k)}" in figures), None)
+            if name:
+                out.append((name, f"{name}: {caption}"))
+    return out
+
+
+def meaning_section(run: LoadedRun, best: pd.DataFrame) -> Section:
+    """The findings of each setting as bullets (bench/report/findings.py), folded: the answer table says it first."""
+    section = Section("What this means", folded=True)
+    for key, part in groups(run.frame):
+        best_part = best[(best[SETTING] == list(key)).all(axis=1)]
+        section.blocks += [Block("text", text=where_label(key, run.env)),
+                           Block("bullets", items=summary_items(part, best_part))]
+    return section
+
+
 def environment_section(env: dict[str, Any]) -> Section:
     if not env:
         return Section("Environment", [Block("warning", text="env.json is missing: machine and versions unknown")])
     blocks = [Block("text", text=line) for line in (phases_line(env), noise_line(env)) if line]
     return Section("Environment", [*blocks, table_block(env_table({"value": env}).rename(columns={"": "key"}),
-                                                        "env")])
+                                                        "env")], folded=True)
 
 
 PHASE_WORDS = {"timing": "timed rounds", "validation": "validation", "references": "float64 references",
@@ -227,10 +291,13 @@ FIGURES = (("jf_ratio_vs_batch", "Jacobian time / forward time vs batch size"),
 
 
 def sweep_section(key: Setting, part: pd.DataFrame, env: dict[str, Any], figures: dict[str, Path],
-                  tables: Tables) -> Section:
-    """Plots and tables of one (model, device, dtype) setting: time along each swept axis, J/F, memory, winners."""
+                  tables: Tables, shown_above: list[str] = ()) -> Section:
+    """Plots and tables of one (model, device, dtype) setting: time along each swept axis, J/F, memory, winners.
+    A plot in `shown_above` is drawn under "Which strategy to use" and only named here."""
     tag = setting_tag(key)
-    section = Section(f"Sweeps — {where_label(key, env)}")
+    section = Section(f"Sweeps — {where_label(key, env)}", folded=True, short=f"sweeps {tag}")
+    section.blocks += [Block("text", text=f"{name}: drawn above, under \"Which strategy to use\"")
+                       for name in shown_above if name.endswith(f"-{tag}")]
     for axis in AXES:
         name = f"time_vs_{axis}-{tag}"
         if name in figures:

@@ -74,6 +74,29 @@ def best_per_shape(frame: pd.DataFrame, playoffs: pd.DataFrame | None = None) ->
     return pd.DataFrame(rows, columns=BEST_COLUMNS)
 
 
+def playoffs_among(playoffs: pd.DataFrame | None, names: set[str]) -> pd.DataFrame | None:
+    """The playoffs as if only `names` had raced (the eager strategies, say): a shape whose best is not among them is
+    left out (best_per_shape then decides it on first timings); the others keep their best, and the tie rule is
+    applied again to the paired ratios of the contenders left."""
+    if playoffs is None or playoffs.empty:
+        return playoffs
+    rows = []
+    for _, p in playoffs.iterrows():
+        if p["best"] not in names:
+            continue
+        ratios = p["ratios"] if isinstance(p["ratios"], dict) else {}
+        if ratios or p["verdict"] != "tie":
+            verdict = verdict_of(p["best"], {n: tuple(r) for n, r in ratios.items() if n in names})
+            tied, runner_up = verdict.tied_with, verdict.runner_up
+            ratio = list(verdict.ratios[runner_up]) if runner_up else None
+        else:  # a record without its ratios: the ties that are left
+            tied = [n for n in p["tied_with"] if n in names]
+            runner_up, ratio = (tied[0], p["runner_up_ratio"]) if tied else (None, None)
+        rows.append({**p.to_dict(), "verdict": "tie" if tied else "winner", "tied_with": tied, "runner_up": runner_up,
+                     "runner_up_ratio": ratio, "contenders": [c for c in p["contenders"] if c in names]})
+    return pd.DataFrame(rows, columns=playoffs.columns)
+
+
 def _verdict(auto: pd.DataFrame, playoff: pd.Series | None) -> dict[str, Any]:
     """fastest, verdict, tied_with, runner-up and its ratio: from the playoff record, else from the first timings."""
     if playoff is not None and playoff["best"] in set(auto["strategy"]):
