@@ -189,6 +189,8 @@ class CaseRecord:
                                          summary=False, factory=list)
     process_rounds: list[int] = _column("kept rounds from each worker process, in the order of round_times_s",
                                         summary=False, factory=list)
+    round_sweeps: list[int] = _column("the sweep of its process each kept round ran in: rounds of two strategies of "
+                                      "the shape with the same sweep ran side by side", summary=False, factory=list)
 
     @property
     def sizes(self) -> Sizes:

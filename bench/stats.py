@@ -203,18 +203,30 @@ def confidence_interval(s: Spread, pooled: float) -> Interval:
     return math.exp(s.center), math.exp(s.center - Z * sd), math.exp(s.center + Z * sd)
 
 
-def paired_log_ratios(slower: Sequence[float], faster: Sequence[float], process_rounds_slower: Sequence[int],
-                      process_rounds_faster: Sequence[int]) -> tuple[list[float], list[int]]:
-    """Per-round ratios slower/faster of two strategies timed in the same sweeps, process by process: round i of a
-    process pairs with round i of the other strategy's same process (a strategy that stopped early pairs its
-    prefix). Returns the ratios and how many came from each process."""
+def paired_log_ratios(slower: Rounds, faster: Rounds) -> tuple[list[float], list[int]]:
+    """Per-round ratios slower/faster of two strategies of a shape, process by process: a round pairs with the other
+    strategy's round of the same sweep (they ran side by side); without sweeps (older runs), round i pairs with round
+    i. Returns the ratios and how many came from each process."""
     ratios, counts = [], []
-    for a, b in zip(by_process(slower, process_rounds_slower), by_process(faster, process_rounds_faster),
-                    strict=False):
-        n = min(len(a), len(b))
-        ratios += list(a[:n] / b[:n])
-        counts.append(n)
+    for (a, sweeps_a), (b, sweeps_b) in zip(_with_sweeps(slower), _with_sweeps(faster), strict=False):
+        if sweeps_a is not None and sweeps_b is not None:
+            at = dict(zip(sweeps_b, b, strict=True))
+            pairs = [(v, at[s]) for s, v in zip(sweeps_a, a, strict=True) if s in at]
+        else:
+            pairs = list(zip(a, b, strict=False))
+        ratios += [x / y for x, y in pairs]
+        counts.append(len(pairs))
     return ratios, counts
+
+
+def _with_sweeps(rounds: Rounds) -> list[tuple[np.ndarray, list[int] | None]]:
+    """Each process's rounds with their sweeps (None where the record has no sweeps for them)."""
+    values, process_rounds, *rest = rounds
+    sweeps = rest[0] if rest else []
+    parts = by_process(values, process_rounds)
+    if len(sweeps) != len(values):
+        return [(part, None) for part in parts]
+    return list(zip(parts, [[int(s) for s in part] for part in by_process(sweeps, process_rounds)], strict=True))
 
 
 def significantly_different(a: float, sd_a: float, b: float, sd_b: float) -> Interval:
@@ -224,20 +236,20 @@ def significantly_different(a: float, sd_a: float, b: float, sd_b: float) -> Int
     return ratio, ratio * math.exp(-half), ratio * math.exp(half)
 
 
-Rounds = tuple[Sequence[float], Sequence[int]]  # (seconds per call of each round, rounds per process)
+# (seconds per call of each round, rounds per process[, the sweep of each round within its process])
+Rounds = tuple[Sequence[float], Sequence[int]] | tuple[Sequence[float], Sequence[int], Sequence[int]]
 
 
 def ratio_spreads(contenders: Mapping[str, Rounds]) -> tuple[str, dict[str, Spread]]:
     """The fastest contender (lowest median of all its rounds) and the Spread of every other one's paired ratio to
     it, process by process."""
-    medians = {name: float(np.median(values)) for name, (values, _) in contenders.items()}
+    medians = {name: float(np.median(rounds[0])) for name, rounds in contenders.items()}
     best = min(medians, key=medians.__getitem__)
     spreads = {}
-    for name, (values, counts) in contenders.items():
-        if name == best:
-            continue
-        ratios, paired = paired_log_ratios(values, contenders[best][0], counts, contenders[best][1])
-        spreads[name] = spread(ratios, paired)
+    for name, rounds in contenders.items():
+        if name != best:
+            ratios, paired = paired_log_ratios(rounds, contenders[best])
+            spreads[name] = spread(ratios, paired)
     return best, spreads
 
 

@@ -106,7 +106,8 @@ def _shapes(records: list[CaseRecord]) -> list[list[CaseRecord]]:
 
 
 def _ratio_spreads(shape: list[CaseRecord]) -> tuple[str | None, dict[str, stats.Spread]]:
-    contenders = {r.strategy: (r.round_times_s, r.process_rounds) for r in shape if r.contender is not False}
+    contenders = {r.strategy: (r.round_times_s, r.process_rounds, r.round_sweeps) for r in shape
+                  if r.contender is not False}
     if not contenders:
         return None, {}
     return stats.ratio_spreads(contenders)

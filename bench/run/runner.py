@@ -154,6 +154,8 @@ class ShapeRunner:
         guard_s = max(60.0, 20 * window_s + self.plan.time_budget_s * len(entries) * timing.MIN_ROUNDS)
         compiled = [e for e in entries if strategies.REGISTRY[e.name].compiled]
         result = timing.ShapeTiming(entries)
+        with self.phases("heap"):
+            self.shapes.freeze()  # what validating and compiling created, out of the collector's way
         try:
             with self.phases("timing"), compiling.no_recompile(bool(compiled)):
                 result = timing.time_shape(entries, window_s, self.calibration, self.settler, guard_s,
@@ -168,8 +170,9 @@ class ShapeRunner:
         return result
 
     def retime_shape(self, case: Case, device: str, records: list[CaseRecord], done: Done) -> list[CaseRecord]:
-        """The second process: the shape's contenders timed together again, their rounds added as this process's."""
-        contenders = [r for r in records if r.status == "ok" and r.contender]
+        """The second process: the shape's contenders, and the strategies near them, timed together again; their
+        rounds added as this process's, and who is a contender judged again on them."""
+        contenders = to_retime(records)
         shape = self.shapes.prepare(case, device, with_reference=False)
         if shape.status != "ok" or not contenders:
             return []
@@ -206,6 +209,18 @@ class ShapeRunner:
                            predicted_memory(strategies.REGISTRY[name], case))
 
 
+RETIME_MARGIN = 3.0  # the second process re-times strategies within this factor of the fastest: a process can make
+# a strategy look that much slower (the first compiled shape of a process, say), and contenders are judged again
+
+
+def to_retime(records: list[CaseRecord]) -> list[CaseRecord]:
+    """The timed strategies of a shape the second process times again: the contenders and those near them."""
+    timed_ok = [r for r in records if r.status == "ok" and r.round_times_s]
+    winners = [r.time_median_s for r in timed_ok if r.contender and r.is_jacobian and r.strategy != CLOSED_FORM]
+    fastest = min(winners, default=min((r.time_median_s for r in timed_ok), default=0.0))
+    return [r for r in timed_ok if r.contender or r.time_median_s <= RETIME_MARGIN * fastest]
+
+
 def timed(outcome: Outcome, entry: timing.Entry, result: timing.ShapeTiming) -> Outcome:
     """The outcome of a valid case after its window: ok with its rounds, or the failure that stopped its rounds."""
     wall_s = outcome.wall_s + entry.spent_s
@@ -226,10 +241,11 @@ def added_process(record: CaseRecord, entry: timing.Entry | None, result: timing
         return dataclasses.replace(record, message="; ".join(m for m in (record.message, why) if m))
     rounds = record.round_times_s + entry.rounds
     process_rounds = (record.process_rounds or [len(record.round_times_s)]) + [len(entry.rounds)]
-    message = "; ".join(m for m in (record.message, f"second process unstable: {result.unstable}"
-                                    if result.unstable else "") if m)
+    message = "; ".join(m for m in (timing.note(entry) or record.message, f"second process unstable: "
+                                    f"{result.unstable}" if result.unstable else "") if m)
     return dataclasses.replace(
         record, round_times_s=rounds, process_rounds=process_rounds,
+        round_sweeps=record.round_sweeps + entry.round_sweeps, contender=entry.contender,
         rounds_set_aside=(record.rounds_set_aside or 0) + entry.set_aside, unstable=record.unstable
         or bool(result.unstable), message=message, wall_s=round((record.wall_s or 0) + entry.spent_s, 4),
         **finish.timing_fields(rounds, process_rounds, pooled=0.0))
@@ -294,8 +310,8 @@ def case_record(strategy: Strategy, case: Case, device: str, outcome: Outcome, s
     rounds = {}
     if entry is not None:
         rounds = finish.timing_fields(entry.rounds, [len(entry.rounds)], pooled=0.0) | {
-            "round_times_s": entry.rounds, "process_rounds": [len(entry.rounds)], "iterations": entry.iterations,
-            "contender": entry.contender, "rounds_set_aside": entry.set_aside}
+            "round_times_s": entry.rounds, "process_rounds": [len(entry.rounds)], "round_sweeps": entry.round_sweeps,
+            "iterations": entry.iterations, "contender": entry.contender, "rounds_set_aside": entry.set_aside}
     prepared = shape is not None and shape.model is not None
     return CaseRecord(
         strategy=strategy.name, model=case.model, device=device, dtype=case.dtype, **case.sizes._asdict(),

@@ -45,6 +45,7 @@ class PreparedShape:
 
 
 ForwardTimer = Callable[[Callable[[], object]], float]  # times model(x) under no_grad: seconds per call
+COMPILED_SHAPES_PER_COLLECTION = 8
 
 
 class ShapeCache:
@@ -59,7 +60,8 @@ class ShapeCache:
         self.phases = phases
         self._shape: PreparedShape | None = None
         self._warm: set[tuple[str, str]] = set()  # (device, model) warmed up
-        self._compiled_since_collect = False  # a compiled strategy compiled since the last full collection
+        self._compiled_shapes = 0  # shapes that compiled since the last full collection
+        self._compiled_now = False  # the current shape compiled: dynamo's caches are reset before the next one
         self._collected = False  # the first shape collects in full
 
     def prepare(self, case: Case, device: str, time_forward: ForwardTimer | None = None,
@@ -89,18 +91,28 @@ class ShapeCache:
         return shape
 
     def compiled(self) -> None:
-        """A compiled strategy compiled for the current shape: collect its garbage in full before the next shape."""
-        self._compiled_since_collect = True
+        """A compiled strategy compiled for the current shape."""
+        if not self._compiled_now:
+            self._compiled_shapes += 1
+        self._compiled_now = True
+
+    def freeze(self) -> None:
+        """Move what is alive now out of the collector's reach, right before a shape is timed: compiling imports
+        inductor and builds graphs, and their objects would otherwise be walked by every full collection."""
+        gc.collect(1)
+        gc.freeze()
 
     def _quiet_heap(self) -> None:
-        if self._compiled_since_collect:
+        """Between shapes: the last shape's garbage collected, what is alive frozen. Frozen objects that die in a
+        cycle (a compiled shape's graphs after dynamo's reset) wait for the full collection every
+        COMPILED_SHAPES_PER_COLLECTION compiled shapes (~0.3 s over the heap of a compiling process)."""
+        if self._compiled_now:
             compiling.reset()  # each compiled strategy compiles once per shape: never near the recompile limit
-        if self._compiled_since_collect or not self._collected:
+            self._compiled_now = False
+        if not self._collected or self._compiled_shapes >= COMPILED_SHAPES_PER_COLLECTION:
             gc.unfreeze()
-            gc.collect()
-            self._compiled_since_collect, self._collected = False, True
-        else:
-            gc.collect(1)
+            self._collected, self._compiled_shapes = True, 0
+        gc.collect()
         gc.freeze()
 
     def _build(self, shape: PreparedShape, time_forward: ForwardTimer | None, with_reference: bool) -> None:

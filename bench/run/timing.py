@@ -35,7 +35,8 @@ MIN_ROUND_S = 2e-3  # a round lasts at least this long: far above perf_counter's
 LEAD_IN_S = 2e-3  # untimed calls before each round of a quick strategy: the caches, the allocator and the OpenMP
 # worker threads are left as the previous strategy left them, and the first calls after another strategy run slower
 WARM_CALL_S = 0.05  # a call this long was warmed by the validation call: no warm-up round, no lead-in
-BLOCK_S = 0.1  # rounds are kept or set aside in blocks this long (the kernel counts CPU time in 10 ms ticks)
+BLOCK_S = 0.2  # rounds are kept or set aside in blocks this long (the kernel counts CPU time in 10 ms ticks)
+CALIBRATION_PAUSE_S = 0.01  # before a calibration: OpenMP workers spin ~8 ms after a parallel region, then sleep
 MIN_ROUNDS = 7  # rounds before a contender may stop for precision, and every strategy's least
 MIN_ROUNDS_TO_DROP = 3  # rounds before a strategy may be dropped as no contender
 DROPPED_EVERY = 4  # a dropped strategy still runs in every 4th sweep until it has MIN_ROUNDS: spread over time
@@ -55,11 +56,12 @@ class Entry:
     iterations: int = 1
     lead_in: int = 0  # untimed calls before each round
     rounds: list[float] = field(default_factory=list)  # seconds per call of each kept round, in time order
+    round_sweeps: list[int] = field(default_factory=list)  # the sweep each kept round ran in: rounds of two
+    # strategies with the same sweep ran side by side (the pairs of a verdict)
     spent_s: float = 0.0  # wall time of its rounds, set-aside ones included
     set_aside: int = 0  # rounds timed during a disturbance and not kept
     contender: bool = True  # False once it is surely more than CONTENDER_MARGIN slower than the fastest
     done: bool = False
-    sweeps: int = 0  # sweeps of the window so far while it was being timed
     error: BaseException | None = None  # what a call raised while timed (out of memory, a recompile, ...)
 
     def __post_init__(self) -> None:
@@ -79,6 +81,7 @@ class ShapeTiming:
     unstable: str = ""  # why kept rounds were timed under disturbance ("" if none were)
     blocks: int = 0
     blocks_set_aside: int = 0
+    sweeps: int = 0  # sweeps run so far, set-aside ones included
 
 
 def time_shape(entries: list[Entry], window_s: float, calibration: machine.Calibration,
@@ -95,7 +98,7 @@ def time_shape(entries: list[Entry], window_s: float, calibration: machine.Calib
             if not active or _window_closed(active, time.perf_counter() - started - aside_s, window_s):
                 break
             block_started = time.perf_counter()
-            block, disturbed = _block(active, calibration, order)
+            block, disturbed = _block(active, calibration, order, result)
             result.blocks += 1
             if disturbed and result.blocks_set_aside < max(MIN_SET_ASIDE, result.blocks // 2):
                 result.blocks_set_aside += 1
@@ -110,7 +113,8 @@ def time_shape(entries: list[Entry], window_s: float, calibration: machine.Calib
             if disturbed:
                 result.unstable = disturbed
             for e in active:
-                e.rounds += block[e.name]
+                e.round_sweeps += [sweep for sweep, _ in block[e.name]]
+                e.rounds += [seconds for _, seconds in block[e.name]]
             _judge([e for e in entries if e.error is None])
     return result
 
@@ -138,23 +142,24 @@ def _round(e: Entry) -> list[float]:
         e.spent_s += time.perf_counter() - start
 
 
-def _block(active: list[Entry], calibration: machine.Calibration, order: random.Random
-           ) -> tuple[dict[str, list[float]], str]:
-    """Sweeps of the active entries for at least BLOCK_S; their rounds and why the block was disturbed ("" if not)."""
+def _block(active: list[Entry], calibration: machine.Calibration, order: random.Random, result: ShapeTiming
+           ) -> tuple[dict[str, list[tuple[int, float]]], str]:
+    """Sweeps of the active entries for at least BLOCK_S: each entry's (sweep, seconds per call) rounds, and why
+    the block was disturbed ("" if it was not). A pause before the calibration lets the last round's OpenMP workers
+    stop spinning, so the calibration measures the machine rather than the last strategy."""
+    time.sleep(CALIBRATION_PAUSE_S)
     slow = calibration.check()
     before = machine.snapshot()
-    block: dict[str, list[float]] = {e.name: [] for e in active}
-    sweeps = 0
+    block: dict[str, list[tuple[int, float]]] = {e.name: [] for e in active}
+    first = result.sweeps
     while True:
-        sweep = [e for e in active if e.error is None and (e.contender or (e.sweeps + sweeps) % DROPPED_EVERY == 0)]
+        sweep = [e for e in active if e.error is None and (e.contender or result.sweeps % DROPPED_EVERY == 0)]
         order.shuffle(sweep)
         for e in sweep:
-            block[e.name] += _round(e)
-        sweeps += 1
-        if not sweep or time.perf_counter() - before.wall >= BLOCK_S or sweeps >= MAX_ROUNDS:
+            block[e.name] += [(result.sweeps, seconds) for seconds in _round(e)]
+        result.sweeps += 1
+        if not sweep or time.perf_counter() - before.wall >= BLOCK_S or result.sweeps - first >= MAX_ROUNDS:
             break
-    for e in active:
-        e.sweeps += sweeps
     return block, slow or machine.disturbance(before, machine.snapshot())
 
 
