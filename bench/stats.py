@@ -176,11 +176,19 @@ def spread(values: Sequence[float], process_rounds: Sequence[int], center: float
     return Spread(center, within, excess, len(parts))
 
 
+CHI2_1_MEDIAN = 0.4549364231195724  # the median of a chi-square with one degree of freedom
+ROBUST_FROM = 5  # cases in two processes before the pooled variance is their median, not their mean
+
+
 def pooled_excess(spreads: Sequence[Spread]) -> float:
-    """The run's between-process variance: the mean excess of the cases measured in more than one process (0 when
-    none was, and the intervals then say so only through a narrower width)."""
+    """The run's between-process variance from the cases measured in two processes: each case's excess is one
+    degree of freedom's worth (a scaled chi-square), so their median / 0.455 estimates the variance without letting
+    a few cases a process slowed many times over set it for all (those get their own, larger excess: log_sd takes
+    the larger of the two). The mean for fewer cases; 0 when no case was measured twice."""
     seen = [s.excess for s in spreads if s.excess is not None and math.isfinite(s.within)]
-    return float(np.mean(seen)) if seen else 0.0
+    if not seen:
+        return 0.0
+    return float(np.median(seen) / CHI2_1_MEDIAN) if len(seen) >= ROBUST_FROM else float(np.mean(seen))
 
 
 def log_sd(s: Spread, pooled: float) -> float:

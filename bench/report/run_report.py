@@ -278,9 +278,12 @@ def noise_line(env: dict[str, Any]) -> str:
     noise = env.get("noise") if isinstance(env.get("noise"), dict) else {}
     if not noise.get("cases_in_two_processes"):
         return ""
+    compiled = noise.get("between_process_sd_time_compiled")
     return (f"Noise: a worker process moves a case's median by ±{100 * noise['between_process_sd_time']:.1f}% "
-            f"(standard deviation, over {noise['cases_in_two_processes']} cases timed in both processes) and a "
-            f"paired ratio by ±{100 * noise['between_process_sd_ratio']:.1f}%; intervals and verdicts include it.")
+            + (f"(compiled strategies ±{100 * compiled:.1f}%) " if compiled else "")
+            + f"(typical standard deviation, over {noise['cases_in_two_processes']} cases timed in both processes; "
+            f"a case that moved more keeps its own) and a paired ratio by "
+            f"±{100 * noise['between_process_sd_ratio']:.1f}%; intervals and verdicts include it.")
 
 
 FIGURES = (("jf_ratio_vs_batch", "Jacobian time / forward time vs batch size"),

@@ -35,16 +35,22 @@ def timing_fields(rounds: list[float], process_rounds: list[int], pooled: float)
 
 @dataclasses.dataclass(frozen=True)
 class Noise:
-    """What the run learned about its own noise: ln-scale variances a process adds beyond its rounds."""
+    """What the run learned about its own noise: ln-scale variances a process adds beyond its rounds, apart for
+    eager and compiled strategies (a compiled strategy's speed changes more from one process to the next)."""
 
-    time_excess: float  # of a case's median
+    time_excess: float  # of an eager case's median
+    compiled_time_excess: float  # of a compiled case's median
     ratio_excess: float  # of a paired ratio between two strategies of a shape
     cases_in_two_processes: int
     pairs_in_two_processes: int
 
+    def time_excess_of(self, record: CaseRecord) -> float:
+        return self.compiled_time_excess if record.compiled else self.time_excess
+
     def summary(self) -> dict[str, Any]:
         """For env.json: standard deviations (ln), i.e. about the relative spread a process adds."""
         return {"between_process_sd_time": round(math.sqrt(self.time_excess), 4),
+                "between_process_sd_time_compiled": round(math.sqrt(self.compiled_time_excess), 4),
                 "between_process_sd_ratio": round(math.sqrt(self.ratio_excess), 4),
                 "cases_in_two_processes": self.cases_in_two_processes,
                 "pairs_in_two_processes": self.pairs_in_two_processes}
@@ -57,15 +63,17 @@ def timed(records: Iterable[CaseRecord]) -> list[CaseRecord]:
 def noise(records: list[CaseRecord]) -> Noise:
     """The run's between-process variance of medians and of paired ratios."""
     ok = timed(records)
-    times = [stats.spread(r.round_times_s, r.process_rounds) for r in ok]
+    eager = [stats.spread(r.round_times_s, r.process_rounds) for r in ok if not r.compiled]
+    compiled = [stats.spread(r.round_times_s, r.process_rounds) for r in ok if r.compiled]
     ratios = [s for shape in _shapes(ok) for s in _ratio_spreads(shape)[1].values()]
-    return Noise(stats.pooled_excess(times), stats.pooled_excess(ratios),
-                 sum(s.excess is not None for s in times), sum(s.excess is not None for s in ratios))
+    return Noise(stats.pooled_excess(eager), stats.pooled_excess(compiled) if compiled else 0.0,
+                 stats.pooled_excess(ratios), sum(s.excess is not None for s in eager + compiled),
+                 sum(s.excess is not None for s in ratios))
 
 
 def with_intervals(records: list[CaseRecord], model: Noise) -> list[CaseRecord]:
     """Every timed record with its statistics and rerun interval under the run's noise model."""
-    return [dataclasses.replace(r, **timing_fields(r.round_times_s, r.process_rounds, model.time_excess))
+    return [dataclasses.replace(r, **timing_fields(r.round_times_s, r.process_rounds, model.time_excess_of(r)))
             if r.status == "ok" and r.round_times_s else r for r in records]
 
 

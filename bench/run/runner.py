@@ -209,8 +209,8 @@ class ShapeRunner:
                            predicted_memory(strategies.REGISTRY[name], case))
 
 
-RETIME_MARGIN = 3.0  # the second process re-times strategies within this factor of the fastest: a process can make
-# a strategy look that much slower (the first compiled shape of a process, say), and contenders are judged again
+RETIME_MARGIN = 5.0  # the second process re-times strategies within this factor of the fastest: a process can make
+# a strategy look several times slower (a compiled one, seen ×5 here), so a contender in either process is one
 
 
 def to_retime(records: list[CaseRecord]) -> list[CaseRecord]:
@@ -245,7 +245,7 @@ def added_process(record: CaseRecord, entry: timing.Entry | None, result: timing
                                     f"{result.unstable}" if result.unstable else "") if m)
     return dataclasses.replace(
         record, round_times_s=rounds, process_rounds=process_rounds,
-        round_sweeps=record.round_sweeps + entry.round_sweeps, contender=entry.contender,
+        round_sweeps=record.round_sweeps + entry.round_sweeps, contender=record.contender or entry.contender,
         rounds_set_aside=(record.rounds_set_aside or 0) + entry.set_aside, unstable=record.unstable
         or bool(result.unstable), message=message, wall_s=round((record.wall_s or 0) + entry.spent_s, 4),
         **finish.timing_fields(rounds, process_rounds, pooled=0.0))
