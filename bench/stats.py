@@ -158,6 +158,8 @@ class Spread:
     within: float  # variance of the mean of the processes' ln medians that their own rounds explain
     excess: float | None  # between-process variance this case showed beyond `within` (None: one process)
     processes: int
+    gap: float | None = None  # ln median of the first process minus that of the second (two processes)
+    within_each: float = 0.0  # the mean variance of one process's ln median from its own rounds
 
 
 def spread(values: Sequence[float], process_rounds: Sequence[int], center: float | None = None) -> Spread:
@@ -167,28 +169,32 @@ def spread(values: Sequence[float], process_rounds: Sequence[int], center: float
         return Spread(math.nan, math.inf, None, 0)
     ses = [log_median_se(p) for p in parts]
     within = sum(se**2 for se in ses) / len(parts) ** 2
-    excess = None
+    excess = gap = None
+    within_each = float(np.mean([se**2 for se in ses]))
     if len(parts) > 1:
         medians = np.log([np.median(p) for p in parts])
-        excess = max(0.0, float(np.var(medians, ddof=1)) - float(np.mean([se**2 for se in ses])))
+        excess = max(0.0, float(np.var(medians, ddof=1)) - within_each)
+        gap = float(medians[0] - medians[1])
     if center is None:
         center = float(np.log(np.median(np.concatenate(parts))))
-    return Spread(center, within, excess, len(parts))
+    return Spread(center, within, excess, len(parts), gap, within_each)
 
 
-CHI2_1_MEDIAN = 0.4549364231195724  # the median of a chi-square with one degree of freedom
-ROBUST_FROM = 5  # cases in two processes before the pooled variance is their median, not their mean
+COVERED = 0.90  # the share of the run's own process-to-process gaps the pooled variance must cover
 
 
 def pooled_excess(spreads: Sequence[Spread]) -> float:
-    """The run's between-process variance from the cases measured in two processes: each case's excess is one
-    degree of freedom's worth (a scaled chi-square), so their median / 0.455 estimates the variance without letting
-    a few cases a process slowed many times over set it for all (those get their own, larger excess: log_sd takes
-    the larger of the two). The mean for fewer cases; 0 when no case was measured twice."""
-    seen = [s.excess for s in spreads if s.excess is not None and math.isfinite(s.within)]
+    """The run's between-process variance, from the cases measured in two processes, calibrated on the run itself:
+    the smallest variance under which 90% of the gaps between a case's two process medians fall within ±Z of
+    their expected spread, √(2·(between + within)). A process now and then slows a case many times over (the tails
+    are heavy): a mean would let those few set every interval, a median would let them fall outside the intervals
+    of a rerun. With each case's own excess as a floor (log_sd), 90% of the gaps here made intervals that held
+    95–97% of a rerun's medians on the project's VM (two quick runs). 0 when no case was measured twice."""
+    seen = [s for s in spreads if s.gap is not None and math.isfinite(s.within)]
     if not seen:
         return 0.0
-    return float(np.median(seen) / CHI2_1_MEDIAN) if len(seen) >= ROBUST_FROM else float(np.mean(seen))
+    needed = [s.gap**2 / (2 * Z**2) - s.within_each for s in seen]
+    return max(0.0, float(np.quantile(needed, COVERED)))
 
 
 def log_sd(s: Spread, pooled: float) -> float:

@@ -120,9 +120,12 @@ def b_wins(row: pd.Series) -> bool | None:
 
 
 def crossover(line: pd.DataFrame) -> tuple[str, Any]:
-    """Smallest batch from which b wins at every larger measured batch of this strategy's line."""
-    decided = [(int(r["batch"]), w) for _, r in line.sort_values("batch").iterrows() if (w := b_wins(r)) is not None]
-    if not decided:
+    """Smallest batch from which b wins at every larger measured batch of this strategy's line. Said only where
+    the runs differ significantly at most of the line's batches: a few significant differences on a line are what
+    two runs of one machine show by chance (about one in twenty), not a crossover."""
+    rows = line.sort_values("batch")
+    decided = [(int(r["batch"]), w) for _, r in rows.iterrows() if (w := b_wins(r)) is not None]
+    if len(decided) < max(2, (len(rows) + 1) // 2):
         return "—", None
     start = None
     for batch, win in reversed(decided):
