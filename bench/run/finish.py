@@ -67,7 +67,7 @@ def noise(records: list[CaseRecord]) -> Noise:
     compiled = [stats.spread(r.round_times_s, r.process_rounds) for r in ok if r.compiled]
     ratios = [s for shape in _shapes(ok) for s in _ratio_spreads(shape)[1].values()]
     return Noise(stats.pooled_excess(eager), stats.pooled_excess(compiled) if compiled else 0.0,
-                 stats.pooled_excess(ratios), sum(s.excess is not None for s in eager + compiled),
+                 stats.pooled_excess(ratios, stats.RATIO_COVERED), sum(s.excess is not None for s in eager + compiled),
                  sum(s.excess is not None for s in ratios))
 
 
