@@ -52,7 +52,7 @@ def best_per_shape(frame: pd.DataFrame, playoffs: pd.DataFrame | None = None) ->
     rows = []
     for shape, part in frame.groupby(SHAPE_COLUMNS, sort=False):
         valid = part[part["valid"]].sort_values("time_median_s")
-        closed = valid["strategy"].map(is_closed_form)
+        closed = valid["strategy"].map(is_closed_form).astype(bool)
         auto, analytic = valid[~closed], valid[closed]["time_median_s"]  # fastest first
         row = dict(zip(SHAPE_COLUMNS, shape, strict=True)) | dict.fromkeys(BEST_COLUMNS[len(SHAPE_COLUMNS):], math.nan)
         row.update(fastest=NONE_VALID, verdict="", tied_with=[], runner_up="", best_eager="",
