@@ -170,7 +170,9 @@ def _lines(ax: Any, line: pd.DataFrame, axis: str, column: str, forward: bool = 
         estimate = bool(rows["estimator"].any())
         if len(ok):
             label = strategy + (" (sum over outputs, not J)" if not_j else " (estimate)" if estimate else "")
-            style = ":" if not_j or estimate else "--" if rows["compiled"].any() else "-"
+            # the two closed forms of a Laplacian share black and the star: the trace of the Hessian's dash-dotted
+            trace_closed_form = is_closed_form(strategy) and strategy.startswith(TRACE_PREFIX[0])
+            style = ":" if not_j or estimate else "--" if rows["compiled"].any() else "-." if trace_closed_form else "-"
             ax.plot(ok[axis], ok[column], color=color(strategy), marker=marker(strategy), markersize=5,
                     linestyle=style, linewidth=2.2 if is_closed_form(strategy) else 1.5, label=label)
         for status, sym in (("wrong", "x"), *((s, "^") for s in FAILED)):
