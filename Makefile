@@ -9,6 +9,7 @@ DEVICES ?=
 STRATEGIES ?=
 MODEL ?=
 MODE ?=
+QUANTITY ?=
 DTYPE ?=
 COMPILED ?=
 THREADS ?=
@@ -49,6 +50,7 @@ BENCH_ARGS := --grid '$(GRID)' \
 	$(if $(STRATEGIES),--strategies '$(STRATEGIES)') \
 	$(if $(MODEL),--model '$(MODEL)') \
 	$(if $(MODE),--mode '$(MODE)') \
+	$(if $(QUANTITY),--quantity '$(QUANTITY)') \
 	$(if $(DTYPE),--dtype '$(DTYPE)') \
 	$(if $(COMPILED),--compiled '$(COMPILED)') \
 	$(if $(THREADS),--threads '$(THREADS)') \

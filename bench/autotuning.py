@@ -7,13 +7,16 @@
     print(tuned.strategy, tuned.verdict, tuned.tied_with)
     print(tuned.explain())
 
+    lap = autotune(model, x, quantity="laplacian")(x)   # (B, out): the same for a second-order quantity (PINNs)
+
 How a pick is made, with the suite's own parts (nothing here is a second copy of them):
-1. Candidates: every registered strategy (compiled ones only with compiled=True; the closed form `analytic` only when
-   named in `strategies`, as in a run's verdicts), less those that cannot be right here: one returning J.sum(1) at
-   out > 1, a per-sample strategy when the model couples samples (bench.run.reference finds out), one that keeps no
-   graph in train mode.
+1. Candidates: every registered strategy of the quantity asked for (compiled ones only with compiled=True; a closed
+   form such as `analytic` only when named in `strategies`, as in a run's verdicts), less those that cannot be right
+   here: one returning J.sum(1) at out > 1, a per-sample strategy when the model couples samples
+   (bench.run.reference finds out), one that keeps no graph in train mode, and a stochastic estimator (never picked
+   over exact strategies).
 2. Each candidate's first call on example_x is validated against the float64 reference (bench.run.runner.validate):
-   J, or in train mode the parameter gradient of a Jacobian penalty.
+   J, H or the Laplacian, or in train mode the parameter gradient of a Jacobian penalty or of the PINN step.
 3. A first timing of every valid candidate; those within ×1.5 of the fastest (stats.is_contender) race in
    interleaved rounds with a run's verdict rule (`race`), until budget_s is spent: a winner, or a tie.
 
@@ -42,7 +45,7 @@ from bench.errors import BenchError
 from bench.run import measure, modes, playoff, reference
 from bench.run.grid import Case
 from bench.run.runner import validate
-from bench.schema import CLOSED_FORM, MODES, Sizes, fmt_margin, fmt_ratio, fmt_time
+from bench.schema import MODES, QUANTITIES, Sizes, fmt_margin, fmt_ratio, fmt_time, is_closed_form
 from strategies import REGISTRY, Strategy, Unsupported
 
 MIN_ROUND_S = 1e-3  # a timed round lasts at least this (perf_counter resolves about 100 ns)
@@ -116,6 +119,7 @@ class Settings:
 
     mode: str
     candidates: list[str]
+    quantity: str
     budget_s: float
     folder: Path | None  # cache folder (None: no cache)
     results: list[Path]
@@ -123,15 +127,18 @@ class Settings:
 
 def autotune(model: nn.Module, example_x: Tensor, mode: str = "jacobian", strategies: Sequence[str] | None = None,
              budget_s: float = 2.0, compiled: bool = False, cache: bool | str | PathLike = True,
-             results: str | PathLike | Sequence[str | PathLike] | None = None) -> Tuned:
-    """Pick the fastest strategy that gives a valid per-sample Jacobian of `model` on inputs shaped like example_x.
+             results: str | PathLike | Sequence[str | PathLike] | None = None, quantity: str = "jacobian") -> Tuned:
+    """Pick the fastest strategy that gives a valid per-sample Jacobian (or Hessian, or Laplacian: `quantity`) of
+    `model` on inputs shaped like example_x.
 
     model: an nn.Module mapping (B, in) to (B, out), in the train/eval mode it will be used in (BatchNorm in train
         mode couples the samples; only jacobian_diagonal is exact then). Its buffers are restored after tuning.
     example_x: a (B, in) tensor on the device and in the dtype of later calls.
     mode: "jacobian" (J alone) or "train" (J with its graph, create_graph=True: the race times J, a penalty sum(J²)
-        and its gradient with respect to the parameters, and validates that gradient).
-    strategies: registry names allowed to win (default: every strategy but the closed form `analytic`).
+        and its gradient with respect to the parameters, and validates that gradient; for a second-order quantity
+        the PINN step: the Laplacian with its graph, the Poisson residual's mean square, its parameter gradient).
+    strategies: registry names allowed to win, all of the quantity's (default: every strategy of the quantity but
+        the closed forms and the stochastic estimators).
     budget_s: seconds the tuning aims at. The float64 reference, the first call of each candidate and at least
         five race rounds are taken even past it; a candidate whose single call runs past it is refused.
     compiled: also race the torch.compile variants (their first call compiles, up to COMPILE_LIMIT_S; compiled code
@@ -141,46 +148,59 @@ def autotune(model: nn.Module, example_x: Tensor, mode: str = "jacobian", strate
     results: a run folder (or several) measured by `make bench`: when a run measured this input shape for this model
         (same module types and parameter shapes, rebuilt from the run's model spec), the pick is that shape's
         verdict there, validated on example_x, with nothing timed; otherwise it is tuned here.
+    quantity: "jacobian" (J (B, out, in)), "hessian" (H (B, out, in, in)) or "laplacian" (B, out), the trace of each
+        output's Hessian, as a physics-informed network's loss needs it.
 
-    Returns `tuned`: tuned(x) -> J (B, out, in); tuned.strategy, .verdict ("winner" | "tie"), .tied_with, .times,
-    .explain(). A new input shape, dtype or device, or the model switched between train() and eval(), is tuned again
-    when tuned(x) first sees it (the cache remembers each). Raises AutotuneError when no strategy is valid, with the
-    reason of each.
+    Returns `tuned`: tuned(x) -> J (B, out, in) (or H, or the Laplacian); tuned.strategy, .verdict ("winner" |
+    "tie"), .tied_with, .times, .explain(). A new input shape, dtype or device, or the model switched between train()
+    and eval(), is tuned again when tuned(x) first sees it (the cache remembers each). Raises AutotuneError when no
+    strategy is valid, with the reason of each.
     """
     if not isinstance(model, nn.Module):
         raise AutotuneError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-    settings = _settings(mode, strategies, budget_s, compiled, cache, results)
+    settings = _settings(mode, strategies, budget_s, compiled, cache, results, quantity)
     return Tuned(model, settings, example_x)
 
 
 def _settings(mode: str, strategies: Sequence[str] | None, budget_s: float, compiled: bool,
-              cache: bool | str | PathLike, results: str | PathLike | Sequence[str | PathLike] | None) -> Settings:
+              cache: bool | str | PathLike, results: str | PathLike | Sequence[str | PathLike] | None,
+              quantity: str = "jacobian") -> Settings:
     if mode not in MODES:
         raise AutotuneError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if quantity not in QUANTITIES:
+        raise AutotuneError(f"quantity must be one of {', '.join(QUANTITIES)}, not {quantity!r}")
     if isinstance(strategies, str):
         strategies = [s.strip() for s in strategies.split(",") if s.strip()]
+    own = [n for n, s in REGISTRY.items() if s.quantity == quantity]
     if strategies is None:
-        names = [n for n, s in REGISTRY.items() if n != CLOSED_FORM and (compiled or not s.compiled)]
+        names = [n for n in own if not is_closed_form(n) and not REGISTRY[n].estimator
+                 and (compiled or not REGISTRY[n].compiled)]
     else:
         unknown = [n for n in strategies if n not in REGISTRY]
         if unknown:
             raise AutotuneError(f"unknown strateg{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}: choose "
-                                f"from {', '.join(REGISTRY)}")
+                                f"from {', '.join(own)}")
+        other = [n for n in strategies if REGISTRY[n].quantity != quantity]
+        if other:
+            raise AutotuneError(f"{', '.join(other)} comput{'e' if len(other) > 1 else 'es'} "
+                                f"{' and '.join(sorted({REGISTRY[n].quantity for n in other}))}, not a {quantity}: "
+                                f"choose from {', '.join(own)}, or pass quantity=")
         names = list(dict.fromkeys(strategies))
     if not names:
         raise AutotuneError("no candidate strategy: strategies= is empty")
     if not isinstance(budget_s, (int, float)) or not budget_s > 0:
         raise AutotuneError(f"budget_s must be a positive number of seconds, not {budget_s!r}")
     runs = [] if results is None else [results] if isinstance(results, (str, PathLike)) else list(results)
-    return Settings(mode, names, float(budget_s), tunecache.folder_of(cache), [Path(r) for r in runs])
+    return Settings(mode, names, quantity, float(budget_s), tunecache.folder_of(cache), [Path(r) for r in runs])
 
 
 Signature = tuple[tuple[int, ...], torch.dtype, torch.device, bool]  # what a pick holds for: shape, dtype, device, mode
 
 
 class Tuned:
-    """The strategy autotune picked, as a function: tuned(x) -> J (B, out, in). Tunes again for an input it has not
-    seen (shape, dtype, device, or the model switched between train and eval)."""
+    """The strategy autotune picked, as a function: tuned(x) -> J (B, out, in), or H or the Laplacian for a
+    second-order quantity. Tunes again for an input it has not seen (shape, dtype, device, or the model switched
+    between train and eval)."""
 
     def __init__(self, model: nn.Module, settings: Settings, example_x: Tensor):
         self.model = model
@@ -208,8 +228,13 @@ class Tuned:
     def times(self) -> dict[str, float]:
         return self.pick.times
 
+    @property
+    def quantity(self) -> str:
+        return self.settings.quantity
+
     def __call__(self, x: Tensor) -> Tensor:
-        """J (B, out, in) of the model at x; in train mode with its graph (create_graph=True)."""
+        """J (B, out, in) of the model at x (H or the Laplacian for a second-order quantity); in train mode with its
+        graph (create_graph=True)."""
         self.pick = self._pick_for(x)
         strategy = REGISTRY[self.pick.strategy]
         with torch.enable_grad():
@@ -231,7 +256,8 @@ class Tuned:
 
     def __repr__(self) -> str:
         tie = f" with {', '.join(self.tied_with)}" if self.verdict == "tie" else ""
-        return f"<Tuned {self.strategy} ({self.verdict}{tie}, {self.pick.source}) for {self.mode}>"
+        what = self.mode if self.quantity == "jacobian" else f"{self.quantity}, {self.mode}"
+        return f"<Tuned {self.strategy} ({self.verdict}{tie}, {self.pick.source}) for {what}>"
 
 
 def tune(model: nn.Module, x: Tensor, settings: Settings) -> Pick:
@@ -259,13 +285,13 @@ def tune(model: nn.Module, x: Tensor, settings: Settings) -> Pick:
 
 def measured(model: nn.Module, x: Tensor, out_dim: int, settings: Settings, start: float) -> Pick:
     """Validate every candidate on x, time the valid ones, race the close ones; AutotuneError when none is valid."""
-    ref = _reference(model, x, settings.mode)
+    ref = _reference(model, x, settings.mode, settings.quantity)
     refused = {name: why for name in settings.candidates
                if (why := refusal(REGISTRY[name], out_dim, ref.coupled, settings.mode))}
     _warm_up([n for n in settings.candidates if n not in refused], x, settings.mode)
     first: dict[str, float] = {}
     iterations: dict[str, int] = {}
-    case = _case(x, out_dim, settings.mode)
+    case = _case(x, out_dim, settings.mode, settings.quantity)
     for name in settings.candidates:
         if name in refused:
             continue
@@ -298,7 +324,10 @@ def measured(model: nn.Module, x: Tensor, out_dim: int, settings: Settings, star
 
 
 def refusal(strategy: Strategy, out_dim: int, coupled: bool, mode: str) -> str:
-    """Why a strategy cannot give this model's Jacobian, known before calling it ("" when it may)."""
+    """Why a strategy cannot give this model's Jacobian (or Hessian, or Laplacian), known before calling it ("" when
+    it may)."""
+    if strategy.estimator:
+        return "a stochastic estimate: never picked over exact strategies (call it through strategies.REGISTRY)"
     if strategy.returns == "output_sum" and out_dim > 1:
         return f"returns J.sum(1), shape (B, in): the Jacobian only at out = 1, here out = {out_dim}"
     if coupled and strategy.independent_samples:
@@ -344,8 +373,10 @@ def first_timing(call: Callable[[], object]) -> tuple[float, int]:
 def no_valid_message(settings: Settings, refused: dict[str, str], x: Tensor, out_dim: int, coupled: bool) -> str:
     """One error naming the reason of every candidate."""
     batch, in_dim = x.shape
-    lines = [f"no strategy gives a valid {'training step through J' if settings.mode == 'train' else 'Jacobian'} "
-             f"of this model on example_x (B={batch}, in={in_dim}, out={out_dim}, {_dtype(x)}):"]
+    what = ("PINN step" if settings.quantity != "jacobian" else "training step through J") \
+        if settings.mode == "train" else settings.quantity.capitalize()
+    lines = [f"no strategy gives a valid {what} of this model on example_x (B={batch}, in={in_dim}, out={out_dim}, "
+             f"{_dtype(x)}):"]
     lines += grouped(refused)
     if coupled and "jacobian_diagonal" not in settings.candidates:
         lines.append("  the model couples samples: jacobian_diagonal, exact for coupled samples, is not among the "
@@ -370,7 +401,7 @@ def from_results(model: nn.Module, x: Tensor, out_dim: int, settings: Settings) 
     batch, in_dim = x.shape
     runs = ", ".join(map(str, settings.results))
     answers = measured_at(settings.results, str(x.device), _dtype(x), settings.mode, batch, in_dim, out_dim,
-                          settings.candidates)
+                          settings.candidates, settings.quantity)
     if not answers:
         return None, (f"{runs} did not measure B={batch}, in={in_dim}, out={out_dim} ({_dtype(x)}, {settings.mode}, "
                       f"{x.device.type}): tuned here instead")
@@ -383,8 +414,8 @@ def from_results(model: nn.Module, x: Tensor, out_dim: int, settings: Settings) 
     answer = same[0]
     if not answer["order"]:
         return None, f"{runs} measured no valid strategy for this model at this shape: tuned here instead"
-    ref = _reference(model, x, settings.mode)
-    case = _case(x, out_dim, settings.mode)
+    ref = _reference(model, x, settings.mode, settings.quantity)
+    case = _case(x, out_dim, settings.mode, settings.quantity)
     refused: dict[str, str] = {}
     for name in answer["order"]:
         why = refusal(REGISTRY[name], out_dim, ref.coupled, settings.mode) if name in REGISTRY else "not registered"
@@ -420,7 +451,7 @@ def explain(pick: Pick, model: nn.Module, settings: Settings, signature: Signatu
     """The short text of tuned.explain(): what is known about this pick, most useful first."""
     shape, dtype, device, _ = signature
     lines = [f"autotune · {tunecache.describe(model)} · x {tuple(shape)} {str(dtype).removeprefix('torch.')} on "
-             f"{device} ({tunecache.device_name(device)}) · {settings.mode} · torch {torch.__version__}, "
+             f"{device} ({tunecache.device_name(device)}) · {_what(settings)} · torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads",
              f"pick: {pick.strategy} — {_verdict_text(pick)}"]
     if pick.source == "cache":
@@ -453,7 +484,8 @@ def explain(pick: Pick, model: nn.Module, settings: Settings, signature: Signatu
                                               for n in others))
     if pick.refused:
         lines += ["refused:", *grouped(pick.refused)]
-    lines.append(f'use: J = tuned(x), or J = strategies.REGISTRY["{pick.strategy}"](model, x'
+    name = {"jacobian": "J", "hessian": "H", "laplacian": "lap"}.get(settings.quantity, "out")
+    lines.append(f'use: {name} = tuned(x), or {name} = strategies.REGISTRY["{pick.strategy}"](model, x'
                  + (", create_graph=True)" if settings.mode == "train" else ")"))
     return "\n".join(lines)
 
@@ -477,9 +509,11 @@ def _dtype(x: Tensor) -> str:
     return str(x.dtype).removeprefix("torch.")
 
 
-def _case(x: Tensor, out_dim: int, mode: str) -> Case:
-    """The case runner.validate reads its dtype and mode from (the model has no preset name or hidden width)."""
-    return Case(model="autotune", dtype=_dtype(x), sizes=Sizes(x.shape[0], 0, x.shape[1], out_dim), mode=mode)
+def _case(x: Tensor, out_dim: int, mode: str, quantity: str = "jacobian") -> Case:
+    """The case runner.validate reads its dtype, mode and quantity from (the model has no preset name or hidden
+    width)."""
+    return Case(model="autotune", dtype=_dtype(x), sizes=Sizes(x.shape[0], 0, x.shape[1], out_dim), mode=mode,
+                quantity=quantity)
 
 
 def _call(name: str, model: nn.Module, x: Tensor, mode: str) -> Callable[[], object]:
@@ -502,9 +536,11 @@ def _out_dim(model: nn.Module, x: Tensor) -> int:
     return int(y.shape[1])
 
 
-def _reference(model: nn.Module, x: Tensor, mode: str) -> reference.Reference:
+def _reference(model: nn.Module, x: Tensor, mode: str, quantity: str = "jacobian"
+               ) -> reference.Reference | reference.SecondOrderReference:
     try:
-        return reference.reference(model, x, measure.available_memory(str(x.device)) // 2, train=mode == "train")
+        return reference.of_quantity(quantity, model, x, measure.available_memory(str(x.device)) // 2,
+                                     train=mode == "train")
     except reference.ModelProblem as exc:
         raise AutotuneError(f"no float64 reference can validate a strategy on this model: {exc}") from None
     except MemoryError as exc:
@@ -543,3 +579,8 @@ def _buffers_kept(model: nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for buffer, value in kept:
                 buffer.copy_(value)
+
+
+def _what(settings: Settings) -> str:
+    """"jacobian" or "train" for the Jacobian (its mode), "laplacian · train" for a second-order quantity."""
+    return settings.mode if settings.quantity == "jacobian" else f"{settings.quantity} · {settings.mode}"

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
 from bench.run import settings
+from bench.schema import QUANTITIES
 
 if TYPE_CHECKING:  # the harness is imported when a run starts, not for `report` or `grids`
     from bench.run.plan import RunPlan
@@ -102,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--model", default=None, help="model name in the runs (default: mlp when several)")
     rec.add_argument("--dtype", default=None, help="dtype in the runs (default: float32 when several)")
     rec.add_argument("--mode", default="jacobian", choices=["jacobian", "train"],
-                     help="the Jacobian alone, or a training step through it")
+                     help="the quantity alone, or a training step through it (second order: the PINN step)")
+    rec.add_argument("--quantity", default="jacobian", choices=list(QUANTITIES),
+                     help="what is computed: the Jacobian, the Hessian or the Laplacian")
     rec.add_argument("--json", action="store_true")
 
     fidelity = sub.add_parser("fidelity", help="time cases of a finished run in fresh processes with "
@@ -331,7 +334,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     folders = [results.resolve_run_dir(r) for r in args.results]
     pick = recommend(folders, args.batch, args.hidden, args.in_dim, args.out_dim, device=args.device,
-                     model=args.model, dtype=args.dtype, mode=args.mode)
+                     model=args.model, dtype=args.dtype, mode=args.mode, quantity=args.quantity)
     if args.json:
         print(json.dumps(pick, default=str))
     else:

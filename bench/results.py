@@ -172,6 +172,7 @@ def upgrade_case(data: dict[str, Any]) -> dict[str, Any]:
     """A case record of any format version as the current version writes it (idempotent)."""
     data = dict(data)
     data.setdefault("mode", "jacobian")  # a run from before train mode
+    data["quantity"] = data.get("quantity") or "jacobian"  # a run from before the QUANTITY axis measured Jacobians
     for key in ("sweeps", "warnings"):  # summary.csv-style "a|b" strings in early files
         value = data.get(key)
         data[key] = value.split("|") if isinstance(value, str) and value else value if isinstance(value, list) else []
@@ -179,7 +180,7 @@ def upgrade_case(data: dict[str, Any]) -> dict[str, Any]:
         data["round_times_s"] = []
     if data.get("is_jacobian") is None and "out_dim" in data:
         data["is_jacobian"] = is_jacobian(data.get("returns") or "jacobian", data["out_dim"])
-    for key in ("unstable", "compiled"):
+    for key in ("unstable", "compiled", "estimator"):
         data[key] = data.get(key) is True
     for key in ("message", "summary", "cost", "returns"):
         data[key] = data.get(key) or ("jacobian" if key == "returns" else "")
@@ -190,6 +191,7 @@ def upgrade_verdict(data: dict[str, Any]) -> dict[str, Any]:
     """A playoff record of any format version as the current version writes it (idempotent)."""
     data = dict(data)
     data.setdefault("mode", "jacobian")
+    data["quantity"] = data.get("quantity") or "jacobian"
     tied = data.get("tied_with")
     data["tied_with"] = tied.split(", ") if isinstance(tied, str) and tied else tied if isinstance(tied, list) else []
     data["unstable"] = data.get("unstable") is True

@@ -42,15 +42,22 @@ def status_kind(status: str) -> str:
 
 # ---- strategies ------------------------------------------------------------------------------------------------------
 
-# The closed form of the MLP family: the limit autodiff is measured against, not a contender (it exists only for
-# plain MLPs), so verdicts and winner maps race the autodiff strategies only.
-CLOSED_FORM = "analytic"
+# The closed forms of the MLP family, one or two per quantity: the limit autodiff is measured against, not a
+# contender (they exist only for plain MLPs), so verdicts and winner maps race the autodiff strategies only.
+CLOSED_FORMS = frozenset({"analytic", "hessian_analytic", "laplacian_analytic", "laplacian_trace_analytic"})
 # What a strategy computes per sample: the Jacobian (B, out, in), the Hessian (B, out, in, in) or the Laplacian
-# (B, out), the trace of each output's Hessian. Only "jacobian" runs in the harness until the QUANTITY axis lands
-# (issue 21, phase 2).
+# (B, out), the trace of each output's Hessian. Each quantity is its own shape: its own reference, verdict and report
+# sections (the QUANTITY setting, the grid key `quantities`).
 QUANTITIES = ("jacobian", "hessian", "laplacian")
+QUANTITY_LABEL = {"jacobian": "Jacobian J (B, out, in)", "hessian": "Hessian H (B, out, in, in)",
+                  "laplacian": "Laplacian (B, out), the trace of each output's Hessian"}
 # A compiled strategy is named after its eager twin: vmap_jacrev_compiled is torch.compile(vmap_jacrev).
 COMPILED_SUFFIX = "_compiled"
+
+
+def is_closed_form(strategy: str) -> bool:
+    """Whether a strategy is a closed form (CLOSED_FORMS): the limit, shown beside the race, never in it."""
+    return strategy in CLOSED_FORMS
 
 
 def is_jacobian(returns: str, out_dim: int) -> bool:
@@ -88,11 +95,13 @@ class Sizes(NamedTuple):
 AXES = list(Sizes._fields)  # the four swept sizes of a shape
 AXIS_LABEL = {"batch": "batch size B", "hidden": "hidden width H", "in_dim": "input dim in",
               "out_dim": "output dim out"}
-SETTING = ["model", "device", "dtype", "mode"]  # numbers are only compared inside one setting
-SHAPE_COLUMNS = [*SETTING, *AXES]  # one measured shape: every strategy ran on it
+SETTING = ["model", "device", "dtype", "mode", "quantity"]  # numbers are only compared inside one setting
+SHAPE_COLUMNS = [*SETTING, *AXES]  # one measured shape: every strategy of its quantity ran on it
 # The columns that identify a case across runs and machines: a finished case is never measured twice.
-KEY_COLUMNS = ["strategy", "model", "device", "dtype", *AXES, "mode"]
-MODES = ("jacobian", "train")  # the Jacobian alone, or a training step through it (bench/run/modes.py)
+KEY_COLUMNS = ["strategy", "model", "device", "dtype", *AXES, "mode", "quantity"]
+# The quantity alone, or a training step through it (bench/run/modes.py): the Jacobian penalty's gradient, or for
+# second order the PINN step (the Poisson residual of the Laplacian, its mean square and its parameter gradient).
+MODES = ("jacobian", "train")
 DEVICE_ORDER = {"cpu": 0, "cuda": 1}
 
 
@@ -101,10 +110,11 @@ def sizes_id(sizes: Mapping[str, Any]) -> str:
     return Sizes.of(sizes).id
 
 
-def shape_id(model: str, dtype: str, sizes: Sizes, mode: str = "jacobian") -> str:
-    """mlp-B64-H256-in16-out16, with -float64 etc. for dtypes other than float32 and -train in train mode."""
-    return f"{model}-{sizes.id}" + ("" if dtype == "float32" else f"-{dtype}") + ("" if mode == "jacobian" else
-                                                                                  f"-{mode}")
+def shape_id(model: str, dtype: str, sizes: Sizes, mode: str = "jacobian", quantity: str = "jacobian") -> str:
+    """mlp-B64-H256-in16-out16, with -float64 etc. for dtypes other than float32, -hessian or -laplacian for a
+    second-order quantity and -train in train mode (mlp-B64-H32-in2-out1-laplacian-train)."""
+    return f"{model}-{sizes.id}" + ("" if dtype == "float32" else f"-{dtype}") \
+        + ("" if quantity == "jacobian" else f"-{quantity}") + ("" if mode == "jacobian" else f"-{mode}")
 
 
 def case_id(strategy: str, device: str, shape: str) -> str:
@@ -156,8 +166,10 @@ class CaseRecord:
     time_ci_high_s: float | None = _column("high end of the 95% interval a rerun's median falls in (this machine)")
     unstable: bool = _column("timed while other processes loaded the CPUs or the machine ran slow (see message)",
                              False)
-    mode: str = _column("jacobian: J alone; train: J with its graph, the penalty and its parameter gradient",
-                        "jacobian")
+    mode: str = _column("jacobian: the quantity alone; train: J with its graph, the penalty and its parameter "
+                        "gradient (second order: the PINN step through the Laplacian)", "jacobian")
+    quantity: str = _column("what is computed per sample: jacobian (B, out, in), hessian (B, out, in, in) or "
+                            "laplacian (B, out)", "jacobian")
     setup_s: float | None = _column("one-time cost before the first call (compiling); empty for eager strategies")
     log_time_sd: float | None = _column("how far ln(time_median_s) moves from run to run, as this run estimates it "
                                         "(rounds, blocks, processes); the interval is ±1.96·√2 of it")
@@ -176,6 +188,8 @@ class CaseRecord:
     returns: str = _column("what the strategy returns: jacobian, or output_sum (J.sum(1))", "jacobian")
     independent_samples: bool = _column("the strategy is right only when output row b depends on input row b alone",
                                          False)
+    estimator: bool = _column("the strategy returns a stochastic estimate (its error in max_abs_error and message): "
+                              "never a winner", False)
     coupled: bool | None = _column("the model couples samples on this input (found by the reference)")
     summary: str = _column("the strategy's one-line description: the API it uses", "")
     cost: str = _column("the strategy's asymptotic cost in B, H, in, out", "")
@@ -239,6 +253,7 @@ class VerdictRecord:
     device: str
     dtype: str
     mode: str = "jacobian"
+    quantity: str = "jacobian"
     batch: int
     hidden: int
     in_dim: int

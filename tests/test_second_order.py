@@ -451,11 +451,14 @@ def test_reference_refuses_non_finite_second_derivatives():
         reference.second_order_reference(Cusp().double(), x, "laplacian")
 
 
-# ---- the harness runs Jacobians only until the QUANTITY axis lands (issue 21 phase 2) ---------------------------
+# ---- which strategies a run measures: those of its quantities ---------------------------------------------------
 
-def test_default_strategy_list_is_jacobians_only_and_second_order_is_refused(tmp_path, capsys, monkeypatch):
+def test_strategies_follow_the_runs_quantities_and_one_of_no_requested_quantity_is_refused(tmp_path, capsys,
+                                                                                           monkeypatch):
     assert plan.resolve_strategies("") == strategies.names("jacobian")
-    with pytest.raises(BenchError, match="computes a laplacian.*issue 21 phase 2"):
+    assert plan.resolve_strategies("", ("laplacian", "jacobian")) == [
+        n for n, s in REGISTRY.items() if s.quantity in ("jacobian", "laplacian")]
+    with pytest.raises(BenchError, match="computes a laplacian.*QUANTITY=jacobian,laplacian"):
         plan.resolve_strategies("grad_loop,laplacian_jvp_jvp")
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--grid", "smoke", "--strategies", "hessian_grad_loop"]) == 2

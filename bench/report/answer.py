@@ -2,10 +2,10 @@
 
 Per shape, two verdicts by the run's own rule (tables.best_per_shape: the shape's playoff when its best is among the
 strategies considered, else the tie rule on first timings): among the eager strategies, and among the compiled ones.
-A strategy is *good* at a shape when it is the verdict's best or tied with it. A regime is a setting (model, device,
-dtype, mode) and a batch range: consecutive measured batch sizes that share a strategy good on the most shapes of
-each; that strategy is the one to use there. Names come from the result files only (reports never import
-`strategies`).
+A strategy is *good* at a shape when it is the verdict's best or tied with it. A regime is a setting (model,
+device, dtype, mode, quantity) and a batch range: consecutive measured batch sizes that share a strategy good on the
+most shapes of each; that strategy is the one to use there. Names come from the result files only (reports never
+import `strategies`).
 """
 
 from __future__ import annotations
@@ -16,19 +16,29 @@ import pandas as pd
 
 from bench.report.frames import groups
 from bench.report.tables import NONE_VALID, best_per_shape, playoffs_among
-from bench.schema import CLOSED_FORM, SETTING, SHAPE_COLUMNS, fmt_ratio
+from bench.schema import SETTING, SHAPE_COLUMNS, fmt_ratio, is_closed_form
 
 # One row per regime and kind (eager, compiled): tables/answer.csv holds these, the report the display columns.
 ANSWER_COLUMNS = [*SETTING, "batch_min", "batch_max", "how", "use", "shapes", "wins", "ties", "tied_with",
                   "otherwise", "jf_median", "vs_closed_form_median", "code"]
 HOW = ("eager", "compiled")
 AUTOTUNE_LINE = "from bench import autotune; tuned = autotune(model, x); J = tuned(x)"
+RESULT_NAME = {"jacobian": "J", "hessian": "H", "laplacian": "lap"}  # the variable a pasted line assigns
 
 
-def code_line(strategy: str, mode: str, returns: str = "jacobian") -> str:
-    """What to paste: the strategy's call through the registry (J with its graph in train mode; J.sum(1), which is J
-    at out = 1, made (B, 1, in))."""
-    call = f'J = strategies.REGISTRY["{strategy}"](model, x' + (", create_graph=True)" if mode == "train" else ")")
+def autotune_line(quantity: str = "jacobian") -> str:
+    """The autotune call that answers the same question for the user's own model."""
+    if quantity == "jacobian":
+        return AUTOTUNE_LINE
+    name = RESULT_NAME.get(quantity, "out")
+    return f'from bench import autotune; tuned = autotune(model, x, quantity="{quantity}"); {name} = tuned(x)'
+
+
+def code_line(strategy: str, mode: str, returns: str = "jacobian", quantity: str = "jacobian") -> str:
+    """What to paste: the strategy's call through the registry (with its graph in train mode; J.sum(1), which is J
+    at out = 1, made (B, 1, in)); H or the Laplacian for a second-order quantity."""
+    call = f'{RESULT_NAME.get(quantity, "out")} = strategies.REGISTRY["{strategy}"](model, x' \
+        + (", create_graph=True)" if mode == "train" else ")")
     return call + (".unsqueeze(1)" if returns == "output_sum" else "")
 
 
@@ -69,7 +79,9 @@ def _first_pick(names: set[str], rows: pd.DataFrame) -> str:
 def answer_rows(frame: pd.DataFrame, playoffs: pd.DataFrame | None) -> pd.DataFrame:
     """The answer, machine-readable: per setting, eager then compiled (where the run measured compiled strategies),
     one row per batch range."""
-    closed = frame[frame["valid"] & (frame["strategy"] == CLOSED_FORM)].set_index(SHAPE_COLUMNS)["time_median_s"]
+    closed_form = frame["strategy"].map(is_closed_form).astype(bool)
+    closed = frame[frame["valid"] & closed_form].groupby(SHAPE_COLUMNS)["time_median_s"].min()  # the fastest
+    # closed form of each shape (the Laplacian has two)
     by_strategy = frame[frame["valid"]].set_index(["strategy", *SHAPE_COLUMNS])
     rows = []
     for how in HOW:
@@ -102,7 +114,7 @@ def _row(key: tuple, how: str, use: str, shapes: pd.DataFrame, by_strategy: pd.D
             jf.append(mine["jf_ratio"])
             if at in closed.index:
                 vs_closed.append(mine["time_median_s"] / closed.loc[at])
-    mode = key[SETTING.index("mode")]
+    mode, quantity = key[SETTING.index("mode")], key[SETTING.index("quantity")]
     return {**dict(zip(SETTING, key, strict=True)), "batch_min": int(shapes["batch"].min()),
             "batch_max": int(shapes["batch"].max()), "how": how, "use": use, "shapes": len(shapes),
             "wins": len(wins), "ties": len(good) - len(wins),
@@ -110,7 +122,7 @@ def _row(key: tuple, how: str, use: str, shapes: pd.DataFrame, by_strategy: pd.D
             "otherwise": [f"{n} ({c})" for n, c in otherwise.most_common()],
             "jf_median": pd.Series(jf, dtype=float).median(),
             "vs_closed_form_median": pd.Series(vs_closed, dtype=float).median(),
-            "code": code_line(use, mode, _returns(by_strategy, use)) if use != NONE_VALID else ""}
+            "code": code_line(use, mode, _returns(by_strategy, use), quantity) if use != NONE_VALID else ""}
 
 
 def _returns(by_strategy: pd.DataFrame, strategy: str) -> str:
@@ -125,8 +137,11 @@ def answer_table(rows: pd.DataFrame, device_names: dict[str, str] | None = None)
     fields = ("device", "dtype", "mode", "how")
     varies = [c for c in fields if rows[c].nunique() > 1]
     names = device_names or {}
+    second_order = len(rows) and (rows["quantity"] != "jacobian").all()
 
     def shown(field: str, value: str) -> str:
+        if field == "mode" and second_order:  # the mode named "jacobian" computes the quantity alone
+            return "alone" if value == "jacobian" else "train (PINN step)" if value == "train" else str(value)
         return f"{value} ({names[value]})" if field == "device" and names.get(value) else str(value)
 
     shared = " · ".join(shown(c, rows[c].iloc[0]) for c in fields if c not in varies and len(rows))

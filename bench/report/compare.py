@@ -18,14 +18,15 @@ import numpy as np
 import pandas as pd
 
 from bench.report.document import Block, Document, Section, figure_block, render, table_block
-from bench.report.frames import LoadedRun, load_run, strategy_order, sweep_line
+from bench.report.frames import LoadedRun, load_run, quantity_rank, quantity_title, strategy_order, sweep_line
 from bench.report.plots import save, speedup_vs_batch
 from bench.report.tables import NONE_VALID, best_per_shape, env_table, fmt_interval, verdict_cell
 from bench.results import ResultsError
-from bench.schema import AXES, DEVICE_ORDER, KEY_COLUMNS, fmt_ratio, fmt_time, sizes_id, slug
+from bench.schema import AXES, DEVICE_ORDER, KEY_COLUMNS, SHAPE_COLUMNS, fmt_ratio, fmt_time, sizes_id, slug
 from bench.stats import ratio_of_medians, significant, significantly_different
 
 JOIN = [k for k in KEY_COLUMNS if k != "device"]
+SHAPE = [c for c in SHAPE_COLUMNS if c != "device"]  # a shape as both sides measured it: its quantity included
 KEEP = ["status", "time_median_s", "valid", "is_jacobian", "sweeps", "rank", "round_times_s", "unstable", "log_time_sd",
         "time_ci_low_s", "time_ci_high_s"]
 
@@ -140,17 +141,19 @@ def crossover(line: pd.DataFrame) -> tuple[str, Any]:
 
 
 def pair_sections(a: Side, b: Side, both: pd.DataFrame, plot_dir: Path) -> list[Section]:
-    """Speedup tables, crossover and plot for one (a, b) pair, one section per (model, dtype)."""
+    """Speedup tables, crossover and plot for one (a, b) pair, one section per (model, dtype, mode, quantity)."""
     sections = []
-    for (model, dtype, mode), part in both.groupby(["model", "dtype", "mode"]):
-        where = f"{model} · {dtype}" + ("" if mode == "jacobian" else f" · {mode}")
+    for (model, dtype, mode, quantity), part in both.groupby(["model", "dtype", "mode", "quantity"]):
+        where = f"{model} · {dtype}" + ("" if quantity == "jacobian" else f" · {quantity}") \
+            + ("" if mode == "jacobian" else f" · {mode}")
         line = sweep_line(part, "batch")
         section = Section(f"{b.label} over {a.label} — {where}", [
             Block("text", text=f"Speedup = time on a ({a.label}, {a.device}) / time on b ({b.label}, {b.device}); "
                                "above 1× b is faster. A cell names the side whose case did not run ok.")])
         if len(line):
             name = f"speedup_vs_batch-{slug(a.label)}-vs-{slug(b.label)}-{slug(model)}-{slug(dtype)}" \
-                + ("" if mode == "jacobian" else f"-{slug(mode)}")
+                + ("" if quantity == "jacobian" else f"-{slug(quantity)}") + ("" if mode == "jacobian" else
+                                                                              f"-{slug(mode)}")
             fig = speedup_vs_batch(line, a.label, b.label, where)
             if fig is not None:
                 section.blocks.append(figure_block(save(fig, plot_dir, name), f"{name}: speedup per strategy vs batch"))
@@ -172,7 +175,8 @@ def pair_sections(a: Side, b: Side, both: pd.DataFrame, plot_dir: Path) -> list[
             table = part.assign(shape=shapes, cell=[speedup_cell(r) for _, r in part.iterrows()])
             table = table.pivot_table(index="shape", columns="strategy", values="cell", aggfunc="first").fillna("")
             caption = f"Speedup of {b.label} over {a.label} per shape (no batch sweep)"
-            section.blocks.append(table_block(table, f"speedup-{slug(model)}-{slug(dtype)}", index=True,
+            tag = "" if quantity == "jacobian" else f"-{slug(quantity)}"
+            section.blocks.append(table_block(table, f"speedup-{slug(model)}-{slug(dtype)}{tag}", index=True,
                                               caption=caption))
         sections.append(section)
     return sections
@@ -189,7 +193,7 @@ def _at(rows: pd.DataFrame, end: str) -> str:
 
 def winners(sides: list[Side]) -> pd.DataFrame:
     """The verdict per shape on every side, next to each other (shapes measured by all sides)."""
-    shape = ["model", "dtype", "mode", *AXES]
+    shape = SHAPE
     merged = None
     for side in sides:
         best = side.best
@@ -210,7 +214,7 @@ def same_machine(a: Side, b: Side) -> bool:
 
 def reproducibility(a: Side, b: Side) -> list[tuple[str, str]]:
     """How far two runs of the same machine and grid agree: verdicts, contradictions, regret of one's pick."""
-    shape = ["model", "dtype", "mode", *AXES]
+    shape = SHAPE
     both = a.best.merge(b.best, on=shape, suffixes=("_a", "_b"))
     both = both[(both["fastest_a"] != NONE_VALID) & (both["fastest_b"] != NONE_VALID)]
     if both.empty:
@@ -270,6 +274,19 @@ def warnings_for(sides: list[Side]) -> list[str]:
     return out
 
 
+def quantity_items(a: Side, b: Side, both: pd.DataFrame) -> list[tuple[str, str]]:
+    """The speedup of each quantity apart: a Laplacian and a Jacobian can move differently between two sides."""
+    items = []
+    for quantity in sorted(set(both["quantity"]), key=quantity_rank):
+        part = both[both["quantity"] == quantity]
+        speed = part["speedup"].dropna()
+        if len(speed):
+            items.append((f"{b.label} over {a.label}, {quantity}",
+                          f"{len(speed)} cases ok on both sides; median speedup {fmt_ratio(speed.median())} (range "
+                          f"{fmt_ratio(speed.min())} – {fmt_ratio(speed.max())})" + _significance(part)))
+    return items
+
+
 def _significance(both: pd.DataFrame) -> str:
     ok = both["speedup"].notna()
     text = f"; {int((ok & ~both['significant']).sum())} of {int(ok.sum())} not significant (the 95% interval of " \
@@ -308,6 +325,8 @@ def build_compare(run_dirs: list[Path], out_root: Path = Path("results"), plots_
             text += (f"; {b.label} faster on {int((speed > 1).sum())}; median speedup {fmt_ratio(speed.median())} "
                      f"(range {fmt_ratio(speed.min())} – {fmt_ratio(speed.max())})")
         items = [(f"{b.label} over {a.label}", text + _significance(both))]
+        if set(both["quantity"]) != {"jacobian"}:
+            items += quantity_items(a, b, both)
         if same_machine(a, b):
             items += rerun_agreement(both) + reproducibility(a, b)
         line = sweep_line(both, "batch") if len(both) else both
@@ -317,8 +336,13 @@ def build_compare(run_dirs: list[Path], out_root: Path = Path("results"), plots_
         pair_parts += pair_sections(a, b, both, plot_dir)
     doc.sections += [summary, *pair_parts]
     win = winners(sides)
-    if len(win):
-        doc.sections.append(Section("Fastest autodiff strategy per shape, side by side", [table_block(win, "winners")]))
+    measured = sorted(set(win["quantity"]), key=quantity_rank) if len(win) else []
+    for quantity in measured:  # a Jacobian comparison has one section, as before the QUANTITY axis
+        split = measured != ["jacobian"]
+        mine = win[win["quantity"] == quantity].drop(columns="quantity")
+        doc.sections.append(Section("Fastest autodiff strategy per shape, side by side"
+                                    + (f" — {quantity_title(quantity)}" if split else ""),
+                                    [table_block(mine, f"winners-{quantity}" if split else "winners")]))
     only = {s.label: sorted(set(s.frame["strategy"]) - set.intersection(*(set(t.frame["strategy"]) for t in sides)))
             for s in sides}
     if any(only.values()):

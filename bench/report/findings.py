@@ -12,7 +12,7 @@ import pandas as pd
 
 from bench.report.recommend import leave_one_out
 from bench.report.tables import NONE_VALID, break_even
-from bench.schema import AXES, CLOSED_FORM, FAILED, fmt_margin, fmt_ratio
+from bench.schema import AXES, FAILED, fmt_margin, fmt_ratio, fmt_time, is_closed_form
 from bench.stats import TIE_MARGIN
 
 Items = list[tuple[str, str]]
@@ -48,8 +48,8 @@ def headline(part: pd.DataFrame, best: pd.DataFrame) -> Items:
     jf = measured.loc[measured["fastest"] == lead, "jf_best"].dropna()
     text = f"{lead}: fastest on {counts.iloc[0]} of {len(best)} shapes"
     text += f", at a median {fmt_ratio(jf.median())} the time of one forward pass" if len(jf) else ""
-    has_closed_form = (part["strategy"] == CLOSED_FORM).any() and (part.loc[part["strategy"] == CLOSED_FORM,
-                                                                             "status"] == "ok").any()
+    closed = part["strategy"].map(is_closed_form).astype(bool)
+    has_closed_form = (part.loc[closed, "status"] == "ok").any()
     text += "" if has_closed_form else "; this model has no closed form to compare with"
     return [("best autodiff", text)]
 
@@ -83,9 +83,16 @@ def plural(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
+ONE_CALL = {("jacobian", "jacobian"): "one Jacobian", ("jacobian", "train"): "one training step through J",
+            ("hessian", "jacobian"): "one Hessian", ("hessian", "train"): "one PINN step through the Hessian's trace",
+            ("laplacian", "jacobian"): "one Laplacian", ("laplacian", "train"): "one PINN step through the Laplacian"}
+
+
 def one_call(part: pd.DataFrame) -> str:
-    """What one timed call is in this setting's mode."""
-    return "one training step through J" if (part["mode"] == "train").any() else "one Jacobian"
+    """What one timed call is in this setting's mode and quantity."""
+    mode = "train" if (part["mode"] == "train").any() else "jacobian"
+    quantity = str(part["quantity"].iloc[0]) if len(part) else "jacobian"
+    return ONE_CALL.get((quantity, mode), ONE_CALL[("jacobian", mode)])
 
 
 def cost_items(part: pd.DataFrame, best: pd.DataFrame) -> Items:
@@ -100,7 +107,7 @@ def cost_items(part: pd.DataFrame, best: pd.DataFrame) -> Items:
         items.append(("best autodiff vs analytic", f"the fastest autodiff strategy takes a median "
                       f"{fmt_ratio(vs.median())} the closed-form (analytic) time; worst {fmt_ratio(vs.max())} "
                       f"({len(vs)} shapes)"))
-    elif (part["strategy"] == CLOSED_FORM).any():
+    elif part["strategy"].map(is_closed_form).astype(bool).any():
         items.append(("best autodiff vs analytic", "analytic has no valid measurement here (e.g. unsupported model)"))
     items += compile_items(part)
     loo = leave_one_out(part)
@@ -113,11 +120,12 @@ def cost_items(part: pd.DataFrame, best: pd.DataFrame) -> Items:
 
 def compile_items(part: pd.DataFrame) -> Items:
     """Eager against compiled: how close each gets to the closed form, what compiling costs, when it pays."""
-    valid = part[part["valid"] & (part["strategy"] != CLOSED_FORM)]
+    closed_form = part["strategy"].map(is_closed_form).astype(bool)
+    valid = part[part["valid"] & ~closed_form]
     if not valid["compiled"].any():
         return []
     per_shape = valid.groupby([*AXES, "compiled"])["time_median_s"].min().unstack("compiled")
-    closed = part[part["valid"] & (part["strategy"] == CLOSED_FORM)].set_index(AXES)["time_median_s"]
+    closed = part[part["valid"] & closed_form].groupby(AXES)["time_median_s"].min()
     items = []
     for compiled, label in ((False, "eager"), (True, "compiled")):
         ratio = (per_shape.get(compiled) / closed).dropna() if compiled in per_shape else pd.Series(dtype=float)
@@ -141,12 +149,13 @@ def caveat_items(part: pd.DataFrame) -> Items:
     items = []
     odd = part[part["valid"] & part["jf_ratio"].lt(0.9)]
     if len(odd):  # a Jacobian call includes a forward pass: J/F < 1 means one of the two timings is off
-        items.append(("check the timings", f"{len(odd)} cases time a Jacobian below one forward pass (J/F < 1), "
+        items.append(("check the timings", f"{len(odd)} cases time {one_call(part)} below one forward pass (J/F < 1), "
                                            "impossible since the call includes the forward: the machine was busy or "
                                            "the forward timing is noisy; rerun those shapes"))
     for strategy, rows in part[~part["is_jacobian"]].groupby("strategy"):
         items.append(("not the Jacobian", f"{strategy} returns the sum over outputs at out > 1 ({len(rows)} cases): "
                                           "shown for reference, never a winner"))
+    items += estimate_items(part)
     wrong = part[part["status"] == "wrong"]["strategy"].value_counts()
     if len(wrong):
         where = " (the model couples samples)" if part["coupled"].any() else ""
@@ -171,3 +180,18 @@ def caveat_items(part: pd.DataFrame) -> Items:
     return items
 
 
+
+
+def estimate_items(part: pd.DataFrame) -> Items:
+    """A stochastic estimator: what it costs against the fastest exact strategy of the same shapes, and its error."""
+    items = []
+    closed_form = part["strategy"].map(is_closed_form).astype(bool)
+    exact = part[part["valid"] & ~closed_form].groupby(AXES)["time_median_s"].min()
+    for strategy, rows in part[part["estimator"] & (part["status"] == "ok")].groupby("strategy"):
+        at = rows.set_index(AXES)["time_median_s"]
+        ratio = (at / exact).dropna()
+        text = f"a stochastic estimate, never a winner ({len(rows)} cases, median {fmt_time(at.median())}"
+        text += f", {fmt_ratio(ratio.median())} the fastest exact strategy's time" if len(ratio) else ""
+        text += f"); largest error {rows['max_abs_error'].max():.3g}" if rows["max_abs_error"].notna().any() else ")"
+        items.append((f"estimate: {strategy}", text))
+    return items

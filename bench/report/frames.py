@@ -1,8 +1,10 @@
 """Run folder -> pandas: one row per case with the derived numbers every report needs, and the slices reports draw.
 
 Derived columns (added by `to_frame`; the recorded ones are schema.CaseRecord's):
-  valid        status "ok" and is_jacobian: the only rows that may be "fastest", a winner or a recommendation
-  note         "sum over outputs — not the Jacobian" where is_jacobian is False, else the failure message
+  valid        status "ok", is_jacobian and not an estimator: the only rows that may be "fastest", a winner or a
+               recommendation
+  note         "sum over outputs — not the Jacobian" where is_jacobian is False, the measured error of an estimator,
+               else the failure message
   jf_ratio     time_median_s / forward_median_s (the ADBench/GradBench J/F ratio); ok rows only
   vs_best      time_median_s / fastest valid time of the same shape (model, device, dtype, B, H, in, out); valid rows
   rank         the strategy's place in the run (the order its cases were written, which is the registry's order)
@@ -20,13 +22,25 @@ from typing import Any
 import pandas as pd
 
 from bench.results import ResultsError, read_run
-from bench.schema import AXES, CASE_FIELDS, DEVICE_ORDER, SETTING, SHAPE_COLUMNS, CaseRecord, VerdictRecord, slug
+from bench.schema import (
+    AXES,
+    CASE_FIELDS,
+    DEVICE_ORDER,
+    QUANTITIES,
+    QUANTITY_LABEL,
+    SETTING,
+    SHAPE_COLUMNS,
+    CaseRecord,
+    VerdictRecord,
+    slug,
+)
 
 NOT_J = "sum over outputs — not the Jacobian"
+ESTIMATE = "stochastic, never a winner"
 NUMERIC = ["time_median_s", "time_iqr_s", "forward_median_s", "peak_memory_bytes", "max_abs_error", "jf_ratio",
            "vs_best", "time_min_s", "time_mean_s", "tolerance", "wall_s", "time_ci_low_s", "time_ci_high_s", "setup_s",
            "log_time_sd"]
-TEXT = ["strategy", "model", "device", "dtype", "mode", "status", "message", "returns", "summary", "cost"]
+TEXT = ["strategy", "model", "device", "dtype", "mode", "quantity", "status", "message", "returns", "summary", "cost"]
 
 
 @dataclass
@@ -77,15 +91,20 @@ def to_frame(records: Iterable[CaseRecord], base: dict[str, int] | None = None) 
     ok = frame["status"] == "ok"
     # A time or memory figure belongs to a validated case only: drop stray numbers of failed cases at the source.
     frame.loc[~ok, ["time_median_s", "time_iqr_s", "time_ci_low_s", "time_ci_high_s", "peak_memory_bytes"]] = math.nan
-    frame["valid"] = ok & frame["is_jacobian"] & frame["time_median_s"].gt(0)
+    frame["estimator"] = frame["estimator"].map(lambda v: v is True)
+    frame["valid"] = ok & frame["is_jacobian"] & ~frame["estimator"] & frame["time_median_s"].gt(0)
     frame["note"] = frame["message"].where(~ok, "")
     frame.loc[~frame["is_jacobian"], "note"] = NOT_J
+    estimates = ok & frame["estimator"]
+    frame.loc[estimates, "note"] = [f"{ESTIMATE}; {m}" if m else ESTIMATE for m in frame.loc[estimates, "message"]]
     frame["jf_ratio"] = (frame["time_median_s"] / frame["forward_median_s"]).where(ok & frame["forward_median_s"].gt(0))
     best = frame["time_median_s"].where(frame["valid"]).groupby([frame[c] for c in SHAPE_COLUMNS]).transform("min")
     frame["vs_best"] = (frame["time_median_s"] / best).where(frame["valid"])
     frame["sweeps"] = _sweeps(frame, base)
     order = frame["device"].map(lambda d: DEVICE_ORDER.get(d, 9))
-    return frame.assign(_o=order).sort_values(["_o", "mode", "model", "dtype", *AXES, "rank"]).drop(columns="_o")
+    quantity = frame["quantity"].map(lambda q: QUANTITIES.index(q) if q in QUANTITIES else len(QUANTITIES))
+    return frame.assign(_o=order, _q=quantity).sort_values(["_o", "mode", "_q", "model", "dtype", *AXES, "rank"]) \
+        .drop(columns=["_o", "_q"])
 
 
 def strategy_order(rows: pd.DataFrame) -> list[str]:
@@ -118,28 +137,53 @@ def _sweeps(frame: pd.DataFrame, base: dict[str, int] | None) -> pd.Series:
     return given.where(given.map(len) > 0, inferred)
 
 
-Setting = tuple[str, str, str, str]  # (model, device, dtype, mode): the SETTING columns of one group
+Setting = tuple[str, str, str, str, str]  # (model, device, dtype, mode, quantity): the SETTING columns of one group
 
 
 def groups(frame: pd.DataFrame) -> list[tuple[Setting, pd.DataFrame]]:
-    """(model, device, dtype, mode) settings in report order: cpu before cuda, the Jacobian before training."""
+    """(model, device, dtype, mode, quantity) settings in report order: cpu before cuda, the Jacobian before the
+    Hessian and the Laplacian, the quantity alone before training through it."""
     keys = frame[SETTING].drop_duplicates().itertuples(index=False, name=None)
-    ordered = sorted(keys, key=lambda k: (DEVICE_ORDER.get(k[1], 9), k[1], k[3] != "jacobian", k[0], k[2]))
+    ordered = sorted(keys, key=lambda k: (DEVICE_ORDER.get(k[1], 9), k[1], quantity_rank(k[4]), k[3] != "jacobian",
+                                          k[0], k[2]))
     return [(k, frame[(frame[SETTING] == list(k)).all(axis=1)]) for k in ordered]
 
 
+def quantity_rank(quantity: str) -> int:
+    return QUANTITIES.index(quantity) if quantity in QUANTITIES else len(QUANTITIES)
+
+
+def quantities(frame: pd.DataFrame) -> list[str]:
+    """The quantities a frame holds, in QUANTITIES' order: each has its own sections in a report."""
+    return sorted(set(frame["quantity"]), key=quantity_rank)
+
+
+TRAIN_STEP = {"jacobian": "J with its graph, penalty, gradient",
+              "hessian": "PINN step: the trace of H with its graph, residual, gradient",
+              "laplacian": "PINN step: the Laplacian with its graph, residual, gradient"}
+
+
 def where_label(key: Setting, env: dict[str, Any]) -> str:
-    """"mlp · cuda (NVIDIA H100) · float32", "· train" in train mode: a setting as titles and headings name it."""
-    model, device, dtype, mode = key
+    """"mlp · cuda (NVIDIA H100) · float32", "· laplacian" for a second-order quantity, "· train" in train mode: a
+    setting as titles and headings name it."""
+    model, device, dtype, mode, quantity = key
     devices = env.get("devices") if isinstance(env.get("devices"), dict) else {}
     return f"{model} · {device}" + (f" ({devices[device]})" if devices.get(device) else "") + f" · {dtype}" \
-        + ("" if mode == "jacobian" else f" · {mode} (J with its graph, penalty, gradient)")
+        + ("" if quantity == "jacobian" else f" · {quantity}") \
+        + ("" if mode == "jacobian" else f" · {mode} ({TRAIN_STEP.get(quantity, TRAIN_STEP['jacobian'])})")
+
+
+def quantity_title(quantity: str) -> str:
+    """"Laplacian (B, out), the trace of each output's Hessian": a quantity as section titles name it."""
+    return QUANTITY_LABEL.get(quantity, quantity)
 
 
 def setting_tag(key: Setting) -> str:
-    """cpu-mlp-float32 (-train): the part of a plot's or table's file name that names its setting."""
-    model, device, dtype, mode = key
-    return "-".join(slug(k) for k in (device, model, dtype)) + ("" if mode == "jacobian" else f"-{slug(mode)}")
+    """cpu-mlp-float32 (-laplacian) (-train): the part of a plot's or table's file name that names its setting."""
+    model, device, dtype, mode, quantity = key
+    tag = "-".join(slug(k) for k in (device, model, dtype))
+    return tag + ("" if quantity == "jacobian" else f"-{slug(quantity)}") + ("" if mode == "jacobian" else
+                                                                            f"-{slug(mode)}")
 
 
 def sweep_line(part: pd.DataFrame, axis: str) -> pd.DataFrame:

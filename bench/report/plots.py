@@ -31,6 +31,7 @@ from bench.schema import (
     fmt_margin,
     fmt_ratio,
     fmt_time,
+    is_closed_form,
     sizes_id,
     status_kind,
 )
@@ -51,10 +52,24 @@ COLORS = {
     "vmap_jacfwd_chunked": "#9edae5",
     "jvp_batched": "#c49c94",
     "linearize_batched": "#bcbd22",
+    # second order: a Hessian strategy and its trace (laplacian_trace_*) share a colour; each quantity has its plots
+    "hessian_grad_loop": "#1f77b4",
+    "hessian_sum": "#9467bd",
+    "hessian_vmap_jacrev_jacrev": "#2ca02c",
+    "hessian_vmap_hessian": "#ff7f0e",
+    "hessian_vmap_jacfwd_jacfwd": "#17becf",
+    "hessian_hvp_vmapped": "#e377c2",
+    "laplacian_hvp_loop": "#8c564b",
+    "laplacian_jvp_jvp": "#d62728",
+    "laplacian_hutchinson": "#9a9a9a",
 }
 MARKERS = {"analytic": "*", "grad_summed": ".", "grad_loop": "o", "grad_batched": "s", "jacobian_diagonal": "D",
            "jacobian_sum": "v", "vmap_jacrev": "P", "vmap_jacfwd": "X", "jvp_loop": "<", "func_sum_jacrev": "^",
-           "vmap_jacrev_chunked": "p", "vmap_jacfwd_chunked": "h", "jvp_batched": ">", "linearize_batched": "d"}
+           "vmap_jacrev_chunked": "p", "vmap_jacfwd_chunked": "h", "jvp_batched": ">", "linearize_batched": "d",
+           "hessian_grad_loop": "o", "hessian_sum": "v", "hessian_vmap_jacrev_jacrev": "P", "hessian_vmap_hessian": "s",
+           "hessian_vmap_jacfwd_jacfwd": "X", "hessian_hvp_vmapped": "^", "laplacian_hvp_loop": "<",
+           "laplacian_jvp_jvp": ">", "laplacian_hutchinson": "."}
+TRACE_PREFIX = ("laplacian_trace_", "hessian_")  # laplacian_trace_x is the trace of hessian_x: drawn alike
 PLUGIN_COLORS = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
                  "#31a354", "#756bb1", "#636363"]
 PLUGIN_MARKERS = ["H", "d", "1", "2", "3", "4"]
@@ -65,9 +80,18 @@ FORWARD = "forward model(x)"
 COMPILED_MARKER = "8"  # a compiled variant: its eager twin's colour, this marker, a dashed line
 
 
+def _drawn_as(strategy: str) -> str:
+    """The name whose colour and marker a strategy takes: a closed form the analytic's, a Hessian's trace the
+    Hessian's."""
+    if is_closed_form(strategy):
+        return "analytic"
+    return strategy.replace(*TRACE_PREFIX, 1) if strategy.startswith(TRACE_PREFIX[0]) else strategy
+
+
 def color(strategy: str) -> str:
     """Fixed colour per strategy name (a compiled variant takes its eager twin's); plugins get a stable hash-picked
     colour (the same in every run)."""
+    strategy = _drawn_as(strategy)
     return COLORS.get(strategy) or COLORS.get(eager_twin(strategy) or "") \
         or PLUGIN_COLORS[zlib.crc32(strategy.encode()) % len(PLUGIN_COLORS)]
 
@@ -75,7 +99,14 @@ def color(strategy: str) -> str:
 def marker(strategy: str) -> str:
     if eager_twin(strategy) in COLORS:
         return COMPILED_MARKER
+    strategy = _drawn_as(strategy)
     return MARKERS.get(strategy) or PLUGIN_MARKERS[zlib.crc32(strategy.encode()) % len(PLUGIN_MARKERS)]
+
+
+def what(part: pd.DataFrame) -> str:
+    """What one call computes in these rows, as a plot's title names it: Jacobian, Hessian, Laplacian."""
+    quantity = str(part["quantity"].iloc[0]) if len(part) and "quantity" in part else "jacobian"
+    return quantity.capitalize()
 
 
 def _pyplot() -> Any:
@@ -136,11 +167,14 @@ def _lines(ax: Any, line: pd.DataFrame, axis: str, column: str, forward: bool = 
         rows = line[line["strategy"] == strategy].sort_values(axis)
         ok = rows[(rows["status"] == "ok") & rows[column].gt(0)]
         not_j = not rows["is_jacobian"].all()
+        estimate = bool(rows["estimator"].any())
         if len(ok):
-            label = strategy + (" (sum over outputs, not J)" if not_j else "")
-            style = ":" if not_j else "--" if rows["compiled"].any() else "-"
+            label = strategy + (" (sum over outputs, not J)" if not_j else " (estimate)" if estimate else "")
+            # the two closed forms of a Laplacian share black and the star: the trace of the Hessian's dash-dotted
+            trace_closed_form = is_closed_form(strategy) and strategy.startswith(TRACE_PREFIX[0])
+            style = ":" if not_j or estimate else "--" if rows["compiled"].any() else "-." if trace_closed_form else "-"
             ax.plot(ok[axis], ok[column], color=color(strategy), marker=marker(strategy), markersize=5,
-                    linestyle=style, linewidth=2.2 if strategy == "analytic" else 1.5, label=label)
+                    linestyle=style, linewidth=2.2 if is_closed_form(strategy) else 1.5, label=label)
         for status, sym in (("wrong", "x"), *((s, "^") for s in FAILED)):
             bad = rows[rows["status"] == status]
             if len(bad):
@@ -198,11 +232,12 @@ def _figure(title: str, subtitle: str) -> tuple[Any, Any]:
 
 
 def time_vs_axis(part: pd.DataFrame, where: str, axis: str) -> Any | None:
-    """Time per Jacobian call against one swept dimension, the others at the grid's base point."""
+    """Time per call (a Jacobian, Hessian or Laplacian) against one swept dimension, the others at the grid's base
+    point."""
     line = sweep_line(part, axis)
     if line.empty or not (line["status"] == "ok").any():
         return None
-    fig, ax = _figure(f"Time per Jacobian call vs {AXIS_LABEL[axis]} ({_fixed(line, axis)})", where)
+    fig, ax = _figure(f"Time per {what(part)} call vs {AXIS_LABEL[axis]} ({_fixed(line, axis)})", where)
     _lines(ax, line, axis, "time_median_s", forward=True)
     ax.set_ylabel("median time per call [s]")
     return fig
@@ -213,7 +248,7 @@ def jf_vs_batch(part: pd.DataFrame, where: str) -> Any | None:
     line = sweep_line(part, "batch")
     if line.empty or not line["jf_ratio"].gt(0).any():
         return None
-    fig, ax = _figure(f"Jacobian time / forward time vs batch size ({_fixed(line, 'batch')})", where)
+    fig, ax = _figure(f"{what(part)} time / forward time vs batch size ({_fixed(line, 'batch')})", where)
     _lines(ax, line, "batch", "jf_ratio")
     ax.yaxis.set_major_formatter(_formatter(fmt_ratio))
     ax.axhline(1.0, color="#bbbbbb", linestyle="--", linewidth=1)

@@ -26,16 +26,22 @@ POWER = 2.0  # inverse-distance exponent
 
 
 def recommend(run_dirs: list[Path], batch: int, hidden: int, in_dim: int, out_dim: int, device: str | None = None,
-              model: str | None = None, dtype: str | None = None, mode: str = "jacobian") -> dict[str, Any]:
+              model: str | None = None, dtype: str | None = None, mode: str = "jacobian",
+              quantity: str = "jacobian") -> dict[str, Any]:
     """The best valid strategy for (batch, hidden, in_dim, out_dim), its expected time and the runner-up.
 
     `device`, `model` and `dtype` narrow the measurements; left out, the one present is used (for model and dtype,
     "mlp" and "float32" when several are) and, across several devices, the fastest device wins. `mode`: the
-    Jacobian alone, or a training step through it ("train").
+    quantity alone, or a training step through it ("train": the Jacobian penalty, or for second order the PINN
+    step). `quantity`: what is computed, "jacobian", "hessian" or "laplacian"; each has its own strategies.
     """
     if not run_dirs:
         raise ResultsError("recommend needs at least one run folder (--results results/<run-id>)")
     frame = pd.concat([load_run(Path(d)).frame for d in run_dirs], ignore_index=True)
+    if quantity not in set(frame["quantity"]):
+        raise ResultsError(f"the runs measured no {quantity} (they have {', '.join(sorted(set(frame['quantity'])))}): "
+                           f"measure it with QUANTITY={quantity}, or ask for one of those with --quantity")
+    frame = frame[frame["quantity"] == quantity]
     shape = {"batch": batch, "hidden": hidden, "in_dim": in_dim, "out_dim": out_dim}
     for axis, value in shape.items():
         if not isinstance(value, (int, np.integer)) or value < 1:
@@ -49,11 +55,12 @@ def recommend(run_dirs: list[Path], batch: int, hidden: int, in_dim: int, out_di
                      & (frame["mode"] == mode)]
         if part.empty:
             have = sorted(set(map(tuple, frame[SETTING].drop_duplicates().to_numpy())))
-            raise ResultsError(f"no measurement for model={model} device={dev} dtype={dtype} mode={mode}; the runs "
-                               f"have (model, device, dtype, mode) = {have}: choose one of those")
+            raise ResultsError(f"no measurement for model={model} device={dev} dtype={dtype} mode={mode} "
+                               f"quantity={quantity}; the runs have (model, device, dtype, mode, quantity) = {have}: "
+                               "choose one of those")
         pick = predict(part, shape)
         if pick is not None:
-            picks.append({**pick, "device": dev, "model": model, "dtype": dtype, "mode": mode})
+            picks.append({**pick, "device": dev, "model": model, "dtype": dtype, "mode": mode, "quantity": quantity})
     if not picks:
         raise ResultsError(f"no valid measurement near B={batch} H={hidden} in={in_dim} out={out_dim} for "
                            f"{model}/{dtype} on {', '.join(devices)}: every strategy failed there; measure this "
@@ -75,6 +82,8 @@ def predict(part: pd.DataFrame, shape: dict[str, int]) -> dict[str, Any] | None:
     for strategy, rows in part.groupby("strategy"):
         if (rows["returns"] == "output_sum").any() and shape["out_dim"] > 1:
             continue  # it returns J.sum(1) at this shape: never a recommendation
+        if rows["estimator"].any():
+            continue  # a stochastic estimate: never a recommendation against exact strategies
         ok = rows["status"].eq("ok") & rows["time_median_s"].gt(0)
         dist = np.sqrt(((np.log2(rows[AXES].to_numpy(float)) - target) ** 2).sum(axis=1))
         order = np.argsort(dist, kind="stable")
@@ -115,7 +124,7 @@ def predict(part: pd.DataFrame, shape: dict[str, int]) -> dict[str, Any] | None:
 
 
 def measured_at(run_dirs: list[Path], device: str, dtype: str, mode: str, batch: int, in_dim: int, out_dim: int,
-                strategies: list[str] | None = None) -> list[dict[str, Any]]:
+                strategies: list[str] | None = None, quantity: str = "jacobian") -> list[dict[str, Any]]:
     """What runs measured at one input shape, for a model known by its sizes alone (autotune's `results=`).
 
     One answer per (run, model, hidden width, device) measured at (batch, in_dim, out_dim) in this dtype and mode, on
@@ -130,8 +139,8 @@ def measured_at(run_dirs: list[Path], device: str, dtype: str, mode: str, batch:
         run = load_run(Path(folder))
         frame = run.frame
         at = frame[(frame["device"].str.split(":").str[0] == kind) & (frame["dtype"] == dtype)
-                   & (frame["mode"] == mode) & (frame["batch"] == batch) & (frame["in_dim"] == in_dim)
-                   & (frame["out_dim"] == out_dim)]
+                   & (frame["mode"] == mode) & (frame["quantity"] == quantity) & (frame["batch"] == batch)
+                   & (frame["in_dim"] == in_dim) & (frame["out_dim"] == out_dim)]
         if strategies is not None:
             at = at[at["strategy"].isin(strategies)]
         models = run.env.get("models") if isinstance(run.env.get("models"), dict) else {}

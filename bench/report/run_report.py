@@ -12,11 +12,20 @@ from typing import Any
 
 import pandas as pd
 
-from bench.report.answer import AUTOTUNE_LINE, answer_rows, answer_table
+from bench.report.answer import answer_rows, answer_table, autotune_line
 from bench.report.document import Block, Document, Section, figure_block, render, table_block
 from bench.report.findings import summary_items
 from bench.report.formats import table_paths, write_table
-from bench.report.frames import LoadedRun, Setting, groups, load_run, setting_tag, where_label
+from bench.report.frames import (
+    LoadedRun,
+    Setting,
+    groups,
+    load_run,
+    quantities,
+    quantity_title,
+    setting_tag,
+    where_label,
+)
 from bench.report.plots import plot_run
 from bench.report.tables import (
     best_per_shape,
@@ -54,7 +63,9 @@ VERDICTS = (
     "again in a second, fresh process: a process sets the speed of some calls. winner: every other contender is "
     f"surely (the whole 95% interval of its paired ratio, process noise included) more than {fmt_margin(TIE_MARGIN)} "
     "slower; tie: the listed strategies are not, so either is a good choice. runner-up / fastest: that ratio with its "
-    "interval. The closed form (analytic) exists for plain MLPs only and is not a contender."
+    "interval. The closed forms (analytic; for second order hessian_analytic, laplacian_analytic and "
+    "laplacian_trace_analytic) exist for plain MLPs only and are not contenders; nor is a stochastic estimator "
+    "(laplacian_hutchinson), whose error is in its note."
 )
 
 ANSWER = ("how: eager, or compiled with torch.compile (raced apart). × forward: one call over one forward pass; "
@@ -62,6 +73,14 @@ ANSWER = ("how: eager, or compiled with torch.compile (raced apart). × forward:
           "is best or tied. verdict, on n of the range's shapes: winner (every other strategy surely more than "
           f"{fmt_margin(TIE_MARGIN)} slower) or tie (with the strategies named: not surely slower, either is a good "
           "choice); else: the best where it is neither. code: what to paste, after `import strategies`.")
+ANSWER_SECOND_ORDER = (
+    "how: eager, or compiled with torch.compile (raced apart). × forward: one call over one forward pass; × closed "
+    "form: over the fastest hand-written second derivative of plain MLPs (hessian_analytic, laplacian_analytic); "
+    "medians over the shapes where it is best or tied. verdict, on n of the range's shapes: winner (every other "
+    f"strategy surely more than {fmt_margin(TIE_MARGIN)} slower) or tie (with the strategies named: not surely "
+    "slower, either is a good choice); else: the best where it is neither. A stochastic estimator "
+    "(laplacian_hutchinson) is never the answer: its time and error are in the tables below. code: what to paste, "
+    "after `import strategies`; in train mode the result carries its graph for the PINN loss.")
 AUTOTUNE = ("For your own model, input shape and machine, autotune validates every strategy on your input, races the "
             "valid ones with the same rule, and remembers the pick:")
 
@@ -76,6 +95,12 @@ COMPILING = ("A compiled strategy compiles once per shape (torch.compile, dynami
 TRAINING = ("train mode times J with its graph kept (create_graph=True), the penalty (the squared Frobenius norm of J "
             "summed over the batch) and its gradient with respect to every parameter, validated against a float64 "
             "reference. Strategies that keep no graph are unsupported there.")
+PINN_STEP = ("train mode for second order times the PINN step: the Laplacian with its graph kept (the trace of H for a "
+             "Hessian strategy), the Poisson residual Δu − f(x) with f(x) = Σ sin(x_i), its mean square, and the "
+             "gradient of that loss with respect to every parameter, validated against a float64 reference. "
+             "PINN step / alone: the fastest step over the fastest call of the quantity alone, at the same shape.")
+TRAIN_TITLE = {"jacobian": "Training through the Jacobian", "hessian": "The PINN training step — Hessian strategies",
+               "laplacian": "The PINN training step"}
 COUPLED = ("Output row b depends on other rows (e.g. BatchNorm in training mode): strategies that assume independent "
            "samples return a wrong Jacobian without any error.")
 
@@ -148,6 +173,10 @@ class Tables:
         self.files.append(item)
         return table_block(table, name, highlight=item.highlight, index=item.index, caption=caption)
 
+    def write(self, name: str, table: pd.DataFrame, numbers: pd.DataFrame | None = None) -> None:
+        """A table written as tables/<name>.* but not shown in the document (e.g. best.csv of every quantity)."""
+        self.files.append(TableFile(name, table, numbers))
+
     def paths(self, name: str) -> dict[str, Path]:
         return table_paths(self.folder, name)
 
@@ -165,11 +194,21 @@ def run_document(run: LoadedRun, figures: dict[str, Path], tables: Tables) -> Do
                             f"{frame['strategy'].nunique()} strategies, "
                             f"{frame[SHAPE_COLUMNS].drop_duplicates().shape[0]} shapes × settings")
     best = best_per_shape(frame, run.playoffs)
+    measured = quantities(frame)
+    split = measured != ["jacobian"]  # second order measured: each quantity gets its own answer and verdicts
     above = [name for name, _ in answer_figures(frame, figures)]  # embedded once, in the answer
-    doc.sections.append(answer_section(run, figures, tables, above))
-    doc.sections.append(Section("Fastest autodiff strategy per shape", [
-        Block("text", text=READING), Block("text", text=VERDICTS),
-        tables.show("best", best_table(best), numbers=best)]))
+    answers = answer_rows(frame, run.playoffs)
+    for quantity in measured:
+        doc.sections.append(answer_section(run, figures, tables, above, answers, quantity, split))
+    for quantity in measured:
+        mine = best[best["quantity"] == quantity]
+        title = "Fastest autodiff strategy per shape" + (f" — {quantity_title(quantity)}" if split else "")
+        doc.sections.append(Section(title, [
+            Block("text", text=READING), Block("text", text=VERDICTS),
+            tables.show(f"best-{quantity}" if split else "best", best_table(mine), numbers=mine)]))
+    if split:  # best.csv and answer.csv hold every shape and regime, of every quantity
+        tables.write("best", best_table(best), numbers=best)
+        tables.write("answer", answer_table(answers)[0], numbers=answers)
     doc.sections.append(meaning_section(run, best))
     for key, part in groups(frame):
         section = sweep_section(key, part, run.env, {k: v for k, v in figures.items() if k not in above}, tables,
@@ -179,7 +218,8 @@ def run_document(run: LoadedRun, figures: dict[str, Path], tables: Tables) -> Do
     for title, name, table, intro in (
             ("Published results, reproduced", "published", published_table(frame, run.env), PUBLISHED),
             ("Compiling: when it pays", "compile", compile_table(frame), COMPILING),
-            ("Training through the Jacobian", "training", training_table(best), TRAINING),
+            *((TRAIN_TITLE.get(q, "Training"), "training" if q == "jacobian" else f"training-{q}",
+               training_table(best, q), TRAINING if q == "jacobian" else PINN_STEP) for q in measured),
             ("Models that couple samples", "coupled", coupled_table(frame), COUPLED)):
         if len(table):  # a table longer than a screen is folded
             doc.sections.append(Section(title, [Block("text", text=intro), tables.show(name, table)],
@@ -198,23 +238,34 @@ def run_document(run: LoadedRun, figures: dict[str, Path], tables: Tables) -> Do
     return doc
 
 
-def answer_section(run: LoadedRun, figures: dict[str, Path], tables: Tables, shown: list[str]) -> Section:
+def answer_section(run: LoadedRun, figures: dict[str, Path], tables: Tables, shown: list[str],
+                   answers: pd.DataFrame, quantity: str = "jacobian", split: bool = False) -> Section:
     """The first screen: which strategy to use, per model and regime, with the code to paste; then the winner map
-    and the time-vs-batch plot of each device's most measured setting."""
-    rows = answer_rows(run.frame, run.playoffs)
+    and the time-vs-batch plot of each device's most measured setting. With `split` (a run that measured second
+    order), one such section per quantity."""
+    rows = answers[answers["quantity"] == quantity].reset_index(drop=True)
     devices = run.env.get("devices") if isinstance(run.env.get("devices"), dict) else {}
     table, shared = answer_table(rows, devices)
-    section = Section("Which strategy to use", [
-        tables.show("answer", table, numbers=rows, highlight=column_mask(table, "use"),
-                    caption=f"{shared}: the valid autodiff strategy that wins or ties on the most measured shapes of "
-                            "each batch range"),
-        Block("note", text=ANSWER),
+    what = "" if quantity == "jacobian" else f" for the {quantity.capitalize()}"
+    section = Section("Which strategy to use" + (f" — {quantity_title(quantity)}" if split else ""), [
+        tables.show(f"answer-{quantity}" if split else "answer", table, numbers=rows,
+                    highlight=column_mask(table, "use"),
+                    caption=f"{shared}: the valid autodiff strategy{what} that wins or ties on the most measured "
+                            "shapes of each batch range"),
+        Block("note", text=ANSWER if quantity == "jacobian" else ANSWER_SECOND_ORDER),
         Block("text", text=AUTOTUNE),
-        Block("code", text=AUTOTUNE_LINE)])
-    if shown:
+        Block("code", text=autotune_line(quantity))])
+    mine = [name for name in shown if quantity_of_plot(name) == quantity]
+    if mine:
         captions = dict(answer_figures(run.frame, figures))
-        section.blocks.append(Block("figures", items=[(figures[name], captions[name]) for name in shown]))
+        section.blocks.append(Block("figures", items=[(figures[name], captions[name]) for name in mine]))
     return section
+
+
+def quantity_of_plot(name: str) -> str:
+    """The quantity a plot of one setting draws (its tag ends in -hessian or -laplacian, then -train if so)."""
+    tag = name.removesuffix("-train")
+    return next((q for q in ("hessian", "laplacian") if tag.endswith(f"-{q}")), "jacobian")
 
 
 def column_mask(table: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -223,12 +274,13 @@ def column_mask(table: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def answer_figures(frame: pd.DataFrame, figures: dict[str, Path]) -> list[tuple[str, str]]:
-    """(plot name, caption): per device, the winner map and the time-vs-batch plot of the setting with the most
-    shapes that has them."""
+    """(plot name, caption): per device and quantity, the winner map and the time-vs-batch plot of the setting with
+    the most shapes that has them."""
     shapes = frame.groupby(SETTING)[AXES].apply(lambda rows: len(rows.drop_duplicates()))
     out: list[tuple[str, str]] = []
-    for device in dict.fromkeys(key[1] for key, _ in groups(frame)):
-        keys = sorted((key for key, _ in groups(frame) if key[1] == device), key=lambda k: -shapes.get(k, 0))
+    for device, quantity in dict.fromkeys((key[1], key[4]) for key, _ in groups(frame)):
+        keys = sorted((key for key, _ in groups(frame) if (key[1], key[4]) == (device, quantity)),
+                      key=lambda k: -shapes.get(k, 0))
         for kind, caption in (("winner_map", "fastest valid strategy over the in × out plane"),
                               ("time_vs_batch", "median time per call vs batch size, log-log")):
             name = next((f"{kind}-{setting_tag(k)}" for k in keys if f"{kind}-{setting_tag(k)}" in figures), None)

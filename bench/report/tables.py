@@ -16,7 +16,6 @@ import pandas as pd
 from bench.report.frames import strategy_order, sweep_line
 from bench.schema import (
     AXES,
-    CLOSED_FORM,
     SETTING,
     SHAPE_COLUMNS,
     STATUSES,
@@ -24,6 +23,7 @@ from bench.schema import (
     fmt_bytes,
     fmt_ratio,
     fmt_time,
+    is_closed_form,
     sizes_id,
     status_kind,
 )
@@ -42,17 +42,18 @@ NONE_VALID = ""  # `fastest` of a shape where no autodiff strategy gave a valid 
 def best_per_shape(frame: pd.DataFrame, playoffs: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per measured shape: the fastest valid autodiff strategy (`fastest`), and whether it wins or ties.
 
-    The verdict, its contenders and `tied_with` (a list) come from the shape's playoff record (bench/run/playoff.py).
+    The verdict, its contenders and `tied_with` (a list) come from the shape's playoff record (bench/run/finish.py).
     A shape without one (a run older than playoffs, or a shape finished before a kill) is decided from its first
-    timings by the same rule (stats.verdict_of). The closed form (analytic) is not a contender: `vs_analytic` says
-    how far the fastest is from it.
+    timings by the same rule (stats.verdict_of). A closed form (analytic, hessian_analytic, laplacian_analytic) is
+    not a contender: `analytic_s` is the fastest closed form of the shape and `vs_analytic` says how far the fastest
+    autodiff strategy is from it. A stochastic estimator is not valid (frames.to_frame): never the fastest.
     """
     by_shape = {} if playoffs is None else {tuple(r[c] for c in SHAPE_COLUMNS): r for _, r in playoffs.iterrows()}
     rows = []
     for shape, part in frame.groupby(SHAPE_COLUMNS, sort=False):
         valid = part[part["valid"]].sort_values("time_median_s")
-        auto = valid[valid["strategy"] != CLOSED_FORM]
-        analytic = valid[valid["strategy"] == CLOSED_FORM]["time_median_s"]
+        closed = valid["strategy"].map(is_closed_form).astype(bool)
+        auto, analytic = valid[~closed], valid[closed]["time_median_s"]  # fastest first
         row = dict(zip(SHAPE_COLUMNS, shape, strict=True)) | dict.fromkeys(BEST_COLUMNS[len(SHAPE_COLUMNS):], math.nan)
         row.update(fastest=NONE_VALID, verdict="", tied_with=[], runner_up="", best_eager="",
                    forward_s=part["forward_median_s"].median(),
@@ -134,7 +135,7 @@ def cell(row: pd.Series, column: str, fmt: Formatter) -> str:
 
 def cases_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Every case, display strings: the long table behind all others."""
-    out = frame[["device", "model", "dtype", "mode", *AXES, "strategy", "status"]].copy()
+    out = frame[["device", "model", "dtype", "mode", "quantity", *AXES, "strategy", "status"]].copy()
     rows = [r for _, r in frame.iterrows()]
     out["time"] = [cell(r, "time_median_s", fmt_time) + (" (unstable)" if r["unstable"] else "") for r in rows]
     out["95% CI"] = [f"{fmt_time(r['time_ci_low_s'])}–{fmt_time(r['time_ci_high_s'])}"
@@ -142,7 +143,8 @@ def cases_table(frame: pd.DataFrame) -> pd.DataFrame:
                      for r in rows]
     out["IQR"] = [cell(r, "time_iqr_s", fmt_time) for r in rows]
     out["J/F"] = [cell(r, "jf_ratio", fmt_ratio) for r in rows]
-    out["× best"] = [cell(r, "vs_best", fmt_ratio) if r["is_jacobian"] else "not J" for r in rows]
+    out["× best"] = [("estimate" if r["estimator"] else cell(r, "vs_best", fmt_ratio)) if r["is_jacobian"] else "not J"
+                     for r in rows]
     out["peak memory"] = [cell(r, "peak_memory_bytes", fmt_bytes) for r in rows]
     out["note"] = [_note(r) for r in rows]
     return out.reset_index(drop=True)
@@ -184,8 +186,10 @@ def pivot(part: pd.DataFrame, axis: str, column: str, fmt: Formatter) -> tuple[p
 
 
 def best_table(best: pd.DataFrame) -> pd.DataFrame:
-    """best_per_shape as display strings."""
-    out = best[SHAPE_COLUMNS].copy()
+    """best_per_shape as display strings (the quantity shown only where the rows hold several: a report's section
+    per quantity names it)."""
+    shape = SHAPE_COLUMNS if best["quantity"].nunique() > 1 else [c for c in SHAPE_COLUMNS if c != "quantity"]
+    out = best[shape].copy()
     out["fastest autodiff"] = best["fastest"]
     out["verdict"] = [verdict_text(r) for _, r in best.iterrows()]
     out["time [95% CI]"] = [f"{fmt_time(r.best_s)} [{fmt_time(r.best_ci_low_s)}–{fmt_time(r.best_ci_high_s)}]"
@@ -248,18 +252,28 @@ def compile_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def training_table(best: pd.DataFrame) -> pd.DataFrame:
-    """Per shape measured in both modes: the fastest strategy for J alone and to train through J, and what the
-    training step costs over computing J with the same strategy."""
-    shape = [c for c in SHAPE_COLUMNS if c != "mode"]
+TRAIN_HEADERS = {  # (alone, training step, their ratio) per quantity
+    "jacobian": ("fastest for J", "fastest to train through J", "train step / J (each its fastest)"),
+    "hessian": ("fastest for H", "fastest PINN step", "PINN step / H (each its fastest)"),
+    "laplacian": ("fastest for the Laplacian", "fastest PINN step", "PINN step / Laplacian (each its fastest)"),
+}
+
+
+def training_table(best: pd.DataFrame, quantity: str = "jacobian") -> pd.DataFrame:
+    """Per shape of one quantity measured in both modes: the fastest strategy for the quantity alone and to train
+    through it (the Jacobian penalty, or for second order the PINN step), and what the training step costs over the
+    quantity alone, each with its fastest strategy."""
+    best = best[best["quantity"] == quantity]
+    shape = [c for c in SHAPE_COLUMNS if c not in ("mode", "quantity")]
     jac, train = best[best["mode"] == "jacobian"], best[best["mode"] == "train"]
     both = jac.merge(train, on=shape, suffixes=("_j", "_t"))
     if both.empty:
         return pd.DataFrame()
+    alone, step, ratio = TRAIN_HEADERS.get(quantity, TRAIN_HEADERS["jacobian"])
     out = both[shape].copy()
-    out["fastest for J"] = [verdict_cell(r, "_j") for _, r in both.iterrows()]
-    out["fastest to train through J"] = [verdict_cell(r, "_t") for _, r in both.iterrows()]
-    out["train step / J (each its fastest)"] = (both["best_s_t"] / both["best_s_j"]).map(fmt_ratio)
+    out[alone] = [verdict_cell(r, "_j") for _, r in both.iterrows()]
+    out[step] = [verdict_cell(r, "_t") for _, r in both.iterrows()]
+    out[ratio] = (both["best_s_t"] / both["best_s_j"]).map(fmt_ratio)
     out["same choice"] = ["yes" if r["fastest_j"] == r["fastest_t"] else "no" for _, r in both.iterrows()]
     return out
 

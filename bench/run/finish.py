@@ -17,7 +17,7 @@ from typing import Any
 from pytest_benchmark.stats import Stats
 
 from bench import stats
-from bench.schema import CLOSED_FORM, SHAPE_COLUMNS, CaseRecord, VerdictRecord
+from bench.schema import SHAPE_COLUMNS, CaseRecord, VerdictRecord, is_closed_form
 
 
 def timing_fields(rounds: list[float], process_rounds: list[int], pooled: float) -> dict[str, Any]:
@@ -90,7 +90,8 @@ def verdicts(records: list[CaseRecord], model: Noise) -> list[VerdictRecord]:
         first = shape[0]
         unstable = [r for r in contenders if r.unstable]
         found.append(VerdictRecord(
-            model=first.model, device=first.device, dtype=first.dtype, mode=first.mode, **first.sizes._asdict(),
+            model=first.model, device=first.device, dtype=first.dtype, mode=first.mode, quantity=first.quantity,
+            **first.sizes._asdict(),
             best=best, verdict=verdict.verdict, tied_with=verdict.tied_with, runner_up=runner_up,
             runner_up_ratio=list(verdict.ratios[runner_up]) if runner_up else _lead(shape, best),
             ratios={k: list(v) for k, v in verdict.ratios.items()}, contenders=[r.strategy for r in contenders],
@@ -105,10 +106,11 @@ def shape_key(record: CaseRecord | VerdictRecord) -> tuple:
 
 
 def _shapes(records: list[CaseRecord]) -> list[list[CaseRecord]]:
-    """The valid autodiff records of each shape (the closed form is no contender; J.sum(1) is not J)."""
+    """The valid autodiff records of each shape (a closed form or a stochastic estimator is no contender; J.sum(1) is
+    not J)."""
     by_shape: dict[tuple, list[CaseRecord]] = {}
     for r in records:
-        if r.is_jacobian and r.strategy != CLOSED_FORM:
+        if r.is_jacobian and not r.estimator and not is_closed_form(r.strategy):
             by_shape.setdefault(shape_key(r), []).append(r)
     return list(by_shape.values())
 

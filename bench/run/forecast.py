@@ -187,8 +187,14 @@ def _groups(fc: Forecast, key) -> dict[Any, dict[str, Any]]:
     return groups
 
 
-def _setting_key(c: CaseForecast) -> tuple[str, str, str, str]:
-    return c.case.model, c.device, c.case.dtype, c.case.mode
+def _setting_key(c: CaseForecast) -> tuple[str, str, str, str, str]:
+    return c.case.model, c.device, c.case.dtype, c.case.mode, c.case.quantity
+
+
+def _setting_names(fc: Forecast) -> list[str]:
+    """The columns of a setting: the quantity only where the plan measures more than the Jacobian."""
+    names = ["model", "device", "dtype", "mode", "quantity"]
+    return names if any(c.case.quantity != "jacobian" for c in fc.cases) else names[:4]
 
 
 def shard_table(fc: Forecast, count: int) -> list[dict[str, Any]]:
@@ -218,7 +224,7 @@ def as_json(fc: Forecast, shard_count: int | None = None) -> dict[str, Any]:
         "predicted_s": {"total": round(fc.total_s, 1), "cases": round(fc.cases_s, 1),
                         "playoffs": round(sum(fc.playoffs_s.values()), 1),
                         **{k: round(v, 1) for k, v in fc.fixed_s.items()}},
-        "settings": [dict(zip(("model", "device", "dtype", "mode"), k, strict=True)) | _row(g)
+        "settings": [dict(zip(_setting_names(fc), k, strict=False)) | _row(g)
                      for k, g in _groups(fc, _setting_key).items()],
         "strategies": [{"strategy": k} | _row(g) for k, g in _groups(fc, lambda c: c.strategy).items()],
         "shards": [r | {"seconds": round(r["seconds"], 1)} for r in shard_table(fc, shard_count)]
@@ -251,10 +257,11 @@ def render(fc: Forecast, shard_count: int | None = None) -> str:
         *(f"note: {n}" for n in fc.notes), "",
     ]
     head = ["cases", "over budget", "expected to fail", "predicted"]
-    rows = [[*k, len(g["shapes"]), g["cases"], g["over_budget"], g["expected_to_fail"], fmt_duration(g["seconds"])]
-            for k, g in _groups(fc, _setting_key).items()]
-    lines += [tabulate(rows, ["model", "device", "dtype", "mode", "shapes", *head], tablefmt="simple",
-                       colalign=("left",) * 4 + ("right",) * 5), ""]
+    setting = _setting_names(fc)
+    rows = [[*k[:len(setting)], len(g["shapes"]), g["cases"], g["over_budget"], g["expected_to_fail"],
+             fmt_duration(g["seconds"])] for k, g in _groups(fc, _setting_key).items()]
+    lines += [tabulate(rows, [*setting, "shapes", *head], tablefmt="simple",
+                       colalign=("left",) * len(setting) + ("right",) * 5), ""]
     rows = [[k, g["cases"], g["over_budget"], g["expected_to_fail"], fmt_duration(g["seconds"])]
             for k, g in _groups(fc, lambda c: c.strategy).items()]
     lines += [tabulate(rows, ["strategy", *head], tablefmt="simple", colalign=("left",) + ("right",) * 4), ""]

@@ -6,13 +6,15 @@ A preset is data, validated on load:
     models = ["mlp"]            # model presets (bench/run/models.py); MODEL= overrides
     dtypes = ["float32"]
     modes = ["jacobian"]        # "jacobian" and/or "train" (a training step through J, run/modes.py); MODE= overrides
+    quantities = ["jacobian"]   # "jacobian", "hessian", "laplacian": what each shape computes; QUANTITY= overrides
     compiled = false            # true: the compiled strategies run on this block's shapes too (compiling takes seconds)
     [base]    batch, hidden, in_dim, out_dim      # the point every sweep passes through
     [sweep]   axis = [values]                     # one-axis sweeps from the base point
     [plane]   in_dim = [...], out_dim = [...]     # the in × out plane at the base batch and hidden
     [cartesian] axis = [values]                   # the full product (axes not given stay at base)
     [budget]  time_s, memory_fraction, target_s, settle_s, compile_s  # per-case limits and timing effort
-    [[also]]  models, dtypes, modes, base, sweep, ...     # more blocks; each inherits models, dtypes, modes, base axes
+    [[also]]  models, dtypes, modes, quantities, base, sweep, ...  # more blocks; each inherits models, dtypes, modes,
+                                                                   # quantities and base axes
 
 
 `expand(grid)` yields one Case per distinct shape, tagged with the grid parts it belongs to, smallest first.
@@ -33,11 +35,11 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from bench.errors import BenchError
-from bench.schema import AXES, MODES, Sizes, case_key, shape_id
+from bench.schema import AXES, MODES, QUANTITIES, Sizes, case_key, shape_id
 
 GRIDS_DIR = Path(__file__).parent / "grids"
 DTYPES = ("float32", "float64", "float16", "bfloat16")
-_BLOCK_KEYS = {"models", "dtypes", "modes", "compiled", "base", "sweep", "plane", "cartesian"}
+_BLOCK_KEYS = {"models", "dtypes", "modes", "quantities", "compiled", "base", "sweep", "plane", "cartesian"}
 _TOP_KEYS = _BLOCK_KEYS | {"description", "budget", "also", "threads", "published"}
 # A published result the run is checked against: time(slower) / time(faster) at one shape, as the source reports it.
 _PUBLISHED_KEYS = {"source": str, "model": str, "dtype": str, "batch": int, "hidden": int, "in_dim": int,
@@ -70,12 +72,17 @@ class GridBlock:
     sweep: dict[str, tuple[int, ...]]
     plane: dict[str, tuple[int, ...]]
     cartesian: dict[str, tuple[int, ...]]
+    quantities: tuple[str, ...] = ("jacobian",)
 
     def as_dict(self) -> dict[str, Any]:
+        # "quantities" only where a block asks for more than the Jacobian: a Jacobian grid's dict, and so the resume
+        # fingerprint and the plan hash of its runs, stay what they were before the QUANTITY axis
+        quantities = {} if self.quantities == ("jacobian",) else {"quantities": list(self.quantities)}
         return {
             "models": list(self.models),
             "dtypes": list(self.dtypes),
             "modes": list(self.modes),
+            **quantities,
             "compiled": self.compiled,
             "base": self.base,
             "sweep": {k: list(v) for k, v in self.sweep.items()},
@@ -117,17 +124,18 @@ class Case:
     dtype: str
     sizes: Sizes
     mode: str = "jacobian"
+    quantity: str = "jacobian"  # what every strategy of the shape computes: J, H or the Laplacian
     sweeps: tuple[str, ...] = field(default=(), compare=False)
     compiled: bool = field(default=False, compare=False)  # a block of this shape runs the compiled strategies
 
     def key(self, strategy: str, device: str) -> tuple:
         """The finished-case key (schema.case_key) of this case measured by `strategy` on `device`."""
         return case_key({"strategy": strategy, "device": device, "model": self.model, "dtype": self.dtype,
-                         "mode": self.mode, **self.sizes._asdict()})
+                         "mode": self.mode, "quantity": self.quantity, **self.sizes._asdict()})
 
     @property
     def shape_id(self) -> str:
-        return shape_id(self.model, self.dtype, self.sizes, self.mode)
+        return shape_id(self.model, self.dtype, self.sizes, self.mode, self.quantity)
 
     @property
     def size(self) -> int:
@@ -224,6 +232,7 @@ def _parse_block(data: dict[str, Any], parent: GridBlock | None, prefix: str, fa
         models=read.names("models", parent.models if parent else ("mlp",)),
         dtypes=read.names("dtypes", parent.dtypes if parent else ("float32",), DTYPES),
         modes=read.names("modes", parent.modes if parent else ("jacobian",), MODES),
+        quantities=read.names("quantities", parent.quantities if parent else ("jacobian",), QUANTITIES),
         compiled=read.flag("compiled"),
         base=read.base(parent.base if parent else None),
         sweep=read.axes("sweep"),
@@ -286,12 +295,14 @@ class _BlockReader:
 
 
 def expand(grid: Grid, models: tuple[str, ...] | None = None, dtypes: tuple[str, ...] | None = None,
-           modes: tuple[str, ...] | None = None) -> list[Case]:
-    """All distinct cases of the grid, each tagged with the parts it belongs to; smallest first.
+           modes: tuple[str, ...] | None = None, quantities: tuple[str, ...] | None = None) -> list[Case]:
+    """All distinct cases of the grid, each tagged with the parts it belongs to; smallest first (the Jacobian
+    before second order, the quantity alone before training through it).
 
-    `models` (MODEL=) replaces the models of every block, `dtypes` (DTYPE=) their dtypes, `modes` (MODE=) theirs.
+    `models` (MODEL=) replaces the models of every block, `dtypes` (DTYPE=) their dtypes, `modes` (MODE=) theirs,
+    `quantities` (QUANTITY=) theirs.
     """
-    parts: dict[tuple, set[str]] = {}  # (model, dtype, Sizes, mode) -> grid parts
+    parts: dict[tuple, set[str]] = {}  # (model, dtype, Sizes, mode, quantity) -> grid parts
     compiled: set[tuple] = set()  # the keys a block with compiled = true holds
     for block in grid.blocks:
         points: list[tuple[str, dict[str, int]]] = [("base", {})]
@@ -305,15 +316,15 @@ def expand(grid: Grid, models: tuple[str, ...] | None = None, dtypes: tuple[str,
                        for values in itertools.product(*(block.cartesian[a] for a in names))]
         for model in models or block.models:
             for dtype in dtypes or block.dtypes:
-                for mode in modes or block.modes:
+                for mode, quantity in itertools.product(modes or block.modes, quantities or block.quantities):
                     for part, overrides in points:
                         point = block.base | overrides
-                        key = (model, dtype, Sizes.of(point), mode)
+                        key = (model, dtype, Sizes.of(point), mode, quantity)
                         parts.setdefault(key, set()).add(part)
                         if block.compiled:
                             compiled.add(key)
     order = ("base", *AXES, "plane", "cartesian")
     cases = [Case(*key, sweeps=tuple(p for p in order if p in tags), compiled=key in compiled)
              for key, tags in parts.items()]
-    return sorted(cases, key=lambda c: (c.mode != "jacobian", c.model, c.dtype, c.size, c.sizes.batch,
-                                        c.sizes.in_dim, c.sizes.out_dim, c.sizes.hidden))
+    return sorted(cases, key=lambda c: (c.mode != "jacobian", QUANTITIES.index(c.quantity), c.model, c.dtype, c.size,
+                                        c.sizes.batch, c.sizes.in_dim, c.sizes.out_dim, c.sizes.hidden))

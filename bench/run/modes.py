@@ -1,10 +1,12 @@
-"""What one timed call is in each mode: the Jacobian alone, or a training step through it.
+"""What one timed call is in each mode: the strategy's quantity alone, or a training step through it.
 
-    jacobian  J = fn(model, x)
+    jacobian  fn(model, x): J, or for a second-order strategy H or the Laplacian
     train     J = fn(model, x, create_graph=True); penalty = sum over the batch of ||J_b||²_F (of J.sum(1) for
               strategies returning the output sum); the gradient of the penalty with respect to every parameter,
-              as in Jacobian regularization, contractive autoencoders or a PINN loss. The call returns that gradient
-              as one flat vector, which is what train mode validates.
+              as in Jacobian regularization or contractive autoencoders. A second-order strategy trains through the
+              PINN step instead (`pinn_step`): the Laplacian with its graph, the Poisson residual's mean square, its
+              parameter gradient. The call returns that gradient as one flat vector, which is what train mode
+              validates.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from bench.run.reference import flat_gradient, pinn_loss, trainable
 from bench.schema import MODES
 from strategies import Strategy
 
-__all__ = ["MODES", "TRAIN_MEMORY_FACTOR", "timed_call", "train_step"]
+__all__ = ["MODES", "TRAIN_MEMORY_FACTOR", "pinn_step", "timed_call", "train_step"]
 # Keeping J's graph and backpropagating through it: memory beyond the Jacobian alone, as a factor on the strategy's
 # own estimate (the graph of J holds about one more copy of every saved activation, the backward another).
 TRAIN_MEMORY_FACTOR = 3
@@ -26,7 +28,9 @@ TRAIN_MEMORY_FACTOR = 3
 
 def timed_call(strategy: Strategy, mode: str) -> Callable[[nn.Module, Tensor], object]:
     """fn(model, x) for this mode: what is validated and what is timed."""
-    return strategy.fn if mode == "jacobian" else functools.partial(train_step, strategy)
+    if mode == "jacobian":
+        return strategy.fn
+    return functools.partial(train_step if strategy.quantity == "jacobian" else pinn_step, strategy)
 
 
 def train_step(strategy: Strategy, model: nn.Module, x: Tensor) -> Tensor:

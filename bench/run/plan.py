@@ -21,7 +21,7 @@ from bench import results
 from bench.errors import BenchError
 from bench.run import grid, models, shards
 from bench.run.settings import Settings
-from bench.schema import MODES, Sizes
+from bench.schema import MODES, QUANTITIES, Sizes
 
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
@@ -56,11 +56,12 @@ class RunPlan:
     shard: shards.Shard | None = None  # SHARD=k/N: `cases` are that shard's
 
     def strategies_for(self, case: grid.Case) -> list[str]:
-        """The strategies that run on a case: compiled ones (seconds of compiling per shape) where COMPILED= or, by
-        default, the case's grid block says so, or everywhere when STRATEGIES= names them."""
+        """The strategies that run on a case: those of its quantity; compiled ones (seconds of compiling per shape)
+        where COMPILED= or, by default, the case's grid block says so, or everywhere when STRATEGIES= names them."""
+        names = [n for n in self.strategy_names if strategies.REGISTRY[n].quantity == case.quantity]
         if self.compiled if self.compiled is not None else case.compiled:
-            return self.strategy_names
-        return [n for n in self.strategy_names if not strategies.REGISTRY[n].compiled]
+            return names
+        return [n for n in names if not strategies.REGISTRY[n].compiled]
 
     @property
     def planned_cases(self) -> int:
@@ -70,6 +71,9 @@ class RunPlan:
         """What must match for RESUME=1 to continue this run."""
         # absent in a whole run, as before shards existed; the split too, so a resumed shard holds the same shapes
         shard = {"shard": {"shard": self.shard.label, "split": self.shard.split}} if self.shard else {}
+        # absent in a Jacobian run, as before the QUANTITY axis: its runs resume and hash as they did
+        measured = sorted({c.quantity for c in self.cases}, key=QUANTITIES.index)
+        quantities = {} if measured in ([], ["jacobian"]) else {"quantities": measured}
         return shard | {
             "grid": self.grid.as_dict() | {"path": None},
             "devices": self.devices,
@@ -80,7 +84,7 @@ class RunPlan:
             "dtypes": sorted({c.dtype for c in self.cases}),
             "modes": sorted({c.mode for c in self.cases}),
             "threads": self.threads,
-        }
+        } | quantities
 
 
 def parse_bytes(text: str) -> int:
@@ -117,19 +121,29 @@ def resolve_devices(spec: str, here: bool = True) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def resolve_strategies(spec: str) -> list[str]:
-    """The named strategies, or every Jacobian strategy: second-order ones (quantity hessian or laplacian) are
-    validated by tests/test_second_order.py but not run until the harness has a QUANTITY axis (issue 21, phase 2)."""
-    jacobian = strategies.names("jacobian")
-    names = [s.strip() for s in spec.split(",") if s.strip()] if spec else jacobian
+def resolve_strategies(spec: str, quantities: tuple[str, ...] = ("jacobian",)) -> list[str]:
+    """The named strategies, or every registered strategy of the run's quantities (each case runs those of its own
+    quantity: RunPlan.strategies_for). A named strategy that computes no quantity the run measures is refused."""
+    wanted = [q for q in QUANTITIES if q in quantities]
+    default = [n for n, s in strategies.REGISTRY.items() if s.quantity in wanted]
+    names = [s.strip() for s in spec.split(",") if s.strip()] if spec else default
     for name in names:
         if name not in strategies.REGISTRY:
-            raise SettingsError(f"unknown strategy {name!r}: choose from {', '.join(jacobian)}")
+            raise SettingsError(f"unknown strategy {name!r}: choose from {', '.join(default)}")
         quantity = strategies.REGISTRY[name].quantity
-        if quantity != "jacobian":
-            raise SettingsError(f"strategy {name!r} computes a {quantity}, and runs only measure Jacobians for now: "
-                                "the QUANTITY axis comes with issue 21 phase 2")
+        if quantity not in wanted:
+            raise SettingsError(f"strategy {name!r} computes a {quantity}, and this run measures "
+                                f"{' and '.join(wanted)} only: add QUANTITY={','.join([*wanted, quantity])} (or use a "
+                                "grid whose quantities hold it), or leave it out of STRATEGIES")
     return list(dict.fromkeys(names))
+
+
+def resolve_quantities(spec: str) -> tuple[str, ...] | None:
+    names = tuple(dict.fromkeys(q.strip() for q in spec.split(",") if q.strip()))
+    for name in names:
+        if name not in QUANTITIES:
+            raise SettingsError(f"QUANTITY={spec}: unknown quantity {name!r}; choose from {', '.join(QUANTITIES)}")
+    return names or None
 
 
 def resolve_dtypes(spec: str) -> tuple[str, ...] | None:
@@ -216,9 +230,11 @@ def plan_run(settings: Settings, here: bool = True) -> RunPlan:
     shard = shards.parse(settings.shard) if settings.shard else None
     the_grid = grid.load_grid(settings.grid)
     devices = resolve_devices(settings.devices, here)
-    strategy_names = resolve_strategies(settings.strategies)
     dtypes = resolve_dtypes(settings.dtype)
     modes = resolve_modes(settings.mode)
+    quantities = resolve_quantities(settings.quantity)
+    cases = grid.expand(the_grid, None, dtypes, modes, quantities)
+    strategy_names = resolve_strategies(settings.strategies, tuple(c.quantity for c in cases))
     threads = apply_threads(settings.threads or str(the_grid.threads or ""))
     model_specs = [settings.model] if settings.model else list(the_grid.models)
     model_defs, notes = check_models(model_specs, the_grid, dtypes, override=settings.model)
@@ -233,7 +249,7 @@ def plan_run(settings: Settings, here: bool = True) -> RunPlan:
         devices=devices,
         strategy_names=strategy_names,
         model_defs=model_defs,
-        cases=grid.expand(the_grid, tuple(model_defs) if settings.model else None, dtypes, modes),
+        cases=grid.expand(the_grid, tuple(model_defs) if settings.model else None, dtypes, modes, quantities),
         memory_budget_bytes=memory_budget,
         time_budget_s=time_budget,
         threads=threads,
@@ -241,6 +257,9 @@ def plan_run(settings: Settings, here: bool = True) -> RunPlan:
         compiled=resolve_compiled(settings.compiled, settings.strategies),
         processes=resolve_processes(settings.processes),
     )
+    plan.notes += [f"no strategy of STRATEGIES= computes a {q}: its shapes are not measured" for q in
+                   dict.fromkeys(c.quantity for c in plan.cases) if not any(plan.strategies_for(c) for c in plan.cases
+                                                                             if c.quantity == q)]
     plan.plan_hash, plan.total_cases = shards.plan_hash(plan), plan.planned_cases
     if shard:
         shards.restrict(plan, *shard)

@@ -13,14 +13,15 @@ from collections.abc import Callable
 
 from bench import stats
 from bench.run import machine, measure
-from bench.schema import CLOSED_FORM, CaseRecord, VerdictRecord
+from bench.schema import CaseRecord, VerdictRecord, is_closed_form
 
 ROUNDS = (9, 41)  # interleaved rounds of a playoff: at least, at most
 
 
 def candidates(records: list[CaseRecord]) -> tuple[list[CaseRecord], list[CaseRecord]]:
     """(every valid autodiff record of the shape, fastest first; the contenders among them)."""
-    valid = sorted((r for r in records if r.status == "ok" and r.is_jacobian and r.strategy != CLOSED_FORM),
+    valid = sorted((r for r in records if r.status == "ok" and r.is_jacobian and not r.estimator
+                     and not is_closed_form(r.strategy)),
                    key=lambda r: r.time_median_s)
     if not valid:
         return [], []

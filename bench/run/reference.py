@@ -252,6 +252,7 @@ PINN_RTOL_FACTOR = SECOND_ORDER_RTOL_FACTOR * TRAIN_RTOL_FACTOR
 # broken (wrong scale, wrong probes, wrong quantity), not unlucky. A sanity gate, not a precision claim: the measured
 # error is what the record keeps.
 ESTIMATE_SIGMAS = 6
+ESTIMATE_NOTE = "estimate:"  # how the message of an estimator's check begins: its measured error, kept in its record
 
 
 @dataclass(frozen=True)
@@ -390,6 +391,16 @@ def _coupled_hessian(model64: nn.Module, x64: Tensor, create_graph: bool = False
     return torch.diagonal(full, dim1=0, dim2=3).permute(3, 0, 1, 2)  # [out, in, in, B] -> [B, out, in, in]
 
 
+def of_quantity(quantity: str, model: nn.Module, x: Tensor, memory_budget: int | None = None, hidden: int = 0,
+                train: bool = False) -> Reference | SecondOrderReference:
+    """The float64 reference a shape of this quantity is validated against: `reference` (the Jacobian, and in train
+    mode the penalty's gradient) or `second_order_reference` (the Hessian or what the Laplacian needs, and in train
+    mode the PINN step's gradient)."""
+    if quantity == "jacobian":
+        return reference(model, x, memory_budget, hidden=hidden, train=train)
+    return second_order_reference(model, x, quantity, memory_budget, hidden=hidden, train=train)
+
+
 def validate_second_order(output: object, ref: SecondOrderReference, quantity: str, dtype: torch.dtype,
                           estimator: bool = False) -> Check:
     """Compare a second-order strategy's output (the Hessian or the Laplacian) with the float64 reference.
@@ -413,7 +424,7 @@ def validate_second_order(output: object, ref: SecondOrderReference, quantity: s
     if estimator:
         bound = tolerance + ESTIMATE_SIGMAS * math.sqrt(2) * ref.hessian_norm  # [B, out]
         relative = largest / max(expected.abs().max().item(), torch.finfo(torch.float64).tiny)
-        measured = f"estimate: max abs error {largest:.3g} ({relative:.3g} of the largest |Δ|)"
+        measured = f"{ESTIMATE_NOTE} max abs error {largest:.3g} ({relative:.3g} of the largest |Δ|)"
         if (error.abs() > bound).any():
             worst = (error.abs() / bound).max().item()
             return Check(False, largest, tolerance, f"{measured}, {worst:.3g}× the bound of {ESTIMATE_SIGMAS} noise "
@@ -433,7 +444,8 @@ def validate_pinn_gradient(output: object, expected: Tensor, dtype: torch.dtype,
     if not estimator or check.max_abs_error is None:
         return check
     relative = check.max_abs_error / max(expected.abs().max().item(), torch.finfo(torch.float64).tiny)
-    measured = f"estimate: parameter gradient max abs error {check.max_abs_error:.3g} ({relative:.3g} of the largest)"
+    measured = f"{ESTIMATE_NOTE} parameter gradient max abs error {check.max_abs_error:.3g} ({relative:.3g} of the " \
+               "largest)"
     return Check(True, check.max_abs_error, check.tolerance, measured)
 
 

@@ -27,7 +27,7 @@ from bench.run.grid import Case
 from bench.run.plan import RunPlan
 from bench.run.shapes import ForwardTimer, PreparedShape, ShapeCache
 from bench.run.skips import SkipPolicy, predicted_memory
-from bench.schema import CLOSED_FORM, CaseRecord, case_id, is_jacobian
+from bench.schema import CaseRecord, case_id, is_closed_form, is_jacobian
 from strategies import Strategy, Unsupported
 
 Call = Callable[[nn.Module, Tensor], object]  # what one timed call runs: fn(model, x)
@@ -216,7 +216,8 @@ RETIME_MARGIN = 2.5  # the second process re-times strategies within this factor
 def to_retime(records: list[CaseRecord]) -> list[CaseRecord]:
     """The timed strategies of a shape the second process times again: the contenders and those near them."""
     timed_ok = [r for r in records if r.status == "ok" and r.round_times_s]
-    winners = [r.time_median_s for r in timed_ok if r.contender and r.is_jacobian and r.strategy != CLOSED_FORM]
+    winners = [r.time_median_s for r in timed_ok if r.contender and r.is_jacobian and not r.estimator
+               and not is_closed_form(r.strategy)]
     fastest = min(winners, default=min((r.time_median_s for r in timed_ok), default=0.0))
     return [r for r in timed_ok if r.contender or r.time_median_s <= RETIME_MARGIN * fastest]
 
@@ -227,7 +228,8 @@ def timed(outcome: Outcome, entry: timing.Entry, result: timing.ShapeTiming) -> 
     if entry.error is not None:
         failed = failure(entry.error, None, check=outcome.check, setup_s=outcome.setup_s, warnings=outcome.warnings)
         return dataclasses.replace(failed, wall_s=wall_s)
-    notes = [timing.note(entry)] + ([f"unstable: {result.unstable}"] if result.unstable else [])
+    estimate = [outcome.check.message] if outcome.check is not None and outcome.check.ok else []  # an estimator's error
+    notes = estimate + [timing.note(entry)] + ([f"unstable: {result.unstable}"] if result.unstable else [])
     return dataclasses.replace(outcome, entry=entry, wall_s=wall_s, message="; ".join(n for n in notes if n),
                                unstable=result.unstable)
 
@@ -241,8 +243,11 @@ def added_process(record: CaseRecord, entry: timing.Entry | None, result: timing
         return dataclasses.replace(record, message="; ".join(m for m in (record.message, why) if m))
     rounds = record.round_times_s + entry.rounds
     process_rounds = (record.process_rounds or [len(record.round_times_s)]) + [len(entry.rounds)]
-    message = "; ".join(m for m in (timing.note(entry) or record.message, f"second process unstable: "
-                                    f"{result.unstable}" if result.unstable else "") if m)
+    parts = record.message.split("; ")
+    estimate = [m for m in parts if m.startswith(reference.ESTIMATE_NOTE)]  # an estimator's error stays in its record
+    timed_note = timing.note(entry) or "; ".join(m for m in parts if m not in estimate)
+    message = "; ".join(m for m in (*estimate, timed_note, f"second process unstable: {result.unstable}"
+                                    if result.unstable else "") if m)
     return dataclasses.replace(
         record, round_times_s=rounds, process_rounds=process_rounds,
         round_sweeps=record.round_sweeps + entry.round_sweeps, contender=record.contender or entry.contender,
@@ -267,9 +272,10 @@ def failure(exc: BaseException, shape: PreparedShape | None, **found) -> Outcome
 
 
 def may_win(strategy: Strategy, case: Case) -> bool:
-    """Whether a strategy can be the shape's answer: autodiff (the closed form is the limit, not a contender) and
-    returning J (a sum over outputs is not J when out > 1)."""
-    return strategy.name != CLOSED_FORM and is_jacobian(strategy.returns, case.sizes.out_dim)
+    """Whether a strategy can be the shape's answer: autodiff (a closed form is the limit, not a contender), exact
+    (a stochastic estimator is never a winner) and returning J (a sum over outputs is not J when out > 1)."""
+    return not is_closed_form(strategy.name) and not strategy.estimator and is_jacobian(strategy.returns,
+                                                                                        case.sizes.out_dim)
 
 
 def within(call: Call, shape: PreparedShape, limit: float) -> object:
@@ -280,10 +286,16 @@ def within(call: Call, shape: PreparedShape, limit: float) -> object:
     return output
 
 
-def validate(output: object, ref: reference.Reference, strategy: Strategy, case: Case) -> reference.Check:
-    """The first call's output against the float64 reference: J (or J.sum(1)), or the parameter gradient in train
-    mode; the tolerance follows the case's dtype."""
+def validate(output: object, ref: reference.Reference | reference.SecondOrderReference, strategy: Strategy,
+             case: Case) -> reference.Check:
+    """The first call's output against the float64 reference of the case's quantity: J (or J.sum(1)), H or the
+    Laplacian, or the parameter gradient in train mode (of the PINN step for second order); the tolerance follows
+    the case's dtype. An estimator passes within its noise and its check's message states its error."""
     dtype = getattr(torch, case.dtype)
+    if case.quantity != "jacobian":
+        if case.mode == "train":
+            return reference.validate_pinn_gradient(output, ref.pinn_gradient, dtype, strategy.estimator)
+        return reference.validate_second_order(output, ref, case.quantity, dtype, strategy.estimator)
     if case.mode == "train":
         expected = ref.output_sum_penalty_gradient if strategy.returns == "output_sum" else ref.penalty_gradient
         return reference.validate_gradient(output, expected, dtype)
@@ -315,7 +327,8 @@ def case_record(strategy: Strategy, case: Case, device: str, outcome: Outcome, s
     prepared = shape is not None and shape.model is not None
     return CaseRecord(
         strategy=strategy.name, model=case.model, device=device, dtype=case.dtype, **case.sizes._asdict(),
-        mode=case.mode, status=outcome.status, message=outcome.message, **rounds, unstable=bool(outcome.unstable),
+        mode=case.mode, quantity=case.quantity, status=outcome.status, message=outcome.message, **rounds,
+        unstable=bool(outcome.unstable),
         forward_median_s=shape.forward_median_s if shape else None, coupled=shape.coupled if shape else None,
         module_training=shape.model.training if prepared else None,
         peak_memory_bytes=outcome.peak_memory_bytes if outcome.status == "ok" else None,
@@ -323,9 +336,9 @@ def case_record(strategy: Strategy, case: Case, device: str, outcome: Outcome, s
         max_abs_error=check.max_abs_error if check else None, tolerance=check.tolerance if check else None,
         setup_s=outcome.setup_s, warnings=outcome.warnings, returns=strategy.returns,
         is_jacobian=is_jacobian(strategy.returns, case.sizes.out_dim),
-        independent_samples=strategy.independent_samples, compiled=strategy.compiled, summary=strategy.summary,
-        cost=strategy.cost, sweeps=list(case.sweeps), case_id=case_id(strategy.name, device, case.shape_id),
-        wall_s=round(outcome.wall_s, 4))
+        independent_samples=strategy.independent_samples, estimator=strategy.estimator, compiled=strategy.compiled,
+        summary=strategy.summary, cost=strategy.cost, sweeps=list(case.sweeps),
+        case_id=case_id(strategy.name, device, case.shape_id), wall_s=round(outcome.wall_s, 4))
 
 
 def _one_sample_note(shape: PreparedShape) -> str:

@@ -30,6 +30,9 @@ class Settings:
                                                  "compiled ones included (default: all registered)")
     model: str = _setting("", "MODEL", "model preset or path/to/file.py:factory, replacing the grid's models")
     mode: str = _setting("", "MODE", "jacobian and/or train, comma-separated, replacing the grid's modes")
+    quantity: str = _setting("", "QUANTITY", "jacobian, hessian and/or laplacian, comma-separated: what each shape "
+                                             "computes, replacing the grid's quantities (default: the grid's, else "
+                                             "jacobian)")
     dtype: str = _setting("", "DTYPE", "comma-separated dtypes (float32, float64, float16, bfloat16), replacing "
                                        "the grid's")
     compiled: str = _setting("", "COMPILED", "1: compiled strategies on every case, 0: on none (default: where the "

@@ -35,7 +35,7 @@ class PreparedShape:
     model: nn.Module | None = None
     x: Tensor | None = None  # [B, in]
     forward_median_s: float | None = None
-    reference: reference.Reference | None = None
+    reference: reference.Reference | reference.SecondOrderReference | None = None
     status: str = "ok"
     message: str = ""
 
@@ -127,8 +127,8 @@ class ShapeCache:
                     shape.forward_median_s = time_forward(lambda: model(x))
         if with_reference:
             with self.phases("references"):
-                shape.reference = reference.reference(model, x, self.memory_budget(shape.device),
-                                                      hidden=case.sizes.hidden, train=case.mode == "train")
+                shape.reference = reference.of_quantity(case.quantity, model, x, self.memory_budget(shape.device),
+                                                        hidden=case.sizes.hidden, train=case.mode == "train")
         shape.model, shape.x = model, x
 
     def warm_up(self, case: Case, device: str, names: list[str] | None = None) -> None:
