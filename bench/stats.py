@@ -180,16 +180,17 @@ def spread(values: Sequence[float], process_rounds: Sequence[int], center: float
     return Spread(center, within, excess, len(parts), gap, within_each)
 
 
-COVERED = 0.90  # the share of the run's own process-to-process gaps the pooled variance must cover
+COVERED = 0.95  # the share of the run's own process-to-process gaps the pooled variance must cover
 
 
 def pooled_excess(spreads: Sequence[Spread]) -> float:
     """The run's between-process variance, from the cases measured in two processes, calibrated on the run itself:
-    the smallest variance under which 90% of the gaps between a case's two process medians fall within ±Z of
+    the smallest variance under which 95% of the gaps between a case's two process medians fall within ±Z of
     their expected spread, √(2·(between + within)). A process now and then slows a case many times over (the tails
     are heavy): a mean would let those few set every interval, a median would let them fall outside the intervals
-    of a rerun. With each case's own excess as a floor (log_sd), 90% of the gaps here made intervals that held
-    95–97% of a rerun's medians on the project's VM (two quick runs). 0 when no case was measured twice."""
+    of a rerun. With each case's own excess as a floor (log_sd), 95% of the gaps made intervals that held 89–100%
+    of a rerun's medians on the project's VM (two quick and two default runs, each way; 90% held 81–100%): a run in a
+    quiet hour sees smaller gaps than a rerun in a busy one will. 0 when no case was measured twice."""
     seen = [s for s in spreads if s.gap is not None and math.isfinite(s.within)]
     if not seen:
         return 0.0
