@@ -170,9 +170,9 @@ def test_the_window_law_is_recovered_from_shapes_that_follow_it():
     for n, (target, call) in enumerate([(0.1, 0.001), (0.2, 0.01), (0.1, 0.05), (0.5, 0.2)]):
         floor = costs.rounds_floor(call, 2)
         samples.append(costs.Sample("s", "jacobian", "mlp", "float32", "cpu", Sizes(2**n, 8, 8, 8), "ok", 1.0, target,
-                                    2.0, 0.1, 1.3 * target * 2 + 0.8 * floor, 0.0, call, 2))
-    assert costs.window_law(samples) == pytest.approx((1.3, 0.8))
-    assert costs.window_law([]) == (1.0, 1.0)
+                                    2.0, 0.1, (1.3 * target + 0.05) * 2 + 0.8 * floor, 0.0, call, 2))
+    assert costs.window_law(samples) == pytest.approx((1.3, 0.8, 0.05))
+    assert costs.window_law([]) == (1.0, 1.0, 0.0)
 
 
 def test_the_call_time_extrapolates_past_the_largest_measured_shape(tmp_path):

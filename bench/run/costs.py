@@ -19,10 +19,10 @@ How a run spends its time (bench/run/runner.py, timing.py, retime.py, session.py
   - per run: what each shape costs outside its cases (freezing the heap, the second process's model and warm-up:
     the processes' wall time left over, per shape), finish per case and the report.
   - over the runs, one law for a shape's windows, fitted by least squares to the measured shapes:
-    rounds = WINDOW x `target_s` x (strategies timed, once per process) + FLOOR x (their MIN_ROUNDS rounds per
-    process). Which strategy of a shape gets the rounds depends on the others (a contender keeps running, the
-    others stop at MIN_ROUNDS), so a case's own rounds do not carry over to a grid of other strategies or sizes;
-    the shape's do.
+    rounds = (WINDOW x `target_s` + SCREEN) x (strategies timed, once per process) + FLOOR x (their MIN_ROUNDS
+    rounds per process); SCREEN is the screening every strategy runs whatever `target_s` is. Which strategy of a
+    shape gets the rounds depends on the others (a contender keeps running, the others stop at MIN_ROUNDS), so a
+    case's own rounds do not carry over to a grid of other strategies or sizes; the shape's do.
 Older runs (no `processes`: a separate playoff per shape, one process) stay usable: a case's rounds were `target_s`
 and its shape's playoff, its setup the rest of its `wall_s`, and the run's time between cases is per shape.
 
@@ -75,8 +75,8 @@ MIN_ROUNDS = 7  # rounds every timed strategy gets in each process
 MIN_ROUND_S = 2e-3  # a round lasts at least this long
 LEAD_IN_S = 2e-3  # untimed calls before each round of a call shorter than WARM_CALL_S
 WARM_CALL_S = 0.05
-LAUNCH_S = 2.5  # starting one worker process (python, torch, pytest) before it records anything: measured here,
-# the wall time of a run less its processes, finish and report (v4 runs of quick, 2 processes: 5 s)
+LAUNCH_S = 1.0  # starting one worker process (python, torch, pytest) before it records anything, where no run
+# recorded its processes' ends (here: the v5 runs, 0.6-1.2 s a process)
 FINISH_PER_CASE_S = 0.004  # bench/run/session.finish, per case, where no run recorded it (quick here: 1.2 s / 300)
 REPORT_PER_CASE_S = 0.025  # tables, plots and report, where no run recorded it (quick here: 7 s / 300)
 _TIMESTAMP = "%Y-%m-%dT%H:%M:%S%z"
@@ -170,7 +170,8 @@ class CostModel:
     runs: list[str]
     samples: list[Sample]
     window: float = 1.0  # the window law: rounds = window x target_s x processes + floor x MIN_ROUNDS rounds
-    floor: float = 1.0
+    floor: float = 1.0  # + screen x processes
+    screen: float = 0.0
     window_factor: float = 1.0  # the fitted runs' median window factor (said in the output)
     shape_s: float = 0.0
     launch_s: float = LAUNCH_S
@@ -232,7 +233,7 @@ class CostModel:
 
     def rounds(self, call_s: float, target_s: float, processes: float) -> float:
         """The window law: a timed strategy's rounds in its shape's windows, their own work included."""
-        return self.window * target_s * processes + self.floor * rounds_floor(call_s, processes)
+        return (self.window * target_s + self.screen) * processes + self.floor * rounds_floor(call_s, processes)
 
 
 def distances(samples: Sequence[Sample], queries: Sequence[Query]) -> np.ndarray:
@@ -310,9 +311,10 @@ def fit(folders: Sequence[Path], source: str = "") -> CostModel:
         return statistics.median(known) if known else default
 
     names = [Path(f).name for f in folders]
-    window, floor = window_law(samples)
+    window, floor, screen = window_law(samples)
     return CostModel(
         source=source or ", ".join(str(f) for f in folders), runs=names, samples=samples, window=window, floor=floor,
+        screen=screen,
         window_factor=median([r.window_factor for r in per_run], 1.0),
         shape_s=median([r.shape_s for r in per_run], 0.0),
         launch_s=median([r.launch_s for r in per_run], LAUNCH_S),
@@ -322,26 +324,38 @@ def fit(folders: Sequence[Path], source: str = "") -> CostModel:
         machines=sorted(set(machines)), structures=sorted({r.structure for r in per_run}))
 
 
-def window_law(samples: Sequence[Sample]) -> tuple[float, float]:
-    """(window, floor) of the law rounds = window x target_s x processes + floor x rounds floor, least squares over
-    the measured shapes (a shape's windows add up its strategies' rounds); neither below 0. (1, 1) without data."""
+def window_law(samples: Sequence[Sample]) -> tuple[float, float, float]:
+    """(window, floor, screen) of the law rounds = (window x target_s + screen) x processes + floor x rounds floor,
+    least squares over the measured shapes (a shape's windows add up its strategies' rounds), none below 0.
+    `screen` is what a strategy costs whatever `target_s` is: the screening blocks of BLOCK_S every strategy runs in
+    before the contenders go on alone (bench/run/timing.py); without it, a grid of a shorter `target_s` than the
+    fitted ones is predicted far too short. (1, 1, 0) without data."""
     shapes: dict[tuple, list[float]] = {}
     for s in samples:
         if s.timed:
-            row = shapes.setdefault((s.target_s, *_shape_key(s)), [0.0, 0.0, 0.0])
+            row = shapes.setdefault((s.target_s, *_shape_key(s)), [0.0, 0.0, 0.0, 0.0])
             row[0] += s.window_s
             row[1] += s.floor_s
-            row[2] += s.rounds_s
+            row[2] += s.processes
+            row[3] += s.rounds_s
     if not shapes:
-        return 1.0, 1.0
-    rows = np.array(list(shapes.values()))  # [shapes, 3]: window, floor, rounds
-    x, y = rows[:, :2], rows[:, 2]  # [shapes, 2], [shapes]
-    coef = np.linalg.lstsq(x, y, rcond=None)[0]  # [2]
-    if (coef >= 0).all():
-        return float(coef[0]), float(coef[1])
-    one = [float(x[:, i] @ y / max(x[:, i] @ x[:, i], 1e-12)) for i in (0, 1)]  # one term alone
-    return (one[0], 0.0) if ((x[:, 0] * one[0] - y) ** 2).sum() <= ((x[:, 1] * one[1] - y) ** 2).sum() \
-        else (0.0, one[1])
+        return 1.0, 1.0, 0.0
+    rows = np.array(list(shapes.values()))  # [shapes, 4]: window, floor, processes, rounds
+    return tuple(float(c) for c in _nonnegative_least_squares(rows[:, :3], rows[:, 3]))  # type: ignore[return-value]
+
+
+def _nonnegative_least_squares(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """argmin |x c - y| over c >= 0, by trying every set of free coefficients (x has a handful of columns).
+    x: [rows, terms], y: [rows]; returns [terms]."""
+    best, best_error = np.zeros(x.shape[1]), float(y @ y)
+    for mask in range(1, 2 ** x.shape[1]):
+        free = [i for i in range(x.shape[1]) if mask >> i & 1]
+        coef = np.zeros(x.shape[1])
+        coef[free] = np.linalg.lstsq(x[:, free], y, rcond=None)[0]
+        error = float(((x @ coef - y) ** 2).sum())
+        if (coef >= 0).all() and error < best_error - 1e-12:
+            best, best_error = coef, error
+    return best
 
 
 Part = tuple[float, float, float, float | None, int]  # setup_s, rounds_s, retime_s, call_s, processes
@@ -374,7 +388,7 @@ def take_apart(cases: list[CaseRecord], verdicts: list, env: dict[str, Any], tar
     parts = [(s, rd * factor, a * again_scale, r.time_median_s if t else None, len(r.process_rounds) if t else 0)
              for r, t, s, rd, a in zip(cases, timed, setup, rounds, again, strict=True)]
     return parts, RunCosts(
-        window_factor=factor, shape_s=max(processes_s - inside, 0.0) / max(shapes, 1),
+        window_factor=factor, shape_s=max(processes_s - inside, 0.0) / max(shapes, 1), launch_s=_launch_s(env),
         finish_per_case_s=_per_case(phases.get("finish"), cases), report_per_case_s=_per_case(phases.get("report"),
                                                                                              cases))
 
@@ -404,6 +418,20 @@ def take_apart_playoffs(cases: list[CaseRecord], verdicts: list, env: dict[str, 
     start = phases.get("start")
     return parts, RunCosts(shape_s=between or 0.0, report_per_case_s=_per_case(phases.get("report"), cases),
                            launch_s=float(start) if isinstance(start, int | float) else None, structure="playoffs")
+
+
+def _launch_s(env: dict[str, Any]) -> float | None:
+    """Starting one worker process: from the run folder's creation to the last process's end, less what the
+    processes recorded, per process (None for a resumed run, or one whose processes did not record their end)."""
+    processes = env.get("processes") or []
+    ends = [p.get("ended") for p in processes]
+    if env.get("resumed") or not processes or len({p.get("process") for p in processes}) != len(processes):
+        return None
+    spans = [_seconds_between(env.get("created"), end) for end in ends]
+    if any(s is None for s in spans):
+        return None
+    spent = max(spans) - sum(float(p.get("wall_s") or 0.0) for p in processes)  # type: ignore[type-var]
+    return max(spent, 0.0) / len(processes)
 
 
 def _timed(r: CaseRecord) -> bool:

@@ -233,7 +233,8 @@ def as_json(fc: Forecast, shard_count: int | None = None) -> dict[str, Any]:
         "cost_model": {"source": fc.model.source, "runs": fc.model.runs, "cases": len(fc.model.samples),
                        "machines": fc.model.machines, "structures": fc.model.structures,
                        "phases_recorded": fc.model.phases_recorded,
-                       "window_law": {"window": round(fc.model.window, 3), "floor": round(fc.model.floor, 3)},
+                       "window_law": {"window": round(fc.model.window, 3), "floor": round(fc.model.floor, 3),
+                                      "screen_s": round(fc.model.screen, 3)},
                        "window_factor": round(fc.model.window_factor, 3), "shape_s": round(fc.model.shape_s, 3)},
         "notes": fc.notes,
     }
