@@ -40,3 +40,35 @@ def idw(distances: np.ndarray, values: np.ndarray, k: int = K_NEAREST, power: fl
     weights /= weights.sum(axis=1, keepdims=True)
     estimates = np.einsum("qk,qkc->qc", weights, values[nearest])  # [queries, columns]
     return estimates, nearest[:, 0]
+
+
+K_FIT = 12  # points of a local linear fit: enough for an intercept and four slopes with some to spare
+RIDGE = 0.01  # pulls slopes the neighbours do not pin down (an axis they do not vary along) to 0: the IDW value
+SLOPES = (0.0, 3.0)  # per log2 step: a cost does not fall as a size grows, nor grow faster than its cube
+
+
+def local_linear(distances: np.ndarray, points: np.ndarray, queries: np.ndarray, values: np.ndarray,
+                 k: int = K_FIT, power: float = POWER) -> np.ndarray:
+    """Per query, a weighted linear fit of values over its k nearest points' coordinates, read at the query: inside
+    the measured points it is close to `idw`, outside them it extrapolates along the slopes the points show (a power
+    law in sizes when coordinates and values are logs), where `idw` would repeat the nearest values.
+
+    distances: [queries, points]; points: [points, dims]; queries: [queries, dims]; values: [points].
+    Returns [queries]. Slopes are ridge-regularised toward 0 and clipped to SLOPES.
+    """
+    distances = np.asarray(distances, dtype=float)
+    values = np.asarray(values, dtype=float).reshape(-1)
+    k = min(k, distances.shape[1])
+    nearest = np.argsort(distances, axis=1, kind="stable")[:, :k]  # [queries, k]
+    d = np.take_along_axis(distances, nearest, axis=1)  # [queries, k]
+    weights = 1.0 / np.maximum(d, EXACT) ** power  # [queries, k]
+    weights /= weights.sum(axis=1, keepdims=True)
+    out = np.empty(len(queries))
+    for q in range(len(queries)):
+        w, v = weights[q], values[nearest[q]]  # [k], [k]
+        delta = points[nearest[q]] - queries[q]  # [k, dims]
+        centred = delta - w @ delta  # [k, dims]: slopes apart from the intercept
+        gram = centred.T @ (w[:, None] * centred) + RIDGE * np.eye(delta.shape[1])  # [dims, dims]
+        slopes = np.clip(np.linalg.solve(gram, centred.T @ (w * (v - w @ v))), *SLOPES)  # [dims]
+        out[q] = w @ (v - delta @ slopes)
+    return out

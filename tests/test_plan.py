@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench.run import costs
@@ -34,8 +37,9 @@ def test_plan_json_and_shards(tmp_path):
     assert [s["shard"] for s in data["shards"]] == ["1/3", "2/3", "3/3"]
     assert sum(s["cases"] for s in data["shards"]) == 300
     total = data["predicted_s"]
-    assert total["total"] == pytest.approx(total["cases"] + total["playoffs"] + total["start"] + total["run"]
+    assert total["total"] == pytest.approx(total["cases"] + total["shapes"] + total["start"] + total["finish"]
                                            + total["report"], abs=0.5)
+    assert sum(s["seconds"] for s in data["shards"]) >= total["total"]  # every shard starts, finishes, reports
     assert data["cost_model"]["cases"] > 0 and data["cost_model"]["runs"]
 
 
@@ -84,54 +88,156 @@ def test_plan_refuses_bad_input_in_one_line(tmp_path):
 # ---- the cost model --------------------------------------------------------------------------------------------------
 
 def _query(strategy: str = "grad_loop", mode: str = "jacobian", batch: int = 32, target_s: float = 0.1,
-           time_s: float = 1.5) -> costs.Query:
-    return costs.Query(strategy, mode, "mlp", "float32", "cpu", Sizes(batch, 64, 8, 8), target_s, time_s)
+           time_s: float = 1.5, processes: int = 2, hidden: int = 64) -> costs.Query:
+    return costs.Query(strategy, mode, "mlp", "float32", "cpu", Sizes(batch, hidden, 8, 8), target_s, time_s,
+                       processes)
 
 
-def test_a_measured_case_is_predicted_as_measured():
-    model = costs.fit([REPO / "results/reference/cpu-quick"])
-    sample = next(s for s in model.samples if s.strategy == "grad_loop" and s.sizes == Sizes(32, 64, 8, 8))
-    (estimate,) = model.predict([_query()])
-    assert estimate.basis == "measured" and estimate.seconds == pytest.approx(sample.wall_s, rel=1e-6)
+def _case(strategy: str, batch: int, wall_s: float, status: str = "ok", median: float | None = None,
+          setup_s: float | None = None, process_rounds: tuple[int, ...] = (7,)) -> dict:
+    timed = status == "ok" and median is not None
+    return {"strategy": strategy, "model": "mlp", "device": "cpu", "dtype": "float32", "batch": batch, "hidden": 64,
+            "in_dim": 8, "out_dim": 8, "status": status, "mode": "jacobian", "wall_s": wall_s, "setup_s": setup_s,
+            "time_median_s": median if timed else None, "rounds": sum(process_rounds) if timed else None,
+            "iterations": 1 if timed else None, "round_times_s": [median] * sum(process_rounds) if timed else [],
+            "process_rounds": list(process_rounds) if timed else []}
 
 
-def test_more_timing_effort_costs_more_and_larger_shapes_cost_more():
-    model = costs.default()
-    low, high = model.predict([_query(target_s=0.1), _query(target_s=1.0)])
-    assert high.seconds == pytest.approx(low.seconds + 0.9, rel=0.05)  # the measured neighbour was ok: timed
-    small, large = model.predict([_query("jacobian_diagonal", batch=8), _query("jacobian_diagonal", batch=512)])
-    assert large.seconds > small.seconds
+def _two_process_run(root: Path) -> Path:
+    """A run of the issue-18 harness, by hand: two shapes; an eager strategy timed and re-timed, a compiled one
+    timed once, one that failed validation; env.json with both worker processes and their phases."""
+    run = root / "two"
+    run.mkdir(parents=True)
+    cases = []
+    for batch, scale in ((8, 1.0), (32, 2.0)):
+        cases += [_case("grad_loop", batch, 0.9 * scale, median=0.01 * scale, process_rounds=(20, 10)),
+                  _case("vmap_jacrev_compiled", batch, 3.0, median=0.02, setup_s=2.0, process_rounds=(10,)),
+                  _case("jacobian_sum", batch, 0.05, status="wrong")]
+    (run / "cases.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cases))
+    env = {"grid": {"name": "hand", "budget": {"target_s": 0.1, "time_s": 1.5}}, "time_budget_s": 1.5,
+           "processes": [
+               {"process": 1, "wall_s": 12.0, "phases": {"startup": 0.1, "heap": 0.1, "models": 0.1, "references": 0.1,
+                                                          "validation": 0.6, "compiling": 4.0, "timing": 4.0}},
+               {"process": 2, "wall_s": 2.0, "phases": {"validation": 0.1, "timing": 1.0}}],
+           "phases": {"finish": 0.6, "report": 3.0}}
+    (run / "env.json").write_text(json.dumps(env))
+    return run
 
 
-def test_a_smaller_shape_that_timed_out_predicts_a_timeout_scaled_to_the_budget():
+def test_a_two_process_run_is_taken_apart_as_its_processes_spent_it(tmp_path):
+    model = costs.fit([_two_process_run(tmp_path)])
+    assert model.structures == ["processes"] and model.phases_recorded
+    samples = model.samples
+    setup = sum(s.setup_s for s in samples)
+    assert setup == pytest.approx(0.1 + 0.1 + 0.1 + 0.6 + 4.0)  # the first process's phases outside its windows
+    assert sum(s.retime_s for s in samples) == pytest.approx(0.1)  # the second one's, on the re-timed cases only
+    assert all(s.retime_s == 0 for s in samples if s.processes < 2)
+    assert sum(s.rounds_s for s in samples) == pytest.approx(5.0)  # both processes' timing phases, all of them
+    own_rounds = sum(s.wall_s for s in samples) - setup  # what the cases' wall times leave for their rounds
+    assert model.window_factor == pytest.approx(5.0 / own_rounds)  # the windows' own work on top of the rounds
+    inside = setup + 5.0 + 0.1
+    assert model.shape_s == pytest.approx((14.0 - inside) / 2)  # what is left of the processes, per shape
+    assert model.finish_per_case_s == pytest.approx(0.1) and model.report_per_case_s == pytest.approx(0.5)
+    wrong = next(s for s in samples if s.status == "wrong")
+    assert (wrong.setup_s, wrong.rounds_s, wrong.timed) == (0.05, 0.0, False)
+
+
+def test_a_measured_case_is_predicted_at_what_it_cost(tmp_path):
+    model = costs.fit([_two_process_run(tmp_path)])
+    for sample in model.samples:
+        (estimate,) = model.predict([_query(sample.strategy, batch=sample.sizes.batch)])
+        assert estimate.basis == "measured"
+        if sample.timed:  # its setup as measured; its rounds from the window law of all shapes, not its own
+            assert estimate.parts[0] == pytest.approx(sample.setup_s, rel=0.02), sample.strategy
+            assert estimate.call_s == pytest.approx(sample.call_s, rel=0.02), sample.strategy
+        else:
+            assert estimate.seconds == pytest.approx(costs.case_cost(sample), rel=0.02), sample.strategy
+
+
+def test_a_longer_window_stretches_the_rounds_beyond_their_floor(tmp_path):
+    model = dataclasses.replace(costs.fit([_two_process_run(tmp_path)]), window=1.5)
+    sample = next(s for s in model.samples if s.strategy == "grad_loop" and s.sizes.batch == 32)
+    low, high = model.predict([_query(batch=32, target_s=0.1), _query(batch=32, target_s=1.0)])
+    assert high.seconds - low.seconds == pytest.approx(model.window * 0.9 * sample.processes, rel=1e-3)
+    floor = costs.MIN_ROUNDS * (0.02 + costs.LEAD_IN_S) * 2  # 7 rounds of one 20 ms call and its lead-in, 2 processes
+    assert sample.floor_s == pytest.approx(floor)
+    (one,) = model.predict([_query(batch=32, processes=1)])
+    assert one.seconds < low.seconds  # no second process: no re-timing, one floor
+
+
+def test_the_window_law_is_recovered_from_shapes_that_follow_it():
+    samples = []
+    for n, (target, call) in enumerate([(0.1, 0.001), (0.2, 0.01), (0.1, 0.05), (0.5, 0.2)]):
+        floor = costs.rounds_floor(call, 2)
+        samples.append(costs.Sample("s", "jacobian", "mlp", "float32", "cpu", Sizes(2**n, 8, 8, 8), "ok", 1.0, target,
+                                    2.0, 0.1, (1.3 * target + 0.05) * 2 + 0.8 * floor, 0.0, call, 2))
+    assert costs.window_law(samples) == pytest.approx((1.3, 0.8, 0.05))
+    assert costs.window_law([]) == (1.0, 1.0, 0.0)
+
+
+def test_the_call_time_extrapolates_past_the_largest_measured_shape(tmp_path):
+    model = costs.fit([_two_process_run(tmp_path)])
+    near, far = model.predict([_query(batch=32), _query(batch=512)])
+    assert far.call_s == pytest.approx(0.02 * 4, rel=0.1)  # grad_loop's call doubled from B8 to B32: ∝ √B
+    assert far.seconds > near.seconds
+    (slow,) = model.predict([_query(batch=2**20)])  # a call of about 3 s, over the 1.5 s limit
+    assert slow.status == "timeout" and slow.basis == "call time" and slow.seconds > costs.TIMEOUT_TRIES * 1.5
+
+
+def test_a_smaller_shape_that_timed_out_predicts_a_timeout_under_the_same_limit_only():
     model = costs.fit([REPO / "results/reference/cpu-quick"])
     timed_out = next(s for s in model.samples if s.status == "timeout")
     query = costs.Query(timed_out.strategy, timed_out.mode, timed_out.model, timed_out.dtype, "cpu",
-                        Sizes(*(2 * v for v in timed_out.sizes)), 0.1, 2 * timed_out.time_s)
+                        Sizes(*(2 * v for v in timed_out.sizes)), 0.1, timed_out.time_s)
     (estimate,) = model.predict([query])
-    assert estimate.status == "timeout" and estimate.seconds == pytest.approx(2 * timed_out.wall_s)
+    assert estimate.status == "timeout" and estimate.seconds == pytest.approx(timed_out.wall_s)
+    (longer,) = model.predict([dataclasses.replace(query, time_s=100 * timed_out.time_s)])
+    assert longer.basis != "failure"  # a longer limit may let it finish: its call time decides
+
+
+def test_an_older_run_with_playoffs_still_fits():
+    model = costs.fit([REPO / "results/reference/cpu-quick"])
+    assert model.structures == ["playoffs"] and model.window_factor == 1.0
+    timed = [s for s in model.samples if s.timed]
+    assert timed and all(s.retime_s == 0 and s.processes == 1 for s in timed)
+    assert all(s.setup_s + s.rounds_s >= s.wall_s - 1e-9 for s in timed)  # its playoff share on top of its wall
+    small, large = model.predict([_query("jacobian_diagonal", batch=8), _query("jacobian_diagonal", batch=512)])
+    assert large.seconds > small.seconds
 
 
 def test_fallbacks_for_an_unseen_strategy_and_for_no_data():
     model = costs.default()
     (unseen,) = model.predict([_query("a_new_strategy")])
     assert unseen.basis == "other strategies" and math.isfinite(unseen.seconds) and unseen.seconds > 0
-    empty = costs.CostModel(source="none", runs=[], samples=[], playoffs=[])
+    empty = costs.CostModel(source="none", runs=[], samples=[])
     (guess,) = empty.predict([_query(target_s=0.25)])
     assert guess.basis == "no data" and guess.seconds == pytest.approx(costs.NO_DATA_CASE_S + 0.25)
 
 
-def test_the_overheads_outside_cases_come_from_env(tmp_path):
-    import shutil
+def test_from_takes_several_runs(tmp_path):
+    run = _two_process_run(tmp_path)
+    model = costs.from_run(f"{run},{REPO / 'results/reference/cpu-published'}")
+    assert model.runs == ["two", "cpu-published"] and model.structures == ["playoffs", "processes"]
 
-    run = tmp_path / "r"
-    shutil.copytree(REPO / "results/reference/cpu-published", run)
-    env = json.loads((run / "env.json").read_text())
-    env["phases"] = {"start": 3.0, "report": 7.0, "timed rounds": 20.0}
-    (run / "env.json").write_text(json.dumps(env))
-    model = costs.fit([run])
-    assert (model.start_s, model.report_s, model.phases_recorded) == (3.0, 7.0, True)
-    assert costs.fit([REPO / "results/reference/cpu-published"]).phases_recorded is False
+
+def test_the_timing_rules_the_model_repeats_are_the_harness_rules():
+    from bench.run import timing
+
+    for name in ("MIN_ROUNDS", "MIN_ROUND_S", "LEAD_IN_S", "WARM_CALL_S"):
+        assert getattr(costs, name) == getattr(timing, name), name
+
+
+def test_local_linear_follows_a_power_law_where_idw_repeats_the_edge():
+    from bench.neighbours import idw, local_linear, log2_sizes
+
+    sizes = [(b, h, 8, 8) for b in (1, 4, 16, 64) for h in (16, 64)]
+    points = log2_sizes(sizes)  # [8, 4]
+    values = points[:, 0] + 2 * points[:, 1]  # cost ∝ B · H²
+    queries = log2_sizes([(1024, 64, 8, 8), (4, 16, 8, 8)])  # [2, 4]: far past the batch range, and a measured point
+    dist = np.sqrt(((queries[:, None, :] - points[None, :, :]) ** 2).sum(axis=2))  # [2, 8]
+    far, exact = local_linear(dist, points, queries, values)
+    assert far == pytest.approx(10 + 12, abs=0.2) and exact == pytest.approx(2 + 8)
+    assert idw(dist, values[:, None])[0][0, 0] < far - 3  # the neighbours' mean stays at the edge
 
 
 def test_leave_one_out_scores_every_run():

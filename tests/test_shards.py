@@ -139,8 +139,19 @@ def test_merged_shards_are_the_run_and_merging_again_changes_nothing(sharded, tm
     for name in ("summary.csv", "report.md", "report.html", "playoffs.jsonl", "benchmark.json"):
         assert (merged / name).is_file(), name
     benchmarks = json.loads((merged / "benchmark.json").read_text())["benchmarks"]
-    assert len(benchmarks) == env["status_counts"]["ok"]
+    per_case = [b for b in benchmarks if (b.get("extra_info") or {}).get("kind") == "case"]
+    assert len(per_case) == env["status_counts"]["ok"]  # one per timed case, once (merged, then finished)
+    assert len(benchmarks) - len(per_case) == 4  # and pytest-benchmark's own forward pass of each shape
     assert "Fastest autodiff strategy per shape" in (merged / "report.md").read_text()
+    shard_envs = [results.read_json(root / "results" / f"s.shard-{k}-of-2" / "env.json") for k in (1, 2)]
+    assert [(p["shard"], p["process"]) for p in env["processes"]] == [
+        (k, p["process"]) for k, e in enumerate(shard_envs, start=1) for p in e["processes"]]  # both shards, both
+    for phase in ("validation", "timing"):  # worker processes each: the merged phases add up what they spent
+        assert env["phases"][phase] == pytest.approx(sum(e["phases"][phase] for e in shard_envs), abs=0.02)
+    from bench.run import costs
+
+    model = costs.fit([merged])  # a merged run predicts like any run (FROM=results/s)
+    assert model.structures == ["processes"] and len(model.samples) == 12 and model.window_factor >= 1
 
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in _files(root)}
     again = run_bench(root, "merge", "s")

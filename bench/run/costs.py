@@ -1,32 +1,49 @@
-"""The cost model behind `make plan` and the shard split: what a case, a shape's playoff and a run's fixed work cost on
-the machine of some earlier runs. It is data, not code: fitted from run folders, by default the committed reference
-runs in results/reference (this project's CPU VM); `make plan FROM=results/<run>` fits it to another run.
+"""The cost model behind `make plan` and the shard split: what a case, a shape and a run's fixed work cost on the
+machine of some earlier runs. It is data, not code: fitted from run folders, by default the committed reference
+runs in results/reference; `make plan FROM=results/<run>[,results/<run>...]` fits it to other runs.
 
-What it reads from each run folder:
-  cases.jsonl     per case: `wall_s` (all the harness spent on it: for a shape's first strategy the model and its
-                  float64 reference too; validation, compiling (`setup_s`), timed rounds, memory pass), the sizes,
-                  strategy, mode, model, dtype, device and status
-  playoffs.jsonl  per shape: `wall_s` of its verdict (the contenders re-timed interleaved)
-  env.json        the grid's budget (`target_s`: timing effort per case, `time_s`: the limit of one call);
-                  `created`/`finished` (what the run spent between its cases: calibration, env.json, summary);
-                  `phases` where a run recorded seconds per phase ("start": process start to the run folder,
-                  "report": tables, plots and documents); older runs lack it and then START_S and REPORT_S stand in
+How a run spends its time (bench/run/runner.py, timing.py, retime.py, session.py), and what the model keeps of it:
+  - the first worker process, per shape: the model, input and float64 reference (in the wall time of the shape's
+    first case), then per strategy its validation call (compiling first, for a compiled one), then every valid
+    strategy timed together in one window of about `target_s` per strategy (a case's `wall_s` = its validation +
+    its own rounds); the second worker process re-times the contenders (their compiling and validation again, and
+    rounds added to `wall_s`); env.json's `processes` holds each process's wall time and seconds per phase
+    (startup, warm-up, heap, models, references, validation, compiling, timing), its `phases` the totals plus
+    finish and report.
+  - per case the model splits `wall_s` into its setup (validation, compiling, the shape's preparation: by the
+    case's `setup_s` + VALIDATION_CALLS calls, the rest of the first process's phases outside its windows spread
+    evenly over the timed cases) and its rounds (the rest, times the run's window factor: the timing phases over
+    the cases' rounds, for the window's own work: calibrations, pauses, set-aside blocks); what the second process
+    spent compiling and validating a re-timed case (its setup again, spread so they add up to that process's
+    phases); its median call and the processes that timed it.
+  - per run: what each shape costs outside its cases (freezing the heap, the second process's model and warm-up:
+    the processes' wall time left over, per shape), finish per case and the report.
+  - over the runs, one law for a shape's windows, fitted by least squares to the measured shapes:
+    rounds = (WINDOW x `target_s` + SCREEN) x (strategies timed, once per process) + FLOOR x (their MIN_ROUNDS
+    rounds per process); SCREEN is the screening every strategy runs whatever `target_s` is. Which strategy of a
+    shape gets the rounds depends on the others (a contender keeps running, the others stop at MIN_ROUNDS), so a
+    case's own rounds do not carry over to a grid of other strategies or sizes; the shape's do.
+Older runs (no `processes`: a separate playoff per shape, one process) stay usable: a case's rounds were `target_s`
+and its shape's playoff, its setup the rest of its `wall_s`, and the run's time between cases is per shape.
 
 How one case is predicted (same strategy and mode; sizes compared as log2 of B, H, in, out; a different model,
 dtype or device counts as MODEL_PENALTY, DTYPE_PENALTY, DEVICE_PENALTY log2 steps):
-  - a measured smaller-or-equal shape of the same strategy, mode, model, dtype and device that ran out of time or
-    memory predicts the same failure, at its wall time scaled by the ratio of the time budgets;
-  - otherwise the K_NEAREST measured neighbours, inverse-distance weighted in log space (bench/neighbours.py), give
-    the wall time outside the timed rounds, and the timed rounds cost the new grid's `target_s` (as often as the
-    neighbours were ok: wrong or unsupported cases are not timed);
+  - the median call from a local linear fit of the log call time over log sizes (bench/neighbours.py): it follows
+    the measured slopes past the largest measured shape; a call over the grid's `time_s` is a timeout (the run tries
+    twice); a measured smaller-or-equal shape that ran out of memory (or out of time under the same or a smaller
+    limit) predicts the same failure;
+  - the setup, the share of neighbours timed and re-timed: the K_NEAREST measured neighbours, inverse-distance
+    weighted (bench/neighbours.py);
+  - seconds = setup + the window law's rounds (for the processes expected to time it) + the second process's
+    setup;
   - fallback, for a strategy or mode no run measured: the same strategy in the other mode, else the neighbours among
     every strategy of the mode (then of any mode); with no run at all, NO_DATA_CASE_S a case plus the timing effort.
-A playoff: its K_NEAREST measured playoffs of the mode, as a multiple of their grid's `target_s`. Nothing here
-imports torch or pandas: fitting reads about a thousand JSON lines.
+Nothing here imports torch or pandas: fitting reads a few thousand JSON lines.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import statistics
@@ -39,26 +56,35 @@ from typing import Any
 import numpy as np
 
 from bench import results
-from bench.neighbours import idw, log2_sizes
-from bench.schema import PREDICTS_LARGER, Sizes
+from bench.neighbours import idw, local_linear, log2_sizes
+from bench.schema import PREDICTS_LARGER, CaseRecord, Sizes
 
 REFERENCE_RUNS = Path(__file__).resolve().parents[2] / "results" / "reference"
 
 MODEL_PENALTY = 4.0  # another model counts as four log2 steps (16x) away on one size
 DTYPE_PENALTY = 1.0
 DEVICE_PENALTY = 4.0  # a cpu measurement says little about a cuda case, but more than nothing
-FLOOR_S = 0.001  # the smallest cost a case is predicted to have outside its timed rounds
+FLOOR_S = 0.001  # the smallest setup a case is predicted to have
 NOT_RUN = ("over_budget", "skipped")  # decided by rules before anything runs: nothing of the machine to learn
 NOT_RUN_S = 0.001  # what such a case costs a run
 NO_DATA_CASE_S = 0.5  # a case, outside its timed rounds, when no run at all can be read
-START_S = 5.0  # process start to the run folder (imports, planning), where no run recorded phases["start"]
-REPORT_S = 15.0  # summary, tables, plots and report, where no run recorded phases["report"]
+VALIDATION_CALLS = 1  # calls of a case outside its rounds and its compiling (`setup_s`): the validation call
+TIMEOUT_TRIES = 2  # a first call over the time limit is tried again before the case is a timeout
+# bench/run/timing.py's rules, repeated here so this module needs no torch (tests/test_plan.py keeps them equal)
+MIN_ROUNDS = 7  # rounds every timed strategy gets in each process
+MIN_ROUND_S = 2e-3  # a round lasts at least this long
+LEAD_IN_S = 2e-3  # untimed calls before each round of a call shorter than WARM_CALL_S
+WARM_CALL_S = 0.05
+LAUNCH_S = 1.0  # starting one worker process (python, torch, pytest) before it records anything, where no run
+# recorded its processes' ends (here: the v5 runs, 0.6-1.2 s a process)
+FINISH_PER_CASE_S = 0.004  # bench/run/session.finish, per case, where no run recorded it (quick here: 1.2 s / 300)
+REPORT_PER_CASE_S = 0.025  # tables, plots and report, where no run recorded it (quick here: 7 s / 300)
 _TIMESTAMP = "%Y-%m-%dT%H:%M:%S%z"
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One measured case as the model sees it."""
+    """One measured case as the model sees it: its wall time taken apart."""
 
     strategy: str
     mode: str
@@ -70,6 +96,34 @@ class Sample:
     wall_s: float
     target_s: float  # the timing effort of its grid
     time_s: float  # its grid's limit of one call
+    setup_s: float = 0.0  # first process, outside its rounds: validation, compiling, the shape's preparation
+    rounds_s: float = 0.0  # its own rounds, every process, and its share of the windows' own work (0: not timed)
+    retime_s: float = 0.0  # the second process's compiling and validation of it (0: not re-timed)
+    call_s: float | None = None  # its median call (None: not timed)
+    processes: int = 0  # worker processes that timed it
+
+    @property
+    def timed(self) -> bool:
+        return self.call_s is not None and self.rounds_s > 0
+
+    @property
+    def floor_s(self) -> float:
+        return rounds_floor(self.call_s, self.processes) if self.timed else 0.0
+
+    @property
+    def window_s(self) -> float:
+        """Its part of its shape's windows: `target_s` per process that timed it."""
+        return self.target_s * self.processes if self.timed else 0.0
+
+
+def round_s(call_s: float) -> float:
+    """Wall time of one round of a call this long: at least MIN_ROUND_S of calls, after its lead-in."""
+    return max(call_s, MIN_ROUND_S) + (LEAD_IN_S if call_s < WARM_CALL_S else 0.0)
+
+
+def rounds_floor(call_s: float | None, processes: float) -> float:
+    """The rounds no window shortens: MIN_ROUNDS per process."""
+    return MIN_ROUNDS * round_s(call_s) * processes if call_s else 0.0
 
 
 @dataclass(frozen=True)
@@ -84,28 +138,48 @@ class Query:
     sizes: Sizes
     target_s: float
     time_s: float
+    processes: int = 2
 
 
 @dataclass(frozen=True)
 class Estimate:
     seconds: float
-    status: str = ""  # "timeout" or "oom" where a smaller measured shape failed so; "" otherwise
-    basis: str = "neighbours"  # measured | neighbours | failure | other mode | other strategies | no data
+    status: str = ""  # "timeout" or "oom" where the model expects it; "" otherwise
+    basis: str = "neighbours"  # measured | neighbours | failure | call time | other mode | other strategies | no data
+    call_s: float | None = None  # the median call it expects
+    parts: tuple[float, float, float] = (0.0, 0.0, 0.0)  # setup, rounds, the second process's setup
+
+
+@dataclass(frozen=True)
+class RunCosts:
+    """What one fitted run spent outside its cases' own seconds."""
+
+    window_factor: float = 1.0  # a window's wall time / its strategies' rounds (calibrations, pauses, set-asides)
+    shape_s: float = 0.0  # per measured shape, outside its cases (heap, the second process's preparation, ...)
+    finish_per_case_s: float | None = None
+    report_per_case_s: float | None = None
+    launch_s: float | None = None  # per worker process; older runs recorded it as phases["start"]
+    structure: str = "processes"  # "processes" (issue 18: windows, two processes) | "playoffs" (older runs)
 
 
 @dataclass
 class CostModel:
-    """Measured cases and playoffs of some runs, and what those runs spent outside them."""
+    """Measured cases of some runs, taken apart, and what those runs spent outside them."""
 
     source: str  # where it was fitted from, said in the output
     runs: list[str]
     samples: list[Sample]
-    playoffs: list[Sample]  # strategy "" ; wall_s of the verdict
-    run_s: float = 0.0  # per run, between its cases (calibration, env.json, summary)
-    start_s: float = START_S
-    report_s: float = REPORT_S
-    phases_recorded: bool = False  # start_s and report_s were measured, not assumed
+    window: float = 1.0  # the window law: rounds = window x target_s x processes + floor x MIN_ROUNDS rounds
+    floor: float = 1.0  # + screen x processes
+    screen: float = 0.0
+    window_factor: float = 1.0  # the fitted runs' median window factor (said in the output)
+    shape_s: float = 0.0
+    launch_s: float = LAUNCH_S
+    finish_per_case_s: float = FINISH_PER_CASE_S
+    report_per_case_s: float = REPORT_PER_CASE_S
+    phases_recorded: bool = False  # finish and report were measured, not assumed
     machines: list[str] = field(default_factory=list)  # "cpu model, N threads, torch X" of the runs
+    structures: list[str] = field(default_factory=list)  # the fitted runs' structures (RunCosts.structure)
 
     @property
     def devices(self) -> set[str]:
@@ -131,33 +205,35 @@ class CostModel:
         if not measured:
             return [Estimate(NO_DATA_CASE_S + q.target_s, basis="no data") for q in queries]
         dist = distances(measured, queries)  # [queries, samples]
-        effort = np.array([[s.status == "ok"] for s in measured], dtype=float)  # [samples, 1]
-        rest = np.array([[math.log(max(s.wall_s - s.target_s * (s.status == "ok"), FLOOR_S))] for s in measured])
-        est, nearest = idw(dist, np.hstack([rest, effort]))  # [queries, 2], [queries]
+        columns = np.array([[math.log(max(s.setup_s - VALIDATION_CALLS * (s.call_s or 0.0), FLOOR_S)), s.timed,
+                             s.processes > 1, max(s.retime_s - VALIDATION_CALLS * (s.call_s or 0.0), 0.0)]
+                            for s in measured])  # [samples, 4]
+        est, nearest = idw(dist, columns)  # [queries, 4], [queries]
+        calls = _calls(measured, queries, dist)  # [queries]
         failures = _failures(own, queries)
         out = []
         for n, q in enumerate(queries):
-            failed = failures[n]
-            if failed is not None:
-                out.append(Estimate(failed.wall_s * q.time_s / failed.time_s, failed.status, "failure"))
+            setup0, timed, retimed, retime0 = math.exp(est[n, 0]), *est[n, 1:]
+            call = float(calls[n])
+            if failures[n] is not None:
+                failed = failures[n]
+                out.append(Estimate(failed.wall_s * q.time_s / failed.time_s, failed.status, "failure", call))
                 continue
+            if timed > 0.5 and call > q.time_s:
+                out.append(Estimate(setup0 + TIMEOUT_TRIES * q.time_s, "timeout", "call time", call))
+                continue
+            retimed = retimed if q.processes > 1 else 0.0
+            rounds = timed * self.rounds(call, q.target_s, 1 + retimed)
+            again = retime0 + retimed * VALIDATION_CALLS * call if q.processes > 1 else 0.0
             exact = dist[n, nearest[n]] == 0 and basis == "neighbours"
-            out.append(Estimate(math.exp(est[n, 0]) + est[n, 1] * q.target_s, "", "measured" if exact else basis))
+            setup = setup0 + timed * VALIDATION_CALLS * call
+            out.append(Estimate(setup + rounds + again, "", "measured" if exact else basis, call,
+                                (setup, rounds, again)))
         return out
 
-    def predict_playoffs(self, queries: Sequence[Query]) -> list[float]:
-        """Seconds of each shape's verdict (queries with strategy "")."""
-        out = [0.0] * len(queries)
-        for mode in {q.mode for q in queries}:
-            pool = [p for p in self.playoffs if p.mode == mode] or self.playoffs
-            indices = [i for i, q in enumerate(queries) if q.mode == mode]
-            if not pool:
-                continue
-            ratio = np.array([[math.log(max(p.wall_s, FLOOR_S) / p.target_s)] for p in pool])  # [playoffs, 1]
-            est, _ = idw(distances(pool, [queries[i] for i in indices]), ratio)  # [queries, 1]
-            for i, log_ratio in zip(indices, est[:, 0], strict=True):
-                out[i] = float(math.exp(log_ratio) * queries[i].target_s)
-        return out
+    def rounds(self, call_s: float, target_s: float, processes: float) -> float:
+        """The window law: a timed strategy's rounds in its shape's windows, their own work included."""
+        return (self.window * target_s + self.screen) * processes + self.floor * rounds_floor(call_s, processes)
 
 
 def distances(samples: Sequence[Sample], queries: Sequence[Query]) -> np.ndarray:
@@ -171,6 +247,18 @@ def distances(samples: Sequence[Sample], queries: Sequence[Query]) -> np.ndarray
     return np.sqrt(d2)
 
 
+def _calls(measured: list[Sample], queries: list[Query], dist: np.ndarray) -> np.ndarray:
+    """[queries] median call expected: a local linear fit of log call time over log2 sizes (0 where no neighbour
+    was timed)."""
+    timed = [i for i, s in enumerate(measured) if s.timed]
+    if not timed:
+        return np.zeros(len(queries))
+    points = log2_sizes([measured[i].sizes for i in timed])  # [timed, 4]
+    log_calls = np.log([measured[i].call_s for i in timed])  # [timed]
+    fitted = local_linear(dist[:, timed], points, log2_sizes([q.sizes for q in queries]), log_calls)  # [queries]
+    return np.exp(fitted)
+
+
 def _measured(pool: Iterable[Sample]) -> list[Sample]:
     """Cases whose wall time says what running them costs (failures predict by the rule in _failures)."""
     return [s for s in pool if s.status not in NOT_RUN and s.status not in PREDICTS_LARGER]
@@ -178,13 +266,15 @@ def _measured(pool: Iterable[Sample]) -> list[Sample]:
 
 def _failures(own: list[Sample], queries: list[Query]) -> list[Sample | None]:
     """Per query, the nearest measured shape of the same strategy, mode, model, dtype and device that is at most as
-    large on every axis and ran out of time or memory (None when there is none): the skip rule of a run, as data."""
+    large on every axis and ran out of memory, or out of time under the same or a smaller limit (None when there is
+    none): the skip rule of a run, as data."""
     failed = [s for s in own if s.status in PREDICTS_LARGER]
     if not failed:
         return [None] * len(queries)
     q_sizes = np.array([q.sizes for q in queries])[:, None, :]  # [queries, 1, 4]
     f_sizes = np.array([s.sizes for s in failed])[None, :, :]  # [1, failed, 4]
-    same = np.array([[(q.model, q.dtype, q.device) == (s.model, s.dtype, s.device) for s in failed]
+    same = np.array([[(q.model, q.dtype, q.device) == (s.model, s.dtype, s.device)
+                      and (s.status != "timeout" or q.time_s <= s.time_s) for s in failed]
                      for q in queries])  # [queries, failed]
     below = (q_sizes >= f_sizes).all(axis=2) & same  # [queries, failed]
     dist = np.where(below, distances(failed, queries), np.inf)
@@ -195,40 +285,176 @@ def device_kind(device: str) -> str:
     return device.partition(":")[0]
 
 
+# ---- fitting ---------------------------------------------------------------------------------------------------------
+
 def fit(folders: Sequence[Path], source: str = "") -> CostModel:
     """The cost model of these run folders (a ResultsError for a folder that is not a run)."""
-    samples, playoffs, outside, starts, reports, machines = [], [], [], [], [], []
+    samples, per_run, machines = [], [], []
     for folder in folders:
         run = results.read_run(Path(folder))
         env = run.env
         budget = (env.get("grid") or {}).get("budget") or {}
         target_s = float(budget.get("target_s") or 0.25)
         time_s = float(env.get("time_budget_s") or budget.get("time_s") or 5.0)
-        for r in run.cases:
-            if isinstance(r.wall_s, int | float) and r.wall_s >= 0:
-                samples.append(Sample(r.strategy, r.mode, r.model, r.dtype, device_kind(r.device), r.sizes,
-                                      r.status, float(r.wall_s), target_s, time_s))
-        for v in run.verdicts:
-            if isinstance(v.wall_s, int | float) and v.wall_s > 0:
-                playoffs.append(Sample("", v.mode, v.model, v.dtype, device_kind(v.device), v.sizes, "ok",
-                                       float(v.wall_s), target_s, time_s))
-        spent = _seconds_between(env.get("created"), env.get("finished"))
-        if spent is not None and not env.get("resumed"):
-            inside = sum(r.wall_s or 0 for r in run.cases) + sum(v.wall_s or 0 for v in run.verdicts)
-            outside.append(max(0.0, spent - inside))
-        phases = env.get("phases") if isinstance(env.get("phases"), dict) else {}
-        starts += [float(phases["start"])] if isinstance(phases.get("start"), int | float) else []
-        reports += [float(phases["report"])] if isinstance(phases.get("report"), int | float) else []
+        cases = [r for r in run.cases if isinstance(r.wall_s, int | float) and r.wall_s >= 0]
+        split = take_apart if env.get("processes") else take_apart_playoffs
+        parts, run_costs = split(cases, run.verdicts, env, target_s)
+        samples += [Sample(r.strategy, r.mode, r.model, r.dtype, device_kind(r.device), r.sizes, r.status,
+                           float(r.wall_s), target_s, time_s, *part) for r, part in zip(cases, parts, strict=True)]
+        per_run.append(run_costs)
         threads = env.get("threads", "?")
         machines.append(f"{env.get('cpu_model', 'unknown CPU')}, {threads} thread{'' if threads == 1 else 's'}, "
                         f"torch {env.get('torch', '?')}")
+
+    def median(values: list[float | None], default: float) -> float:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known else default
+
     names = [Path(f).name for f in folders]
+    window, floor, screen = window_law(samples)
     return CostModel(
-        source=source or ", ".join(str(f) for f in folders), runs=names, samples=samples, playoffs=playoffs,
-        run_s=statistics.median(outside) if outside else 0.0,
-        start_s=statistics.median(starts) if starts else START_S,
-        report_s=statistics.median(reports) if reports else REPORT_S,
-        phases_recorded=bool(starts and reports), machines=sorted(set(machines)))
+        source=source or ", ".join(str(f) for f in folders), runs=names, samples=samples, window=window, floor=floor,
+        screen=screen,
+        window_factor=median([r.window_factor for r in per_run], 1.0),
+        shape_s=median([r.shape_s for r in per_run], 0.0),
+        launch_s=median([r.launch_s for r in per_run], LAUNCH_S),
+        finish_per_case_s=median([r.finish_per_case_s for r in per_run], FINISH_PER_CASE_S),
+        report_per_case_s=median([r.report_per_case_s for r in per_run], REPORT_PER_CASE_S),
+        phases_recorded=any(r.report_per_case_s is not None for r in per_run),
+        machines=sorted(set(machines)), structures=sorted({r.structure for r in per_run}))
+
+
+def window_law(samples: Sequence[Sample]) -> tuple[float, float, float]:
+    """(window, floor, screen) of the law rounds = (window x target_s + screen) x processes + floor x rounds floor,
+    least squares over the measured shapes (a shape's windows add up its strategies' rounds), none below 0.
+    `screen` is what a strategy costs whatever `target_s` is: the screening blocks of BLOCK_S every strategy runs in
+    before the contenders go on alone (bench/run/timing.py); without it, a grid of a shorter `target_s` than the
+    fitted ones is predicted far too short. (1, 1, 0) without data."""
+    shapes: dict[tuple, list[float]] = {}
+    for s in samples:
+        if s.timed:
+            row = shapes.setdefault((s.target_s, *_shape_key(s)), [0.0, 0.0, 0.0, 0.0])
+            row[0] += s.window_s
+            row[1] += s.floor_s
+            row[2] += s.processes
+            row[3] += s.rounds_s
+    if not shapes:
+        return 1.0, 1.0, 0.0
+    rows = np.array(list(shapes.values()))  # [shapes, 4]: window, floor, processes, rounds
+    return tuple(float(c) for c in _nonnegative_least_squares(rows[:, :3], rows[:, 3]))  # type: ignore[return-value]
+
+
+def _nonnegative_least_squares(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """argmin |x c - y| over c >= 0, by trying every set of free coefficients (x has a handful of columns).
+    x: [rows, terms], y: [rows]; returns [terms]."""
+    best, best_error = np.zeros(x.shape[1]), float(y @ y)
+    for mask in range(1, 2 ** x.shape[1]):
+        free = [i for i in range(x.shape[1]) if mask >> i & 1]
+        coef = np.zeros(x.shape[1])
+        coef[free] = np.linalg.lstsq(x[:, free], y, rcond=None)[0]
+        error = float(((x @ coef - y) ** 2).sum())
+        if (coef >= 0).all() and error < best_error - 1e-12:
+            best, best_error = coef, error
+    return best
+
+
+Part = tuple[float, float, float, float | None, int]  # setup_s, rounds_s, retime_s, call_s, processes
+
+
+def take_apart(cases: list[CaseRecord], verdicts: list, env: dict[str, Any], target_s: float
+               ) -> tuple[list[Part], RunCosts]:
+    """A run of two worker processes (issue 18): each case's wall time taken apart, and the run's costs outside its
+    cases, from env.json's `processes` and `phases`."""
+    first, second = _phases(env, 1), _phases(env, 2)
+    first_setup = sum(first.get(k, 0.0) for k in ("validation", "compiling", "models", "references", "warm-up",
+                                                   "heap"))  # the heap: mostly the full collection between shapes
+    second_setup = second.get("validation", 0.0) + second.get("compiling", 0.0)
+    timed = [_timed(r) for r in cases]
+    base = [(r.setup_s or 0.0) + VALIDATION_CALLS * r.time_median_s if t else 0.0
+            for r, t in zip(cases, timed, strict=True)]
+    untimed_s = sum(r.wall_s for r, t in zip(cases, timed, strict=True) if not t)
+    spread = (first_setup - untimed_s - sum(base)) / max(sum(timed), 1)  # what the calls do not explain, per case
+    setup = [min(max(b + spread, 0.0), r.wall_s) if t else r.wall_s
+             for r, t, b in zip(cases, timed, base, strict=True)]
+    again = [b if t and len(r.process_rounds) > 1 else 0.0 for r, t, b in zip(cases, timed, base, strict=True)]
+    again_scale = second_setup / sum(again) if sum(again) > 0 else 0.0
+    rounds = [r.wall_s - s for r, s in zip(cases, setup, strict=True)]
+    timing_s = first.get("timing", 0.0) + second.get("timing", 0.0)
+    factor = timing_s / sum(rounds) if sum(rounds) > 0 and timing_s > 0 else 1.0
+    processes_s = sum(p.get("wall_s") or 0.0 for p in env.get("processes", []))
+    inside = sum(setup) + factor * sum(rounds) + second_setup
+    shapes = len({_shape_key_of(r) for r in cases if r.status not in NOT_RUN})
+    phases = env.get("phases") if isinstance(env.get("phases"), dict) else {}
+    parts = [(s, rd * factor, a * again_scale, r.time_median_s if t else None, len(r.process_rounds) if t else 0)
+             for r, t, s, rd, a in zip(cases, timed, setup, rounds, again, strict=True)]
+    return parts, RunCosts(
+        window_factor=factor, shape_s=max(processes_s - inside, 0.0) / max(shapes, 1), launch_s=_launch_s(env),
+        finish_per_case_s=_per_case(phases.get("finish"), cases), report_per_case_s=_per_case(phases.get("report"),
+                                                                                             cases))
+
+
+def take_apart_playoffs(cases: list[CaseRecord], verdicts: list, env: dict[str, Any], target_s: float
+                        ) -> tuple[list[Part], RunCosts]:
+    """An older run (one process, a separate playoff per shape): a timed case's rounds were `target_s` and its share
+    of its shape's playoff; the run's time between its cases (calibration, summary) is per shape."""
+    timed = [_timed(r) for r in cases]
+    playoff = {(v.model, v.dtype, v.sizes, v.mode, device_kind(v.device)): v.wall_s for v in verdicts
+               if isinstance(v.wall_s, int | float) and v.wall_s > 0}
+    ok_per_shape: dict[tuple, int] = {}
+    for r, t in zip(cases, timed, strict=True):
+        ok_per_shape[_shape_key_of(r)] = ok_per_shape.get(_shape_key_of(r), 0) + t
+    parts = []
+    for r, t in zip(cases, timed, strict=True):
+        key = _shape_key_of(r)
+        rounds = min(target_s, r.wall_s) + playoff.get(key, 0.0) / ok_per_shape[key] if t else 0.0
+        parts.append((max(r.wall_s - min(target_s, r.wall_s), 0.0) if t else r.wall_s, rounds, 0.0,
+                      r.time_median_s if t else None, 1 if t else 0))
+    shapes = len({_shape_key_of(r) for r in cases if r.status not in NOT_RUN})
+    spent = _seconds_between(env.get("created"), env.get("finished"))
+    between = None
+    if spent is not None and not env.get("resumed"):
+        between = max(0.0, spent - sum(r.wall_s for r in cases) - sum(playoff.values())) / max(shapes, 1)
+    phases = env.get("phases") if isinstance(env.get("phases"), dict) else {}
+    start = phases.get("start")
+    return parts, RunCosts(shape_s=between or 0.0, report_per_case_s=_per_case(phases.get("report"), cases),
+                           launch_s=float(start) if isinstance(start, int | float) else None, structure="playoffs")
+
+
+def _launch_s(env: dict[str, Any]) -> float | None:
+    """Starting one worker process: from the run folder's creation to the last process's end, less what the
+    processes recorded, per process (None for a resumed run, or one whose processes did not record their end)."""
+    processes = env.get("processes") or []
+    ends = [p.get("ended") for p in processes]
+    if env.get("resumed") or not processes or len({p.get("process") for p in processes}) != len(processes):
+        return None
+    spans = [_seconds_between(env.get("created"), end) for end in ends]
+    if any(s is None for s in spans):
+        return None
+    spent = max(spans) - sum(float(p.get("wall_s") or 0.0) for p in processes)  # type: ignore[type-var]
+    return max(spent, 0.0) / len(processes)
+
+
+def _timed(r: CaseRecord) -> bool:
+    return r.status == "ok" and bool(r.round_times_s or r.rounds) and isinstance(r.time_median_s, int | float) \
+        and r.time_median_s > 0
+
+
+def _phases(env: dict[str, Any], process: int) -> dict[str, float]:
+    """Seconds per phase of one worker process, over its sessions (a resumed run has several)."""
+    total: dict[str, float] = {}
+    for p in env.get("processes", []):
+        if p.get("process") == process:
+            for name, seconds in (p.get("phases") or {}).items():
+                total[name] = total.get(name, 0.0) + float(seconds)
+    return total
+
+
+def _per_case(seconds: Any, cases: list[CaseRecord]) -> float | None:
+    return float(seconds) / len(cases) if isinstance(seconds, int | float) and cases else None
+
+
+def _shape_key_of(r: CaseRecord) -> tuple:
+    return r.model, r.dtype, r.sizes, r.mode, device_kind(r.device)
 
 
 def _seconds_between(start: Any, end: Any) -> float | None:
@@ -248,24 +474,32 @@ def default() -> CostModel:
     a model without data: NO_DATA_CASE_S a case."""
     folders = reference_folders()
     if not folders:
-        return CostModel(source="no runs (none in results/reference): a flat guess", runs=[], samples=[],
-                         playoffs=[])
+        return CostModel(source="no runs (none in results/reference): a flat guess", runs=[], samples=[])
     names = ", ".join(f.name for f in folders)
     return fit(folders, source=f"the committed reference runs in results/reference ({names})")
 
 
 def from_run(spec: str) -> CostModel:
-    """FROM=results/<run> (or a run id): fitted to that run alone."""
-    folder = results.resolve_run_dir(spec)
-    return fit([folder], source=str(folder))
+    """FROM=results/<run> (or a run id), or several separated by commas: fitted to those runs alone."""
+    folders = [results.resolve_run_dir(part.strip()) for part in spec.split(",") if part.strip()]
+    if not folders:
+        raise results.ResultsError("FROM= names no run: give results/<run>[,results/<run>...]")
+    return fit(folders, source=", ".join(str(f) for f in folders))
+
+
+# ---- checking the model ----------------------------------------------------------------------------------------------
+
+def case_cost(s: Sample) -> float:
+    """What a measured case cost its run, as the model counts it (the window's own work included)."""
+    return s.setup_s + s.rounds_s + s.retime_s if s.status not in NOT_RUN else NOT_RUN_S
 
 
 def leave_one_out(folders: Sequence[Path], hide: str = "run") -> list[dict[str, Any]]:
     """How well the model predicts what it has not seen, for checking it (not for planning). hide="run": each run
     predicted from the other runs; hide="shape": each shape (model, dtype, sizes, mode, device) of each run predicted
-    from every other shape of all the runs. Per run: predicted and measured seconds of its cases and playoffs
-    (cases over budget or skipped cost what they cost: they follow from rules, not from the machine), and the
-    median factor between the predicted and the measured wall time of one case."""
+    from every other shape of all the runs. Per run: predicted and measured seconds of its cases (as `case_cost`
+    counts them: cases over budget or skipped cost what rules make them cost), and the median factor between the
+    predicted and the measured cost of one case."""
     out = []
     for held in folders:
         own = fit([held])
@@ -282,16 +516,12 @@ def leave_one_out(folders: Sequence[Path], hide: str = "run") -> list[dict[str, 
                        for s in group]
             predicted += [NOT_RUN_S if s.status in NOT_RUN else e.seconds
                           for s, e in zip(group, model.predict(queries), strict=True)]
-            measured += group
-        plays = others[0].predict_playoffs([Query("", p.mode, p.model, p.dtype, p.device, p.sizes, p.target_s,
-                                                  p.time_s) for p in own.playoffs]) if hide == "run" else \
-            [p.wall_s for p in own.playoffs]
-        factors = [max(p, FLOOR_S) / max(s.wall_s, FLOOR_S) for p, s in zip(predicted, measured, strict=True)
-                   if s.status not in NOT_RUN]
+            measured += [case_cost(s) for s in group]
+        factors = [max(p, FLOOR_S) / max(m, FLOOR_S) for p, m, s in
+                   zip(predicted, measured, [s for g in groups for s in g], strict=True) if s.status not in NOT_RUN]
         out.append({
             "run": Path(held).name, "hidden": hide, "cases": len(measured),
-            "predicted_s": round(sum(predicted) + sum(plays), 1),
-            "measured_s": round(sum(s.wall_s for s in measured) + sum(p.wall_s for p in own.playoffs), 1),
+            "predicted_s": round(sum(predicted), 1), "measured_s": round(sum(measured), 1),
             "case_factor_median": round(float(np.exp(np.median(np.abs(np.log(factors))))), 2) if factors else None,
         })
     return out
@@ -309,6 +539,4 @@ def _by_shape(samples: Iterable[Sample]) -> dict[tuple, list[Sample]]:
 
 
 def _without(model: CostModel, shape: tuple) -> CostModel:
-    return CostModel(model.source, model.runs, [s for s in model.samples if _shape_key(s) != shape],
-                     [p for p in model.playoffs if _shape_key(p) != shape], model.run_s, model.start_s, model.report_s,
-                     model.phases_recorded, model.machines)
+    return dataclasses.replace(model, samples=[s for s in model.samples if _shape_key(s) != shape])

@@ -1,5 +1,6 @@
 """What a planned run will do before it does it (`python -m bench plan`, `make plan`): every case with the status the
-budget rules give it before it runs and its predicted seconds, each shape's playoff, the run's fixed costs.
+budget rules give it before it runs and its predicted seconds, what each shape costs outside its cases, the run's
+fixed costs (starting its worker processes, finishing, the report).
 
 Over budget is decided as the run decides it: bench/run/skips.py's SkipPolicy and predicted_memory, against the
 same budget (MEMORY_BUDGET=, else the grid's fraction of the memory free now on this machine; a CUDA device this
@@ -46,7 +47,7 @@ class Forecast:
     plan: RunPlan
     model: CostModel
     cases: list[CaseForecast]
-    playoffs_s: dict[tuple[Case, str], float]  # (shape, device) -> seconds of its verdict
+    shapes_s: dict[tuple[Case, str], float]  # (shape, device) -> seconds outside its cases (heap, 2nd process, ...)
     budgets: dict[str, int | None]  # device -> the memory budget of the skip rule (None: unknown here)
     notes: list[str] = field(default_factory=list)
 
@@ -56,13 +57,12 @@ class Forecast:
 
     @property
     def fixed_s(self) -> dict[str, float]:
-        """What one run costs outside its cases and playoffs."""
-        report = 0.0 if self.plan.settings.no_report else self.model.report_s
-        return {"start": self.model.start_s, "run": self.model.run_s, "report": report}
+        """What the run costs outside its cases and shapes: starting its worker processes, finishing, the report."""
+        return fixed_s(self.plan, self.model, len(self.cases))
 
     @property
     def total_s(self) -> float:
-        return self.cases_s + sum(self.playoffs_s.values()) + sum(self.fixed_s.values())
+        return self.cases_s + sum(self.shapes_s.values()) + sum(self.fixed_s.values())
 
     def count(self, *statuses: str) -> int:
         return sum(c.status in statuses for c in self.cases)
@@ -92,13 +92,13 @@ def run_order(plan: RunPlan) -> Iterator[tuple[str, str, Case]]:
 
 def _query(plan: RunPlan, name: str, device: str, case: Case) -> Query:
     return Query(name, case.mode, case.model, case.dtype, costs.device_kind(device), case.sizes,
-                 plan.grid.budget.target_s, plan.time_budget_s)
+                 plan.grid.budget.target_s, plan.time_budget_s, plan.processes)
 
 
-def _playoff_queries(plan: RunPlan) -> list[tuple[tuple[Case, str], Query]]:
-    """A verdict for every shape on every device where two strategies or more run."""
-    return [((case, device), _query(plan, "", device, case)) for device in plan.devices for case in plan.cases
-            if len(plan.strategies_for(case)) > 1]
+def fixed_s(plan: RunPlan, model: CostModel, cases: int) -> dict[str, float]:
+    """Starting the worker processes, finishing (per case) and the report (per case; none with NO_REPORT=1)."""
+    report = 0.0 if plan.settings.no_report else model.report_per_case_s * cases
+    return {"start": model.launch_s * plan.processes, "finish": model.finish_per_case_s * cases, "report": report}
 
 
 def forecast(plan: RunPlan, model: CostModel) -> Forecast:
@@ -114,22 +114,24 @@ def forecast(plan: RunPlan, model: CostModel) -> Forecast:
             continue
         found.append(CaseForecast(name, device, case, estimate.status, estimate.seconds, estimate.basis))
         policy.note(strategy, case, device, estimate.status, estimate.status in PREDICTS_LARGER)
-    pairs = _playoff_queries(plan)
-    playoffs = dict(zip([k for k, _ in pairs], model.predict_playoffs([q for _, q in pairs]), strict=True))
+    measured = {(c.case, c.device) for c in found if c.status not in costs.NOT_RUN}
+    shapes = {(case, device): model.shape_s for device in plan.devices for case in plan.cases
+              if (case, device) in measured}
     budgets = {d: (policy.budget(d) if policy.budget(d) != math.inf else None) for d in plan.devices}
-    return Forecast(plan, model, found, playoffs, budgets, notes=_notes(plan, model, budgets))
+    return Forecast(plan, model, found, shapes, budgets, notes=_notes(plan, model, budgets))
 
 
 def unit_costs(plan: RunPlan, model: CostModel) -> dict[shards.Unit, float]:
-    """Predicted seconds of each shape (all its strategies, modes and devices, and its verdicts) for the shard
-    split: the cost model alone, no memory budget (it differs between machines; the split must not)."""
+    """Predicted seconds of each shape (all its strategies, modes and devices, and what it costs outside them) for
+    the shard split: the cost model alone, no memory budget (it differs between machines; the split must not)."""
     order = list(run_order(plan))
     totals: dict[shards.Unit, float] = {}
-    for (_, _, case), estimate in zip(order, model.predict([_query(plan, *item) for item in order]), strict=True):
-        totals[shards.unit(case)] = totals.get(shards.unit(case), 0.0) + estimate.seconds
-    pairs = _playoff_queries(plan)
-    for ((case, _), _), seconds in zip(pairs, model.predict_playoffs([q for _, q in pairs]), strict=True):
-        totals[shards.unit(case)] += seconds
+    seen: set[tuple[Case, str]] = set()
+    for (_, device, case), estimate in zip(order, model.predict([_query(plan, *item) for item in order]),
+                                           strict=True):
+        outside = model.shape_s if (case, device) not in seen else 0.0
+        seen.add((case, device))
+        totals[shards.unit(case)] = totals.get(shards.unit(case), 0.0) + estimate.seconds + outside
     return totals
 
 
@@ -144,6 +146,9 @@ def _notes(plan: RunPlan, model: CostModel, budgets: dict[str, int | None]) -> l
     if unknown:
         notes.append(f"{', '.join(unknown)}: not on this machine, so the memory budget (the grid's fraction of its "
                      "free memory) is unknown here; give MEMORY_BUDGET= to see which cases it skips")
+    if "playoffs" in model.structures:
+        notes.append("fitted from runs of the older harness (a playoff per shape, one worker process): they predict "
+                     "today's runs less well (FROM=results/<a recent run> predicts better)")
     fallback = sorted({c.strategy for c in _fallbacks(plan, model)})
     if fallback:
         notes.append(f"no fitted run measured {', '.join(fallback)} in this mode: predicted from the same strategy "
@@ -180,7 +185,7 @@ def _groups(fc: Forecast, key) -> dict[Any, dict[str, Any]]:
         g["over_budget"] += c.status == "over_budget"
         g["expected_to_fail"] += c.status in ("skipped", *PREDICTS_LARGER)
         g["seconds"] += c.seconds
-    for (case, device), seconds in fc.playoffs_s.items():
+    for (case, device), seconds in fc.shapes_s.items():
         k = key(CaseForecast("", device, case, "", 0.0, ""))
         if k in groups:
             groups[k]["seconds"] += seconds
@@ -198,18 +203,20 @@ def _setting_names(fc: Forecast) -> list[str]:
 
 
 def shard_table(fc: Forecast, count: int) -> list[dict[str, Any]]:
-    """Per shard of a split of this plan into `count`: shapes, cases and predicted seconds (one run each)."""
+    """Per shard of a split of this plan into `count`: shapes, cases and predicted seconds (one run each, its
+    fixed costs included)."""
     assigned = shards.assignment(fc.plan, count)
-    rows = [{"shard": f"{k}/{count}", "shapes": set(), "cases": 0, "seconds": sum(fc.fixed_s.values())}
-            for k in range(1, count + 1)]
+    rows = [{"shard": f"{k}/{count}", "shapes": set(), "cases": 0, "seconds": 0.0} for k in range(1, count + 1)]
     for c in fc.cases:
         row = rows[assigned[shards.unit(c.case)] - 1]
         row["shapes"].add(shards.unit(c.case))
         row["cases"] += 1
         row["seconds"] += c.seconds
-    for (case, _), seconds in fc.playoffs_s.items():
+    for (case, _), seconds in fc.shapes_s.items():
         rows[assigned[shards.unit(case)] - 1]["seconds"] += seconds
-    return [r | {"shapes": len(r["shapes"])} for r in rows]
+    return [r | {"shapes": len(r["shapes"]), "seconds": r["seconds"] + sum(fixed_s(fc.plan, fc.model,
+                                                                                      r["cases"]).values())}
+            for r in rows]
 
 
 def as_json(fc: Forecast, shard_count: int | None = None) -> dict[str, Any]:
@@ -222,7 +229,7 @@ def as_json(fc: Forecast, shard_count: int | None = None) -> dict[str, Any]:
         "expected_to_fail": {s: fc.count(s) for s in ("timeout", "oom", "skipped") if fc.count(s)},
         "memory_budget_bytes": fc.budgets,
         "predicted_s": {"total": round(fc.total_s, 1), "cases": round(fc.cases_s, 1),
-                        "playoffs": round(sum(fc.playoffs_s.values()), 1),
+                        "shapes": round(sum(fc.shapes_s.values()), 1),
                         **{k: round(v, 1) for k, v in fc.fixed_s.items()}},
         "settings": [dict(zip(_setting_names(fc), k, strict=False)) | _row(g)
                      for k, g in _groups(fc, _setting_key).items()],
@@ -230,7 +237,11 @@ def as_json(fc: Forecast, shard_count: int | None = None) -> dict[str, Any]:
         "shards": [r | {"seconds": round(r["seconds"], 1)} for r in shard_table(fc, shard_count)]
         if shard_count else None,
         "cost_model": {"source": fc.model.source, "runs": fc.model.runs, "cases": len(fc.model.samples),
-                       "machines": fc.model.machines, "phases_recorded": fc.model.phases_recorded},
+                       "machines": fc.model.machines, "structures": fc.model.structures,
+                       "phases_recorded": fc.model.phases_recorded,
+                       "window_law": {"window": round(fc.model.window, 3), "floor": round(fc.model.floor, 3),
+                                      "screen_s": round(fc.model.screen, 3)},
+                       "window_factor": round(fc.model.window_factor, 3), "shape_s": round(fc.model.shape_s, 3)},
         "notes": fc.notes,
     }
 
@@ -279,8 +290,9 @@ def render(fc: Forecast, shard_count: int | None = None) -> str:
     lines.append(
         f"total: {len(fc.cases)} cases, {fc.count('over_budget')} over budget"
         + (f", expected: {failing}" if failing else "")
-        + f"; predicted {fmt_duration(fc.total_s)} = cases {fmt_duration(fc.cases_s)} + playoffs "
-        f"{fmt_duration(sum(fc.playoffs_s.values()))} + start {fmt_duration(fixed['start'])} + between cases "
-        f"{fmt_duration(fixed['run'])} + report {fmt_duration(fixed['report'])}"
-        + ("" if fc.model.phases_recorded else " (start and report assumed: the fitted runs did not record them)"))
+        + f"; predicted {fmt_duration(fc.total_s)} = cases {fmt_duration(fc.cases_s)} + shapes "
+        f"{fmt_duration(sum(fc.shapes_s.values()))} + starting {fc.plan.processes} worker process"
+        f"{'es' if fc.plan.processes > 1 else ''} {fmt_duration(fixed['start'])} + finish "
+        f"{fmt_duration(fixed['finish'])} + report {fmt_duration(fixed['report'])}"
+        + ("" if fc.model.phases_recorded else " (finish and report assumed: the fitted runs did not record them)"))
     return "\n".join(lines)

@@ -4,8 +4,10 @@ into the run folder results/<run>/, as if one process had measured them all.
 Refused in one line: shards of different plans (plan hash: grid, settings, torch version; bench/run/shards.py), of
 different splits, or sharing a case. Merged: cases.jsonl, playoffs.jsonl and benchmark.json (pytest-benchmark's
 records) in shard order; env.json is the first shard's, with the run id, the earliest start, every shard's host,
-times and counts under `shards`, and `merged` (which shards, which are missing). Then bench.run.session.finish writes
-summary.csv and the end of the run, as for any run, and the caller builds the report and seals the merge.
+times and counts under `shards`, every shard's worker processes under `processes` (each marked with its shard, so
+the merged `phases` add up what every shard spent), and `merged` (which shards, which are missing). Then
+bench.run.session.finish writes summary.csv and the end of the run, as for any run, and the caller builds the report
+and seals the merge.
 Missing or unfinished shards are merged as far as they go and named. Merging the same shard files again changes
 nothing: `merged.inputs` (a digest of every shard file) says the folder is up to date.
 """
@@ -160,8 +162,8 @@ def merge(results_root: Path, run: str) -> Merged:
         result.changed = False
         return result
     folder.mkdir(parents=True, exist_ok=True)
-    _write_lines(folder / "cases.jsonl", [r for s in runs for r in s.cases])
-    _write_lines(folder / "playoffs.jsonl", [r for s in runs for r in s.playoffs])
+    results.write_lines(folder / "cases.jsonl", [r for s in runs for r in s.cases])
+    results.write_lines(folder / "playoffs.jsonl", [r for s in runs for r in s.playoffs])
     benchmarks = [b for s in runs if (b := _benchmark(s.path / "benchmark.json"))]
     if benchmarks:
         results.write_json(folder / "benchmark.json",
@@ -200,8 +202,8 @@ def seal(merged: Merged) -> None:
 
 def merged_env(runs: list[ShardRun], run: str, merged: Merged) -> dict[str, Any]:
     base = dict(runs[0].env)
-    for key in ("finished", "interrupted", "status_counts", "shard"):
-        base.pop(key, None)
+    for key in ("finished", "interrupted", "status_counts", "shard", "phases", "noise"):
+        base.pop(key, None)  # finishing the merged run writes them anew
     created = sorted(str(s.env["created"]) for s in runs if s.env.get("created"))
     return base | {
         "run_id": run,
@@ -211,19 +213,16 @@ def merged_env(runs: list[ShardRun], run: str, merged: Merged) -> dict[str, Any]
         "settings": (base.get("settings") or {}) | {"run": run, "shard": ""},
         "fingerprint": {k: v for k, v in (base.get("fingerprint") or {}).items() if k != "shard"},
         "planned_cases": merged.planned,
+        "processes": [p | {"shard": s.index} for s in runs for p in s.env.get("processes") or []],
         "shard": None,
         "shards": [{"index": s.index, "folder": s.path.name, "hostname": s.env.get("hostname"),
                     "created": s.env.get("created"), "finished": s.env.get("finished"),
                     "interrupted": s.env.get("interrupted"), "planned_cases": s.planned, "cases": s.finished,
                     "status_counts": s.env.get("status_counts"), "git_commit": s.env.get("git_commit"),
-                    "devices": s.env.get("devices"), "calibration": s.env.get("calibration")} for s in runs],
+                    "devices": s.env.get("devices"), "phases": s.env.get("phases")} for s in runs],
         "merged": {"count": merged.count, "present": merged.present, "missing": merged.missing,
                    "incomplete": merged.incomplete, "inputs": None},
     }
-
-
-def _write_lines(path: Path, records: list[dict[str, Any]]) -> None:
-    results.atomic_write_text(path, "".join(json.dumps(r, allow_nan=False, default=str) + "\n" for r in records))
 
 
 def _benchmark(path: Path) -> dict[str, Any] | None:
