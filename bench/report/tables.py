@@ -42,10 +42,10 @@ NONE_VALID = ""  # `fastest` of a shape where no autodiff strategy gave a valid 
 def best_per_shape(frame: pd.DataFrame, playoffs: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per measured shape: the fastest valid autodiff strategy (`fastest`), and whether it wins or ties.
 
-    The verdict, its contenders and `tied_with` (a list) come from the shape's playoff record (bench/run/playoff.py).
-    A shape without one (a run older than playoffs, or a shape finished before a kill) is decided from its first
-    timings by the same rule (stats.verdict_of). The closed form (analytic) is not a contender: `vs_analytic` says
-    how far the fastest is from it.
+    The verdict, its contenders and `tied_with` (a list) come from the shape's verdict record (playoffs.jsonl,
+    written by bench/run/finish.py). A shape without one (a run older than playoffs, or a shape finished before a
+    kill) is decided from its first timings by the same rule (stats.verdict_of). The closed form (analytic) is not a
+    contender: `vs_analytic` says how far the fastest is from it.
     """
     by_shape = {} if playoffs is None else {tuple(r[c] for c in SHAPE_COLUMNS): r for _, r in playoffs.iterrows()}
     rows = []
