@@ -209,8 +209,8 @@ class ShapeRunner:
                            predicted_memory(strategies.REGISTRY[name], case))
 
 
-RETIME_MARGIN = 5.0  # the second process re-times strategies within this factor of the fastest: a process can make
-# a strategy look several times slower (a compiled one, seen ×5 here), so a contender in either process is one
+RETIME_MARGIN = 2.5  # the second process re-times strategies within this factor of the fastest: a process can make
+# a strategy look slower than it is (compiled ones most), so a contender in either process is one
 
 
 def to_retime(records: list[CaseRecord]) -> list[CaseRecord]:

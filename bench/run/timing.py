@@ -10,10 +10,12 @@ the shape's strategies are `unstable` with the reason.
 
 After each block every strategy is judged on its kept rounds:
 - a strategy whose median's 95% interval lies wholly above CONTENDER_MARGIN x the median of the fastest strategy that
-  may win (autodiff, returning J) is not a contender (judged after MIN_ROUNDS_TO_DROP rounds): from then on it runs
-  in every DROPPED_EVERY-th sweep only, until it has MIN_ROUNDS rounds, so its few rounds still spread over time;
-- the contenders keep running, side by side (round i of each is paired in the verdict), until every one has
-  MIN_ROUNDS rounds and an interval within ±PRECISION of its median, or the window closes.
+  may win (autodiff, returning J) is not a contender (judged after MIN_ROUNDS_TO_DROP rounds): it stops once it has
+  MIN_ROUNDS rounds, with the wider interval of its few rounds;
+- once every strategy that is no contender has stopped, the contenders start again alone: their rounds so far are
+  not kept (heavy neighbours slow quick calls for milliseconds: caches, the allocator, spinning OpenMP threads; in a
+  user's loop the call runs beside itself), and they run side by side (rounds of one sweep are paired in the
+  verdict) for target_s each, or until each has MIN_ROUNDS rounds and an interval within ±PRECISION of its median.
 Each round of a quick strategy starts with LEAD_IN_S of untimed calls: after another strategy, caches, the allocator and
 the OpenMP threads (which spin for milliseconds after a parallel region) slow the first calls. A strategy whose single
 call is longer than WARM_CALL_S was warmed by its validation call and gets no warm-up round and no lead-in.
@@ -39,7 +41,6 @@ BLOCK_S = 0.2  # rounds are kept or set aside in blocks this long (the kernel co
 CALIBRATION_PAUSE_S = 0.01  # before a calibration: OpenMP workers spin ~8 ms after a parallel region, then sleep
 MIN_ROUNDS = 7  # rounds before a contender may stop for precision, and every strategy's least
 MIN_ROUNDS_TO_DROP = 3  # rounds before a strategy may be dropped as no contender
-DROPPED_EVERY = 4  # a dropped strategy still runs in every 4th sweep until it has MIN_ROUNDS: spread over time
 PRECISION = 0.02  # a contender is precise when its median's 95% interval is within ±2% (one process)
 MAX_ROUNDS = 400
 MIN_SET_ASIDE = 3  # a shape sets aside at least this many disturbed blocks, at most half of its blocks
@@ -60,6 +61,7 @@ class Entry:
     # strategies with the same sweep ran side by side (the pairs of a verdict)
     spent_s: float = 0.0  # wall time of its rounds, set-aside ones included
     set_aside: int = 0  # rounds timed during a disturbance and not kept
+    screened: int = 0  # a contender's rounds timed beside strategies that turned out no contenders, not kept
     contender: bool = True  # False once it is surely more than CONTENDER_MARGIN slower than the fastest
     done: bool = False
     error: BaseException | None = None  # what a call raised while timed (out of memory, a recompile, ...)
@@ -82,6 +84,7 @@ class ShapeTiming:
     blocks: int = 0
     blocks_set_aside: int = 0
     sweeps: int = 0  # sweeps run so far, set-aside ones included
+    alone_from: int | None = None  # the sweep from which the contenders ran alone (None: no strategy was dropped)
 
 
 def time_shape(entries: list[Entry], window_s: float, calibration: machine.Calibration,
@@ -91,11 +94,16 @@ def time_shape(entries: list[Entry], window_s: float, calibration: machine.Calib
     order = random.Random(seed)
     result = ShapeTiming(entries)
     started, aside_s = time.perf_counter(), 0.0
+    share_s = window_s / max(len(entries), 1)  # one strategy's share of the window
     with measure.time_limit(guard_s, "the timed rounds"):
         _warm_up([e for e in entries if e.one_call_s < WARM_CALL_S], order)
         while True:
             active = [e for e in entries if not e.done]
-            if not active or _window_closed(active, time.perf_counter() - started - aside_s, window_s):
+            if result.alone_from is None and _screened(entries):
+                window_s = _alone(entries, result, window_s / len(entries))
+                started, aside_s = time.perf_counter(), 0.0
+                active = [e for e in entries if not e.done]
+            if not active or _window_closed(active, time.perf_counter() - started - aside_s, window_s, share_s):
                 break
             block_started = time.perf_counter()
             block, disturbed = _block(active, calibration, order, result)
@@ -104,10 +112,8 @@ def time_shape(entries: list[Entry], window_s: float, calibration: machine.Calib
                 result.blocks_set_aside += 1
                 for e in active:
                     e.set_aside += len(block[e.name])
-                if disturbed.startswith("the machine ran"):  # a slow episode: wait until it has passed
-                    settler.wait_for_usual_speed(calibration)
-                else:  # other processes: wait until they are gone
-                    settler.settle()
+                if not disturbed.startswith("the machine ran"):  # other processes: wait until they are gone
+                    settler.settle()  # (a slow episode of the machine passes on its own: the next block re-measures)
                 aside_s += time.perf_counter() - block_started
                 continue
             if disturbed:
@@ -115,7 +121,9 @@ def time_shape(entries: list[Entry], window_s: float, calibration: machine.Calib
             for e in active:
                 e.round_sweeps += [sweep for sweep, _ in block[e.name]]
                 e.rounds += [seconds for _, seconds in block[e.name]]
-            _judge([e for e in entries if e.error is None])
+            alone = result.alone_from is not None
+            _judge([e for e in entries if e.error is None and (e.contender or not alone)],
+                   precise_stops=alone or all(e.contender for e in entries), share_s=share_s)
     return result
 
 
@@ -153,18 +161,43 @@ def _block(active: list[Entry], calibration: machine.Calibration, order: random.
     block: dict[str, list[tuple[int, float]]] = {e.name: [] for e in active}
     first = result.sweeps
     while True:
-        sweep = [e for e in active if e.error is None and (e.contender or result.sweeps % DROPPED_EVERY == 0)]
+        sweep = [e for e in active if e.error is None]
         order.shuffle(sweep)
         for e in sweep:
             block[e.name] += [(result.sweeps, seconds) for seconds in _round(e)]
         result.sweeps += 1
         if not sweep or time.perf_counter() - before.wall >= BLOCK_S or result.sweeps - first >= MAX_ROUNDS:
             break
-    return block, slow or machine.disturbance(before, machine.snapshot())
+    return block, machine.disturbance(before, machine.snapshot()) or slow  # other processes: the more specific reason
 
 
-def _judge(entries: list[Entry]) -> None:
-    """Drop the strategies that surely are no contenders; stop the contenders once they all are precise."""
+def _screened(entries: list[Entry]) -> bool:
+    """Some strategy is no contender, and every one that is not has its rounds."""
+    dropped = [e for e in entries if not e.contender]
+    return bool(dropped) and all(e.done for e in dropped)
+
+
+def _alone(entries: list[Entry], result: ShapeTiming, per_entry_s: float) -> float:
+    """The contenders start again, alone: their rounds timed beside the others are not kept. The window of the
+    contenders alone, target_s each."""
+    result.alone_from = result.sweeps
+    contenders = [e for e in entries if e.contender and not e.done]
+    for e in contenders:
+        e.screened += len(e.rounds)
+        e.rounds, e.round_sweeps = [], []
+    return per_entry_s * max(len(contenders), 1)
+
+
+def _enough(e: Entry, share_s: float) -> bool:
+    """MIN_ROUNDS rounds, or MIN_ROUNDS_TO_DROP when they already took the strategy's share of the window (a slow
+    call: a few rounds say enough about it, and each costs much)."""
+    return len(e.rounds) >= MIN_ROUNDS or (len(e.rounds) >= MIN_ROUNDS_TO_DROP
+                                           and sum(e.rounds) * e.iterations >= share_s)
+
+
+def _judge(entries: list[Entry], precise_stops: bool, share_s: float) -> None:
+    """Drop the strategies that surely are no contenders; stop the contenders once they all are precise (not while
+    strategies that are no contenders still run: the contenders will start again alone)."""
     if not entries:
         return
     fastest = min((e.median() for e in entries if e.eligible), default=min(e.median() for e in entries))
@@ -175,11 +208,11 @@ def _judge(entries: list[Entry]) -> None:
         if not stats.is_contender(low, fastest):
             e.contender = False
     contenders = [e for e in entries if e.contender and not e.done]
-    if contenders and all(_precise(e) for e in contenders):
+    if precise_stops and contenders and all(_precise(e) for e in contenders):
         for e in contenders:
             e.done = True
     for e in entries:
-        if len(e.rounds) >= MAX_ROUNDS or (not e.contender and len(e.rounds) >= MIN_ROUNDS):
+        if len(e.rounds) >= MAX_ROUNDS or (not e.contender and _enough(e, share_s)):
             e.done = True
 
 
@@ -190,9 +223,9 @@ def _precise(e: Entry) -> bool:
     return high - low <= 2 * PRECISION * median
 
 
-def _window_closed(active: list[Entry], kept_s: float, window_s: float) -> bool:
+def _window_closed(active: list[Entry], kept_s: float, window_s: float, share_s: float) -> bool:
     """Past the window (counting the time of kept blocks), and every strategy still running has its minimum."""
-    return kept_s >= window_s and all(len(e.rounds) >= MIN_ROUNDS for e in active)
+    return kept_s >= window_s and all(_enough(e, share_s) for e in active)
 
 
 def note(e: Entry) -> str:
@@ -203,4 +236,7 @@ def note(e: Entry) -> str:
                      "shape's fastest, timed less")
     if e.set_aside:
         notes.append(f"{e.set_aside} rounds timed during a disturbance set aside and measured again")
+    if e.screened:
+        notes.append(f"timed alone with the other contenders after {e.screened} rounds beside the shape's slower "
+                     "strategies")
     return "; ".join(notes)
