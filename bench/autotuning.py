@@ -14,12 +14,13 @@ How a pick is made, with the suite's own parts (nothing here is a second copy of
    graph in train mode.
 2. Each candidate's first call on example_x is validated against the float64 reference (bench.run.runner.validate),
    then one more call is timed: the estimate a run takes from its validation call.
-3. The valid candidates within ×5 of the fastest single call (runner.RETIME_MARGIN) are timed together as a run times
+3. The valid candidates within ×2.5 of the fastest single call (runner.RETIME_MARGIN) are timed together as a run times
    a shape (bench.run.timing.time_shape: interleaved shuffled sweeps, lead-in calls, blocks set aside when the machine
-   slows down or other processes load it, strategies surely over ×1.5 the fastest thinned out), for what is left of
-   budget_s; the verdict is a run's (`race`): paired ratios by sweep (stats.ratio_spreads, stats.decide_spreads, as
-   bench.run.finish.verdicts), a winner or a tie. One process sees no between-process noise: the ratio intervals
-   take the one measured in the project's runs (BETWEEN_PROCESS_SD_RATIO).
+   slows down or other processes load it, strategies surely over ×1.5 the fastest screened out after a few rounds and
+   the contenders then timed again alone), for what is left of budget_s; the verdict is a run's (`race`): paired
+   ratios by sweep (stats.ratio_spreads, stats.decide_spreads, as bench.run.finish.verdicts), a winner or a tie.
+   One process sees no between-process noise: the ratio intervals take the one measured in the project's runs
+   (BETWEEN_PROCESS_SD_RATIO).
 
 The pick is remembered per model structure and input shape (bench/tunecache.py: in this process and on disk). A
 different input shape (the last, smaller batch of an epoch, say) is tuned again when `tuned` first sees it, once,
@@ -111,8 +112,8 @@ class Pick:
     # who races and how many calls a round takes
     ratios: dict[str, list[float]] = field(default_factory=dict)  # contender -> [time / the pick's, low, high]
     raced: list[str] = field(default_factory=list)  # the candidates timed together in the race
-    contenders: list[str] = field(default_factory=list)  # the raced ones not thinned out: the verdict is among them
-    rounds: int = 0  # sweeps of the race (a thinned-out candidate ran in some of them only)
+    contenders: list[str] = field(default_factory=list)  # the raced ones not screened out: the verdict is among them
+    rounds: int = 0  # sweeps of the race (a screened-out candidate ran in the first ones only)
     kept: dict[str, int] = field(default_factory=dict)  # raced candidate -> rounds kept
     refused: dict[str, str] = field(default_factory=dict)  # candidate -> why it cannot be used here
     validated: int = 0  # candidates whose first call was checked against the float64 reference
@@ -574,14 +575,14 @@ def _verdict_text(pick: Pick) -> str:
 
 def _versus(pick: Pick, name: str) -> str:
     """A raced candidate against the pick: the verdict's ratio for a contender, the ratio of medians for one that
-    was thinned out."""
+    was screened out."""
     if name == pick.strategy:
         return "the pick"
     if name in pick.ratios:
         ratio, low, high = pick.ratios[name]
         return f"×{ratio:.2f} [{low:.2f}–{high:.2f}]"
     if name in pick.times and pick.strategy in pick.times:
-        return (f"{fmt_ratio(pick.times[name] / pick.times[pick.strategy])}, thinned out: surely over "
+        return (f"{fmt_ratio(pick.times[name] / pick.times[pick.strategy])}, screened out: surely over "
                 f"{fmt_margin(stats.CONTENDER_MARGIN)} the fastest")
     return ""
 
