@@ -16,9 +16,15 @@ How a pick is made, with the suite's own parts (nothing here is a second copy of
    (bench.run.reference finds out), one that keeps no graph in train mode, and a stochastic estimator (never picked
    over exact strategies).
 2. Each candidate's first call on example_x is validated against the float64 reference (bench.run.runner.validate):
-   J, H or the Laplacian, or in train mode the parameter gradient of a Jacobian penalty or of the PINN step.
-3. A first timing of every valid candidate; those within ×1.5 of the fastest (stats.is_contender) race in
-   interleaved rounds with a run's verdict rule (`race`), until budget_s is spent: a winner, or a tie.
+   J, H or the Laplacian, or in train mode the parameter gradient of a Jacobian penalty or of the PINN step; then
+   one more call is timed: the estimate a run takes from its validation call.
+3. The valid candidates within ×2.5 of the fastest single call (runner.RETIME_MARGIN) are timed together as a run times
+   a shape (bench.run.timing.time_shape: interleaved shuffled sweeps, lead-in calls, blocks set aside when the machine
+   slows down or other processes load it, strategies surely over ×1.5 the fastest screened out after a few rounds and
+   the contenders then timed again alone), for what is left of budget_s; the verdict is a run's (`race`): paired
+   ratios by sweep (stats.ratio_spreads, stats.decide_spreads, as bench.run.finish.verdicts), a winner or a tie.
+   One process sees no between-process noise: the ratio intervals take the one measured in the project's runs
+   (BETWEEN_PROCESS_SD_RATIO).
 
 The pick is remembered per model structure and input shape (bench/tunecache.py: in this process and on disk). A
 different input shape (the last, smaller batch of an epoch, say) is tuned again when `tuned` first sees it, once,
@@ -42,15 +48,25 @@ from torch import Tensor, nn
 
 from bench import stats, tunecache
 from bench.errors import BenchError
-from bench.run import measure, modes, playoff, reference
+from bench.run import machine, measure, modes, reference, timing
 from bench.run.grid import Case
-from bench.run.runner import validate
+from bench.run.runner import RETIME_MARGIN, validate
 from bench.schema import MODES, QUANTITIES, Sizes, fmt_margin, fmt_ratio, fmt_time, is_closed_form
 from strategies import REGISTRY, Strategy, Unsupported
 
-MIN_ROUND_S = 1e-3  # a timed round lasts at least this (perf_counter resolves about 100 ns)
-SLOW_CALL_S = 0.05  # a call at least this long gets one round of first timing instead of three
-RACE_ROUNDS = (5, playoff.ROUNDS[1])  # interleaved rounds of a race: at least (even past the budget), at most
+RACE_MARGIN = RETIME_MARGIN  # a valid candidate whose single call is over this factor of the fastest's is not raced
+# (a run's second process re-times what is within it): its seven rounds would cost more than the budget tells apart
+RACE_RESERVE_BLOCKS = 2  # the race's window is what is left of budget_s less two blocks of rounds: the window
+# closes at the end of a block, and a block set aside (the machine slowed down) is timed again
+CUT_OFF = 2 * RACE_MARGIN  # an eager candidate's first call is stopped past this factor of the fastest valid call
+# known (a first call may be slower than later ones: kernels, allocations; ×2 on the race margin leaves room)
+# One process cannot see how much the ratio of two strategies moves from one process to the next (a run measures it
+# with two worker processes and widens its verdict's intervals by it). The race takes what the project's two quick
+# runs measured on their 2-core VM (on v4-quickA and v4-quickB: the between-process sd, ln,
+# that covers 90% of the two processes' gaps, as bench/run/finish.py pools it): 0.068 over 96 pairs of eager
+# strategies (0.040 and 0.086 in the two runs apart), 0.082 over the 60 pairs of the runs' own verdicts, which
+# involve compiled strategies. On another machine this is an assumption, and explain() says so.
+BETWEEN_PROCESS_SD_RATIO = {"eager": 0.068, "compiled": 0.082}
 COMPILE_LIMIT_S = 300.0  # a compiled strategy's first call compiles: 7-18 s on a laptop CPU with a cold cache
 
 __all__ = ["AutotuneError", "Pick", "Tuned", "autotune", "race"]
@@ -60,14 +76,31 @@ class AutotuneError(BenchError):
     """Bad arguments, or no strategy gives a valid Jacobian of the model (the message names every reason)."""
 
 
-def race(calls: dict[str, Callable[[], object]], iterations: dict[str, int], rounds: int, guard_s: float
-         ) -> tuple[stats.Verdict, dict[str, list[float]], str]:
-    """The contest of the valid contenders: `rounds` interleaved rounds, in a shuffled order each round, and the
-    verdict rule of a run (bench.run.playoff.interleave, bench.stats.decide). Returns the verdict, the per-call time
-    of every round, and why the machine was disturbed meanwhile ("" if it was not). The one place autotune times a
-    contest: the timing of issue 18 replaces these two calls."""
-    times, disturbed = playoff.interleave(calls, iterations, rounds, guard_s)
-    return stats.decide(times), times, disturbed
+def race(entries: list[timing.Entry], window_s: float) -> tuple[stats.Verdict, timing.ShapeTiming]:
+    """The contest of the valid candidates, the way a run decides a shape: timed together by the run's own timing
+    (bench.run.timing.time_shape) for about `window_s` of kept rounds, then the verdict of `decide`. The one place
+    autotune times a race. It does not wait for other processes' load or a slow episode to pass (a run waits up to
+    seconds): a block of rounds set aside is timed again at once, and past timing.MIN_SET_ASIDE the disturbed blocks
+    are kept and the pick's note says so."""
+    guard_s = max(60.0, 20 * (window_s + timing.MIN_ROUNDS * sum(max(e.one_call_s, timing.MIN_ROUND_S)
+                                                                 for e in entries)))
+    result = timing.time_shape(entries, window_s, machine.Calibration(), machine.Settler(0.0, 0.0), guard_s)
+    return decide(entries), result
+
+
+def decide(entries: list[timing.Entry]) -> stats.Verdict:
+    """A run's verdict rule on the raced entries: the paired ratios by sweep of those still contenders
+    (stats.ratio_spreads, stats.decide_spreads: bench.run.finish.verdicts does the same with the run's measured
+    between-process variance; one process cannot measure it, BETWEEN_PROCESS_SD_RATIO stands for it)."""
+    timed = [e for e in entries if e.error is None and e.rounds]
+    contenders = [e for e in timed if e.contender] or timed
+    best, spreads = stats.ratio_spreads({e.name: (e.rounds, [len(e.rounds)], e.round_sweeps) for e in contenders})
+    return stats.decide_spreads(best, spreads, between_process_sd([e.name for e in contenders]) ** 2)
+
+
+def between_process_sd(names: Sequence[str]) -> float:
+    """The between-process sd (ln) a ratio among these strategies is taken to have (BETWEEN_PROCESS_SD_RATIO)."""
+    return BETWEEN_PROCESS_SD_RATIO["compiled" if any(REGISTRY[n].compiled for n in names) else "eager"]
 
 
 @dataclass
@@ -77,17 +110,23 @@ class Pick:
     strategy: str
     verdict: str  # "winner" | "tie"
     tied_with: list[str] = field(default_factory=list)  # not surely more than stats.TIE_MARGIN slower than the pick
-    times: dict[str, float] = field(default_factory=dict)  # median seconds per call of every timed valid candidate
-    # (from the race for the raced ones, else from their first timing)
-    first: dict[str, float] = field(default_factory=dict)  # the first timings, which decided who races
-    ratios: dict[str, list[float]] = field(default_factory=dict)  # raced contender -> [time / the pick's, low, high]
-    raced: list[str] = field(default_factory=list)  # the contenders timed in interleaved rounds
-    rounds: int = 0
+    times: dict[str, float] = field(default_factory=dict)  # median seconds per call of every valid candidate (its
+    # rounds in the race; a candidate not raced: its single timed call)
+    first: dict[str, float] = field(default_factory=dict)  # the single timed call after validation, which decided
+    # who races and how many calls a round takes
+    ratios: dict[str, list[float]] = field(default_factory=dict)  # contender -> [time / the pick's, low, high]
+    raced: list[str] = field(default_factory=list)  # the candidates timed together in the race
+    contenders: list[str] = field(default_factory=list)  # the raced ones not screened out: the verdict is among them
+    rounds: int = 0  # sweeps of the race (a screened-out candidate ran in the first ones only)
+    kept: dict[str, int] = field(default_factory=dict)  # raced candidate -> rounds kept
     refused: dict[str, str] = field(default_factory=dict)  # candidate -> why it cannot be used here
     validated: int = 0  # candidates whose first call was checked against the float64 reference
+    phases: dict[str, float] = field(default_factory=dict)  # seconds of the tuning's parts: start (the model's
+    # output, the cache lookup), reference (float64, and warming the strategies up), validation (first calls and the
+    # single timed calls), race
     seconds: float = 0.0  # wall time of the tuning
     budget_s: float = 0.0
-    note: str = ""  # a disturbed race, a fallback pick
+    note: str = ""  # a disturbed race, a fallback pick, blocks set aside
     source: str = "tuned"  # tuned | cache | results
     where: str = ""  # the cache file, or the run folder the pick comes from
     measured: str = ""  # results=: which model the run measured, where
@@ -105,8 +144,9 @@ class Pick:
         try:
             pick = cls(**{**known, "source": "cache", "where": where})
             usable = (pick.strategy in REGISTRY and pick.verdict in ("winner", "tie")
-                      and all(isinstance(getattr(pick, f), list) for f in ("tied_with", "raced"))
-                      and all(isinstance(getattr(pick, f), dict) for f in ("times", "first", "ratios", "refused"))
+                      and all(isinstance(getattr(pick, f), list) for f in ("tied_with", "raced", "contenders"))
+                      and all(isinstance(getattr(pick, f), dict)
+                              for f in ("times", "first", "ratios", "refused", "kept", "phases"))
                       and all(isinstance(t, (int, float)) for t in [*pick.times.values(), *pick.first.values()]))
         except TypeError:  # a field missing: written by an incompatible version
             return None
@@ -192,6 +232,11 @@ def _settings(mode: str, strategies: Sequence[str] | None, budget_s: float, comp
         raise AutotuneError(f"budget_s must be a positive number of seconds, not {budget_s!r}")
     runs = [] if results is None else [results] if isinstance(results, (str, PathLike)) else list(results)
     return Settings(mode, names, quantity, float(budget_s), tunecache.folder_of(cache), [Path(r) for r in runs])
+
+
+def jacobian_strategies() -> list[str]:
+    """The registered strategies whose quantity is the Jacobian (second-order ones compute something else)."""
+    return [n for n, s in REGISTRY.items() if s.quantity == "jacobian"]
 
 
 Signature = tuple[tuple[int, ...], torch.dtype, torch.device, bool]  # what a pick holds for: shape, dtype, device, mode
@@ -284,43 +329,71 @@ def tune(model: nn.Module, x: Tensor, settings: Settings) -> Pick:
 
 
 def measured(model: nn.Module, x: Tensor, out_dim: int, settings: Settings, start: float) -> Pick:
-    """Validate every candidate on x, time the valid ones, race the close ones; AutotuneError when none is valid."""
+    """Validate every candidate on x, time one call of each valid one, race those near the fastest for what is left
+    of the budget; AutotuneError when none is valid."""
+    phases = {"start": time.perf_counter() - start}  # what came before: the model's output, the cache lookup
     ref = _reference(model, x, settings.mode, settings.quantity)
     refused = {name: why for name in settings.candidates
                if (why := refusal(REGISTRY[name], out_dim, ref.coupled, settings.mode))}
     _warm_up([n for n in settings.candidates if n not in refused], x, settings.mode)
+    phases["reference"] = time.perf_counter() - start - sum(phases.values())
     first: dict[str, float] = {}
-    iterations: dict[str, int] = {}
     case = _case(x, out_dim, settings.mode, settings.quantity)
     for name in settings.candidates:
         if name in refused:
             continue
-        why = first_call(REGISTRY[name], model, x, ref, case, settings.budget_s)
+        why = first_call(REGISTRY[name], model, x, ref, case, *_first_call_limit(REGISTRY[name], first, settings))
         if why:
             refused[name] = why
             continue
-        first[name], iterations[name] = first_timing(_call(name, model, x, settings.mode))
+        first[name] = one_call(_call(name, model, x, settings.mode))
     if not first:
         raise AutotuneError(no_valid_message(settings, refused, x, out_dim, ref.coupled))
     validated = sum(1 for n in settings.candidates if n in first or refused.get(n, "").startswith("wrong"))
     fastest = min(first, key=first.__getitem__)
-    contenders = [n for n in first if stats.is_contender(first[n], first[fastest])]
     pick = Pick(strategy=fastest, verdict="winner", times=dict(first), first=first, refused=refused,
-                validated=validated, budget_s=settings.budget_s)
-    if len(contenders) > 1:
-        calls = {n: _call(n, model, x, settings.mode) for n in contenders}
-        round_s = sum(first[n] * iterations[n] for n in contenders)
-        left = settings.budget_s - (time.perf_counter() - start)
-        rounds = int(min(RACE_ROUNDS[1], max(RACE_ROUNDS[0], left // round_s)))
-        verdict, round_times, disturbed = race(calls, {n: iterations[n] for n in contenders}, rounds,
-                                               max(60.0, 20 * rounds * round_s))
-        pick.strategy, pick.verdict, pick.tied_with = verdict.best, verdict.verdict, list(verdict.tied_with)
-        pick.times |= {n: statistics.median(t) for n, t in round_times.items()}
-        pick.ratios = {n: list(r) for n, r in verdict.ratios.items()}
-        pick.raced, pick.rounds = contenders, rounds
-        pick.note = f"the race was timed while the machine was disturbed ({disturbed})" if disturbed else ""
+                validated=validated, budget_s=settings.budget_s, phases=phases)
+    phases["validation"] = time.perf_counter() - start - sum(phases.values())
+    near = [n for n in first if first[n] <= RACE_MARGIN * first[fastest]]
+    if len(near) > 1:
+        left_s = settings.budget_s - (time.perf_counter() - start)
+        window_s = max(0.0, left_s - RACE_RESERVE_BLOCKS * timing.BLOCK_S)
+        raced(pick, [timing.Entry(n, _call(n, model, x, settings.mode), first[n]) for n in near], window_s)
+        phases["race"] = time.perf_counter() - start - sum(phases.values())
     pick.seconds = time.perf_counter() - start
     return pick
+
+
+def raced(pick: Pick, entries: list[timing.Entry], window_s: float) -> None:
+    """The race's verdict and times into `pick`. A candidate whose call raised while raced is refused with that
+    error; the guard against a hang keeps what was timed before it."""
+    try:
+        verdict, result = race(entries, window_s)
+        notes = [f"timed while the machine was disturbed ({result.unstable})" if result.unstable else "",
+                 f"{result.blocks_set_aside} of {result.blocks} blocks of rounds set aside (the machine was slow or "
+                 "other processes loaded it) and timed again" if result.blocks_set_aside else ""]
+    except measure.CaseTimeout as exc:
+        for e in entries:
+            if len(e.rounds) < timing.MIN_ROUNDS_TO_DROP:
+                e.error = e.error or exc
+        if not any(e.error is None for e in entries):
+            raise AutotuneError(f"the race of {', '.join(e.name for e in entries)} hung: {exc}") from None
+        verdict = decide(entries)
+        notes = [f"the race stopped early ({exc}): decided on the rounds timed before"]
+        result = None
+    for e in entries:
+        if e.error is not None:
+            pick.refused[e.name] = f"error while raced: {type(e.error).__name__}: {measure.first_line(e.error)}"
+            pick.times.pop(e.name, None)
+        elif e.rounds:
+            pick.times[e.name] = statistics.median(e.rounds)
+            pick.kept[e.name] = len(e.rounds)
+    pick.strategy, pick.verdict, pick.tied_with = verdict.best, verdict.verdict, list(verdict.tied_with)
+    pick.ratios = {n: list(r) for n, r in verdict.ratios.items()}
+    pick.raced = [e.name for e in entries]
+    pick.contenders = [verdict.best, *verdict.ratios]
+    pick.rounds = result.sweeps if result else max(pick.kept.values(), default=0)
+    pick.note = "; ".join(n for n in notes if n)
 
 
 def refusal(strategy: Strategy, out_dim: int, coupled: bool, mode: str) -> str:
@@ -338,11 +411,24 @@ def refusal(strategy: Strategy, out_dim: int, coupled: bool, mode: str) -> str:
     return ""
 
 
+def _first_call_limit(strategy: Strategy, first: dict[str, float], settings: Settings) -> tuple[float, str]:
+    """How long an eager candidate's first call may run, and why: budget_s, or once a valid candidate is known,
+    CUT_OFF times its single call (at least timing.WARM_CALL_S): a slower one could not be raced, and its first call
+    alone would spend the budget (jacobian_diagonal at B = 2048 runs for seconds)."""
+    if not first or strategy.compiled:
+        return settings.budget_s, "budget_s"
+    fastest = min(first, key=first.__getitem__)
+    limit = max(timing.WARM_CALL_S, CUT_OFF * first[fastest])
+    if limit >= settings.budget_s:
+        return settings.budget_s, "budget_s"
+    return limit, f"over {fmt_margin(CUT_OFF)} {fastest}'s {fmt_time(first[fastest])}: too slow to race"
+
+
 def first_call(strategy: Strategy, model: nn.Module, x: Tensor, ref: reference.Reference, case: Case,
-               budget_s: float) -> str:
-    """The candidate's first call (a compiled one compiles in it), checked against the float64 reference: why it
-    cannot be used, "" when it is valid."""
-    limit = COMPILE_LIMIT_S if strategy.compiled else budget_s
+               limit_s: float, limit_why: str = "budget_s") -> str:
+    """The candidate's first call (a compiled one compiles in it, under COMPILE_LIMIT_S; an eager one runs under
+    limit_s), checked against the float64 reference: why it cannot be used, "" when it is valid."""
+    limit, why = (COMPILE_LIMIT_S, "the compile limit") if strategy.compiled else (limit_s, limit_why)
     try:
         with measure.time_limit(limit, "one call"):
             output = modes.timed_call(strategy, case.mode)(model, x)
@@ -350,7 +436,7 @@ def first_call(strategy: Strategy, model: nn.Module, x: Tensor, ref: reference.R
     except Unsupported as exc:
         return f"unsupported: {exc}"
     except measure.CaseTimeout:
-        return f"too slow: one call ran past {limit:g} s ({'the compile limit' if strategy.compiled else 'budget_s'})"
+        return f"too slow: one call ran past {fmt_time(limit)} ({why})"
     except Exception as exc:
         if measure.is_out_of_memory(exc):
             measure.free(str(x.device))
@@ -360,14 +446,17 @@ def first_call(strategy: Strategy, model: nn.Module, x: Tensor, ref: reference.R
     return "" if check.ok else f"wrong: {check.message}"
 
 
-def first_timing(call: Callable[[], object]) -> tuple[float, int]:
-    """(median seconds per call, calls per round): the first timing that decides who races."""
-    start = measure.synced_clock()
-    call()
-    one = max(measure.synced_clock() - start, 1e-7)
-    iterations = max(1, math.ceil(MIN_ROUND_S / one))
-    rounds = 3 if one < SLOW_CALL_S else 1
-    return statistics.median(measure.time_rounds(call, iterations, rounds)), iterations
+def one_call(call: Callable[[], object]) -> float:
+    """Seconds of one call after validation: the median of three, or one call alone when it is slow (a run takes
+    its estimate from the validation call; here that call also loaded the model's kernels for this shape)."""
+    times = []
+    for _ in range(3):
+        start = measure.synced_clock()
+        call()
+        times.append(measure.synced_clock() - start)
+        if times[0] >= timing.WARM_CALL_S:
+            break
+    return statistics.median(times)
 
 
 def no_valid_message(settings: Settings, refused: dict[str, str], x: Tensor, out_dim: int, coupled: bool) -> str:
@@ -462,24 +551,28 @@ def explain(pick: Pick, model: nn.Module, settings: Settings, signature: Signatu
                      "pick validated on example_x against the float64 reference")
     else:
         where = f"cache miss in {pick.where}, saved there" if pick.where else "no cache (cache=False)"
-        raced = f"{len(pick.raced)} raced in {pick.rounds} interleaved rounds" if pick.raced else "no race"
-        lines.append(f"tuned in {pick.seconds:.2f} s (budget {pick.budget_s:g} s): {pick.validated} "
+        raced = (f"{len(pick.raced)} raced together in {pick.rounds} interleaved sweeps (a run's timing)"
+                 if pick.raced else "no race")
+        parts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in pick.phases.items() if name != "start")
+        lines.append(f"tuned in {pick.seconds:.2f} s (budget {pick.budget_s:g} s{'; ' + parts if parts else ''}): "
+                     f"{pick.validated} "
                      f"candidate{'' if pick.validated == 1 else 's'} validated against the float64 reference, "
                      f"{len(pick.times)} timed, {raced}; {where}")
     lines += [f"note: {text}" for text in (pick.context, pick.note) if text]
     if pick.raced:
-        lines.append("raced (time per call, time / the pick's with its 95% interval):")
+        lines.append("raced (time per call, rounds kept, time / the pick's with its 95% interval; the verdict rests on "
+                     f"this one process: each interval assumes a between-process sd of "
+                     f"{between_process_sd(pick.contenders or pick.raced):.1%}, as measured by the project's runs on "
+                     "their VM, not here):")
         for name in sorted(pick.raced, key=lambda n: pick.times.get(n, math.inf)):
-            ratio = pick.ratios.get(name)
-            vs = "the pick" if name == pick.strategy else f"×{ratio[0]:.2f} [{ratio[1]:.2f}–{ratio[2]:.2f}]" \
-                if ratio else ""
-            lines.append(f"  {name:<26} {fmt_time(pick.times.get(name)):>9}  {vs}")
+            lines.append(f"  {name:<26} {fmt_time(pick.times.get(name)):>9} {pick.kept.get(name, 0):>4}  "
+                         f"{_versus(pick, name)}")
     others = sorted((n for n in pick.times if n not in pick.raced and n != pick.strategy), key=pick.times.__getitem__)
     if others:
         basis = pick.first or pick.times
         fastest = min(basis.values())
         label = "measured in the run" if pick.source == "results" else \
-            f"timed once, not raced (over {fmt_margin(stats.CONTENDER_MARGIN)} the fastest first timing)"
+            f"timed once, not raced (over {fmt_margin(RACE_MARGIN)} the fastest single call)"
         lines.append(f"{label}: " + ", ".join(f"{n} {fmt_time(pick.times[n])} ({fmt_ratio(basis[n] / fastest)})"
                                               for n in others))
     if pick.refused:
@@ -494,13 +587,30 @@ def _verdict_text(pick: Pick) -> str:
     if pick.verdict == "tie":
         return (f"tie with {', '.join(pick.tied_with)}: not surely more than {fmt_margin(stats.TIE_MARGIN)} slower, "
                 "either is a good choice")
-    if pick.raced:
+    if len(pick.contenders or pick.raced) > 1:  # a pick cached before `contenders` was kept: all raced
         return f"winner: every other contender is surely more than {fmt_margin(stats.TIE_MARGIN)} slower"
+    if pick.raced:
+        return (f"winner: every other raced candidate is surely more than {fmt_margin(stats.CONTENDER_MARGIN)} "
+                "slower")
     if pick.source == "results":
         return "winner in the run's verdict" if not pick.note else "the next fastest valid one measured in the run"
     if len(pick.times) == 1:
         return "winner: the only valid strategy"
-    return f"winner: the only one within {fmt_margin(stats.CONTENDER_MARGIN)} of the fastest first timing"
+    return f"winner: the only one within {fmt_margin(RACE_MARGIN)} of the fastest single call"
+
+
+def _versus(pick: Pick, name: str) -> str:
+    """A raced candidate against the pick: the verdict's ratio for a contender, the ratio of medians for one that
+    was screened out."""
+    if name == pick.strategy:
+        return "the pick"
+    if name in pick.ratios:
+        ratio, low, high = pick.ratios[name]
+        return f"×{ratio:.2f} [{low:.2f}–{high:.2f}]"
+    if name in pick.times and pick.strategy in pick.times:
+        return (f"{fmt_ratio(pick.times[name] / pick.times[pick.strategy])}, screened out: surely over "
+                f"{fmt_margin(stats.CONTENDER_MARGIN)} the fastest")
+    return ""
 
 
 # ---- small helpers ---------------------------------------------------------------------------------------------------

@@ -16,12 +16,12 @@ from run_fixtures import record
 from torch import nn
 
 import strategies
-from bench import autotune, autotuning, tunecache
+from bench import autotune, autotuning, stats, tunecache
 from bench.autotuning import AutotuneError
 from bench.results import append_case, append_line, write_json
-from bench.run import models
+from bench.run import models, timing
 from bench.run.reference import flat_gradient, reference
-from bench.schema import Sizes, VerdictRecord
+from bench.schema import Sizes, VerdictRecord, fmt_margin
 
 BUDGET = 0.2
 
@@ -35,19 +35,19 @@ def fresh_cache_memory():
 
 @pytest.fixture
 def timed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every timing autotune does, by name: its first timings and its races."""
+    """Every timing autotune does, by name: the single call after validation, and the race."""
     calls: list[str] = []
-    first_timing, race = autotuning.first_timing, autotuning.race
+    one_call, race = autotuning.one_call, autotuning.race
 
-    def counted_first_timing(call):
-        calls.append("first_timing")
-        return first_timing(call)
+    def counted_one_call(call):
+        calls.append("one_call")
+        return one_call(call)
 
     def counted_race(*args, **kwargs):
         calls.append("race")
         return race(*args, **kwargs)
 
-    monkeypatch.setattr(autotuning, "first_timing", counted_first_timing)
+    monkeypatch.setattr(autotuning, "one_call", counted_one_call)
     monkeypatch.setattr(autotuning, "race", counted_race)
     return calls
 
@@ -73,13 +73,54 @@ def test_picks_a_valid_strategy_and_never_the_output_sum_at_out_above_one(timed)
     assert tuned.strategy in strategies.REGISTRY and tuned.strategy != "grad_summed"
     assert "J.sum(1)" in tuned.pick.refused["grad_summed"]
     assert tuned.verdict in ("winner", "tie")
-    assert set(tuned.tied_with) <= set(tuned.pick.raced) and tuned.strategy in tuned.times
+    assert set(tuned.tied_with) <= set(tuned.pick.contenders) <= set(tuned.pick.raced)
+    assert tuned.strategy in tuned.times and set(tuned.times) <= set(tuned.pick.first)
     assert "analytic" not in tuned.times, "the closed form races only when named, as in a run's verdicts"
+    assert all(strategies.REGISTRY[n].quantity == "jacobian" for n in [*tuned.pick.refused, *tuned.times]), \
+        "second-order strategies compute something else: never candidates"
     assert_is_the_jacobian(tuned(x), model, x)
     text = tuned.explain()
     assert f"pick: {tuned.strategy}" in text and "grad_summed: returns J.sum(1)" in text
     assert f'strategies.REGISTRY["{tuned.strategy}"](model, x)' in text
-    assert "first_timing" in timed
+    assert "one_call" in timed
+
+
+def test_the_race_is_a_runs_timing_and_verdict(monkeypatch):
+    """The race times with bench.run.timing.time_shape and decides with the functions of a run's verdicts
+    (bench.run.finish.verdicts), on paired rounds; a candidate over RACE_MARGIN the fastest single call is not raced."""
+    seen: dict[str, list] = {"time_shape": [], "ratio_spreads": [], "decide_spreads": []}
+
+    def counted(module, name):
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            seen[name].append(args)
+            return original(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapper)
+
+    counted(timing, "time_shape")
+    counted(stats, "ratio_spreads")
+    counted(stats, "decide_spreads")
+    single_calls = iter([1e-4, 1.2e-4, 1e-2])  # in the order of strategies=: the last one over ×2.5 the fastest
+    monkeypatch.setattr(autotuning, "one_call", lambda call: next(single_calls))
+    model, x = mlp(), inputs()
+    tuned = autotune(model, x, strategies=["vmap_jacrev", "jacobian_sum", "jacobian_diagonal"], budget_s=BUDGET,
+                     cache=False)
+    assert len(seen["time_shape"]) == len(seen["ratio_spreads"]) == len(seen["decide_spreads"]) == 1
+    entries = seen["time_shape"][0][0]
+    assert [e.name for e in entries] == ["vmap_jacrev", "jacobian_sum"] == tuned.pick.raced
+    assert all(len(e.rounds) == len(e.round_sweeps) >= timing.MIN_ROUNDS_TO_DROP for e in entries)
+    assert all(len(e.rounds) >= timing.MIN_ROUNDS for e in entries if e.name in tuned.pick.contenders), \
+        "a screened-out strategy may stop after its share of rounds, a contender not before MIN_ROUNDS"
+    (rounds,) = seen["ratio_spreads"]
+    assert set(rounds[0]) == set(tuned.pick.contenders), "the verdict is among the contenders left"
+    best, _, pooled = seen["decide_spreads"][0]
+    assert best == tuned.strategy and pooled == pytest.approx(autotuning.BETWEEN_PROCESS_SD_RATIO["eager"] ** 2)
+    assert tuned.times["jacobian_diagonal"] == 1e-2 and "jacobian_diagonal" not in tuned.pick.kept
+    text = tuned.explain()
+    assert f"not raced (over {fmt_margin(autotuning.RACE_MARGIN)} the fastest single call): jacobian_diagonal" in text
+    assert "rests on this one process" in text
+    assert_is_the_jacobian(tuned(x), model, x)
 
 
 def test_at_out_one_the_output_sum_is_the_jacobian():
@@ -105,7 +146,7 @@ def test_a_batch_coupled_model_gets_jacobian_diagonal_and_keeps_its_statistics()
 
 
 def test_a_batch_coupled_model_without_jacobian_diagonal_is_a_clear_error():
-    names = [n for n in strategies.REGISTRY if n not in ("jacobian_diagonal", "analytic")
+    names = [n for n in autotuning.jacobian_strategies() if n not in ("jacobian_diagonal", "analytic")
              and not strategies.REGISTRY[n].compiled]
     with pytest.raises(AutotuneError) as caught:
         autotune(batchnorm_model(), inputs(), strategies=names, budget_s=BUDGET, cache=False)
@@ -217,9 +258,10 @@ def test_a_model_that_fails_on_every_strategy_is_one_error_naming_the_reasons():
     message = str(caught.value)
     assert message.startswith("no strategy gives a valid Jacobian of this model on example_x (B=8, in=4, out=2")
     assert "wrong: max abs error" in message and "error: " in message
-    for name in strategies.REGISTRY:
+    for name in autotuning.jacobian_strategies():
         if name != "analytic" and not strategies.REGISTRY[name].compiled:
             assert name in message, name
+    assert "hessian" not in message, "second-order strategies are never candidates"
 
 
 def test_train_mode_returns_j_with_its_graph():
@@ -277,6 +319,7 @@ def test_results_of_another_model_tune_here(tmp_path, timed):
 @pytest.mark.parametrize("kwargs,match", [
     ({"mode": "hessian"}, "mode must be one of jacobian, train"),
     ({"strategies": ["nope"]}, "unknown strategy nope"),
+    ({"strategies": ["vmap_jacrev", "hessian_sum"]}, "hessian_sum computes hessian, not a jacobian"),
     ({"budget_s": 0}, "budget_s must be a positive number"),
 ])
 def test_bad_arguments_are_one_clear_error(kwargs, match):
