@@ -46,11 +46,28 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
     run = sub.add_parser("run", help="measure a grid (what `make bench` runs)",
                          description="Measure a grid: every strategy on every case, validated, then timed.")
     settings.add_options(run.add_argument)
+    _add_plan(sub)
+    merge = sub.add_parser("merge", help="join the shards results/<run>.shard-k-of-N of one plan into results/<run>")
+    merge.add_argument("run", help="the run id the shards were started with (RUN=)")
+    merge.add_argument("--results-dir", default="results", metavar="RESULTS_DIR")
+    merge.add_argument("--no-report", action="store_true", help="merge and write summary.csv only")
+    _add_submit(sub)
+    report = sub.add_parser("report", help="rebuild report.md/html of a run from its files")
+    report.add_argument("run", nargs="?", default="latest")
+    compare = sub.add_parser("compare", help="compare two or more runs (e.g. a CPU box and a GPU box)")
+    compare.add_argument("runs", nargs="*")
+    _add_recommend(sub)
+    _add_fidelity(sub)
+    retime = sub.add_parser("retime", help="the second worker process of a run (started by `run`)")
+    retime.add_argument("run", help="results/<run>")
+    sub.add_parser("grids", help="list the grid presets")
+    return parser
 
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
     plan = sub.add_parser("plan", help="what a run will do and how long it will take; nothing is measured",
                           description="The cases of a run, those the memory budget skips, and the predicted wall time "
                                       "(bench/run/costs.py); nothing is measured, nothing is written.")
@@ -61,11 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also show the split into this many shards [make: SHARDS=]")
     plan.add_argument("--json", action="store_true", help="one JSON object, for machines")
 
-    merge = sub.add_parser("merge", help="join the shards results/<run>.shard-k-of-N of one plan into results/<run>")
-    merge.add_argument("run", help="the run id the shards were started with (RUN=)")
-    merge.add_argument("--results-dir", default="results", metavar="RESULTS_DIR")
-    merge.add_argument("--no-report", action="store_true", help="merge and write summary.csv only")
 
+def _add_submit(sub: argparse._SubParsersAction) -> None:
     submit = sub.add_parser("submit", help="run the shards of a plan as one job array (submitit: SLURM or local "
                                            "processes), then merge them",
                             description="One submitit job array, one shard per task; waits, then merges. Needs the "
@@ -87,12 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--cpusets", default="", metavar="CPUSETS",
                         help="local: disjoint CPU sets, one shard on each at a time, e.g. 0-7,8-15 [make: CPUSETS=]")
 
-    report = sub.add_parser("report", help="rebuild report.md/html of a run from its files")
-    report.add_argument("run", nargs="?", default="latest")
 
-    compare = sub.add_parser("compare", help="compare two or more runs (e.g. a CPU box and a GPU box)")
-    compare.add_argument("runs", nargs="*")
-
+def _add_recommend(sub: argparse._SubParsersAction) -> None:
     rec = sub.add_parser("recommend", help="the best measured strategy for a shape")
     rec.add_argument("--results", nargs="+", required=True, metavar="DIR")
     rec.add_argument("--batch", type=_positive_int, required=True)
@@ -108,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what is computed: the Jacobian, the Hessian or the Laplacian")
     rec.add_argument("--json", action="store_true")
 
+
+def _add_fidelity(sub: argparse._SubParsersAction) -> None:
     fidelity = sub.add_parser("fidelity", help="time cases of a finished run in fresh processes with "
                                                "torch.utils.benchmark.Timer: is the run's number what a call costs?")
     fidelity.add_argument("run", nargs="?", default="latest", help="results/<run>, a run id, or latest")
@@ -115,12 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
                           help="ok cases to time, spread fast to slow (per strategy with --strategies)")
     fidelity.add_argument("--repeats", type=_positive_int, default=3, help="turns of fresh processes per case")
     fidelity.add_argument("--strategies", default="", help="comma-separated: time cases of these strategies")
-
-    retime = sub.add_parser("retime", help="the second worker process of a run (started by `run`)")
-    retime.add_argument("run", help="results/<run>")
-
-    sub.add_parser("grids", help="list the grid presets")
-    return parser
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

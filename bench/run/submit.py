@@ -243,15 +243,10 @@ class Submission:
         return problems
 
 
-def submit(chosen: Settings, resources: Resources) -> Submission:
-    """Plan (bad input refused before anything is submitted), print the shards and their predicted time, submit the
-    array. Nothing is measured here."""
+def where_to_run(chosen: Settings, resources: Resources) -> tuple[bool, list[tuple[int, ...]]]:
+    """(local processes rather than SLURM, the CPU sets of local shards), refusing settings that do not mix."""
     import shutil
 
-    from bench.run import costs, forecast, shards
-    from bench.run.plan import plan_run
-
-    submitit = load_submitit()
     if chosen.shard:
         raise SubmitError("SHARD= and SHARDS= do not mix: make submit runs every shard of the plan")
     if resources.executor not in ("", *EXECUTORS):
@@ -260,6 +255,28 @@ def submit(chosen: Settings, resources: Resources) -> Submission:
     cpusets = parse_cpusets(resources.cpusets) if resources.cpusets else []
     if cpusets and not local:
         raise SubmitError("CPUSETS= is for EXECUTOR=local; on SLURM, CPUS_PER_TASK= gives each task its own CPUs")
+    return local, cpusets
+
+
+def print_shards(table: list[dict], why_slots: str) -> None:
+    """Each shard's shapes, cases and predicted time; why local shards run as they do."""
+    from bench.run import forecast
+
+    for r in table:
+        print(f"  shard {r['shard']}: {r['shapes']} shapes, {r['cases']} cases, predicted "
+              f"{forecast.fmt_duration(r['seconds'])}", flush=True)
+    if why_slots:
+        print(f"jacobench: EXECUTOR=local: {why_slots}", flush=True)
+
+
+def submit(chosen: Settings, resources: Resources) -> Submission:
+    """Plan (bad input refused before anything is submitted), print the shards and their predicted time, submit the
+    array. Nothing is measured here."""
+    from bench.run import costs, forecast, shards
+    from bench.run.plan import plan_run
+
+    submitit = load_submitit()
+    local, cpusets = where_to_run(chosen, resources)
     threads = chosen.threads or (str(len(cpusets[0])) if cpusets else "")  # one thread per CPU of a set
     plan = plan_run(dataclasses.replace(chosen, threads=threads), here=local)
     run = chosen.run or f"{plan.grid.name}-{plan.plan_hash[:8]}"
@@ -277,11 +294,7 @@ def submit(chosen: Settings, resources: Resources) -> Submission:
 
     print(f"jacobench: submit run {run}: grid {plan.grid.name}, {plan.total_cases} cases in {resources.shards} "
           f"shards (plan {plan.plan_hash}), EXECUTOR={'local' if local else 'slurm'}", flush=True)
-    for r in table:
-        print(f"  shard {r['shard']}: {r['shapes']} shapes, {r['cases']} cases, predicted "
-              f"{forecast.fmt_duration(r['seconds'])}", flush=True)
-    if why:
-        print(f"jacobench: EXECUTOR=local: {why}", flush=True)
+    print_shards(table, why)
     logs = root / f"{run}.submitit"
     executor = executor_for(submitit, dataclasses.replace(resources, executor="local" if local else "slurm"),
                             logs / "%j", gpus, timeout, f"jacobench-{run}")
