@@ -295,6 +295,24 @@ def _significance(both: pd.DataFrame) -> str:
     return text + (f"; {unstable} rely on a case timed under disturbance (unstable)" if unstable else "")
 
 
+def pair_summary(a: Side, b: Side, both: pd.DataFrame) -> list[tuple[str, str]]:
+    """What b against a means: the speedups (per quantity), on one machine how far the runs agree, the crossovers."""
+    speed = both["speedup"].dropna()
+    text = f"{len(both)} common cases, {len(speed)} ok on both sides"
+    if len(speed):
+        text += (f"; {b.label} faster on {int((speed > 1).sum())}; median speedup {fmt_ratio(speed.median())} "
+                 f"(range {fmt_ratio(speed.min())} – {fmt_ratio(speed.max())})")
+    items = [(f"{b.label} over {a.label}", text + _significance(both))]
+    if set(both["quantity"]) != {"jacobian"}:
+        items += quantity_items(a, b, both)
+    if same_machine(a, b):
+        items += rerun_agreement(both) + reproducibility(a, b)
+    line = sweep_line(both, "batch") if len(both) else both
+    for strategy, rows in (line.groupby("strategy") if len(line) else []):
+        items.append((f"crossover, {strategy}", crossover(rows)[0]))
+    return items
+
+
 def build_compare(run_dirs: list[Path], out_root: Path = Path("results"), plots_root: Path = Path("plots")) -> Path:
     """Compare ≥ 2 sides (runs, or the devices of one run); returns the path of report.md (report.html beside it)."""
     if not run_dirs:
@@ -319,20 +337,7 @@ def build_compare(run_dirs: list[Path], out_root: Path = Path("results"), plots_
     for b in sides[1:]:
         both, notes = join(a, b)
         doc.warnings += notes
-        speed = both["speedup"].dropna()
-        text = f"{len(both)} common cases, {len(speed)} ok on both sides"
-        if len(speed):
-            text += (f"; {b.label} faster on {int((speed > 1).sum())}; median speedup {fmt_ratio(speed.median())} "
-                     f"(range {fmt_ratio(speed.min())} – {fmt_ratio(speed.max())})")
-        items = [(f"{b.label} over {a.label}", text + _significance(both))]
-        if set(both["quantity"]) != {"jacobian"}:
-            items += quantity_items(a, b, both)
-        if same_machine(a, b):
-            items += rerun_agreement(both) + reproducibility(a, b)
-        line = sweep_line(both, "batch") if len(both) else both
-        for strategy, rows in (line.groupby("strategy") if len(line) else []):
-            items.append((f"crossover, {strategy}", crossover(rows)[0]))
-        summary.blocks.append(Block("bullets", items=items))
+        summary.blocks.append(Block("bullets", items=pair_summary(a, b, both)))
         pair_parts += pair_sections(a, b, both, plot_dir)
     doc.sections += [summary, *pair_parts]
     win = winners(sides)

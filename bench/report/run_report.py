@@ -215,27 +215,41 @@ def run_document(run: LoadedRun, figures: dict[str, Path], tables: Tables) -> Do
                                 above)
         if section.blocks:
             doc.sections.append(section)
+    doc.sections += extra_sections(frame, run.env, best, measured, tables)
+    doc.sections += closing_sections(run, frame, tables)
+    return doc
+
+
+def extra_sections(frame: pd.DataFrame, env: dict[str, Any], best: pd.DataFrame, measured: list[str], tables: Tables
+                   ) -> list[Section]:
+    """The sections a grid has only when it measured them: published shapes, compiling, training, coupled models."""
+    sections = []
     for title, name, table, intro in (
-            ("Published results, reproduced", "published", published_table(frame, run.env), PUBLISHED),
+            ("Published results, reproduced", "published", published_table(frame, env), PUBLISHED),
             ("Compiling: when it pays", "compile", compile_table(frame), COMPILING),
             *((TRAIN_TITLE.get(q, "Training"), "training" if q == "jacobian" else f"training-{q}",
                training_table(best, q), TRAINING if q == "jacobian" else PINN_STEP) for q in measured),
             ("Models that couple samples", "coupled", coupled_table(frame), COUPLED)):
         if len(table):  # a table longer than a screen is folded
-            doc.sections.append(Section(title, [Block("text", text=intro), tables.show(name, table)],
-                                        folded=len(table) > FOLD_ROWS))
+            sections.append(Section(title, [Block("text", text=intro), tables.show(name, table)],
+                                    folded=len(table) > FOLD_ROWS))
+    return sections
+
+
+def closing_sections(run: LoadedRun, frame: pd.DataFrame, tables: Tables) -> list[Section]:
+    """Folded reference material: every status, the strategies, the environment, the links to every case."""
     present = set(frame["status"])
-    doc.sections.append(Section("Status of every case", [
-        Block("bullets", items=[(s, STATUS_MEANING[s]) for s in STATUSES if s in present]),
-        tables.show("status", status_table(frame))], folded=True))
-    doc.sections.append(Section("Strategies", [table_block(strategies_table(frame), "strategies")], folded=True))
-    doc.sections.append(environment_section(run.env))
     tables.show("cases", cases_table(frame), numbers=cases_numbers(frame))
     cases = tables.paths("cases")
-    doc.sections.append(Section("All cases", [Block("links", items=[
-        ("every case (Markdown)", cases["md"]), ("every case (CSV, seconds and bytes)", cases["csv"]),
-        ("every case (HTML)", cases["html"])])]))
-    return doc
+    return [
+        Section("Status of every case", [
+            Block("bullets", items=[(s, STATUS_MEANING[s]) for s in STATUSES if s in present]),
+            tables.show("status", status_table(frame))], folded=True),
+        Section("Strategies", [table_block(strategies_table(frame), "strategies")], folded=True),
+        environment_section(run.env),
+        Section("All cases", [Block("links", items=[
+            ("every case (Markdown)", cases["md"]), ("every case (CSV, seconds and bytes)", cases["csv"]),
+            ("every case (HTML)", cases["html"])])])]
 
 
 def answer_section(run: LoadedRun, figures: dict[str, Path], tables: Tables, shown: list[str],
