@@ -109,9 +109,9 @@ def test_the_race_is_a_runs_timing_and_verdict(monkeypatch):
     assert len(seen["time_shape"]) == len(seen["ratio_spreads"]) == len(seen["decide_spreads"]) == 1
     entries = seen["time_shape"][0][0]
     assert [e.name for e in entries] == ["vmap_jacrev", "jacobian_sum"] == tuned.pick.raced
+    # every raced strategy has its rounds paired with sweeps; a slow one (or any, in a short window) may stop after
+    # MIN_ROUNDS_TO_DROP rounds once they took its share of the window (timing._enough)
     assert all(len(e.rounds) == len(e.round_sweeps) >= timing.MIN_ROUNDS_TO_DROP for e in entries)
-    assert all(len(e.rounds) >= timing.MIN_ROUNDS for e in entries if e.name in tuned.pick.contenders), \
-        "a screened-out strategy may stop after its share of rounds, a contender not before MIN_ROUNDS"
     (rounds,) = seen["ratio_spreads"]
     assert set(rounds[0]) == set(tuned.pick.contenders), "the verdict is among the contenders left"
     best, _, pooled = seen["decide_spreads"][0]
