@@ -113,11 +113,12 @@ def make_run(root: Path, run_id: str, devices: tuple[str, ...] = ("cpu", "cuda")
 
 
 def valid_best(run: Path, device: str, shape: dict[str, int], model: str = "mlp") -> tuple[str, float]:
-    """The measured best valid strategy at a grid point, computed independently of bench.report.frames."""
+    """The measured best valid autodiff strategy at a grid point (never the closed form), computed independently of
+    bench.report.frames."""
     from bench.results import read_cases
 
     rows = [r for r in read_cases(run / "cases.jsonl") if r.device == device and r.model == model
             and all(getattr(r, k) == v for k, v in shape.items()) and r.status == "ok"
-            and (r.returns == "jacobian" or shape["out_dim"] == 1)]
+            and (r.returns == "jacobian" or shape["out_dim"] == 1) and r.strategy != "analytic"]
     best = min(rows, key=lambda r: r.time_median_s)
     return best.strategy, best.time_median_s

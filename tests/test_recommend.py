@@ -126,3 +126,21 @@ def test_leave_one_out_on_the_cost_model(known_run: Path) -> None:
     assert loo["n"] == len(BATCHES) and loo["best_picks"] == len(BATCHES) - 1 and loo["failed"] == 0
     assert loo["median"] == 1.0
     assert loo["p90"] == pytest.approx(8 * math.sqrt(2) * 1e-3 / 5e-3)
+
+
+
+
+@pytest.mark.parametrize("closed_form", ["analytic", "laplacian_analytic"])
+def test_a_closed_form_is_never_recommended(tmp_path: Path, closed_form: str) -> None:
+    """A closed form is the limit the report compares with, never in a verdict: recommend names the fastest autodiff
+    strategy and its runner-up even where the closed form measured fastest."""
+    quantity = "jacobian" if closed_form == "analytic" else "laplacian"
+    folder = tmp_path / "run"
+    folder.mkdir()
+    times = {closed_form: 1e-5, "fast_autodiff": 2e-5, "slow_autodiff": 3e-5}
+    for name, seconds in times.items():
+        append_case(folder / "cases.jsonl", CaseRecord(
+            strategy=name, model="mlp", device="cpu", dtype="float32", batch=64, hidden=32, in_dim=8, out_dim=1,
+            quantity=quantity, status="ok", time_median_s=seconds, forward_median_s=1e-6, sweeps=["batch"]))
+    got = recommend([folder], 64, 32, 8, 1, quantity=quantity)
+    assert (got["strategy"], got["runner_up"]) == ("fast_autodiff", "slow_autodiff")
