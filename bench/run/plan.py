@@ -138,27 +138,13 @@ def resolve_strategies(spec: str, quantities: tuple[str, ...] = ("jacobian",)) -
     return list(dict.fromkeys(names))
 
 
-def resolve_quantities(spec: str) -> tuple[str, ...] | None:
-    names = tuple(dict.fromkeys(q.strip() for q in spec.split(",") if q.strip()))
+def resolve_choices(spec: str, variable: str, what: str, allowed: tuple[str, ...]) -> tuple[str, ...] | None:
+    """A comma-separated setting (DTYPE=, MODE=, QUANTITY=) as distinct names, each one of `allowed`; None when it
+    is empty (the grid's own then)."""
+    names = tuple(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
     for name in names:
-        if name not in QUANTITIES:
-            raise SettingsError(f"QUANTITY={spec}: unknown quantity {name!r}; choose from {', '.join(QUANTITIES)}")
-    return names or None
-
-
-def resolve_dtypes(spec: str) -> tuple[str, ...] | None:
-    names = tuple(dict.fromkeys(d.strip() for d in spec.split(",") if d.strip()))
-    for name in names:
-        if name not in grid.DTYPES:
-            raise SettingsError(f"DTYPE={spec}: unknown dtype {name!r}; choose from {', '.join(grid.DTYPES)}")
-    return names or None
-
-
-def resolve_modes(spec: str) -> tuple[str, ...] | None:
-    names = tuple(dict.fromkeys(m.strip() for m in spec.split(",") if m.strip()))
-    for name in names:
-        if name not in MODES:
-            raise SettingsError(f"MODE={spec}: unknown mode {name!r}; choose from {', '.join(MODES)}")
+        if name not in allowed:
+            raise SettingsError(f"{variable}={spec}: unknown {what} {name!r}; choose from {', '.join(allowed)}")
     return names or None
 
 
@@ -230,11 +216,11 @@ def plan_run(settings: Settings, here: bool = True) -> RunPlan:
     shard = shards.parse(settings.shard) if settings.shard else None
     the_grid = grid.load_grid(settings.grid)
     devices = resolve_devices(settings.devices, here)
-    dtypes = resolve_dtypes(settings.dtype)
-    modes = resolve_modes(settings.mode)
-    quantities = resolve_quantities(settings.quantity)
-    cases = grid.expand(the_grid, None, dtypes, modes, quantities)
-    strategy_names = resolve_strategies(settings.strategies, tuple(c.quantity for c in cases))
+    dtypes = resolve_choices(settings.dtype, "DTYPE", "dtype", grid.DTYPES)
+    modes = resolve_choices(settings.mode, "MODE", "mode", MODES)
+    quantities = resolve_choices(settings.quantity, "QUANTITY", "quantity", QUANTITIES)
+    strategy_names = resolve_strategies(settings.strategies,
+                                        quantities or tuple(q for b in the_grid.blocks for q in b.quantities))
     threads = apply_threads(settings.threads or str(the_grid.threads or ""))
     model_specs = [settings.model] if settings.model else list(the_grid.models)
     model_defs, notes = check_models(model_specs, the_grid, dtypes, override=settings.model)
