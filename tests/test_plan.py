@@ -258,3 +258,17 @@ def test_the_cost_model_imports_neither_torch_nor_pandas():
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_a_hessian_and_a_laplacian_of_the_same_sizes_are_two_shapes() -> None:
+    """The cost model's shape (per-shape overhead, the window law, leave-one-out by shape) follows the run's: each
+    quantity of a shape is a shape of its own, as schema.shape_id has it."""
+    from bench.schema import CaseRecord
+
+    records = [CaseRecord(strategy=name, model="pinn", device="cpu", dtype="float32", batch=16, hidden=64, in_dim=2,
+                          out_dim=1, quantity=quantity, status="ok", time_median_s=1e-3)
+               for name, quantity in (("hessian_grad_loop", "hessian"), ("laplacian_trace_grad_loop", "laplacian"))]
+    assert costs._shape_key_of(records[0]) != costs._shape_key_of(records[1])
+    samples = [costs.Sample(r.strategy, r.mode, r.model, r.dtype, "cpu", r.sizes, r.status, 1.0, 0.25, 5.0,
+                            quantity=r.quantity) for r in records]
+    assert len(costs._by_shape(samples)) == 2

@@ -101,6 +101,7 @@ class Sample:
     retime_s: float = 0.0  # the second process's compiling and validation of it (0: not re-timed)
     call_s: float | None = None  # its median call (None: not timed)
     processes: int = 0  # worker processes that timed it
+    quantity: str = "jacobian"  # with the mode, model, dtype, sizes and device: the shape it belongs to
 
     @property
     def timed(self) -> bool:
@@ -300,7 +301,8 @@ def fit(folders: Sequence[Path], source: str = "") -> CostModel:
         split = take_apart if env.get("processes") else take_apart_playoffs
         parts, run_costs = split(cases, run.verdicts, env, target_s)
         samples += [Sample(r.strategy, r.mode, r.model, r.dtype, device_kind(r.device), r.sizes, r.status,
-                           float(r.wall_s), target_s, time_s, *part) for r, part in zip(cases, parts, strict=True)]
+                           float(r.wall_s), target_s, time_s, *part, quantity=r.quantity)
+                    for r, part in zip(cases, parts, strict=True)]
         per_run.append(run_costs)
         threads = env.get("threads", "?")
         machines.append(f"{env.get('cpu_model', 'unknown CPU')}, {threads} thread{'' if threads == 1 else 's'}, "
@@ -398,7 +400,7 @@ def take_apart_playoffs(cases: list[CaseRecord], verdicts: list, env: dict[str, 
     """An older run (one process, a separate playoff per shape): a timed case's rounds were `target_s` and its share
     of its shape's playoff; the run's time between its cases (calibration, summary) is per shape."""
     timed = [_timed(r) for r in cases]
-    playoff = {(v.model, v.dtype, v.sizes, v.mode, device_kind(v.device)): v.wall_s for v in verdicts
+    playoff = {(v.model, v.dtype, v.sizes, v.mode, device_kind(v.device), v.quantity): v.wall_s for v in verdicts
                if isinstance(v.wall_s, int | float) and v.wall_s > 0}
     ok_per_shape: dict[tuple, int] = {}
     for r, t in zip(cases, timed, strict=True):
@@ -454,7 +456,9 @@ def _per_case(seconds: Any, cases: list[CaseRecord]) -> float | None:
 
 
 def _shape_key_of(r: CaseRecord) -> tuple:
-    return r.model, r.dtype, r.sizes, r.mode, device_kind(r.device)
+    """The shape a case record belongs to (as _shape_key of its Sample): a Hessian and a Laplacian of the same sizes
+    are two shapes."""
+    return r.model, r.dtype, r.sizes, r.mode, device_kind(r.device), r.quantity
 
 
 def _seconds_between(start: Any, end: Any) -> float | None:
@@ -528,7 +532,7 @@ def leave_one_out(folders: Sequence[Path], hide: str = "run") -> list[dict[str, 
 
 
 def _shape_key(s: Sample) -> tuple:
-    return s.model, s.dtype, s.sizes, s.mode, s.device
+    return s.model, s.dtype, s.sizes, s.mode, s.device, s.quantity
 
 
 def _by_shape(samples: Iterable[Sample]) -> dict[tuple, list[Sample]]:
