@@ -51,8 +51,9 @@ from bench.errors import BenchError
 from bench.run import machine, measure, modes, reference, timing
 from bench.run.grid import Case
 from bench.run.runner import RETIME_MARGIN, validate
-from bench.schema import MODES, QUANTITIES, Sizes, fmt_margin, fmt_ratio, fmt_time, is_closed_form
+from bench.schema import MODES, QUANTITIES, RESULT_NAME, Sizes, fmt_margin, fmt_ratio, fmt_time, is_closed_form
 from strategies import REGISTRY, Strategy, Unsupported
+from strategies import names as names_of
 
 RACE_MARGIN = RETIME_MARGIN  # a valid candidate whose single call is over this factor of the fastest's is not raced
 # (a run's second process re-times what is within it): its seven rounds would cost more than the budget tells apart
@@ -211,7 +212,7 @@ def _settings(mode: str, strategies: Sequence[str] | None, budget_s: float, comp
         raise AutotuneError(f"quantity must be one of {', '.join(QUANTITIES)}, not {quantity!r}")
     if isinstance(strategies, str):
         strategies = [s.strip() for s in strategies.split(",") if s.strip()]
-    own = [n for n, s in REGISTRY.items() if s.quantity == quantity]
+    own = names_of(quantity)
     if strategies is None:
         names = [n for n in own if not is_closed_form(n) and not REGISTRY[n].estimator
                  and (compiled or not REGISTRY[n].compiled)]
@@ -232,11 +233,6 @@ def _settings(mode: str, strategies: Sequence[str] | None, budget_s: float, comp
         raise AutotuneError(f"budget_s must be a positive number of seconds, not {budget_s!r}")
     runs = [] if results is None else [results] if isinstance(results, (str, PathLike)) else list(results)
     return Settings(mode, names, quantity, float(budget_s), tunecache.folder_of(cache), [Path(r) for r in runs])
-
-
-def jacobian_strategies() -> list[str]:
-    """The registered strategies whose quantity is the Jacobian (second-order ones compute something else)."""
-    return [n for n, s in REGISTRY.items() if s.quantity == "jacobian"]
 
 
 Signature = tuple[tuple[int, ...], torch.dtype, torch.device, bool]  # what a pick holds for: shape, dtype, device, mode
@@ -577,7 +573,7 @@ def explain(pick: Pick, model: nn.Module, settings: Settings, signature: Signatu
                                               for n in others))
     if pick.refused:
         lines += ["refused:", *grouped(pick.refused)]
-    name = {"jacobian": "J", "hessian": "H", "laplacian": "lap"}.get(settings.quantity, "out")
+    name = RESULT_NAME.get(settings.quantity, "out")
     lines.append(f'use: {name} = tuned(x), or {name} = strategies.REGISTRY["{pick.strategy}"](model, x'
                  + (", create_graph=True)" if settings.mode == "train" else ")"))
     return "\n".join(lines)

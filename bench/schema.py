@@ -51,6 +51,7 @@ CLOSED_FORMS = frozenset({"analytic", "hessian_analytic", "laplacian_analytic", 
 QUANTITIES = ("jacobian", "hessian", "laplacian")
 QUANTITY_LABEL = {"jacobian": "Jacobian J (B, out, in)", "hessian": "Hessian H (B, out, in, in)",
                   "laplacian": "Laplacian (B, out), the trace of each output's Hessian"}
+RESULT_NAME = {"jacobian": "J", "hessian": "H", "laplacian": "lap"}  # the variable a line to paste assigns
 # A compiled strategy is named after its eager twin: vmap_jacrev_compiled is torch.compile(vmap_jacrev).
 COMPILED_SUFFIX = "_compiled"
 

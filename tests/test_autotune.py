@@ -146,7 +146,7 @@ def test_a_batch_coupled_model_gets_jacobian_diagonal_and_keeps_its_statistics()
 
 
 def test_a_batch_coupled_model_without_jacobian_diagonal_is_a_clear_error():
-    names = [n for n in autotuning.jacobian_strategies() if n not in ("jacobian_diagonal", "analytic")
+    names = [n for n in strategies.names("jacobian") if n not in ("jacobian_diagonal", "analytic")
              and not strategies.REGISTRY[n].compiled]
     with pytest.raises(AutotuneError) as caught:
         autotune(batchnorm_model(), inputs(), strategies=names, budget_s=BUDGET, cache=False)
@@ -258,7 +258,7 @@ def test_a_model_that_fails_on_every_strategy_is_one_error_naming_the_reasons():
     message = str(caught.value)
     assert message.startswith("no strategy gives a valid Jacobian of this model on example_x (B=8, in=4, out=2")
     assert "wrong: max abs error" in message and "error: " in message
-    for name in autotuning.jacobian_strategies():
+    for name in strategies.names("jacobian"):
         if name != "analytic" and not strategies.REGISTRY[name].compiled:
             assert name in message, name
     assert "hessian" not in message, "second-order strategies are never candidates"

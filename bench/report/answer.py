@@ -16,14 +16,13 @@ import pandas as pd
 
 from bench.report.frames import groups
 from bench.report.tables import NONE_VALID, best_per_shape, playoffs_among
-from bench.schema import SETTING, SHAPE_COLUMNS, fmt_ratio, is_closed_form
+from bench.schema import RESULT_NAME, SETTING, SHAPE_COLUMNS, fmt_ratio, is_closed_form
 
 # One row per regime and kind (eager, compiled): tables/answer.csv holds these, the report the display columns.
 ANSWER_COLUMNS = [*SETTING, "batch_min", "batch_max", "how", "use", "shapes", "wins", "ties", "tied_with",
                   "otherwise", "jf_median", "vs_closed_form_median", "code"]
 HOW = ("eager", "compiled")
 AUTOTUNE_LINE = "from bench import autotune; tuned = autotune(model, x); J = tuned(x)"
-RESULT_NAME = {"jacobian": "J", "hessian": "H", "laplacian": "lap"}  # the variable a pasted line assigns
 
 
 def autotune_line(quantity: str = "jacobian") -> str:

@@ -102,7 +102,7 @@ def to_frame(records: Iterable[CaseRecord], base: dict[str, int] | None = None) 
     frame["vs_best"] = (frame["time_median_s"] / best).where(frame["valid"])
     frame["sweeps"] = _sweeps(frame, base)
     order = frame["device"].map(lambda d: DEVICE_ORDER.get(d, 9))
-    quantity = frame["quantity"].map(lambda q: QUANTITIES.index(q) if q in QUANTITIES else len(QUANTITIES))
+    quantity = frame["quantity"].map(quantity_rank)
     return frame.assign(_o=order, _q=quantity).sort_values(["_o", "mode", "_q", "model", "dtype", *AXES, "rank"]) \
         .drop(columns=["_o", "_q"])
 

@@ -11,7 +11,8 @@ the shape's strategies are `unstable` with the reason.
 After each block every strategy is judged on its kept rounds:
 - a strategy whose median's 95% interval lies wholly above CONTENDER_MARGIN x the median of the fastest strategy that
   may win (autodiff, returning J) is not a contender (judged after MIN_ROUNDS_TO_DROP rounds): it stops once it has
-  MIN_ROUNDS rounds, with the wider interval of its few rounds;
+  MIN_ROUNDS rounds (MIN_ROUNDS_TO_DROP when those took its share of the window), with the wider interval of its few
+  rounds;
 - once every strategy that is no contender has stopped, the contenders start again alone: their rounds so far are
   not kept (heavy neighbours slow quick calls for milliseconds: caches, the allocator, spinning OpenMP threads; in a
   user's loop the call runs beside itself), and they run side by side (rounds of one sweep are paired in the
