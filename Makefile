@@ -3,7 +3,7 @@
 # PYTHON=python3 uses an existing interpreter with the dependencies instead of creating .venv.
 
 PYTHON ?=
-# Run settings: one variable per setting of bench/run/settings.py (a test keeps this list and BENCH_ARGS in step).
+# Run settings: one variable per setting of bench/spec/settings.py (a test keeps this list and BENCH_ARGS in step).
 GRID ?= default
 DEVICES ?=
 STRATEGIES ?=
@@ -16,6 +16,7 @@ THREADS ?=
 MEMORY_BUDGET ?=
 TIME_BUDGET ?=
 PROCESSES ?=
+FIDELITY ?=
 RUN ?=
 SHARD ?=
 RESULTS_DIR ?=
@@ -57,6 +58,7 @@ BENCH_ARGS := --grid '$(GRID)' \
 	$(if $(MEMORY_BUDGET),--memory-budget '$(MEMORY_BUDGET)') \
 	$(if $(TIME_BUDGET),--time-budget '$(TIME_BUDGET)') \
 	$(if $(PROCESSES),--processes '$(PROCESSES)') \
+	$(if $(FIDELITY),--fidelity '$(FIDELITY)') \
 	$(if $(RUN),--run '$(RUN)') \
 	$(if $(SHARD),--shard '$(SHARD)') \
 	$(if $(RESULTS_DIR),--results-dir '$(RESULTS_DIR)') \

@@ -1,7 +1,7 @@
 """Lets `pytest bench/run/suite.py --grid smoke ...`, run directly, go through the same plugin as `make bench`.
 
 `python -m bench run` hands pytest a ready `bench.run.plugin.JacobenchPlugin`; run directly, this file builds that
-object from the run settings (bench/run/settings.py: the same options as `python -m bench run`) and writes the
+object from the run settings (bench/spec/settings.py: the same options as `python -m bench run`) and writes the
 report at the end. Only when bench/run/suite.py is among the arguments: `make test` never plans or opens a run.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import settings
+from bench.spec import settings
 
 SUITE = Path(__file__).parent / "bench" / "run" / "suite.py"
 
@@ -28,13 +28,13 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.has_plugin(NAME) or not any(_is_suite(arg) for arg in config.args):
         return
     from bench.errors import BenchError
-    from bench.run.plan import plan_run
     from bench.run.plugin import JacobenchPlugin
     from bench.run.session import open_run
+    from bench.scale.shards import planned
 
     chosen = settings.from_namespace({f.name: config.getoption(f.name) for f in settings.declared()})
     try:
-        plan = plan_run(chosen)
+        plan = planned(chosen)
         plugin = JacobenchPlugin(plan, open_run(plan))
         plugin.opened_here = True
         config.pluginmanager.register(plugin, NAME)
@@ -50,7 +50,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if plugin is None or not plugin.opened_here:
         return
     try:
-        from bench.cli import complete
+        from bench.run.host import complete
 
         complete(plugin.plan, plugin.interrupted)
     except BenchError as exc:

@@ -1,7 +1,7 @@
 """jacobench: benchmark suite for per-sample Jacobians in PyTorch (see README.md).
 
 `from bench import autotune` gives the library call, imported on first use so that `import bench` (the CLI, the
-report side) stays light and never imports torch. It lives in bench/autotuning.py: a module named like the function
+report side) stays light and never imports torch. It lives in bench/tuning/autotune.py: a module named like the function
 would replace it as an attribute of `bench` once imported.
 """
 
@@ -14,7 +14,7 @@ __all__ = ["autotune"]
 
 def __getattr__(name: str) -> Any:
     if name == "autotune":
-        from bench.autotuning import autotune
+        from bench.tuning.autotune import autotune
 
         return autotune
     raise AttributeError(f"module 'bench' has no attribute {name!r}")

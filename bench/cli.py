@@ -1,4 +1,4 @@
-"""python -m bench {run,plan,merge,submit,report,compare,recommend,fidelity,grids}: the commands behind `make ...`.
+"""python -m bench <command>: run, plan, merge, submit, report, compare, recommend, fidelity, check, depth, grids.
 
 Bad input prints one line on stderr and exits with status 2; results already written are never touched.
 """
@@ -8,20 +8,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bench.errors import BenchError
-from bench.run import settings
 from bench.schema import QUANTITIES
+from bench.spec import settings
 
 if TYPE_CHECKING:  # the harness is imported when a run starts, not for `report` or `grids`
-    from bench.run.plan import RunPlan
-    from bench.run.session import RunFolder
+    pass
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -61,8 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("runs", nargs="*")
     _add_recommend(sub)
     _add_fidelity(sub)
-    retime = sub.add_parser("retime", help="the second worker process of a run (started by `run`)")
-    retime.add_argument("run", help="results/<run>")
+    check = sub.add_parser("check", help="what may make a run's numbers less than they seem (machine, unstable "
+                                         "cases, fidelity), in a few lines")
+    check.add_argument("run", nargs="?", default="latest")
+    _add_depth(sub)
     sub.add_parser("grids", help="list the grid presets")
     return parser
 
@@ -70,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_plan(sub: argparse._SubParsersAction) -> None:
     plan = sub.add_parser("plan", help="what a run will do and how long it will take; nothing is measured",
                           description="The cases of a run, those the memory budget skips, and the predicted wall time "
-                                      "(bench/run/costs.py); nothing is measured, nothing is written.")
+                                      "(bench/scale/costs.py); nothing is measured, nothing is written.")
     settings.add_options(plan.add_argument)
     plan.add_argument("--from", dest="from_run", default="", metavar="FROM",
                       help="predict from this run (results/<run>), not the committed reference runs [make: FROM=]")
@@ -129,6 +128,15 @@ def _add_fidelity(sub: argparse._SubParsersAction) -> None:
     fidelity.add_argument("--strategies", default="", help="comma-separated: time cases of these strategies")
 
 
+def _add_depth(sub: argparse._SubParsersAction) -> None:
+    depth = sub.add_parser("depth", help="how each strategy's time grows with the depth of the Python stack it is "
+                                         "called from (fresh processes, the seed MLP at two shapes)")
+    depth.add_argument("--out", default="results/stack-depth", help="folder for stack_depth.json and .md")
+    depth.add_argument("--strategies", default="", help="comma-separated (default: every eager Jacobian strategy)")
+    depth.add_argument("--rounds", type=_positive_int, default=21, help="rounds per depth")
+    depth.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"jacobench: warning: {message}", file=sys.stderr)
 
@@ -153,113 +161,35 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Plan (refusing bad input before anything is written), open the run folder, hand the run to pytest as a
     plugin object, then write the report."""
-    from bench.run.plan import plan_run
+    from bench.run import host
     from bench.run.session import open_run
+    from bench.scale.shards import planned
 
-    plan = plan_run(settings.from_namespace(args))
+    plan = planned(settings.from_namespace(args))
     folder = open_run(plan)
     try:
-        return _measure_and_report(plan, folder)
+        return host.run(plan, folder)
     finally:
         folder.release()  # after the report: nothing may replace the folder while it is written
 
 
-def _measure_and_report(plan: RunPlan, folder: RunFolder) -> int:
-    import pytest
-
-    from bench import results
-    from bench.run.plugin import JacobenchPlugin
-
-    for note in plan.notes:
-        print(f"jacobench: note: {note}", flush=True)
-    pending = plan.planned_cases - len(folder.finished)
-    print(f"jacobench: run {plan.run_id}: grid {plan.grid.name}, {len(plan.cases)} shapes, "
-          f"{len(plan.strategy_names)} strategies, {len(plan.devices)} device(s) ({', '.join(plan.devices)}); "
-          f"{pending} cases to measure" + (f", {len(folder.finished)} already done" if folder.finished else ""),
-          flush=True)
-    json_name = ".benchmark-resumed.json" if plan.settings.resume else "benchmark.json"
-    plugin = JacobenchPlugin(plan, folder)
-    code = _pytest(plugin, folder.path / json_name)
-    if plan.settings.resume:
-        results.merge_benchmark_json(folder.path / "benchmark.json", folder.path / json_name)
-    if code not in (pytest.ExitCode.OK, pytest.ExitCode.INTERRUPTED, pytest.ExitCode.NO_TESTS_COLLECTED):
-        print(f"jacobench: the suite ended with pytest exit code {int(code)}; results so far are in {folder.path}",
-              file=sys.stderr)
-    complete(plan, plugin.interrupted)
-    return _exit_code(results.read_json(folder.path / "env.json"), code, folder.path)
-
-
-def complete(plan: RunPlan, interrupted: bool) -> None:
-    """After the first worker process: the second one (unless interrupted), the run's numbers, the report."""
-    from bench.run import session
-
-    if not interrupted and plan.processes > 1:
-        print("jacobench: second process: each shape's contenders timed again in a fresh process", flush=True)
-        interrupted = session.second_process(plan.folder, plan.processes) == session.EXIT_INTERRUPTED
-    counts = session.finish(plan.folder, interrupted)
-    print(f"jacobench: {sum(counts.values())} cases in {plan.folder}: "
-          + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())), flush=True)
-    if not plan.settings.no_report:
-        _report(plan.folder)
-
-
-def _pytest(plugin: Any, benchmark_json: Path) -> int:
-    """bench/run/suite.py under pytest with the run as a plugin; pytest's own terminal output is off (the plugin prints
-    a line per case)."""
-    import pytest
-
-    storage = tempfile.mkdtemp(prefix="jacobench-pytest-benchmark-")
-    try:
-        return pytest.main([
-            str(Path(__file__).parent / "run" / "suite.py"),
-            "-p", "no:cacheprovider", "-p", "no:terminal", "-s", "-W", "ignore::FutureWarning",
-            f"--rootdir={Path(__file__).parents[1]}",
-            f"--benchmark-json={benchmark_json}",
-            "--benchmark-storage", storage,  # unused (no --benchmark-save), but pytest-benchmark creates it
-        ], plugins=[plugin])
-    finally:
-        shutil.rmtree(storage, ignore_errors=True)
-
-
-def _exit_code(env: dict[str, Any], code: int, folder: Path) -> int:
-    import pytest
-
-    if env.get("interrupted"):
-        return EXIT_INTERRUPTED
-    counts = env.get("status_counts") or {}
-    if counts.get("error") and not counts.get("ok"):
-        print(f"jacobench: no case ran ok and {counts['error']} ended in error: see their messages in "
-              f"{folder / 'summary.csv'}", file=sys.stderr)
-        return 1
-    return 0 if code in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED) else 1
-
-
 def _report(folder: Path) -> None:
-    """Build the run's report and record how long it took in env.json's phases."""
-    import time
+    from bench.report.run_report import write_report
 
-    from bench import results
-    from bench.report.run_report import build_report
-
-    started = time.perf_counter()
-    path = build_report(folder)
-    env = results.read_json(folder / "env.json") if (folder / "env.json").exists() else None
-    if isinstance(env, dict):
-        env.setdefault("phases", {})["report"] = round(time.perf_counter() - started, 2)
-        results.write_json(folder / "env.json", env)
+    path = write_report(folder)
     print(f"jacobench: report {path} and {path.with_suffix('.html')}")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Plan as `run` would (here=False: a GPU run can be planned from a machine without one), then forecast."""
-    from bench.run import costs
-    from bench.run.forecast import as_json, forecast, render
-    from bench.run.plan import plan_run
+    from bench.scale import costs
+    from bench.scale.forecast import as_json, forecast, render
+    from bench.scale.shards import planned
 
     chosen = settings.from_namespace(args)
     if chosen.shard and args.shards:
         raise BenchError("SHARD=k/N plans one shard, SHARDS=N shows the split of the whole plan: give one of them")
-    plan = plan_run(chosen, here=False)
+    plan = planned(chosen, here=False)
     model = costs.from_run(args.from_run) if args.from_run else costs.default()
     predicted = forecast(plan, model)
     print(json.dumps(as_json(predicted, args.shards)) if args.json else render(predicted, args.shards))
@@ -274,7 +204,7 @@ def merge_run(results_root: Path, run: str, report: bool = True) -> int:
     """Merge the shards of `run` under the merged folder's lock, finish it, report it, seal it; 0 when every shard was
     there and finished, 1 when some were missing or unfinished (merged as far as they go)."""
     from bench import results
-    from bench.run import merge
+    from bench.scale import merge
 
     if not run:
         raise BenchError("merge needs the run id the shards were started with: make merge RUN=<run>")
@@ -292,7 +222,7 @@ def merge_run(results_root: Path, run: str, report: bool = True) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from bench.run import submit
+    from bench.scale import submit
 
     resources = submit.Resources(shards=args.shards, executor=args.executor, partition=args.partition,
                                  gpus_per_task=args.gpus_per_task, cpus_per_task=args.cpus_per_task,
@@ -352,22 +282,33 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
     from bench import results
-    from bench.run.fidelity import measure_fidelity
+    from bench.run.fresh_check import measure_fidelity
 
     names = [s.strip() for s in args.strategies.split(",") if s.strip()] or None
     measure_fidelity(results.resolve_run_dir(args.run), args.cases, args.repeats, names)
     return 0
 
 
-def cmd_retime(args: argparse.Namespace) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
     from bench import results
-    from bench.run.retime import retime
+    from bench.report.check import check
 
-    return retime(results.resolve_run_dir(args.run))
+    for line in check(results.resolve_run_dir(args.run)):
+        print(line)
+    return 0
+
+
+def cmd_depth(args: argparse.Namespace) -> int:
+    from bench.run import stack_depth
+
+    names = stack_depth.check_names([s.strip() for s in args.strategies.split(",") if s.strip()])
+    stack_depth.measure(Path(args.out), names, rounds=args.rounds, threads=args.threads)
+    print(f"jacobench: {Path(args.out) / 'stack_depth.md'}")
+    return 0
 
 
 def cmd_grids(args: argparse.Namespace) -> int:
-    from bench.run import grid
+    from bench.spec import grid
 
     for name in grid.available():
         g = grid.load_grid(name)
@@ -376,5 +317,5 @@ def cmd_grids(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "merge": cmd_merge, "submit": cmd_submit, "report": cmd_report,
-            "compare": cmd_compare, "recommend": cmd_recommend, "fidelity": cmd_fidelity, "retime": cmd_retime,
-            "grids": cmd_grids}
+            "compare": cmd_compare, "recommend": cmd_recommend, "fidelity": cmd_fidelity, "check": cmd_check,
+            "depth": cmd_depth, "grids": cmd_grids}

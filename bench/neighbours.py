@@ -2,7 +2,7 @@
 
 Sizes span four orders of magnitude and costs grow as powers of them, so distances are taken between log2 sizes and
 values are averaged as logs: the k nearest points, weighted by 1 / distance**power (inverse-distance weighting); an
-exact match is the answer itself. Shared by measurement and reporting (bench/run/costs.py predicts the wall time of
+exact match is the answer itself. Shared by measurement and reporting (bench/scale/costs.py predicts the wall time of
 a run with it); numpy only.
 """
 

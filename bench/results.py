@@ -4,11 +4,14 @@ results/<run-id>/cases.jsonl     one CaseRecord per finished case, appended + fs
 results/<run-id>/benchmark.json  pytest-benchmark's JSON
 results/<run-id>/env.json        machine, versions, settings, grid as run, and format_version
 results/<run-id>/summary.csv     one row per case: the CaseRecord fields marked for the summary, in their order
-results/<run-id>/playoffs.jsonl  one VerdictRecord per shape: its contenders re-timed interleaved, and the verdict
+results/<run-id>/verdicts.jsonl  one VerdictRecord per shape: its contenders' paired rounds, and the verdict
 
 Format versions: 1 (no format_version in env.json) is every run folder written before the records were typed
 (early ones lack `mode`, `is_jacobian`, round times, or hold "a|b" strings where lists belong); 2 writes every
-CaseRecord field. Older folders are upgraded when they are read (`read_run`), never rewritten and never rejected.
+CaseRecord field, and the verdicts in playoffs.jsonl; 3 marks closed forms and other frameworks' peers in the record
+(`closed_form`, `peer`: before, closed forms were known by name), keeps each worker process's forward time
+(`forward_process_s`), and writes the verdicts to verdicts.jsonl. Older folders are upgraded when they are read
+(`read_run`), never rewritten and never rejected.
 This module is shared by measurement and reporting: it imports neither `strategies` nor plotting code.
 """
 
@@ -30,7 +33,10 @@ from typing import IO, Any
 from bench.errors import BenchError
 from bench.schema import AXES, KEY_COLUMNS, SUMMARY_COLUMNS, CaseRecord, VerdictRecord, case_key, is_jacobian
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+VERDICTS_FILE = "verdicts.jsonl"
+VERDICTS_FILE_2 = "playoffs.jsonl"  # format 2's name for it
+CLOSED_FORMS_2 = frozenset({"analytic", "hessian_analytic", "laplacian_analytic", "laplacian_trace_analytic"})
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -156,7 +162,7 @@ def _case(line: str) -> CaseRecord | None:
 
 
 def read_verdicts(path: Path) -> list[VerdictRecord]:
-    """The verdicts of playoffs.jsonl (none for an older run without one), upgraded; unusable lines are skipped."""
+    """The verdicts of a verdict file (none for an older run without one), upgraded; unusable lines are skipped."""
     found = []
     for data in read_lines(path):
         try:
@@ -180,7 +186,10 @@ def upgrade_case(data: dict[str, Any]) -> dict[str, Any]:
         data["round_times_s"] = []
     if data.get("is_jacobian") is None and "out_dim" in data:
         data["is_jacobian"] = is_jacobian(data.get("returns") or "jacobian", data["out_dim"])
-    for key in ("unstable", "compiled", "estimator"):
+    if data.get("closed_form") is None:  # format 2 knew the closed forms by name
+        data["closed_form"] = data.get("strategy") in CLOSED_FORMS_2
+    data["peer"] = data.get("peer") or ""
+    for key in ("unstable", "compiled", "estimator", "closed_form"):
         data[key] = data.get(key) is True
     for key in ("message", "summary", "cost", "returns"):
         data[key] = data.get(key) or ("jacobian" if key == "returns" else "")
@@ -214,7 +223,7 @@ class RunFiles:
 
 
 def read_run(folder: Path) -> RunFiles:
-    """Read and upgrade every file of a run folder (cases.jsonl, playoffs.jsonl, env.json): the one way reporting
+    """Read and upgrade every file of a run folder (cases.jsonl, verdicts.jsonl, env.json): the one way reporting
     reads a run. ResultsError when the folder holds no usable case."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -233,7 +242,14 @@ def read_run(folder: Path) -> RunFiles:
         raise ResultsError(f"{env_path}: expected a JSON object; delete it or rerun the benchmark")
     if not env_path.exists():
         notes.append(f"{env_path}: missing, environment unknown")
-    return RunFiles(upgrade_env(env) if env else {}, cases, read_verdicts(folder / "playoffs.jsonl"), notes)
+    return RunFiles(upgrade_env(env) if env else {}, cases, read_verdicts(verdicts_path(folder)), notes)
+
+
+def verdicts_path(folder: Path) -> Path:
+    """The run's verdict file: verdicts.jsonl, or playoffs.jsonl in a format-2 folder."""
+    path = Path(folder) / VERDICTS_FILE
+    older = Path(folder) / VERDICTS_FILE_2
+    return older if not path.exists() and older.exists() else path
 
 
 def drop_torn_tail(path: Path) -> None:

@@ -42,9 +42,6 @@ def status_kind(status: str) -> str:
 
 # ---- strategies ------------------------------------------------------------------------------------------------------
 
-# The closed forms of the MLP family, one or two per quantity: the limit autodiff is measured against, not a
-# contender (they exist only for plain MLPs), so verdicts and winner maps race the autodiff strategies only.
-CLOSED_FORMS = frozenset({"analytic", "hessian_analytic", "laplacian_analytic", "laplacian_trace_analytic"})
 # What a strategy computes per sample: the Jacobian (B, out, in), the Hessian (B, out, in, in) or the Laplacian
 # (B, out), the trace of each output's Hessian. Each quantity is its own shape: its own reference, verdict and report
 # sections (the QUANTITY setting, the grid key `quantities`).
@@ -54,11 +51,6 @@ QUANTITY_LABEL = {"jacobian": "Jacobian J (B, out, in)", "hessian": "Hessian H (
 RESULT_NAME = {"jacobian": "J", "hessian": "H", "laplacian": "lap"}  # the variable a line to paste assigns
 # A compiled strategy is named after its eager twin: vmap_jacrev_compiled is torch.compile(vmap_jacrev).
 COMPILED_SUFFIX = "_compiled"
-
-
-def is_closed_form(strategy: str) -> bool:
-    """Whether a strategy is a closed form (CLOSED_FORMS): the limit, shown beside the race, never in it."""
-    return strategy in CLOSED_FORMS
 
 
 def is_jacobian(returns: str, out_dim: int) -> bool:
@@ -100,7 +92,7 @@ SETTING = ["model", "device", "dtype", "mode", "quantity"]  # numbers are only c
 SHAPE_COLUMNS = [*SETTING, *AXES]  # one measured shape: every strategy of its quantity ran on it
 # The columns that identify a case across runs and machines: a finished case is never measured twice.
 KEY_COLUMNS = ["strategy", "model", "device", "dtype", *AXES, "mode", "quantity"]
-# The quantity alone, or a training step through it (bench/run/modes.py): the Jacobian penalty's gradient, or for
+# The quantity alone, or a training step through it (bench/harness/modes.py): the Jacobian penalty's gradient, or for
 # second order the PINN step (the Poisson residual of the Laplacian, its mean square and its parameter gradient).
 MODES = ("jacobian", "train")
 DEVICE_ORDER = {"cpu": 0, "cuda": 1}
@@ -159,7 +151,8 @@ class CaseRecord:
     time_median_s: float | None = _column("median seconds of one full call (forward included); ok cases only")
     time_iqr_s: float | None = _column("interquartile range of the per-call times of the timed rounds")
     rounds: int | None = _column("timed rounds")
-    forward_median_s: float | None = _column("median seconds of model(x) under no_grad on the same device")
+    forward_median_s: float | None = _column("median seconds of model(x) under no_grad on the same device, timed "
+                                                "interleaved with the strategies")
     peak_memory_bytes: int | None = _column("peak bytes of one call above what was allocated before it")
     max_abs_error: float | None = _column("largest absolute difference from the float64 reference")
     is_jacobian: bool = _column("false where the strategy returns the sum over outputs and out > 1", True)
@@ -191,6 +184,10 @@ class CaseRecord:
                                          False)
     estimator: bool = _column("the strategy returns a stochastic estimate (its error in max_abs_error and message): "
                               "never a winner", False)
+    closed_form: bool = _column("a hand-derived formula for one model family (analytic, ...): the limit shown beside "
+                                "the race, never a winner", False)
+    peer: str = _column("another framework's strategy on the same weights (jax): shown beside the race, never a "
+                        "winner; empty for PyTorch strategies", "")
     coupled: bool | None = _column("the model couples samples on this input (found by the reference)")
     summary: str = _column("the strategy's one-line description: the API it uses", "")
     cost: str = _column("the strategy's asymptotic cost in B, H, in, out", "")
@@ -206,6 +203,9 @@ class CaseRecord:
                                         summary=False, factory=list)
     round_sweeps: list[int] = _column("the sweep of its process each kept round ran in: rounds of two strategies of "
                                       "the shape with the same sweep ran side by side", summary=False, factory=list)
+    forward_process_s: list[float] = _column("median seconds of model(x) in each worker process, timed interleaved "
+                                             "with the shape's strategies; forward_median_s is their geometric mean",
+                                             summary=False, factory=list)
 
     @property
     def sizes(self) -> Sizes:
@@ -248,7 +248,7 @@ def columns_table() -> str:
 
 @dataclass(kw_only=True)
 class VerdictRecord:
-    """The verdict of one shape (a line of playoffs.jsonl): its contenders' paired rounds, and who won."""
+    """The verdict of one shape (a line of verdicts.jsonl): its contenders' paired rounds, and who won."""
 
     model: str
     device: str

@@ -60,6 +60,8 @@ class Strategy:
     compiled: bool = False  # fn compiles (torch.compile) on its first call for a shape: the harness times that apart
     quantity: Quantity = "jacobian"  # what fn returns: J (B, out, in), H (B, out, in, in) or the Laplacian (B, out)
     estimator: bool = False  # fn returns a stochastic estimate of its quantity, not the exact value
+    closed_form: bool = False  # a hand-derived formula for one model family: the limit shown beside the race
+    peer: str = ""  # another framework's strategy (e.g. "jax") on the same weights: shown beside the race
 
     def __post_init__(self) -> None:
         if self.quantity not in QUANTITIES:
@@ -95,6 +97,8 @@ def register(
     compiled: bool = False,
     quantity: Quantity = "jacobian",
     estimator: bool = False,
+    closed_form: bool = False,
+    peer: str = "",
 ) -> Callable[[StrategyFn], Strategy]:
     """Decorator: turn ``fn(model, x)`` into a ``Strategy`` named after its module and add it to ``REGISTRY``."""
     if returns not in ("jacobian", "output_sum"):
@@ -114,6 +118,8 @@ def register(
             compiled=compiled,
             quantity=quantity,
             estimator=estimator,
+            closed_form=closed_form,
+            peer=peer,
         )
         _add(strategy)
         return strategy

@@ -2,7 +2,7 @@
 
 The compiled function is made on first use, so importing `strategies` does not import dynamo. It is compiled with
 dynamic=False: one graph per model and shape, which the harness compiles in the case's first call (timed apart as
-setup_s) after clearing dynamo's cache for the new shape (bench/run/compiling.py).
+setup_s) after clearing dynamo's cache for the new shape (bench/harness/compiling.py).
 """
 
 from __future__ import annotations

@@ -30,4 +30,5 @@ def register_trace(hessian: Strategy) -> Strategy:
     fn.__doc__ = f"Trace of {hessian.name}: its (B, out, in, in) Hessian, then the sum of each diagonal."
     return register(name=trace_name(hessian.name), quantity="laplacian",
                     independent_samples=hessian.independent_samples, differentiable=hessian.differentiable,
-                    cost=f"{hessian.cost}, then the trace", memory_estimate=hessian.memory_estimate)(fn)
+                    cost=f"{hessian.cost}, then the trace", memory_estimate=hessian.memory_estimate,
+                    closed_form=hessian.closed_form, peer=hessian.peer)(fn)

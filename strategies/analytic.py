@@ -26,7 +26,8 @@ def _forward_factors(layers: list[nn.Module], x: Tensor) -> list[Tensor]:
     return factors
 
 
-@register(independent_samples=False, differentiable=True, cost="1 fwd + batched matmuls, min(in, out) side")
+@register(closed_form=True, independent_samples=False, differentiable=True,
+          cost="1 fwd + batched matmuls, min(in, out) side")
 def analytic(model: nn.Module, x: Tensor, create_graph: bool = False) -> Tensor:
     """Closed form: chain of weights and diag(σ'(z)), batched matmuls from the cheaper side."""
     layers = _mlp.layers(model, "analytic")

@@ -26,7 +26,7 @@ def _memory(sizes: Sizes, dtype: torch.dtype) -> int:
     return second_order_bytes(sizes, dtype, copies=1, quantity="hessian") + itemsize(dtype) * b * h * i * (2 * o + 4)
 
 
-@register(quantity="hessian", independent_samples=False, differentiable=True,
+@register(quantity="hessian", closed_form=True, independent_samples=False, differentiable=True,
           cost="1 fwd carrying J + 1 backward sweep + batched matmuls per activation", memory_estimate=_memory)
 def hessian_analytic(model: nn.Module, x: Tensor, create_graph: bool = False) -> Tensor:
     """Closed form: Σ over activations of J_kᵀ diag(dy/dσ ⊙ σ''(z_k)) J_k, with batched matmuls."""

@@ -23,7 +23,7 @@ def _memory(sizes: Sizes, dtype: torch.dtype) -> int:
     return second_order_bytes(sizes, dtype, copies=sizes.in_dim + 2, quantity="laplacian")
 
 
-@register(quantity="laplacian", independent_samples=False, differentiable=True,
+@register(quantity="laplacian", closed_form=True, independent_samples=False, differentiable=True,
           cost="1 fwd carrying J (in columns) and Δ", memory_estimate=_memory)
 def laplacian_analytic(model: nn.Module, x: Tensor, create_graph: bool = False) -> Tensor:
     """Closed form: the forward Laplacian, value, Jacobian and Laplacian pushed through the layers together."""

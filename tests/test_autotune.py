@@ -16,12 +16,15 @@ from run_fixtures import record
 from torch import nn
 
 import strategies
-from bench import autotune, autotuning, stats, tunecache
-from bench.autotuning import AutotuneError
+from bench import autotune, stats
+from bench.harness import timing
+from bench.harness.reference import flat_gradient, reference
 from bench.results import append_case, append_line, write_json
-from bench.run import models, timing
-from bench.run.reference import flat_gradient, reference
 from bench.schema import Sizes, VerdictRecord, fmt_margin
+from bench.spec import models
+from bench.tuning import autotune as autotuning
+from bench.tuning import cache as tunecache
+from bench.tuning.autotune import AutotuneError
 
 BUDGET = 0.2
 
@@ -86,8 +89,8 @@ def test_picks_a_valid_strategy_and_never_the_output_sum_at_out_above_one(timed)
 
 
 def test_the_race_is_a_runs_timing_and_verdict(monkeypatch):
-    """The race times with bench.run.timing.time_shape and decides with the functions of a run's verdicts
-    (bench.run.finish.verdicts), on paired rounds; a candidate over RACE_MARGIN the fastest single call is not raced."""
+    """The race times with bench.harness.timing.time_shape and decides with the functions of a run's verdicts
+    (bench.verdicts.verdicts), on paired rounds; a candidate over RACE_MARGIN the fastest single call is not raced."""
     seen: dict[str, list] = {"time_shape": [], "ratio_spreads": [], "decide_spreads": []}
 
     def counted(module, name):

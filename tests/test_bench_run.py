@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from bench import results
-from bench.run import grid
 from bench.schema import CASE_FIELDS, STATUSES, case_key
+from bench.spec import grid
 from tests.helpers import install_planted, run_bench
 
 CONTRACT_COLUMNS = ["strategy", "model", "device", "dtype", "batch", "hidden", "in_dim", "out_dim", "status",

@@ -115,3 +115,16 @@ def test_speedups_are_the_ratio_of_the_two_runs_medians(tmp_path: Path) -> None:
         assert cell.startswith(fmt_ratio(expected) + " ["), cell
         low, high = map(float, re.search(r"\[(\d\.\d\d)–(\d\.\d\d)\]", cell).groups())
         assert low <= round(expected, 2) <= high
+
+
+def test_a_slower_machine_is_one_change_not_many_slower_strategies(tmp_path: Path) -> None:
+    """Two runs of one machine, the second with every call 25% slower (a slow hour of a VM): compare says the
+    machine moved, and that no difference remains once that is taken out."""
+    a = make_run(tmp_path / "results", "calm", devices=("cpu",), coupled=False, small=True)
+    b = make_run(tmp_path / "results", "slowed", devices=("cpu",), coupled=False, small=True, speed=1 / 1.25)
+    md = build_compare([a, b], tmp_path / "results", tmp_path / "plots").read_text()
+    assert "cases moved ×1.25 from calm to slowed" in md
+    raw = re.search(r"(\d+) of (\d+) not significant", md)
+    assert raw and raw.group(1) == "0"  # raw, every case is slower beyond its interval
+    assert re.search(r"significant after the machine's change: 0 of \d+ cases differ", md)
+    assert "spread ×1.250 raw, ×1.000 after the machine's change" in md

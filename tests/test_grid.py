@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.run import grid
-from bench.run.grid import GridError
+from bench.spec import grid
+from bench.spec.grid import GridError
 
 BASE = "[base]\nbatch = 8\nhidden = 16\nin_dim = 3\nout_dim = 2\n"
 

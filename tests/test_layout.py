@@ -14,8 +14,8 @@ from bench import results
 from bench.report.document import render
 from bench.report.frames import load_run
 from bench.report.run_report import Tables, run_document
-from bench.run import settings
 from bench.schema import CASE_FIELDS, SUMMARY_COLUMNS, CaseRecord, columns_table
+from bench.spec import settings
 from tests.helpers import REPO, bench_env
 
 MAKEFILE = (REPO / "Makefile").read_text()

@@ -8,8 +8,9 @@ import torch
 
 import strategies
 from bench.cli import main
-from bench.run import grid, models, plan, reference
+from bench.harness import reference
 from bench.schema import Sizes
+from bench.spec import grid, models, plan
 
 # Two sizes (in_dim, hidden, out_dim) per preset that fit it; the first is the small one the strategy test uses.
 SIZES = {

@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
+from bench.harness import compiling, runner
 from bench.report.plots import pareto_front
-from bench.run import compiling, grid, runner
-from bench.run.grid import GridError
-from bench.run.plan import plan_run
-from bench.run.settings import Settings
+from bench.spec import grid
+from bench.spec.grid import GridError
+from bench.spec.plan import plan_run
+from bench.spec.settings import Settings
 from strategies import REGISTRY
 from tests.helpers import run_bench
 

@@ -11,9 +11,9 @@ import time
 import pandas as pd
 import pytest
 
+from bench.harness import machine
 from bench.report.frames import load_run
 from bench.report.tables import best_per_shape
-from bench.run import machine
 from tests.helpers import run_bench
 
 GRID = """
@@ -75,7 +75,7 @@ def test_every_ok_case_keeps_its_rounds_and_an_interval(quiet_run):
 
 def test_every_shape_gets_a_verdict_from_interleaved_rounds(quiet_run):
     folder, proc = quiet_run
-    playoffs = [json.loads(line) for line in (folder / "playoffs.jsonl").read_text().splitlines()]
+    playoffs = [json.loads(line) for line in (folder / "verdicts.jsonl").read_text().splitlines()]
     latest = {(p["batch"], p["out_dim"]): p for p in playoffs}
     assert len(latest) == 2  # one verdict per shape (the last line of a shape wins)
     for p in latest.values():

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.run import costs
+from bench.scale import costs
 from bench.schema import Sizes
 from tests.helpers import REPO, bench_env, run_bench
 
@@ -221,7 +221,7 @@ def test_from_takes_several_runs(tmp_path):
 
 
 def test_the_timing_rules_the_model_repeats_are_the_harness_rules():
-    from bench.run import timing
+    from bench.harness import timing
 
     for name in ("MIN_ROUNDS", "MIN_ROUND_S", "LEAD_IN_S", "WARM_CALL_S"):
         assert getattr(costs, name) == getattr(timing, name), name
@@ -248,7 +248,7 @@ def test_leave_one_out_scores_every_run():
 
 SHARED = """
 import sys
-import bench.neighbours, bench.run.costs
+import bench.neighbours, bench.scale.costs
 print(sorted(m for m in ("torch", "pandas", "bench.report", "strategies") if m in sys.modules))
 """
 

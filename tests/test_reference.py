@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from bench.run import reference
-from bench.run.reference import ModelProblem
+from bench.harness import reference
+from bench.harness.reference import ModelProblem
 
 
 class Mixed(nn.Module):

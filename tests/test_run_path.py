@@ -67,10 +67,10 @@ print(sorted(m for m in {forbidden} if m in loaded))
 
 @pytest.mark.parametrize("modules,forbidden", [
     ("bench.report.run_report, bench.report.compare, bench.report.recommend", ["torch", "strategies", "bench.run"]),
-    ("bench.run.plugin, bench.run.runner, bench.cli", ["bench.report", "bench.report.tables", "bench.report.plots",
+    ("bench.run.plugin, bench.harness.runner, bench.cli", ["bench.report", "bench.report.tables", "bench.report.plots",
                                                        "bench.report.frames", "matplotlib"]),  # measuring
-    ("bench", ["torch", "strategies", "bench.autotuning"]),  # `import bench` stays light: autotune loads on use
-    ("bench.autotuning", ["bench.report", "matplotlib"]),  # autotune reads result files only for results=
+    ("bench", ["torch", "strategies", "bench.tuning.autotune"]),  # `import bench` stays light: autotune loads on use
+    ("bench.tuning.autotune", ["bench.report", "matplotlib"]),  # autotune reads result files only for results=
 ])
 def test_measurement_and_reporting_stay_apart(modules, forbidden):
     code = LAYERS.format(modules=modules, forbidden=forbidden)
@@ -81,7 +81,7 @@ def test_measurement_and_reporting_stay_apart(modules, forbidden):
 
 
 def test_from_bench_import_autotune_gives_the_function_whatever_was_imported_before():
-    code = "import bench.autotuning, bench.tunecache\nfrom bench import autotune\nprint(autotune.__name__)"
+    code = "import bench.tuning.autotune, bench.tuning.cache\nfrom bench import autotune\nprint(autotune.__name__)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=bench_env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -21,9 +21,10 @@ from torch import Tensor, nn
 import strategies
 from bench.cli import main
 from bench.errors import BenchError
-from bench.run import models, modes, plan, reference
-from bench.run.reference import ModelProblem
+from bench.harness import modes, reference
+from bench.harness.reference import ModelProblem
 from bench.schema import Sizes
+from bench.spec import models, plan
 from strategies import REGISTRY, Unsupported
 from strategies import laplacian_hutchinson as hutchinson
 
@@ -539,7 +540,7 @@ MEMORY_SIZES = Sizes(2048, 128, 8, 2)
 
 @pytest.mark.parametrize("name", [n for n in SECOND_ORDER if not n.startswith("laplacian_trace_")])
 def test_memory_estimate_is_within_a_factor_of_the_measured_peak(name):
-    from bench.run import measure
+    from bench.harness import measure
 
     model, x = models.build(models.PRESETS["mlp"], MEMORY_SIZES, "cpu", torch.float32)
     strategy = REGISTRY[name]

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from bench import results
-from bench.run import shards
-from bench.run.plan import plan_run
-from bench.run.settings import Settings
+from bench.scale import balance, shards
 from bench.schema import Sizes
+from bench.spec.settings import Settings
 from tests.helpers import run_bench
 
 SMOKE = ("--grid", "smoke", "--strategies", "grad_loop,vmap_jacrev,jacobian_sum", "--time-budget", "5")
@@ -28,22 +27,22 @@ def _unit(n: int) -> shards.Unit:
 
 def test_split_balances_cost_not_count():
     costs = {_unit(0): 100.0} | {_unit(n): 1.0 for n in range(1, 101)}  # one long shape, a hundred short ones
-    assigned = shards.split(costs, 2)
+    assigned = balance.split(costs, 2)
     assert assigned[_unit(0)] == 1 and all(assigned[_unit(n)] == 2 for n in range(1, 101))
 
 
 def test_split_is_longest_first_and_deterministic():
     costs = {_unit(n): float(n % 7 + 1) for n in range(50)}
-    assigned = shards.split(costs, 3)
-    assert assigned == shards.split(dict(reversed(costs.items())), 3)  # the order given does not matter
+    assigned = balance.split(costs, 3)
+    assert assigned == balance.split(dict(reversed(costs.items())), 3)  # the order given does not matter
     loads = [sum(c for u, c in costs.items() if assigned[u] == k) for k in (1, 2, 3)]
     assert max(loads) - min(loads) <= max(costs.values())  # greedy LPT: within one unit of each other
 
 
 @pytest.mark.parametrize("count", [2, 3])
 def test_shards_are_disjoint_cover_the_plan_and_keep_shapes_whole(count):
-    whole = plan_run(Settings(grid="zoo", devices="cpu"))  # zoo: every shape in jacobian and train mode
-    parts = [plan_run(Settings(grid="zoo", devices="cpu", shard=f"{k}/{count}")) for k in range(1, count + 1)]
+    whole = shards.planned(Settings(grid="zoo", devices="cpu"))  # zoo: every shape in jacobian and train mode
+    parts = [shards.planned(Settings(grid="zoo", devices="cpu", shard=f"{k}/{count}")) for k in range(1, count + 1)]
     keys = [{c.key(s, d) for d in p.devices for c in p.cases for s in p.strategies_for(c)} for p in parts]
     assert sum(len(k) for k in keys) == len(set().union(*keys)) == whole.planned_cases  # disjoint and covering
     units = [{shards.unit(c) for c in p.cases} for p in parts]
@@ -57,9 +56,9 @@ def test_shards_are_disjoint_cover_the_plan_and_keep_shapes_whole(count):
 
 
 def test_shards_are_balanced_by_predicted_cost():
-    from bench.run import costs, forecast
+    from bench.scale import costs, forecast
 
-    whole = plan_run(Settings(grid="quick", devices="cpu"))
+    whole = shards.planned(Settings(grid="quick", devices="cpu"))
     unit_costs = forecast.unit_costs(whole, costs.default())
     loads = {k: 0.0 for k in (1, 2, 3, 4)}
     for u, k in shards.assignment(whole, 4).items():
@@ -69,15 +68,15 @@ def test_shards_are_balanced_by_predicted_cost():
 
 def test_the_plan_hash_follows_what_is_measured_and_not_the_shard(monkeypatch):
     base = Settings(grid="smoke", devices="cpu", strategies="grad_loop,vmap_jacrev")
-    h = plan_run(base).plan_hash
-    assert plan_run(dataclasses.replace(base, shard="2/3", run="x", results_dir="elsewhere")).plan_hash == h
+    h = shards.planned(base).plan_hash
+    assert shards.planned(dataclasses.replace(base, shard="2/3", run="x", results_dir="elsewhere")).plan_hash == h
     for change in ({"grid": "seed"}, {"strategies": "grad_loop"}, {"dtype": "float64"}, {"mode": "train"},
                    {"time_budget": "9"}, {"memory_budget": "1GiB"}):
-        assert plan_run(dataclasses.replace(base, **change)).plan_hash != h, change
+        assert shards.planned(dataclasses.replace(base, **change)).plan_hash != h, change
     import torch
 
     monkeypatch.setattr(torch, "__version__", "0.0.1-other")
-    assert plan_run(base).plan_hash != h
+    assert shards.planned(base).plan_hash != h
 
 
 @pytest.mark.parametrize("spec", ["0/2", "3/2", "1/0", "a/b", "1", "1/2/3"])
@@ -148,7 +147,7 @@ def test_merged_shards_are_the_run_and_merging_again_changes_nothing(sharded, tm
         (k, p["process"]) for k, e in enumerate(shard_envs, start=1) for p in e["processes"]]  # both shards, both
     for phase in ("validation", "timing"):  # worker processes each: the merged phases add up what they spent
         assert env["phases"][phase] == pytest.approx(sum(e["phases"][phase] for e in shard_envs), abs=0.02)
-    from bench.run import costs
+    from bench.scale import costs
 
     model = costs.fit([merged])  # a merged run predicts like any run (FROM=results/s)
     assert model.structures == ["processes"] and len(model.samples) == 12 and model.window_factor >= 1

@@ -355,7 +355,8 @@ MEMORY_SHAPES = [("jacobian_diagonal", Sizes(256, 64, 16, 16)), ("vmap_jacrev", 
 
 @pytest.mark.parametrize("name,sizes", MEMORY_SHAPES, ids=[f"{n}-{s.id}" for n, s in MEMORY_SHAPES])
 def test_memory_estimate_is_within_a_factor_of_the_measured_peak(name, sizes):
-    from bench.run import measure, models
+    from bench.harness import measure
+    from bench.spec import models
 
     model, x = models.build(models.PRESETS["mlp"], sizes, "cpu", torch.float32)
     strategy = REGISTRY[name]

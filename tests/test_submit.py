@@ -186,7 +186,7 @@ def test_slurm_without_srun_is_one_line(tmp_path):
 
 
 def test_local_slots_pin_one_shard_per_gpu_and_keep_cpu_shards_apart(monkeypatch):
-    from bench.run import submit
+    from bench.scale import submit
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
     slots, why = submit.local_slots(["cuda"], [], None)
@@ -202,7 +202,7 @@ def test_local_slots_pin_one_shard_per_gpu_and_keep_cpu_shards_apart(monkeypatch
 
 
 def test_a_slot_is_held_by_one_task_at_a_time(tmp_path):
-    from bench.run import submit
+    from bench.scale import submit
 
     slots = [submit.Slot(gpus="0"), submit.Slot(gpus="1")]
     with submit._slot(slots, str(tmp_path)) as first, submit._slot(slots, str(tmp_path)) as second:

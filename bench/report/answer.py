@@ -16,7 +16,7 @@ import pandas as pd
 
 from bench.report.frames import groups
 from bench.report.tables import NONE_VALID, best_per_shape, playoffs_among
-from bench.schema import RESULT_NAME, SETTING, SHAPE_COLUMNS, fmt_ratio, is_closed_form
+from bench.schema import RESULT_NAME, SETTING, SHAPE_COLUMNS, fmt_ratio
 
 # One row per regime and kind (eager, compiled): tables/answer.csv holds these, the report the display columns.
 ANSWER_COLUMNS = [*SETTING, "batch_min", "batch_max", "how", "use", "shapes", "wins", "ties", "tied_with",
@@ -78,8 +78,7 @@ def _first_pick(names: set[str], rows: pd.DataFrame) -> str:
 def answer_rows(frame: pd.DataFrame, playoffs: pd.DataFrame | None) -> pd.DataFrame:
     """The answer, machine-readable: per setting, eager then compiled (where the run measured compiled strategies),
     one row per batch range."""
-    closed_form = frame["strategy"].map(is_closed_form).astype(bool)
-    closed = frame[frame["valid"] & closed_form].groupby(SHAPE_COLUMNS)["time_median_s"].min()  # the fastest
+    closed = frame[frame["valid"] & frame["closed_form"]].groupby(SHAPE_COLUMNS)["time_median_s"].min()  # the fastest
     # closed form of each shape (the Laplacian has two)
     by_strategy = frame[frame["valid"]].set_index(["strategy", *SHAPE_COLUMNS])
     rows = []

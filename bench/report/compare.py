@@ -28,7 +28,7 @@ from bench.stats import ratio_of_medians, significant, significantly_different
 JOIN = [k for k in KEY_COLUMNS if k != "device"]
 SHAPE = [c for c in SHAPE_COLUMNS if c != "device"]  # a shape as both sides measured it: its quantity included
 KEEP = ["status", "time_median_s", "valid", "is_jacobian", "sweeps", "rank", "round_times_s", "unstable", "log_time_sd",
-        "time_ci_low_s", "time_ci_high_s"]
+        "time_ci_low_s", "time_ci_high_s", "forward_median_s"]
 
 
 @dataclass
@@ -243,21 +243,56 @@ def reproducibility(a: Side, b: Side) -> list[tuple[str, str]]:
     ]
 
 
-def rerun_agreement(both: pd.DataFrame) -> list[tuple[str, str]]:
-    """How far the case medians of two runs of one machine agree, and how often each run's interval holds the other
-    run's median (the intervals claim 95%)."""
-    ok = both[both["speedup"].notna()]
+def rerun_agreement(a: Side, b: Side, both: pd.DataFrame) -> list[tuple[str, str]]:
+    """How far the case medians of two runs of one machine agree, before and after the machine's own change of speed
+    (the median shift of all cases; the calibration call says the same from outside the strategies), how far the
+    ratios the report shows ("× forward", "× best") move, and how often each run's interval holds the other run's
+    median (the intervals claim 95%). A spread is exp(root mean square of the log ratios): ×1.10 means a case's
+    number typically moves by 10% from one run to the other."""
+    ok = both[both["speedup"].notna()].copy()
     if ok.empty:
         return []
-    log_ratio = np.log(ok["time_median_s_b"] / ok["time_median_s_a"])
+    ok["log_ratio"] = np.log(ok["time_median_s_b"] / ok["time_median_s_a"])
+    shift = float(ok["log_ratio"].median())
+    by_shape = ok.groupby(SHAPE)["log_ratio"].transform("median")
+    within = (np.abs(ok["log_ratio"] - shift) <= math.log(1.1)).mean()
+    items = [("the machine itself", _machine_change(a, b, shift)),
+             ("medians from run to run", f"spread {_spread(ok['log_ratio'])} raw, {_spread(ok['log_ratio'] - shift)} "
+                                         f"after the machine's change, {_spread(ok['log_ratio'] - by_shape)} after "
+                                         f"each shape's; {within:.0%} of the {len(ok)} cases within ×1.1 after the "
+                                         "machine's change")]
+    forward = ok.dropna(subset=["forward_median_s_a", "forward_median_s_b"])
+    if len(forward):
+        per_forward = np.log(forward["forward_median_s_a"] / forward["forward_median_s_b"]) + forward["log_ratio"]
+        items.append(("× forward from run to run", f"spread {_spread(per_forward)} over {len(forward)} cases"))
+    best_a = ok.groupby(SHAPE)["time_median_s_a"].transform("min")
+    best_b = ok.groupby(SHAPE)["time_median_s_b"].transform("min")
+    items.append(("× best from run to run", f"spread {_spread(ok['log_ratio'] - np.log(best_b / best_a))} over "
+                                            f"{len(ok)} cases (a case's time over its shape's fastest)"))
     holds_b = ok["time_median_s_b"].between(ok["time_ci_low_s_a"], ok["time_ci_high_s_a"])
     holds_a = ok["time_median_s_a"].between(ok["time_ci_low_s_b"], ok["time_ci_high_s_b"])
-    return [
-        ("medians from run to run", f"geometric spread ×{math.exp(log_ratio.std()):.3f} of the {len(ok)} ratios of "
-                                    f"case medians; {(np.abs(log_ratio) <= math.log(1.1)).mean():.0%} within ×1.1"),
-        ("intervals that hold the other run's median", f"{holds_b.mean():.0%} of the first run's, "
-                                                       f"{holds_a.mean():.0%} of the second's (they claim 95%)"),
-    ]
+    items.append(("intervals that hold the other run's median",
+                  f"{holds_b.mean():.0%} of the first run's, {holds_a.mean():.0%} of the second's (they claim 95%)"))
+    adjusted = [significant(significantly_different(r["time_median_s_a"], r["log_time_sd_a"],
+                                                    r["time_median_s_b"] / math.exp(shift), r["log_time_sd_b"]))
+                for _, r in ok.iterrows() if pd.notna(r["log_time_sd_a"]) and pd.notna(r["log_time_sd_b"])]
+    if adjusted:
+        items.append(("significant after the machine's change", f"{sum(adjusted)} of {len(adjusted)} cases differ "
+                                                                "beyond what both runs' intervals allow, once the "
+                                                                "machine's change is taken out"))
+    return items
+
+
+def _spread(log_ratios: pd.Series) -> str:
+    return f"×{math.exp(math.sqrt(float(np.mean(np.square(log_ratios))))):.3f}"
+
+
+def _machine_change(a: Side, b: Side, shift: float) -> str:
+    text = f"cases moved {fmt_ratio(math.exp(shift))} from {a.label} to {b.label} (median of all cases)"
+    speed = [(s.run.env.get("machine_speed") or {}).get("calibration_s") for s in (a, b)]
+    if all(speed):
+        text += f"; the calibration call {fmt_ratio(speed[1] / speed[0])} (a fixed workload timed between blocks)"
+    return text
 
 
 def warnings_for(sides: list[Side]) -> list[str]:
@@ -306,7 +341,7 @@ def pair_summary(a: Side, b: Side, both: pd.DataFrame) -> list[tuple[str, str]]:
     if set(both["quantity"]) != {"jacobian"}:
         items += quantity_items(a, b, both)
     if same_machine(a, b):
-        items += rerun_agreement(both) + reproducibility(a, b)
+        items += rerun_agreement(a, b, both) + reproducibility(a, b)
     line = sweep_line(both, "batch") if len(both) else both
     for strategy, rows in (line.groupby("strategy") if len(line) else []):
         items.append((f"crossover, {strategy}", crossover(rows)[0]))

@@ -12,7 +12,7 @@ import pandas as pd
 
 from bench.report.recommend import leave_one_out
 from bench.report.tables import NONE_VALID, break_even
-from bench.schema import AXES, FAILED, fmt_margin, fmt_ratio, fmt_time, is_closed_form
+from bench.schema import AXES, FAILED, fmt_margin, fmt_ratio, fmt_time
 from bench.stats import TIE_MARGIN
 
 Items = list[tuple[str, str]]
@@ -48,8 +48,7 @@ def headline(part: pd.DataFrame, best: pd.DataFrame) -> Items:
     jf = measured.loc[measured["fastest"] == lead, "jf_best"].dropna()
     text = f"{lead}: fastest on {counts.iloc[0]} of {len(best)} shapes"
     text += f", at a median {fmt_ratio(jf.median())} the time of one forward pass" if len(jf) else ""
-    closed = part["strategy"].map(is_closed_form).astype(bool)
-    has_closed_form = (part.loc[closed, "status"] == "ok").any()
+    has_closed_form = (part.loc[part["closed_form"], "status"] == "ok").any()
     text += "" if has_closed_form else "; this model has no closed form to compare with"
     return [("best autodiff", text)]
 
@@ -107,7 +106,7 @@ def cost_items(part: pd.DataFrame, best: pd.DataFrame) -> Items:
         items.append(("best autodiff vs analytic", f"the fastest autodiff strategy takes a median "
                       f"{fmt_ratio(vs.median())} the closed-form (analytic) time; worst {fmt_ratio(vs.max())} "
                       f"({len(vs)} shapes)"))
-    elif part["strategy"].map(is_closed_form).astype(bool).any():
+    elif part["closed_form"].any():
         items.append(("best autodiff vs analytic", "analytic has no valid measurement here (e.g. unsupported model)"))
     items += compile_items(part)
     loo = leave_one_out(part)
@@ -120,12 +119,11 @@ def cost_items(part: pd.DataFrame, best: pd.DataFrame) -> Items:
 
 def compile_items(part: pd.DataFrame) -> Items:
     """Eager against compiled: how close each gets to the closed form, what compiling costs, when it pays."""
-    closed_form = part["strategy"].map(is_closed_form).astype(bool)
-    valid = part[part["valid"] & ~closed_form]
+    valid = part[part["eligible"]]
     if not valid["compiled"].any():
         return []
     per_shape = valid.groupby([*AXES, "compiled"])["time_median_s"].min().unstack("compiled")
-    closed = part[part["valid"] & closed_form].groupby(AXES)["time_median_s"].min()
+    closed = part[part["valid"] & part["closed_form"]].groupby(AXES)["time_median_s"].min()
     items = []
     for compiled, label in ((False, "eager"), (True, "compiled")):
         ratio = (per_shape.get(compiled) / closed).dropna() if compiled in per_shape else pd.Series(dtype=float)
@@ -185,8 +183,7 @@ def caveat_items(part: pd.DataFrame) -> Items:
 def estimate_items(part: pd.DataFrame) -> Items:
     """A stochastic estimator: what it costs against the fastest exact strategy of the same shapes, and its error."""
     items = []
-    closed_form = part["strategy"].map(is_closed_form).astype(bool)
-    exact = part[part["valid"] & ~closed_form].groupby(AXES)["time_median_s"].min()
+    exact = part[part["eligible"]].groupby(AXES)["time_median_s"].min()
     for strategy, rows in part[part["estimator"] & (part["status"] == "ok")].groupby("strategy"):
         at = rows.set_index(AXES)["time_median_s"]
         ratio = (at / exact).dropna()

@@ -1,8 +1,9 @@
 """Run folder -> pandas: one row per case with the derived numbers every report needs, and the slices reports draw.
 
 Derived columns (added by `to_frame`; the recorded ones are schema.CaseRecord's):
-  valid        status "ok", is_jacobian and not an estimator: the only rows that may be "fastest", a winner or a
-               recommendation
+  valid        status "ok", is_jacobian and not an estimator: a timed, correct result
+  eligible     valid, and a strategy that may win a shape (bench/rules.py: not a closed form, not another
+               framework's peer): the only rows that may be "fastest", a winner or a recommendation
   note         "sum over outputs — not the Jacobian" where is_jacobian is False, the measured error of an estimator,
                else the failure message
   jf_ratio     time_median_s / forward_median_s (the ADBench/GradBench J/F ratio); ok rows only
@@ -21,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench import rules
 from bench.results import ResultsError, read_run
 from bench.schema import (
     AXES,
@@ -91,8 +93,10 @@ def to_frame(records: Iterable[CaseRecord], base: dict[str, int] | None = None) 
     ok = frame["status"] == "ok"
     # A time or memory figure belongs to a validated case only: drop stray numbers of failed cases at the source.
     frame.loc[~ok, ["time_median_s", "time_iqr_s", "time_ci_low_s", "time_ci_high_s", "peak_memory_bytes"]] = math.nan
-    frame["estimator"] = frame["estimator"].map(lambda v: v is True)
+    for flag in ("estimator", "closed_form"):
+        frame[flag] = frame[flag].map(lambda v: v is True)
     frame["valid"] = ok & frame["is_jacobian"] & ~frame["estimator"] & frame["time_median_s"].gt(0)
+    frame["eligible"] = frame["valid"] & rules.eligible_rows(frame)
     frame["note"] = frame["message"].where(~ok, "")
     frame.loc[~frame["is_jacobian"], "note"] = NOT_J
     estimates = ok & frame["estimator"]

@@ -31,7 +31,6 @@ from bench.schema import (
     fmt_margin,
     fmt_ratio,
     fmt_time,
-    is_closed_form,
     sizes_id,
     status_kind,
 )
@@ -80,26 +79,26 @@ FORWARD = "forward model(x)"
 COMPILED_MARKER = "8"  # a compiled variant: its eager twin's colour, this marker, a dashed line
 
 
-def _drawn_as(strategy: str) -> str:
+def _drawn_as(strategy: str, closed_form: bool = False) -> str:
     """The name whose colour and marker a strategy takes: a closed form the analytic's, a Hessian's trace the
     Hessian's."""
-    if is_closed_form(strategy):
+    if closed_form:
         return "analytic"
     return strategy.replace(*TRACE_PREFIX, 1) if strategy.startswith(TRACE_PREFIX[0]) else strategy
 
 
-def color(strategy: str) -> str:
-    """Fixed colour per strategy name (a compiled variant takes its eager twin's); plugins get a stable hash-picked
-    colour (the same in every run)."""
-    strategy = _drawn_as(strategy)
+def color(strategy: str, closed_form: bool = False) -> str:
+    """Fixed colour per strategy name (a compiled variant takes its eager twin's, a closed form the analytic's);
+    plugins get a stable hash-picked colour (the same in every run)."""
+    strategy = _drawn_as(strategy, closed_form)
     return COLORS.get(strategy) or COLORS.get(eager_twin(strategy) or "") \
         or PLUGIN_COLORS[zlib.crc32(strategy.encode()) % len(PLUGIN_COLORS)]
 
 
-def marker(strategy: str) -> str:
+def marker(strategy: str, closed_form: bool = False) -> str:
     if eager_twin(strategy) in COLORS:
         return COMPILED_MARKER
-    strategy = _drawn_as(strategy)
+    strategy = _drawn_as(strategy, closed_form)
     return MARKERS.get(strategy) or PLUGIN_MARKERS[zlib.crc32(strategy.encode()) % len(PLUGIN_MARKERS)]
 
 
@@ -171,10 +170,11 @@ def _lines(ax: Any, line: pd.DataFrame, axis: str, column: str, forward: bool = 
         if len(ok):
             label = strategy + (" (sum over outputs, not J)" if not_j else " (estimate)" if estimate else "")
             # the two closed forms of a Laplacian share black and the star: the trace of the Hessian's dash-dotted
-            trace_closed_form = is_closed_form(strategy) and strategy.startswith(TRACE_PREFIX[0])
+            closed_form = bool(rows["closed_form"].any())
+            trace_closed_form = closed_form and strategy.startswith(TRACE_PREFIX[0])
             style = ":" if not_j or estimate else "--" if rows["compiled"].any() else "-." if trace_closed_form else "-"
-            ax.plot(ok[axis], ok[column], color=color(strategy), marker=marker(strategy), markersize=5,
-                    linestyle=style, linewidth=2.2 if is_closed_form(strategy) else 1.5, label=label)
+            ax.plot(ok[axis], ok[column], color=color(strategy, closed_form), marker=marker(strategy, closed_form),
+                    markersize=5, linestyle=style, linewidth=2.2 if closed_form else 1.5, label=label)
         for status, sym in (("wrong", "x"), *((s, "^") for s in FAILED)):
             bad = rows[rows["status"] == status]
             if len(bad):
@@ -282,8 +282,8 @@ def memory_vs_time(part: pd.DataFrame, where: str) -> Any | None:
     fig, ax = _figure(f"Peak memory against time per call at {sizes_id(points.iloc[0])}: the Pareto front", where)
     for _, r in points.iterrows():
         on_front = r["strategy"] in set(front["strategy"])
-        ax.scatter(r["time_median_s"], r["peak_memory_bytes"] / 2**20, color=color(r["strategy"]),
-                   marker=marker(r["strategy"]), s=70 if on_front else 35, zorder=3,
+        ax.scatter(r["time_median_s"], r["peak_memory_bytes"] / 2**20, color=color(r["strategy"], r["closed_form"]),
+                   marker=marker(r["strategy"], r["closed_form"]), s=70 if on_front else 35, zorder=3,
                    edgecolors="black" if on_front else "none", label=r["strategy"])
         if on_front:
             ax.annotate(r["strategy"], (r["time_median_s"], r["peak_memory_bytes"] / 2**20), fontsize=7,

@@ -19,7 +19,7 @@ import pandas as pd
 from bench.report.frames import load_run
 from bench.report.tables import NONE_VALID, best_per_shape, playoffs_among
 from bench.results import ResultsError
-from bench.schema import AXES, SETTING, is_closed_form, sizes_id
+from bench.schema import AXES, SETTING, sizes_id
 
 K_NEAREST = 4
 POWER = 2.0  # inverse-distance exponent
@@ -41,9 +41,9 @@ def recommend(run_dirs: list[Path], batch: int, hidden: int, in_dim: int, out_di
     if quantity not in set(frame["quantity"]):
         raise ResultsError(f"the runs measured no {quantity} (they have {', '.join(sorted(set(frame['quantity'])))}): "
                            f"measure it with QUANTITY={quantity}, or ask for one of those with --quantity")
-    # a closed form (analytic, hessian_analytic, laplacian_analytic) is the limit the report compares with, not a
-    # strategy for the user's own model: never recommended, as it is never in a verdict
-    frame = frame[(frame["quantity"] == quantity) & ~frame["strategy"].map(is_closed_form)]
+    # a closed form is the limit the report compares with, and a peer is another framework: neither is a PyTorch
+    # strategy for the user's own model, so never recommended, as never in a verdict (bench/rules.py)
+    frame = frame[(frame["quantity"] == quantity) & ~frame["closed_form"] & frame["peer"].eq("")]
     shape = {"batch": batch, "hidden": hidden, "in_dim": in_dim, "out_dim": out_dim}
     for axis, value in shape.items():
         if not isinstance(value, (int, np.integer)) or value < 1:

@@ -6,12 +6,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from bench import fidelity
 from bench.report.answer import answer_rows, answer_table, autotune_line
 from bench.report.document import Block, Document, Section, figure_block, render, table_block
 from bench.report.findings import summary_items
@@ -41,7 +43,7 @@ from bench.report.tables import (
     strategies_table,
     training_table,
 )
-from bench.results import plots_dir
+from bench.results import plots_dir, read_json, write_json
 from bench.schema import (
     AXES,
     AXIS_LABEL,
@@ -147,6 +149,12 @@ def run_warnings(run: LoadedRun) -> list[str]:
         out.append(f"{unstable} of {int(ok.sum())} ok cases were timed while the machine was disturbed (other "
                    "processes on the CPUs, stolen or slow CPU time) and stayed so after waiting: they are marked "
                    "unstable; rerun on a quiet machine before trusting them")
+    checked = run.env.get("fidelity") or {}
+    for name in checked.get("off") or []:
+        s = checked["strategies"][name]
+        out.append(f"{name}: the run's numbers are {fmt_ratio(s['ratio'])} ({fmt_ratio(s['low'])}–"
+                   f"{fmt_ratio(s['high'])}) what the same call costs in a fresh process (torch.utils.benchmark.Timer, "
+                   f"{s['cases']} cases): off by more than {fidelity.TARGET:.0%}")
     return out
 
 
@@ -198,8 +206,8 @@ def run_document(run: LoadedRun, figures: dict[str, Path], tables: Tables) -> Do
     split = measured != ["jacobian"]  # second order measured: each quantity gets its own answer and verdicts
     above = [name for name, _ in answer_figures(frame, figures)]  # embedded once, in the answer
     answers = answer_rows(frame, run.playoffs)
-    for quantity in measured:
-        doc.sections.append(answer_section(run, figures, tables, above, answers, quantity, split))
+    for n, quantity in enumerate(measured):
+        doc.sections.append(answer_section(run, figures, tables, above, answers, quantity, split, first=n == 0))
     for quantity in measured:
         mine = best[best["quantity"] == quantity]
         title = "Fastest autodiff strategy per shape" + (f" — {quantity_title(quantity)}" if split else "")
@@ -253,7 +261,8 @@ def closing_sections(run: LoadedRun, frame: pd.DataFrame, tables: Tables) -> lis
 
 
 def answer_section(run: LoadedRun, figures: dict[str, Path], tables: Tables, shown: list[str],
-                   answers: pd.DataFrame, quantity: str = "jacobian", split: bool = False) -> Section:
+                   answers: pd.DataFrame, quantity: str = "jacobian", split: bool = False, first: bool = True
+                   ) -> Section:
     """The first screen: which strategy to use, per model and regime, with the code to paste; then the winner map
     and the time-vs-batch plot of each device's most measured setting. With `split` (a run that measured second
     order), one such section per quantity."""
@@ -267,6 +276,8 @@ def answer_section(run: LoadedRun, figures: dict[str, Path], tables: Tables, sho
                     caption=f"{shared}: the valid autodiff strategy{what} that wins or ties on the most measured "
                             "shapes of each batch range"),
         Block("note", text=ANSWER if quantity == "jacobian" else ANSWER_SECOND_ORDER),
+        *([Block("note", text=checked)] if first and (checked := fidelity.summary_line(run.env.get("fidelity")))
+          else []),
         Block("text", text=AUTOTUNE),
         Block("code", text=autotune_line(quantity))])
     mine = [name for name in shown if quantity_of_plot(name) == quantity]
@@ -397,3 +408,15 @@ def build_report(run_dir: Path, plots_root: Path | None = None) -> Path:
     for t in tables.files:
         write_table(t.table, tables.folder, t.name, numbers=t.numbers, highlight=t.highlight, index=t.index)
     return render(doc, run_dir)
+
+
+def write_report(run_dir: Path) -> Path:
+    """build_report, and the seconds it took in env.json's phases (what `make plan` learns the report's cost from)."""
+    started = time.perf_counter()
+    path = build_report(run_dir)
+    env_path = Path(run_dir) / "env.json"
+    env = read_json(env_path) if env_path.exists() else None
+    if isinstance(env, dict):
+        env.setdefault("phases", {})["report"] = round(time.perf_counter() - started, 2)
+        write_json(env_path, env)
+    return path

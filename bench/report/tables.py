@@ -23,7 +23,6 @@ from bench.schema import (
     fmt_bytes,
     fmt_ratio,
     fmt_time,
-    is_closed_form,
     sizes_id,
     status_kind,
 )
@@ -42,7 +41,7 @@ NONE_VALID = ""  # `fastest` of a shape where no autodiff strategy gave a valid 
 def best_per_shape(frame: pd.DataFrame, playoffs: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per measured shape: the fastest valid autodiff strategy (`fastest`), and whether it wins or ties.
 
-    The verdict, its contenders and `tied_with` (a list) come from the shape's playoff record (bench/run/finish.py).
+    The verdict, its contenders and `tied_with` (a list) come from the shape's playoff record (bench/verdicts.py).
     A shape without one (a run older than playoffs, or a shape finished before a kill) is decided from its first
     timings by the same rule (stats.verdict_of). A closed form (analytic, hessian_analytic, laplacian_analytic) is
     not a contender: `analytic_s` is the fastest closed form of the shape and `vs_analytic` says how far the fastest
@@ -52,8 +51,7 @@ def best_per_shape(frame: pd.DataFrame, playoffs: pd.DataFrame | None = None) ->
     rows = []
     for shape, part in frame.groupby(SHAPE_COLUMNS, sort=False):
         valid = part[part["valid"]].sort_values("time_median_s")
-        closed = valid["strategy"].map(is_closed_form).astype(bool)
-        auto, analytic = valid[~closed], valid[closed]["time_median_s"]  # fastest first
+        auto, analytic = valid[valid["eligible"]], valid[valid["closed_form"]]["time_median_s"]  # fastest first
         row = dict(zip(SHAPE_COLUMNS, shape, strict=True)) | dict.fromkeys(BEST_COLUMNS[len(SHAPE_COLUMNS):], math.nan)
         row.update(fastest=NONE_VALID, verdict="", tied_with=[], runner_up="", best_eager="",
                    forward_s=part["forward_median_s"].median(),

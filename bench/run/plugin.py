@@ -1,14 +1,16 @@
-"""The run handed to pytest: one object that holds the planned run and its open folder and implements the hooks.
+"""The pytest host of a run: one object that holds the planned run and its open folder and implements the hooks.
 
     plugin = JacobenchPlugin(plan, folder)
     pytest.main(["bench/run/suite.py", ...], plugins=[plugin])
 
-It parametrizes bench/run/suite.py with the shapes still to measure (one test per device and shape: its strategies
-are timed together, interleaved), gives the test each shape's measurement (`measure_shape`), prints a progress line
-per case, stops after the current shape on Ctrl-C, and finishes the folder at the end of the session. pytest-benchmark
-times each shape's forward pass with its `benchmark` fixture and keeps one entry per case in benchmark.json
-(`pytest_benchmark_update_json`). `python -m bench run` builds the plugin; the root conftest.py builds the same object
-from pytest options when bench/run/suite.py is run directly.
+It parametrizes bench/run/suite.py with the shapes still to measure (one test per device and shape), and each test
+hands its shape to the run's first worker process (bench/run/passes.py): the host never times a call itself, so
+nothing of pytest (its call stack, its heap) is in a number. The host decides the cases no worker need run (over the
+memory budget, or larger than a shape that ran out of time or memory), appends every record to cases.jsonl as it
+comes back, prints a progress line per case, stops after the current shape on Ctrl-C, and writes benchmark.json:
+pytest-benchmark times each shape's whole measurement with its `benchmark` fixture, and the hook adds one entry per
+timed case with every round the worker kept (`pytest_benchmark_update_json`). `python -m bench run` builds the
+plugin; the root conftest.py builds the same object from pytest options when bench/run/suite.py is run directly.
 """
 
 from __future__ import annotations
@@ -16,36 +18,52 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from bench import results
-from bench.run import finish, measure, session
-from bench.run.grid import Case
-from bench.run.plan import RunPlan
-from bench.run.runner import ShapeRunner
+import strategies
+from bench import results, verdicts
+from bench.harness import runner
+from bench.harness.skips import SkipPolicy, predicted_memory
+from bench.run.passes import Pass
 from bench.run.session import RunFolder
 from bench.schema import CaseRecord, fmt_time
+from bench.spec.grid import Case
+from bench.spec.plan import RunPlan
 
 NAME = "jacobench-run"  # the plugin's name in pytest's plugin manager
 
 
 @dataclass
 class Progress:
-    """One line per finished case, with a count and an ETA, so a long run is never silent."""
+    """One line per finished case, with a count and an ETA, so a long run is never silent.
+
+    The ETA comes from the plan's cost model (`expected`: the predicted seconds of each case, `expected_total_s` of
+    the whole run: both passes, finishing, the report; bench/scale/forecast.py), rescaled by how fast the finished
+    cases went against their prediction; without a forecast, from the mean time per finished case."""
 
     config: pytest.Config | None = None
     total: int = 0
     done: int = 0
     started: float = field(default_factory=time.perf_counter)
+    expected: dict[str, float] = field(default_factory=dict)  # case id -> predicted seconds
+    expected_total_s: float = 0.0
+    expected_done_s: float = 0.0
+
+    def eta_s(self, record: CaseRecord) -> float:
+        elapsed = time.perf_counter() - self.started
+        if not self.expected:
+            return elapsed / self.done * max(self.total - self.done, 0)
+        self.expected_done_s += self.expected.get(record.case_id, 0.0)
+        if self.expected_done_s <= 0:
+            return max(self.expected_total_s - elapsed, 0.0)
+        return max(self.expected_total_s - self.expected_done_s, 0.0) * elapsed / self.expected_done_s
 
     def case_done(self, record: CaseRecord) -> None:
         self.done += 1
-        elapsed = time.perf_counter() - self.started
-        eta = elapsed / self.done * max(self.total - self.done, 0)
+        eta = self.eta_s(record)
         status = record.status
         if status == "ok":
             fwd = record.forward_median_s
@@ -69,15 +87,15 @@ class Progress:
 
 
 class JacobenchPlugin:
-    """A planned run with its open folder, measured shape by shape (the first worker process of the run)."""
+    """A planned run with its open folder, measured shape by shape in the run's first worker process."""
 
     __name__ = NAME  # pluggy registers a plugin under its __name__: `pluginmanager.has_plugin(NAME)` finds it
 
     def __init__(self, plan: RunPlan, folder: RunFolder):
         self.plan = plan
         self.folder = folder
-        self.phases = measure.Phases()
-        self.runner = ShapeRunner(plan, self.phases)
+        self.skips = SkipPolicy(plan.memory_budget_bytes, plan.grid.budget.memory_fraction)
+        self.first = Pass(plan, process=1)
         self.progress = Progress()
         self.interrupted = False
         self.report_failures = False  # pytest's terminal is off (python -m bench run): print harness failures
@@ -86,29 +104,38 @@ class JacobenchPlugin:
         self.measured: list[CaseRecord] = []  # this session's records, for benchmark.json
 
     def pending(self) -> list[tuple[str, Case, list[str]]]:
-        """(device, shape, strategies not in cases.jsonl yet), smallest shapes first: a timeout on a small case
-        skips the larger ones."""
+        """(device, shape, strategies not in cases.jsonl yet), in the plan's order (RunPlan.shapes)."""
         found = []
-        for device in self.plan.devices:
-            for case in self.plan.cases:
-                names = [n for n in self.plan.strategies_for(case) if case.key(n, device) not in self.folder.finished]
-                if names:
-                    found.append((device, case, names))
+        for device, case, names in self.plan.shapes():
+            names = [n for n in names if case.key(n, device) not in self.folder.finished]
+            if names:
+                found.append((device, case, names))
         return found
 
     def measure_shape(self, benchmark: Any, device: str, case: Case, names: list[str]) -> None:
-        """Measure one shape: each case's record is appended to cases.jsonl (flushed: a kill -9 later loses
-        nothing) as soon as it is final in this process."""
-        if self.phases.seconds.get("startup") is None:
-            self.phases.seconds["startup"] = time.perf_counter() - self.started
+        """Measure one shape: the cases the skip rules decide are recorded here, the others in a worker; each
+        record is appended to cases.jsonl (flushed: a kill -9 later loses nothing) as soon as it comes back."""
+        if self.first.phases.seconds.get("startup") is None:
+            self.first.phases.seconds["startup"] = time.perf_counter() - self.started
 
-        def done(record: CaseRecord) -> None:
+        def done(record: CaseRecord, predicts_larger: bool) -> None:
+            self.skips.note(strategies.REGISTRY[record.strategy], case, device, record.status, predicts_larger)
             results.append_case(self.folder.cases_path, record)
             self.measured.append(record)
             self.progress.case_done(record)
 
-        self.runner.measure_shape(case, device, names, forward_timer(benchmark, self.plan.grid.budget.target_s / 2),
-                                  done)
+        to_run = []
+        for name in names:
+            strategy = strategies.REGISTRY[name]
+            skip = self.skips.reason(strategy, case, device, predicted_memory(strategy, case))
+            if skip:
+                done(runner.case_record(strategy, case, device, runner.Outcome(*skip), None,
+                                        predicted_memory(strategy, case)), False)
+            else:
+                to_run.append(name)
+        if to_run:
+            benchmark.extra_info["kind"] = "shape"  # the wall time of measuring the shape, in the worker
+            benchmark.pedantic(self.first.measure, args=(case, device, to_run, done), rounds=1, iterations=1)
 
     # ---- pytest hooks and fixtures -------------------------------------------------------------------------------
 
@@ -118,7 +145,7 @@ class JacobenchPlugin:
         self.report_failures = not config.pluginmanager.hasplugin("terminalreporter")
         # Time with a clock that waits for queued CUDA work, unless the user chose a timer.
         if config.getoption("benchmark_timer", None) in (None, "time.perf_counter", "timeit.default_timer"):
-            config.option.benchmark_timer = "bench.run.measure.synced_clock"
+            config.option.benchmark_timer = "bench.harness.measure.synced_clock"
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         if "jacobench" not in metafunc.fixturenames:
@@ -153,13 +180,12 @@ class JacobenchPlugin:
             print(f"jacobench: internal failure in {report.nodeid}:\n{report.longreprtext}", file=sys.stderr)
 
     def pytest_sessionfinish(self) -> None:
-        session.record_process(self.plan.folder, 1, self.phases.rounded(), self.runner.calibration.summary(),
-                               time.perf_counter() - self.started, self.interrupted)
+        self.first.close(self.plan.folder, self.interrupted)
 
     def pytest_benchmark_update_json(self, config: pytest.Config, benchmarks: list, output_json: dict) -> None:
         """One entry per timed case beside the forward passes pytest-benchmark timed (finishing the run replaces
         them with the entries of both processes)."""
-        output_json["benchmarks"] = output_json.get("benchmarks", []) + finish.benchmark_entries(self.measured)
+        output_json["benchmarks"] = output_json.get("benchmarks", []) + verdicts.benchmark_entries(self.measured)
 
     def pytest_benchmark_update_machine_info(self, config: pytest.Config, machine_info: dict[str, Any]) -> None:
         import torch
@@ -167,20 +193,3 @@ class JacobenchPlugin:
         machine_info["torch"] = torch.__version__
         machine_info["torch_threads"] = torch.get_num_threads()
         machine_info["cuda"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-
-
-def forward_timer(benchmark: Any, target_s: float) -> Callable[[Callable[[], object]], float]:
-    """Times a shape's forward pass with pytest-benchmark (its entry in benchmark.json): iterations so a round lasts
-    well above the clock's resolution; the median seconds per call."""
-
-    def time_forward(forward: Callable[[], object]) -> float:
-        forward()
-        start = measure.synced_clock()
-        forward()
-        p = measure.round_plan(measure.synced_clock() - start, target_s)
-        benchmark.extra_info["kind"] = "forward"
-        benchmark.pedantic(forward, rounds=p.rounds, iterations=p.iterations, warmup_rounds=1)
-        return benchmark.stats.stats.median
-
-    return time_forward
-

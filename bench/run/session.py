@@ -1,11 +1,10 @@
-"""A run's folder while the run lasts: owned by one process (an OS lock), opened new, resumed or replaced, measured
-in two worker processes, and finished.
+"""A run's folder while the run lasts: owned by one process (an OS lock), opened new, resumed or replaced, and
+finished.
 
-A run measures in two processes: the first (`python -m bench run`, or pytest run directly) validates and times every
-case; the second (`python -m bench retime`, started by the first once it is done) times each shape's contenders
-again in a fresh process: a process sets the speed of some calls (memory layout, a slow episode of the machine that
-lasts it), and a rerun is another process. `finish` then turns both into the run's numbers (bench/run/finish.py):
-intervals that describe a rerun, and verdicts.
+The host process holds the lock; its worker processes (bench/run/passes.py) measure, the host writes what they
+send. Each worker process records what it did in env.json (`record_process`); `finish` turns the records of both
+passes into the run's numbers (bench/verdicts.py): intervals that describe a rerun, and verdicts; and the fidelity
+check's fresh timings into ratios (bench/run/fidelity.py).
 """
 
 from __future__ import annotations
@@ -13,20 +12,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from bench import results
+from bench import fidelity, results, verdicts
 from bench.errors import BenchError
-from bench.run import environment, models, shards
-from bench.run import finish as finishing
-from bench.run.plan import RunPlan
+from bench.harness import environment
 from bench.schema import CaseRecord
+from bench.spec import models
+from bench.spec.plan import RunPlan, env_fields
 
 EXIT_INTERRUPTED = 130
 
@@ -48,8 +44,8 @@ class RunFolder:
         return self.path / "cases.jsonl"
 
     @property
-    def playoffs_path(self) -> Path:
-        return self.path / "playoffs.jsonl"
+    def verdicts_path(self) -> Path:
+        return self.path / results.VERDICTS_FILE
 
     def release(self) -> None:
         """Give the folder back (the OS would at exit; closing says so explicitly)."""
@@ -127,7 +123,7 @@ def _create(plan: RunPlan) -> None:
         "fingerprint": plan.fingerprint(),
         "planned_cases": plan.planned_cases,
         "processes": previous.get("processes", []),  # what each worker process did (record_process)
-        **shards.env_fields(plan),
+        **env_fields(plan),
     }
     results.write_json(env_path, env)
     _point_latest(plan)
@@ -156,32 +152,29 @@ def record_process(folder: Path, process: int, seconds: dict[str, float], calibr
     results.write_json(env_path, env)
 
 
-def second_process(folder: Path, processes: int) -> int:
-    """Run the second worker process on this run folder and wait for it; its exit code (0 when none is due).
-    Ctrl-C reaches both processes: the second stops after its current shape, this one waits for it."""
-    if processes < 2:
-        return 0
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker handles Ctrl-C; wait for it to stop
-    try:
-        return subprocess.run([sys.executable, "-m", "bench", "retime", str(folder)], check=False).returncode
-    finally:
-        signal.signal(signal.SIGINT, previous)
+def record_load(folder: Path, load: dict[str, Any]) -> None:
+    """What else used the machine during this session of the run (environment.Load), in env.json."""
+    env_path = folder / "env.json"
+    env = results.read_json(env_path) if env_path.exists() else {}
+    env.setdefault("load", []).append(load | {"ended": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    results.write_json(env_path, env)
 
 
 def finish(folder: Path, interrupted: bool = False) -> dict[str, int]:
-    """The run's numbers from its records (bench/run/finish.py): the noise model, every ok case's statistics and
+    """The run's numbers from its records (bench/verdicts.py): the noise model, every ok case's statistics and
     rerun interval, every shape's verdict. While a run measures, its files are append-only (a later line of a case
     replaces an earlier one: the second process adds rounds); finishing compacts them, atomically, to one line per
-    case in cases.jsonl and one verdict per shape in playoffs.jsonl, then writes summary.csv, the per-case entries
+    case in cases.jsonl and one verdict per shape in verdicts.jsonl, then writes summary.csv, the per-case entries
     of benchmark.json, and the end in env.json. Idempotent. Returns the counts per status."""
     started = time.perf_counter()
     records = list({r.key: r for r in results.read_cases(folder / "cases.jsonl")}.values())
-    model = finishing.noise(records)
-    records = finishing.with_intervals(records, model)
+    model = verdicts.noise(records)
+    records = verdicts.with_intervals(records, model)
     results.write_lines(folder / "cases.jsonl", [r.as_dict() for r in records])
-    results.write_lines(folder / "playoffs.jsonl", [v.as_dict() for v in finishing.verdicts(records, model)])
+    results.write_lines(folder / results.VERDICTS_FILE, [v.as_dict() for v in verdicts.verdicts(records, model)])
+    (folder / results.VERDICTS_FILE_2).unlink(missing_ok=True)  # a resumed format-2 run: one verdict file
     results.write_summary(folder / "summary.csv", records)
-    results.replace_benchmark_entries(folder / "benchmark.json", finishing.benchmark_entries(records))
+    results.replace_benchmark_entries(folder / "benchmark.json", verdicts.benchmark_entries(records))
     counts: dict[str, int] = {}
     for r in records:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -191,6 +184,11 @@ def finish(folder: Path, interrupted: bool = False) -> dict[str, int]:
     phases["finish"] = round(time.perf_counter() - started, 2)
     env.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), interrupted=interrupted, status_counts=counts,
                noise=model.summary(), phases=phases)
+    if env.get("fidelity"):
+        env["fidelity"] = fidelity.summarize(env["fidelity"], records)
+    speed = machine_speed(env.get("processes", []))
+    if speed:
+        env["machine_speed"] = speed
     results.write_json(env_path, env)
     return counts
 
@@ -202,3 +200,13 @@ def total_phases(processes: list[dict[str, Any]]) -> dict[str, float]:
         for name, seconds in (entry.get("phases") or {}).items():
             total[name] = round(total.get(name, 0.0) + seconds, 2)
     return total
+
+
+def machine_speed(processes: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """How fast the machine ran during the run: the usual time of the fixed calibration call (its fast level in
+    each worker process, bench/harness/machine.py), the median over the processes. `compare` sets two runs'
+    levels side by side, to tell the machine's change from the strategies'."""
+    levels = sorted(p["calibration"]["usual_s"] for p in processes if (p.get("calibration") or {}).get("usual_s"))
+    if not levels:
+        return None
+    return {"calibration_s": levels[len(levels) // 2], "processes": len(levels)}

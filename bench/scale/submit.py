@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
-from bench.run import settings as run_settings
-from bench.run.settings import Settings
+from bench.spec import settings as run_settings
+from bench.spec.settings import Settings
 
 INSTALL = "pip install -e '.[cluster]' (or pip install submitit)"
 EXECUTORS = ("slurm", "local")
@@ -260,7 +260,7 @@ def where_to_run(chosen: Settings, resources: Resources) -> tuple[bool, list[tup
 
 def print_shards(table: list[dict], why_slots: str) -> None:
     """Each shard's shapes, cases and predicted time; why local shards run as they do."""
-    from bench.run import forecast
+    from bench.scale import forecast
 
     for r in table:
         print(f"  shard {r['shard']}: {r['shapes']} shapes, {r['cases']} cases, predicted "
@@ -272,8 +272,8 @@ def print_shards(table: list[dict], why_slots: str) -> None:
 def submit(chosen: Settings, resources: Resources) -> Submission:
     """Plan (bad input refused before anything is submitted), print the shards and their predicted time, submit the
     array. Nothing is measured here."""
-    from bench.run import costs, forecast, shards
-    from bench.run.plan import plan_run
+    from bench.scale import costs, forecast, shards
+    from bench.spec.plan import plan_run
 
     submitit = load_submitit()
     local, cpusets = where_to_run(chosen, resources)

@@ -1,15 +1,18 @@
-"""What a run will measure: the user's settings (bench/run/settings.py), validated and resolved up front, before
+"""What a run will measure: the user's settings (bench/spec/settings.py), validated and resolved up front, before
 anything is written.
 
 `plan_run(Settings(...))` refuses every bad input with one clear message (a BenchError) and returns a `RunPlan`:
 the grid's cases, devices, strategies, models, budgets and thread count; with SHARD=k/N, the cases of that shard
-(bench/run/shards.py), and in every plan the hash that shards of one plan share.
+(bench/scale/shards.py), and in every plan the hash that shards of one plan share.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,9 +22,9 @@ import torch
 import strategies
 from bench import results
 from bench.errors import BenchError
-from bench.run import grid, models, shards
-from bench.run.settings import Settings
-from bench.schema import MODES, QUANTITIES, Sizes
+from bench.schema import MODES, QUANTITIES, Sizes, case_id
+from bench.spec import grid, models
+from bench.spec.settings import Settings
 
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
@@ -30,6 +33,47 @@ _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6,
 
 class SettingsError(BenchError):
     pass
+
+
+Unit = tuple[str, str, Sizes]  # (model, dtype, sizes): what stays whole in one shard
+_SHARD_SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+_FOLDER = re.compile(r"^(?P<run>.+)\.shard-(?P<index>\d+)-of-(?P<count>\d+)$")
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int  # 1-based
+    count: int
+    run: str  # the run the shards merge into: results/<run>/
+    split: str  # digest of the assignment of shapes to shards: equal in every shard of one split
+    shapes: int  # shapes in this shard
+
+    @property
+    def label(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """'2/4' -> (2, 4); a one-line error for anything else."""
+    match = _SHARD_SPEC.match(spec)
+    index, count = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+    if not 1 <= index <= count:
+        raise SettingsError(f"SHARD={spec!r}: give k/N with 1 <= k <= N, e.g. SHARD=1/4")
+    return index, count
+
+
+def folder_name(run: str, index: int, count: int) -> str:
+    return f"{run}.shard-{index}-of-{count}"
+
+
+def parse_folder_name(name: str) -> tuple[str, int, int] | None:
+    """'r.shard-2-of-4' -> ('r', 2, 4); None for a folder that is not a shard."""
+    match = _FOLDER.match(name)
+    return (match.group("run"), int(match.group("index")), int(match.group("count"))) if match else None
+
+
+def unit(case: grid.Case) -> Unit:
+    return case.model, case.dtype, case.sizes
 
 
 @dataclass
@@ -48,12 +92,13 @@ class RunPlan:
     time_budget_s: float
     threads: int = 0  # torch.get_num_threads() for the whole run
     notes: list[str] = field(default_factory=list)  # worth a line before the run starts
-    processes: int = 2  # worker processes that time each shape's contenders (bench/run/session.py)
+    processes: int = 2  # worker processes that time each shape's contenders (bench/run/passes.py)
+    fidelity: float = 0.1  # share of pass 1's wall time for the fidelity check (bench/run/fidelity.py)
 
     compiled: bool | None = None  # compiled strategies everywhere (True), nowhere (False), where the grid says (None)
-    plan_hash: str = ""  # what shards of one plan share (bench/run/shards.py)
+    plan_hash: str = ""  # what shards of one plan share (bench/scale/shards.py)
     total_cases: int = 0  # planned cases of the whole plan, all shards together
-    shard: shards.Shard | None = None  # SHARD=k/N: `cases` are that shard's
+    shard: Shard | None = None  # SHARD=k/N: `cases` are that shard's
 
     def strategies_for(self, case: grid.Case) -> list[str]:
         """The strategies that run on a case: those of its quantity; compiled ones (seconds of compiling per shape)
@@ -62,6 +107,13 @@ class RunPlan:
         if self.compiled if self.compiled is not None else case.compiled:
             return names
         return [n for n in names if not strategies.REGISTRY[n].compiled]
+
+    def shapes(self) -> Iterator[tuple[str, grid.Case, list[str]]]:
+        """(device, shape, its strategies) in the order a run measures them: device by device, smallest shapes
+        first, so a timeout or out-of-memory on a small shape skips the larger ones of the same strategy."""
+        for device in self.devices:
+            for case in self.cases:
+                yield device, case, self.strategies_for(case)
 
     @property
     def planned_cases(self) -> int:
@@ -213,7 +265,8 @@ def plan_run(settings: Settings, here: bool = True) -> RunPlan:
     """Validate every setting and resolve the run; nothing is written (THREADS already applies to this process).
     here=False plans for another machine (`make plan`, `make submit` from a cluster's login node): CUDA devices are
     checked by name only."""
-    shard = shards.parse(settings.shard) if settings.shard else None
+    if settings.shard:
+        parse_shard(settings.shard)  # refused up front; bench/scale/shards.py keeps that shard's cases
     the_grid = grid.load_grid(settings.grid)
     devices = resolve_devices(settings.devices, here)
     dtypes = resolve_choices(settings.dtype, "DTYPE", "dtype", grid.DTYPES)
@@ -242,13 +295,12 @@ def plan_run(settings: Settings, here: bool = True) -> RunPlan:
         notes=notes,
         compiled=resolve_compiled(settings.compiled, settings.strategies),
         processes=resolve_processes(settings.processes),
+        fidelity=resolve_fidelity(settings.fidelity),
     )
     plan.notes += [f"no strategy of STRATEGIES= computes a {q}: its shapes are not measured" for q in
                    dict.fromkeys(c.quantity for c in plan.cases) if not any(plan.strategies_for(c) for c in plan.cases
                                                                              if c.quantity == q)]
-    plan.plan_hash, plan.total_cases = shards.plan_hash(plan), plan.planned_cases
-    if shard:
-        shards.restrict(plan, *shard)
+    plan.plan_hash, plan.total_cases = plan_hash(plan), plan.planned_cases
     return plan
 
 
@@ -258,9 +310,43 @@ def resolve_processes(spec: str) -> int:
     return int(spec)
 
 
+def resolve_fidelity(spec: str) -> float:
+    try:
+        share = float(spec) if spec else 0.1
+    except ValueError:
+        share = -1.0
+    if not 0 <= share <= 1:
+        raise SettingsError(f"FIDELITY={spec!r}: give the share of the first pass's time for the fidelity check, "
+                            "from 0 (none) to 1, e.g. 0.1")
+    return share
+
+
 def resolve_compiled(spec: str, strategies_spec: str) -> bool | None:
     if spec not in ("", "0", "1"):
         raise SettingsError(f"COMPILED={spec!r}: give 1 (compiled strategies on every case) or 0 (on none)")
     if spec:
         return spec == "1"
     return True if strategies_spec else None  # strategies named in STRATEGIES= run wherever they are asked for
+
+
+def plan_hash(plan: RunPlan) -> str:
+    import torch
+
+    payload = {
+        "fingerprint": {k: v for k, v in plan.fingerprint().items() if k != "shard"},
+        "models": {name: d.spec for name, d in sorted(plan.model_defs.items())},
+        "compiled": plan.compiled,
+        "cases": [case_id(name, device, case.shape_id) for device in plan.devices for case in plan.cases
+                  for name in plan.strategies_for(case)],
+        "torch": torch.__version__,
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def env_fields(plan: RunPlan) -> dict[str, Any]:
+    """What env.json says about the plan: its hash and size, and the shard (None for a whole run)."""
+    shard = plan.shard
+    return {"plan_hash": plan.plan_hash, "plan_cases": plan.total_cases,
+            "shard": None if shard is None else {"index": shard.index, "count": shard.count, "run": shard.run,
+                                                 "split": shard.split, "shapes": shard.shapes}}

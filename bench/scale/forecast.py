@@ -2,11 +2,11 @@
 budget rules give it before it runs and its predicted seconds, what each shape costs outside its cases, the run's
 fixed costs (starting its worker processes, finishing, the report).
 
-Over budget is decided as the run decides it: bench/run/skips.py's SkipPolicy and predicted_memory, against the
+Over budget is decided as the run decides it: bench/harness/skips.py's SkipPolicy and predicted_memory, against the
 same budget (MEMORY_BUDGET=, else the grid's fraction of the memory free now on this machine; a CUDA device this
 machine does not have needs MEMORY_BUDGET= to be checked). Larger shapes of a strategy whose smaller shape the cost
 model expects to time out or run out of memory are `skipped`, by the same policy. Seconds come from the cost model
-(bench/run/costs.py). Nothing is measured and nothing is written.
+(bench/scale/costs.py). Nothing is measured and nothing is written.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import strategies
-from bench.run import costs, shards
-from bench.run.costs import CostModel, Query
-from bench.run.grid import Case
-from bench.run.plan import RunPlan
-from bench.run.skips import SkipPolicy, predicted_memory
+from bench.harness.skips import SkipPolicy, predicted_memory
+from bench.scale import costs
+from bench.scale.balance import split
+from bench.scale.costs import CostModel, Query
 from bench.schema import PREDICTS_LARGER, case_id, fmt_bytes
+from bench.spec.grid import Case
+from bench.spec.plan import RunPlan, Unit, unit
 
 LISTED = 10  # over-budget cases named in the text output (--json lists all)
 
@@ -83,11 +84,10 @@ def _here(device: str) -> bool:
 
 
 def run_order(plan: RunPlan) -> Iterator[tuple[str, str, Case]]:
-    """(strategy, device, case) in the order the run measures them (bench/run/plugin.py's pending())."""
-    for device in plan.devices:
-        for case in plan.cases:
-            for name in plan.strategies_for(case):
-                yield name, device, case
+    """(strategy, device, case) in the order the run measures them (RunPlan.shapes)."""
+    for device, case, names in plan.shapes():
+        for name in names:
+            yield name, device, case
 
 
 def _query(plan: RunPlan, name: str, device: str, case: Case) -> Query:
@@ -121,17 +121,17 @@ def forecast(plan: RunPlan, model: CostModel) -> Forecast:
     return Forecast(plan, model, found, shapes, budgets, notes=_notes(plan, model, budgets))
 
 
-def unit_costs(plan: RunPlan, model: CostModel) -> dict[shards.Unit, float]:
+def unit_costs(plan: RunPlan, model: CostModel) -> dict[Unit, float]:
     """Predicted seconds of each shape (all its strategies, modes and devices, and what it costs outside them) for
     the shard split: the cost model alone, no memory budget (it differs between machines; the split must not)."""
     order = list(run_order(plan))
-    totals: dict[shards.Unit, float] = {}
+    totals: dict[Unit, float] = {}
     seen: set[tuple[Case, str]] = set()
     for (_, device, case), estimate in zip(order, model.predict([_query(plan, *item) for item in order]),
                                            strict=True):
         outside = model.shape_s if (case, device) not in seen else 0.0
         seen.add((case, device))
-        totals[shards.unit(case)] = totals.get(shards.unit(case), 0.0) + estimate.seconds + outside
+        totals[unit(case)] = totals.get(unit(case), 0.0) + estimate.seconds + outside
     return totals
 
 
@@ -205,15 +205,15 @@ def _setting_names(fc: Forecast) -> list[str]:
 def shard_table(fc: Forecast, count: int) -> list[dict[str, Any]]:
     """Per shard of a split of this plan into `count`: shapes, cases and predicted seconds (one run each, its
     fixed costs included)."""
-    assigned = shards.assignment(fc.plan, count)
+    assigned = split_by_cost(fc.plan, count)
     rows = [{"shard": f"{k}/{count}", "shapes": set(), "cases": 0, "seconds": 0.0} for k in range(1, count + 1)]
     for c in fc.cases:
-        row = rows[assigned[shards.unit(c.case)] - 1]
-        row["shapes"].add(shards.unit(c.case))
+        row = rows[assigned[unit(c.case)] - 1]
+        row["shapes"].add(unit(c.case))
         row["cases"] += 1
         row["seconds"] += c.seconds
     for (case, _), seconds in fc.shapes_s.items():
-        rows[assigned[shards.unit(case)] - 1]["seconds"] += seconds
+        rows[assigned[unit(case)] - 1]["seconds"] += seconds
     return [r | {"shapes": len(r["shapes"]), "seconds": r["seconds"] + sum(fixed_s(fc.plan, fc.model,
                                                                                       r["cases"]).values())}
             for r in rows]
@@ -296,3 +296,8 @@ def render(fc: Forecast, shard_count: int | None = None) -> str:
         f"{fmt_duration(fixed['finish'])} + report {fmt_duration(fixed['report'])}"
         + ("" if fc.model.phases_recorded else " (finish and report assumed: the fitted runs did not record them)"))
     return "\n".join(lines)
+
+
+def split_by_cost(plan: RunPlan, count: int, model: CostModel | None = None) -> dict[Unit, int]:
+    """The shard of every shape of the (whole) plan, balanced by the default cost model (what SHARD=k/N runs)."""
+    return split(unit_costs(plan, model or costs.default()), count)

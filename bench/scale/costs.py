@@ -2,7 +2,7 @@
 machine of some earlier runs. It is data, not code: fitted from run folders, by default the committed reference
 runs in results/reference; `make plan FROM=results/<run>[,results/<run>...]` fits it to other runs.
 
-How a run spends its time (bench/run/runner.py, timing.py, retime.py, session.py), and what the model keeps of it:
+How a run spends its time (bench/harness/runner.py, timing.py, retime.py, session.py), and what the model keeps of it:
   - the first worker process, per shape: the model, input and float64 reference (in the wall time of the shape's
     first case), then per strategy its validation call (compiling first, for a compiled one), then every valid
     strategy timed together in one window of about `target_s` per strategy (a case's `wall_s` = its validation +
@@ -70,7 +70,7 @@ NOT_RUN_S = 0.001  # what such a case costs a run
 NO_DATA_CASE_S = 0.5  # a case, outside its timed rounds, when no run at all can be read
 VALIDATION_CALLS = 1  # calls of a case outside its rounds and its compiling (`setup_s`): the validation call
 TIMEOUT_TRIES = 2  # a first call over the time limit is tried again before the case is a timeout
-# bench/run/timing.py's rules, repeated here so this module needs no torch (tests/test_plan.py keeps them equal)
+# bench/harness/timing.py's rules, repeated here so this module needs no torch (tests/test_plan.py keeps them equal)
 MIN_ROUNDS = 7  # rounds every timed strategy gets in each process
 MIN_ROUND_S = 2e-3  # a round lasts at least this long
 LEAD_IN_S = 2e-3  # untimed calls before each round of a call shorter than WARM_CALL_S
@@ -330,7 +330,7 @@ def window_law(samples: Sequence[Sample]) -> tuple[float, float, float]:
     """(window, floor, screen) of the law rounds = (window x target_s + screen) x processes + floor x rounds floor,
     least squares over the measured shapes (a shape's windows add up its strategies' rounds), none below 0.
     `screen` is what a strategy costs whatever `target_s` is: the screening blocks of BLOCK_S every strategy runs in
-    before the contenders go on alone (bench/run/timing.py); without it, a grid of a shorter `target_s` than the
+    before the contenders go on alone (bench/harness/timing.py); without it, a grid of a shorter `target_s` than the
     fitted ones is predicted far too short. (1, 1, 0) without data."""
     shapes: dict[tuple, list[float]] = {}
     for s in samples:

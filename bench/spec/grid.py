@@ -3,7 +3,7 @@
 A preset is data, validated on load:
 
     description = "..."
-    models = ["mlp"]            # model presets (bench/run/models.py); MODEL= overrides
+    models = ["mlp"]            # model presets (bench/spec/models.py); MODEL= overrides
     dtypes = ["float32"]
     modes = ["jacobian"]        # "jacobian" and/or "train" (a training step through J, run/modes.py); MODE= overrides
     quantities = ["jacobian"]   # "jacobian", "hessian", "laplacian": what each shape computes; QUANTITY= overrides
@@ -142,13 +142,23 @@ class Case:
         """A measure of the work in one call: B·H·(in + out), to order cases smallest first."""
         return self.sizes.batch * self.sizes.hidden * (self.sizes.in_dim + self.sizes.out_dim)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The case as JSON data (what the host sends a worker process)."""
+        return {"model": self.model, "dtype": self.dtype, "sizes": list(self.sizes), "mode": self.mode,
+                "quantity": self.quantity, "sweeps": list(self.sweeps), "compiled": self.compiled}
+
+
+def case_from_dict(data: dict[str, Any]) -> Case:
+    return Case(data["model"], data["dtype"], Sizes(*data["sizes"]), data["mode"], data["quantity"],
+                tuple(data["sweeps"]), data["compiled"])
+
 
 def available() -> list[str]:
     return sorted(p.stem for p in GRIDS_DIR.glob("*.toml"))
 
 
 def load_grid(spec: str) -> Grid:
-    """A preset name (bench/run/grids/<name>.toml) or a path to a .toml file."""
+    """A preset name (bench/spec/grids/<name>.toml) or a path to a .toml file."""
     path = Path(spec)
     if path.suffix != ".toml" and "/" not in spec:
         path = GRIDS_DIR / f"{spec}.toml"

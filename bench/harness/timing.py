@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench import stats
-from bench.run import machine, measure
+from bench.harness import machine, measure
 from bench.schema import fmt_margin
 
 MIN_ROUND_S = 2e-3  # a round lasts at least this long: far above perf_counter's resolution and call overhead

@@ -1,8 +1,8 @@
 """`make merge RUN=<run>` (`python -m bench merge <run>`): the shards results/<run>.shard-k-of-N/ of one plan joined
 into the run folder results/<run>/, as if one process had measured them all.
 
-Refused in one line: shards of different plans (plan hash: grid, settings, torch version; bench/run/shards.py), of
-different splits, or sharing a case. Merged: cases.jsonl, playoffs.jsonl and benchmark.json (pytest-benchmark's
+Refused in one line: shards of different plans (plan hash: grid, settings, torch version; bench/scale/shards.py), of
+different splits, or sharing a case. Merged: cases.jsonl, verdicts.jsonl and benchmark.json (pytest-benchmark's
 records) in shard order; env.json is the first shard's, with the run id, the earliest start, every shard's host,
 times and counts under `shards`, every shard's worker processes under `processes` (each marked with its shard, so
 the merged `phases` add up what every shard spent), and `merged` (which shards, which are missing). Then
@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import results
-from bench.run import session, shards
-from bench.run.shards import ShardError
+from bench.run import session
+from bench.scale import shards
+from bench.scale.shards import ShardError
 from bench.schema import case_key
 
-SHARD_FILES = ("cases.jsonl", "playoffs.jsonl", "benchmark.json", "env.json")
+SHARD_FILES = ("cases.jsonl", results.VERDICTS_FILE, "benchmark.json", "env.json")
 
 
 @dataclass
@@ -96,7 +97,7 @@ def read_shards(results_root: Path, run: str) -> list[ShardRun]:
             raise ShardError(f"{path}: env.json names no plan and shard; it is not a shard of a jacobench run (or "
                              "was cut off before its env.json was written: run it again with FORCE=1)")
         runs.append(ShardRun(index, count, path, env, results.read_lines(path / "cases.jsonl"),
-                             results.read_lines(path / "playoffs.jsonl"), _holder(results_root, path.name)))
+                             results.read_lines(results.verdicts_path(path)), _holder(results_root, path.name)))
     check_one_plan(runs)
     return runs
 
@@ -163,7 +164,7 @@ def merge(results_root: Path, run: str) -> Merged:
         return result
     folder.mkdir(parents=True, exist_ok=True)
     results.write_lines(folder / "cases.jsonl", [r for s in runs for r in s.cases])
-    results.write_lines(folder / "playoffs.jsonl", [r for s in runs for r in s.playoffs])
+    results.write_lines(folder / results.VERDICTS_FILE, [r for s in runs for r in s.playoffs])
     benchmarks = [b for s in runs if (b := _benchmark(s.path / "benchmark.json"))]
     if benchmarks:
         results.write_json(folder / "benchmark.json",

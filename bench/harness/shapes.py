@@ -1,18 +1,12 @@
-"""What every strategy of one shape on one device shares, prepared once: the model, the input, the forward time and
-the float64 reference; the warm-up that keeps lazy loading out of every time limit; and a quiet heap.
+"""What every strategy of one shape on one device shares, prepared once: the model, the input and the float64
+reference; and the warm-up that keeps lazy loading out of every time limit.
 
-The heap: a run process holds far more Python objects than the user's program (torch.func, dynamo and inductor
-state after compiling: ~0.5 M objects), and every full collection of Python's cyclic garbage collector walks them
-all, ~0.2 s here. A Python-heavy strategy (linearize_batched: make_fx tracing) triggers such collections inside its
-own calls, so in a run it measured up to ×5 slower than in a fresh process. Before a shape is measured, the objects
-alive are moved out of the collector's reach (gc.freeze): collections then walk only what the calls create, as in
-a program that has just started. Frozen objects are still freed by reference counting; the cyclic garbage a compiled
-shape leaves (dynamo's graphs after a reset) is collected in full before the next shape is frozen.
+A worker measures one shape per child process (bench/harness/worker.py), so nothing of another shape (its garbage,
+its compiled graphs, the size of the heap it left) is here when this one is timed.
 """
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,9 +14,10 @@ import torch
 from torch import Tensor, nn
 
 import strategies
-from bench.run import compiling, measure, models, reference
-from bench.run.grid import Case
-from bench.run.measure import Phases
+from bench.harness import measure, reference
+from bench.harness.measure import Phases
+from bench.spec import models
+from bench.spec.grid import Case
 
 
 @dataclass
@@ -34,7 +29,6 @@ class PreparedShape:
     device: str
     model: nn.Module | None = None
     x: Tensor | None = None  # [B, in]
-    forward_median_s: float | None = None
     reference: reference.Reference | reference.SecondOrderReference | None = None
     status: str = "ok"
     message: str = ""
@@ -44,12 +38,8 @@ class PreparedShape:
         return self.reference.coupled if self.reference else None
 
 
-ForwardTimer = Callable[[Callable[[], object]], float]  # times model(x) under no_grad: seconds per call
-COMPILED_SHAPES_PER_COLLECTION = 8
-
-
 class ShapeCache:
-    """Prepares each shape once (a run goes shape by shape: the last one is kept) and warms each model up once."""
+    """Prepares each shape once (the last one is kept) and warms each model up once."""
 
     def __init__(self, model_defs: dict[str, models.ModelDef], strategy_names: list[str], time_budget_s: float,
                  memory_budget: Callable[[str], int], phases: Phases):
@@ -60,24 +50,18 @@ class ShapeCache:
         self.phases = phases
         self._shape: PreparedShape | None = None
         self._warm: set[tuple[str, str]] = set()  # (device, model) warmed up
-        self._compiled_shapes = 0  # shapes that compiled since the last full collection
-        self._compiled_now = False  # the current shape compiled: dynamo's caches are reset before the next one
-        self._collected = False  # the first shape collects in full
 
-    def prepare(self, case: Case, device: str, time_forward: ForwardTimer | None = None,
-                with_reference: bool = True) -> PreparedShape:
-        """Build (once per shape and device) the model and input; time the forward pass with `time_forward` and
-        compute the float64 reference when asked (the measuring pass needs both; re-timing needs neither)."""
+    def prepare(self, case: Case, device: str, with_reference: bool = True) -> PreparedShape:
+        """Build (once per shape and device) the model and input, and the float64 reference when asked (the
+        measuring pass needs it; re-timing does not)."""
         if self._shape is not None and (self._shape.case, self._shape.device) == (case, device):
             return self._shape
         self._shape = None  # free the previous shape's tensors before building the next
         measure.free(device)
-        with self.phases("heap"):
-            self._quiet_heap()
         shape = PreparedShape(case, device)
         try:
             with measure.time_limit(max(10 * self.time_budget_s, 30), "building the model and reference"):
-                self._build(shape, time_forward, with_reference)
+                self._build(shape, with_reference)
         except (models.ModelError, reference.ModelProblem) as exc:
             shape.status, shape.message = "error", str(exc)
         except MemoryError as exc:
@@ -90,41 +74,13 @@ class ShapeCache:
         self._shape = shape
         return shape
 
-    def compiled(self) -> None:
-        """A compiled strategy compiled for the current shape."""
-        if not self._compiled_now:
-            self._compiled_shapes += 1
-        self._compiled_now = True
-
-    def freeze(self) -> None:
-        """Move what is alive now out of the collector's reach, right before a shape is timed: compiling imports
-        inductor and builds graphs, and their objects would otherwise be walked by every full collection."""
-        gc.collect(1)
-        gc.freeze()
-
-    def _quiet_heap(self) -> None:
-        """Between shapes: the last shape's garbage collected, what is alive frozen. Frozen objects that die in a
-        cycle (a compiled shape's graphs after dynamo's reset) wait for the full collection every
-        COMPILED_SHAPES_PER_COLLECTION compiled shapes (~0.3 s over the heap of a compiling process)."""
-        if self._compiled_now:
-            compiling.reset()  # each compiled strategy compiles once per shape: never near the recompile limit
-            self._compiled_now = False
-        if not self._collected or self._compiled_shapes >= COMPILED_SHAPES_PER_COLLECTION:
-            gc.unfreeze()
-            self._collected, self._compiled_shapes = True, 0
-        gc.collect()
-        gc.freeze()
-
-    def _build(self, shape: PreparedShape, time_forward: ForwardTimer | None, with_reference: bool) -> None:
+    def _build(self, shape: PreparedShape, with_reference: bool) -> None:
         case = shape.case
         with self.phases("models"):
             model, x = models.build(self.model_defs[case.model], case.sizes, shape.device, getattr(torch, case.dtype))
             problem = models.run_problem(model, x, case.sizes.out_dim)
             if problem:
                 raise reference.ModelProblem(problem + (" (a one-sample batch)" if case.sizes.batch == 1 else ""))
-            if time_forward is not None:
-                with torch.no_grad():
-                    shape.forward_median_s = time_forward(lambda: model(x))
         if with_reference:
             with self.phases("references"):
                 shape.reference = reference.of_quantity(case.quantity, model, x, self.memory_budget(shape.device),

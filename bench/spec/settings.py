@@ -2,7 +2,7 @@
 
 `python -m bench run` (argparse), `pytest bench/run/suite.py` (pytest options) and the Makefile's variables all come
 from `Settings`: the flag is `--` + the name with '-' for '_', the same under pytest and on the command line, and a
-test checks that the Makefile passes each one. Values stay text here; `bench.run.plan` validates and resolves them.
+test checks that the Makefile passes each one. Values stay text here; `bench.spec.plan` validates and resolves them.
 Nothing here imports torch: `--help` answers at once.
 """
 
@@ -23,7 +23,7 @@ def _setting(default: Any, make: str, help: str) -> Any:
 class Settings:
     """What the user asked for, before validation ("" = the default the help names)."""
 
-    grid: str = _setting("default", "GRID", "grid preset (bench/run/grids/<name>.toml) or path to a .toml")
+    grid: str = _setting("default", "GRID", "grid preset (bench/spec/grids/<name>.toml) or path to a .toml")
     devices: str = _setting("", "DEVICES", "comma-separated cpu, cuda, cuda:N (default: cpu, plus cuda when "
                                            "available)")
     strategies: str = _setting("", "STRATEGIES", "comma-separated strategy names; named ones run on every case, "
@@ -46,6 +46,9 @@ class Settings:
     processes: str = _setting("2", "PROCESSES", "worker processes that time each shape's contenders: 2 measures "
                                                 "them again in a fresh process, so intervals and verdicts include "
                                                 "what a process changes; 1 is quicker and knows less")
+    fidelity: str = _setting("", "FIDELITY", "share of the first pass's wall time spent timing a sample of the run's "
+                                             "cases again in fresh processes (torch.utils.benchmark.Timer), to check "
+                                             "its numbers against a plain program's; 0: no check (default: 0.1)")
     run: str = _setting("", "RUN", "run id, the folder results/<run> (default: a timestamp and the grid name)")
     shard: str = _setting("", "SHARD", "k/N: measure the k-th of N shards of the plan (whole shapes, balanced by "
                                        "predicted cost) into results/<run>.shard-k-of-N; `make merge` joins them")

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bench.run import measure, modes
-from bench.run.grid import Case
+from bench.harness import measure, modes
 from bench.schema import PREDICTS_LARGER, Sizes, fmt_bytes
+from bench.spec.grid import Case
 from strategies import Strategy
 from strategies._common import activations_bytes
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from pytest_benchmark.stats import Stats
 
-from bench import stats
-from bench.schema import SHAPE_COLUMNS, CaseRecord, VerdictRecord, is_closed_form
+from bench import rules, stats
+from bench.schema import SHAPE_COLUMNS, CaseRecord, VerdictRecord
 
 
 def timing_fields(rounds: list[float], process_rounds: list[int], pooled: float) -> dict[str, Any]:
@@ -106,11 +106,10 @@ def shape_key(record: CaseRecord | VerdictRecord) -> tuple:
 
 
 def _shapes(records: list[CaseRecord]) -> list[list[CaseRecord]]:
-    """The valid autodiff records of each shape (a closed form or a stochastic estimator is no contender; J.sum(1) is
-    not J)."""
+    """The records of each shape that may win it (bench/rules.py)."""
     by_shape: dict[tuple, list[CaseRecord]] = {}
     for r in records:
-        if r.is_jacobian and not r.estimator and not is_closed_form(r.strategy):
+        if rules.eligible(r):
             by_shape.setdefault(shape_key(r), []).append(r)
     return list(by_shape.values())
 

@@ -13,20 +13,21 @@ How a pick is made, with the suite's own parts (nothing here is a second copy of
 1. Candidates: every registered strategy of the quantity asked for (compiled ones only with compiled=True; a closed
    form such as `analytic` only when named in `strategies`, as in a run's verdicts), less those that cannot be right
    here: one returning J.sum(1) at out > 1, a per-sample strategy when the model couples samples
-   (bench.run.reference finds out), one that keeps no graph in train mode, and a stochastic estimator (never picked
+   (bench.harness.reference finds out), one that keeps no graph in train mode, and a stochastic estimator (never picked
    over exact strategies).
-2. Each candidate's first call on example_x is validated against the float64 reference (bench.run.runner.validate):
+2. Each candidate's first call on example_x is validated against the float64 reference (bench.harness.runner.validate):
    J, H or the Laplacian, or in train mode the parameter gradient of a Jacobian penalty or of the PINN step; then
    one more call is timed: the estimate a run takes from its validation call.
-3. The valid candidates within ×2.5 of the fastest single call (runner.RETIME_MARGIN) are timed together as a run times
-   a shape (bench.run.timing.time_shape: interleaved shuffled sweeps, lead-in calls, blocks set aside when the machine
-   slows down or other processes load it, strategies surely over ×1.5 the fastest screened out after a few rounds and
-   the contenders then timed again alone), for what is left of budget_s; the verdict is a run's (`race`): paired
-   ratios by sweep (stats.ratio_spreads, stats.decide_spreads, as bench.run.finish.verdicts), a winner or a tie.
+3. The valid candidates within ×2.5 of the fastest single call (runner.RETIME_MARGIN) are timed together as a run
+   times a shape (bench.harness.timing.time_shape: interleaved shuffled sweeps, lead-in calls, blocks set aside when
+   the machine slows down or other processes load it, strategies surely over ×1.5 the fastest screened out after a
+   few rounds and the contenders then timed again alone), for what is left of budget_s; the verdict is a run's
+   (`race`): paired ratios by sweep (stats.ratio_spreads, stats.decide_spreads, as bench.verdicts.verdicts), a winner
+   or a tie.
    One process sees no between-process noise: the ratio intervals take the one measured in the project's runs
    (BETWEEN_PROCESS_SD_RATIO).
 
-The pick is remembered per model structure and input shape (bench/tunecache.py: in this process and on disk). A
+The pick is remembered per model structure and input shape (bench/tuning/cache.py: in this process and on disk). A
 different input shape (the last, smaller batch of an epoch, say) is tuned again when `tuned` first sees it, once,
 like cuDNN's benchmark mode; so is another dtype or device, or the model switched between train() and eval().
 """
@@ -46,12 +47,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench import stats, tunecache
+from bench import stats
 from bench.errors import BenchError
-from bench.run import machine, measure, modes, reference, timing
-from bench.run.grid import Case
-from bench.run.runner import RETIME_MARGIN, validate
-from bench.schema import MODES, QUANTITIES, RESULT_NAME, Sizes, fmt_margin, fmt_ratio, fmt_time, is_closed_form
+from bench.harness import machine, measure, modes, reference, timing
+from bench.harness.runner import RETIME_MARGIN, validate
+from bench.schema import MODES, QUANTITIES, RESULT_NAME, Sizes, fmt_margin, fmt_ratio, fmt_time
+from bench.spec.grid import Case
+from bench.tuning import cache as tunecache
 from strategies import REGISTRY, Strategy, Unsupported
 from strategies import names as names_of
 
@@ -64,7 +66,7 @@ CUT_OFF = 2 * RACE_MARGIN  # an eager candidate's first call is stopped past thi
 # One process cannot see how much the ratio of two strategies moves from one process to the next (a run measures it
 # with two worker processes and widens its verdict's intervals by it). The race takes what the project's two quick
 # runs measured on their 2-core VM (on v4-quickA and v4-quickB: the between-process sd, ln,
-# that covers 90% of the two processes' gaps, as bench/run/finish.py pools it): 0.068 over 96 pairs of eager
+# that covers 90% of the two processes' gaps, as bench/verdicts.py pools it): 0.068 over 96 pairs of eager
 # strategies (0.040 and 0.086 in the two runs apart), 0.082 over the 60 pairs of the runs' own verdicts, which
 # involve compiled strategies. On another machine this is an assumption, and explain() says so.
 BETWEEN_PROCESS_SD_RATIO = {"eager": 0.068, "compiled": 0.082}
@@ -79,7 +81,7 @@ class AutotuneError(BenchError):
 
 def race(entries: list[timing.Entry], window_s: float) -> tuple[stats.Verdict, timing.ShapeTiming]:
     """The contest of the valid candidates, the way a run decides a shape: timed together by the run's own timing
-    (bench.run.timing.time_shape) for about `window_s` of kept rounds, then the verdict of `decide`. The one place
+    (bench.harness.timing.time_shape) for about `window_s` of kept rounds, then the verdict of `decide`. The one place
     autotune times a race. It does not wait for other processes' load or a slow episode to pass (a run waits up to
     seconds): a block of rounds set aside is timed again at once, and past timing.MIN_SET_ASIDE the disturbed blocks
     are kept and the pick's note says so."""
@@ -91,7 +93,7 @@ def race(entries: list[timing.Entry], window_s: float) -> tuple[stats.Verdict, t
 
 def decide(entries: list[timing.Entry]) -> stats.Verdict:
     """A run's verdict rule on the raced entries: the paired ratios by sweep of those still contenders
-    (stats.ratio_spreads, stats.decide_spreads: bench.run.finish.verdicts does the same with the run's measured
+    (stats.ratio_spreads, stats.decide_spreads: bench.verdicts.verdicts does the same with the run's measured
     between-process variance; one process cannot measure it, BETWEEN_PROCESS_SD_RATIO stands for it)."""
     timed = [e for e in entries if e.error is None and e.rounds]
     contenders = [e for e in timed if e.contender] or timed
@@ -214,7 +216,7 @@ def _settings(mode: str, strategies: Sequence[str] | None, budget_s: float, comp
         strategies = [s.strip() for s in strategies.split(",") if s.strip()]
     own = names_of(quantity)
     if strategies is None:
-        names = [n for n in own if not is_closed_form(n) and not REGISTRY[n].estimator
+        names = [n for n in own if not REGISTRY[n].closed_form and not REGISTRY[n].peer and not REGISTRY[n].estimator
                  and (compiled or not REGISTRY[n].compiled)]
     else:
         unknown = [n for n in strategies if n not in REGISTRY]
@@ -425,10 +427,13 @@ def first_call(strategy: Strategy, model: nn.Module, x: Tensor, ref: reference.R
     """The candidate's first call (a compiled one compiles in it, under COMPILE_LIMIT_S; an eager one runs under
     limit_s), checked against the float64 reference: why it cannot be used, "" when it is valid."""
     limit, why = (COMPILE_LIMIT_S, "the compile limit") if strategy.compiled else (limit_s, limit_why)
+    start = time.perf_counter()
     try:
-        with measure.time_limit(limit, "one call"):
+        with measure.time_limit(limit, "one call"):  # no limit where the user's program has SIGALRM in use ...
             output = modes.timed_call(strategy, case.mode)(model, x)
             measure.synced_clock()  # queued CUDA work belongs to the call
+        if time.perf_counter() - start > limit:  # ... then the measured time judges it
+            return f"too slow: one call took {fmt_time(time.perf_counter() - start)}, over {fmt_time(limit)} ({why})"
     except Unsupported as exc:
         return f"unsupported: {exc}"
     except measure.CaseTimeout:
@@ -523,7 +528,7 @@ def from_results(model: nn.Module, x: Tensor, out_dim: int, settings: Settings) 
 
 def _rebuilt(answer: dict[str, Any], batch: int, in_dim: int, out_dim: int) -> dict[str, list] | None:
     """The structure of the model a run measured, built again from its spec (None when it cannot be built)."""
-    from bench.run import models
+    from bench.spec import models
 
     try:
         built = models.instantiate(models.resolve(answer["spec"]), Sizes(batch, answer["hidden"], in_dim, out_dim))

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from bench.run.reference import flat_gradient, pinn_loss, trainable
+from bench.harness.reference import flat_gradient, pinn_loss, trainable
 from bench.schema import MODES
 from strategies import Strategy
 

@@ -1,10 +1,12 @@
 """One shape (every strategy of it, on one device, in one mode) -> one CaseRecord per strategy, whatever happens.
 
-The first process of a run measures a shape in this order: the skip rules (bench/run/skips.py); the shape every
-strategy shares (model, input, forward time, float64 reference: bench/run/shapes.py); each strategy's first call,
-validated against the reference, its peak memory measured on the way (for a compiled strategy the first call
-compiles: its time is `setup_s`, and the call after it gives the memory); then every valid strategy timed together,
-interleaved (bench/run/timing.py). The second process re-times the contenders of each shape (`retime_shape`).
+Runs in a child of a worker process (bench/harness/worker.py), one shape per child. The first pass measures a shape
+in this order: the shape every strategy shares (model, input, float64 reference: bench/harness/shapes.py); each
+strategy's first call, validated against the reference, its peak memory measured on the way (for a compiled strategy
+the first call compiles: its time is `setup_s`, and the call after it gives the memory); then every valid strategy
+and the forward pass `model(x)` timed together, interleaved (bench/harness/timing.py). The second pass re-times the
+contenders of the shape and its forward pass in another process (`retime_shape`). The cases a smaller shape already
+predicts to fail, or over the memory budget, never reach a worker (the host decides them: bench/run/host.py).
 No exception escapes: every failure becomes a status.
 """
 
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
+import math
 import time
 import warnings
 import zlib
@@ -22,16 +26,20 @@ import torch
 from torch import Tensor, nn
 
 import strategies
-from bench.run import compiling, finish, machine, measure, models, modes, reference, timing
-from bench.run.grid import Case
-from bench.run.plan import RunPlan
-from bench.run.shapes import ForwardTimer, PreparedShape, ShapeCache
-from bench.run.skips import SkipPolicy, predicted_memory
-from bench.schema import CaseRecord, case_id, is_closed_form, is_jacobian
+from bench import rules, verdicts
+from bench.harness import compiling, machine, measure, modes, reference, timing
+from bench.harness.shapes import PreparedShape, ShapeCache
+from bench.harness.skips import SkipPolicy, predicted_memory
+from bench.schema import CaseRecord, case_id, is_jacobian
+from bench.spec import models
+from bench.spec.grid import Case
+from bench.spec.plan import RunPlan
 from strategies import Strategy, Unsupported
 
 Call = Callable[[nn.Module, Tensor], object]  # what one timed call runs: fn(model, x)
-Done = Callable[[CaseRecord], None]  # told of each case as soon as its record is final for this process
+# told of each case as soon as its record is final in this process, and whether its failure predicts larger shapes'
+Done = Callable[[CaseRecord, bool], None]
+FORWARD = "model(x)"  # the forward pass, timed among the strategies (the entry's name; never a strategy's)
 SETTLE_TOTAL_S = 120.0  # a process waits at most this long in all for other processes' load to pass
 
 
@@ -63,35 +71,31 @@ class ShapeRunner:
         self.settler = machine.Settler(budget.settle_s, SETTLE_TOTAL_S)
         self.calibration = machine.Calibration(run_usual_s)  # a second process is held to the first one's speed
         self.shapes = ShapeCache(plan.model_defs, plan.strategy_names, plan.time_budget_s, self.skips.budget, phases)
+        self.forward: timing.Entry | None = None  # the shape's forward pass, once timed
 
-    def measure_shape(self, case: Case, device: str, names: list[str], time_forward: ForwardTimer,
-                      done: Done) -> list[CaseRecord]:
-        """The first process: every named strategy of the shape validated, then the valid ones timed together."""
+    def measure_shape(self, case: Case, device: str, names: list[str], done: Done) -> list[CaseRecord]:
+        """The first pass: every named strategy of the shape validated, then the valid ones timed together with the
+        forward pass."""
         outcomes: dict[str, Outcome] = {}
         shape = None
         for name in names:
             started = time.perf_counter()
             strategy = strategies.REGISTRY[name]
             try:
-                skip = self.skips.reason(strategy, case, device, predicted_memory(strategy, case))
-                if skip:
-                    outcome = Outcome(*skip)
-                else:
-                    self.shapes.warm_up(case, device)
-                    shape = self.shapes.prepare(case, device, time_forward)
-                    outcome = self._validate(strategy, shape)
+                self.shapes.warm_up(case, device)
+                shape = self.shapes.prepare(case, device)
+                outcome = self._validate(strategy, shape)
             except Exception as exc:  # a harness bug must not stop the run either
                 outcome = Outcome("error", f"harness: {type(exc).__name__}: {exc}")
             outcomes[name] = dataclasses.replace(outcome, wall_s=time.perf_counter() - started)
-            self.skips.note(strategy, case, device, outcome.status, outcome.predicts_larger)
             if outcome.status != "ok":
-                done(self._record(name, case, device, outcomes[name], shape))
+                done(self._record(name, case, device, outcomes[name], shape), outcome.predicts_larger)
         valid = {n: o for n, o in outcomes.items() if o.status == "ok"}
         if valid:
             outcomes |= self._time(shape, valid)
         records = [self._record(n, case, device, outcomes[n], shape) for n in names]
         for name in valid:
-            done(records[names.index(name)])
+            done(records[names.index(name)], outcomes[name].predicts_larger)
         return records
 
     def _validate(self, strategy: Strategy, shape: PreparedShape) -> Outcome:
@@ -105,7 +109,6 @@ class ShapeRunner:
                 output, peak, seconds, found["warnings"] = self._first_call(strategy, call, shape)
             if strategy.compiled:
                 found["setup_s"] = seconds
-                self.shapes.compiled()
                 with self.phases("validation"), compiling.no_recompile():
                     start = measure.synced_clock()
                     output, peak = measure.call_with_peak(lambda: within(call, shape, self.plan.time_budget_s),
@@ -139,13 +142,26 @@ class ShapeRunner:
         return output, peak, seconds, case_warnings(caught)
 
     def _time(self, shape: PreparedShape, valid: dict[str, Outcome]) -> dict[str, Outcome]:
-        """Every valid strategy of the shape timed together (bench/run/timing.py)."""
+        """Every valid strategy of the shape timed together with the forward pass (bench/harness/timing.py)."""
         entries = [timing.Entry(name, functools.partial(modes.timed_call(strategies.REGISTRY[name], shape.case.mode),
                                                         shape.model, shape.x), o.one_call_s,
                                 eligible=may_win(strategies.REGISTRY[name], shape.case))
                    for name, o in valid.items()]
-        result = self._window(shape, entries)
+        result = self._window(shape, [*entries, self._forward_entry(shape)])
         return {e.name: timed(valid[e.name], e, result) for e in entries}
+
+    def _forward_entry(self, shape: PreparedShape) -> timing.Entry:
+        """model(x) under no_grad, timed like a strategy among the strategies (what "× forward" divides by); never
+        a contender for the shape."""
+        def forward() -> object:
+            with torch.no_grad():
+                return shape.model(shape.x)
+
+        forward()
+        start = measure.synced_clock()
+        forward()
+        self.forward = timing.Entry(FORWARD, forward, measure.synced_clock() - start, eligible=False)
+        return self.forward
 
     def _window(self, shape: PreparedShape, entries: list[timing.Entry]) -> timing.ShapeTiming:
         """The shape's measuring window: target_s per strategy. A recompile while timed, or the guard against a
@@ -154,8 +170,7 @@ class ShapeRunner:
         guard_s = max(60.0, 20 * window_s + self.plan.time_budget_s * len(entries) * timing.MIN_ROUNDS)
         compiled = [e for e in entries if strategies.REGISTRY[e.name].compiled]
         result = timing.ShapeTiming(entries)
-        with self.phases("heap"):
-            self.shapes.freeze()  # what validating and compiling created, out of the collector's way
+        gc.collect()  # what validating and compiling left for the collector, collected before the first round
         try:
             with self.phases("timing"), compiling.no_recompile(bool(compiled)):
                 result = timing.time_shape(entries, window_s, self.calibration, self.settler, guard_s,
@@ -173,10 +188,12 @@ class ShapeRunner:
         """The second process: the shape's contenders, and the strategies near them, timed together again; their
         rounds added as this process's, and who is a contender judged again on them."""
         contenders = to_retime(records)
-        shape = self.shapes.prepare(case, device, with_reference=False)
-        if shape.status != "ok" or not contenders:
+        if not contenders:
             return []
         self.shapes.warm_up(case, device, [r.strategy for r in contenders])
+        shape = self.shapes.prepare(case, device, with_reference=False)
+        if shape.status != "ok":
+            return []
         entries, failed = [], {}
         for r in contenders:
             strategy = strategies.REGISTRY[r.strategy]
@@ -184,8 +201,6 @@ class ShapeRunner:
             try:
                 with self.phases("compiling" if strategy.compiled else "validation"):
                     within(call, shape, self.plan.grid.budget.compile_s)  # compiles, or warms
-                    if strategy.compiled:
-                        self.shapes.compiled()
                     start = measure.synced_clock()
                     within(call, shape, self.plan.time_budget_s)
                     one_call = measure.synced_clock() - start
@@ -194,19 +209,21 @@ class ShapeRunner:
                 continue
             entries.append(timing.Entry(r.strategy, functools.partial(call, shape.model, shape.x), one_call,
                                         eligible=may_win(strategy, case)))
-        result = self._window(shape, entries) if entries else timing.ShapeTiming([])
+        result = self._window(shape, [*entries, self._forward_entry(shape)]) if entries else timing.ShapeTiming([])
         by_name = {e.name: e for e in entries}
+        forward_s = self.forward.median() if self.forward is not None and self.forward.rounds else None
         updated = []
         for r in contenders:
-            new = added_process(r, by_name.get(r.strategy), result, failed.get(r.strategy, ""))
+            new = added_process(r, by_name.get(r.strategy), result, failed.get(r.strategy, ""), forward_s)
             updated.append(new)
-            done(new)
+            done(new, False)
         return updated
 
     def _record(self, name: str, case: Case, device: str, outcome: Outcome, shape: PreparedShape | None
                 ) -> CaseRecord:
+        forward_s = self.forward.median() if self.forward is not None and self.forward.rounds else None
         return case_record(strategies.REGISTRY[name], case, device, outcome, shape,
-                           predicted_memory(strategies.REGISTRY[name], case))
+                           predicted_memory(strategies.REGISTRY[name], case), forward_s)
 
 
 RETIME_MARGIN = 2.5  # the second process re-times strategies within this factor of the fastest: a process can make
@@ -216,8 +233,7 @@ RETIME_MARGIN = 2.5  # the second process re-times strategies within this factor
 def to_retime(records: list[CaseRecord]) -> list[CaseRecord]:
     """The timed strategies of a shape the second process times again: the contenders and those near them."""
     timed_ok = [r for r in records if r.status == "ok" and r.round_times_s]
-    winners = [r.time_median_s for r in timed_ok if r.contender and r.is_jacobian and not r.estimator
-               and not is_closed_form(r.strategy)]
+    winners = [r.time_median_s for r in timed_ok if r.contender and rules.eligible(r)]
     fastest = min(winners, default=min((r.time_median_s for r in timed_ok), default=0.0))
     return [r for r in timed_ok if r.contender or r.time_median_s <= RETIME_MARGIN * fastest]
 
@@ -234,9 +250,12 @@ def timed(outcome: Outcome, entry: timing.Entry, result: timing.ShapeTiming) -> 
                                unstable=result.unstable)
 
 
-def added_process(record: CaseRecord, entry: timing.Entry | None, result: timing.ShapeTiming, problem: str
-                  ) -> CaseRecord:
-    """A record with the rounds of one more process (or, when that process could not time it, with why)."""
+def added_process(record: CaseRecord, entry: timing.Entry | None, result: timing.ShapeTiming, problem: str,
+                  forward_s: float | None = None) -> CaseRecord:
+    """A record with the rounds of one more process (or, when that process could not time it, with why), and that
+    process's forward pass."""
+    if forward_s is not None:
+        record = with_forward(record, forward_s)
     if entry is None or entry.error is not None or not entry.rounds:
         why = problem or (f"second process: {type(entry.error).__name__}: {measure.first_line(entry.error)}"
                           if entry is not None and entry.error is not None else "second process: no rounds kept")
@@ -253,7 +272,14 @@ def added_process(record: CaseRecord, entry: timing.Entry | None, result: timing
         round_sweeps=record.round_sweeps + entry.round_sweeps, contender=record.contender or entry.contender,
         rounds_set_aside=(record.rounds_set_aside or 0) + entry.set_aside, unstable=record.unstable
         or bool(result.unstable), message=message, wall_s=round((record.wall_s or 0) + entry.spent_s, 4),
-        **finish.timing_fields(rounds, process_rounds, pooled=0.0))
+        **verdicts.timing_fields(rounds, process_rounds, pooled=0.0))
+
+
+def with_forward(record: CaseRecord, forward_s: float) -> CaseRecord:
+    """The record with one more process's forward median; forward_median_s the geometric mean over processes."""
+    medians = [*record.forward_process_s, forward_s]
+    return dataclasses.replace(record, forward_process_s=medians,
+                               forward_median_s=math.exp(sum(math.log(m) for m in medians) / len(medians)))
 
 
 def failure(exc: BaseException, shape: PreparedShape | None, **found) -> Outcome:
@@ -272,10 +298,9 @@ def failure(exc: BaseException, shape: PreparedShape | None, **found) -> Outcome
 
 
 def may_win(strategy: Strategy, case: Case) -> bool:
-    """Whether a strategy can be the shape's answer: autodiff (a closed form is the limit, not a contender), exact
-    (a stochastic estimator is never a winner) and returning J (a sum over outputs is not J when out > 1)."""
-    return not is_closed_form(strategy.name) and not strategy.estimator and is_jacobian(strategy.returns,
-                                                                                        case.sizes.out_dim)
+    """Whether a strategy can be the shape's answer (bench/rules.py)."""
+    return rules.may_win(is_jacobian=is_jacobian(strategy.returns, case.sizes.out_dim), estimator=strategy.estimator,
+                         closed_form=strategy.closed_form, peer=strategy.peer)
 
 
 def within(call: Call, shape: PreparedShape, limit: float) -> object:
@@ -315,13 +340,13 @@ def case_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
 
 
 def case_record(strategy: Strategy, case: Case, device: str, outcome: Outcome, shape: PreparedShape | None,
-                predicted_bytes: int) -> CaseRecord:
+                predicted_bytes: int, forward_s: float | None = None) -> CaseRecord:
     """The record of a case: who and where, then what its outcome measured (its interval provisional until the run
-    is finished: bench/run/finish.py adds the noise of the other process)."""
+    is finished: bench/verdicts.py adds the noise of the other process)."""
     check, entry = outcome.check, outcome.entry
     rounds = {}
     if entry is not None:
-        rounds = finish.timing_fields(entry.rounds, [len(entry.rounds)], pooled=0.0) | {
+        rounds = verdicts.timing_fields(entry.rounds, [len(entry.rounds)], pooled=0.0) | {
             "round_times_s": entry.rounds, "process_rounds": [len(entry.rounds)], "round_sweeps": entry.round_sweeps,
             "iterations": entry.iterations, "contender": entry.contender, "rounds_set_aside": entry.set_aside}
     prepared = shape is not None and shape.model is not None
@@ -329,7 +354,8 @@ def case_record(strategy: Strategy, case: Case, device: str, outcome: Outcome, s
         strategy=strategy.name, model=case.model, device=device, dtype=case.dtype, **case.sizes._asdict(),
         mode=case.mode, quantity=case.quantity, status=outcome.status, message=outcome.message, **rounds,
         unstable=bool(outcome.unstable),
-        forward_median_s=shape.forward_median_s if shape else None, coupled=shape.coupled if shape else None,
+        forward_median_s=forward_s, forward_process_s=[forward_s] if forward_s else [],
+        coupled=shape.coupled if shape else None,
         module_training=shape.model.training if prepared else None,
         peak_memory_bytes=outcome.peak_memory_bytes if outcome.status == "ok" else None,
         predicted_memory_bytes=predicted_bytes,
@@ -337,6 +363,7 @@ def case_record(strategy: Strategy, case: Case, device: str, outcome: Outcome, s
         setup_s=outcome.setup_s, warnings=outcome.warnings, returns=strategy.returns,
         is_jacobian=is_jacobian(strategy.returns, case.sizes.out_dim),
         independent_samples=strategy.independent_samples, estimator=strategy.estimator, compiled=strategy.compiled,
+        closed_form=strategy.closed_form, peer=strategy.peer,
         summary=strategy.summary, cost=strategy.cost, sweeps=list(case.sweeps),
         case_id=case_id(strategy.name, device, case.shape_id), wall_s=round(outcome.wall_s, 4))
 

@@ -39,21 +39,70 @@ class CaseTimeout(Exception):
 @contextlib.contextmanager
 def time_limit(seconds: float, what: str = "one call") -> Iterator[None]:
     """Raise CaseTimeout in the main thread after `seconds` (SIGALRM, like asv). Python loops are interrupted at once;
-    a single long native kernel is interrupted when it returns. Elsewhere (threads, no SIGALRM) no limit applies."""
-    if seconds <= 0 or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+    a single long native kernel is interrupted when it returns. An interruption can land anywhere, also between
+    torch entering a forward-mode level (or a torch.func transform) and guarding it: the autodiff state is put back
+    as it was before the call (`AutodiffState`), so the calls after it work. SIGALRM is taken only when it is free:
+    where the process has a handler or a timer of its own (a user's program calling autotune), or off the main
+    thread, or without SIGALRM, no limit applies and the caller judges a slow call by its measured time."""
+    if seconds <= 0 or not alarm_is_free():
         yield
         return
 
     def on_alarm(signum, frame):
         raise CaseTimeout(what, seconds)
 
+    state = AutodiffState.now()
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
+    except CaseTimeout:
+        state.restore()
+        raise
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def alarm_is_free() -> bool:
+    """SIGALRM can be used here: the main thread, no handler installed and no timer running."""
+    return (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)
+            and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0))
+
+
+@dataclass(frozen=True)
+class AutodiffState:
+    """What an interrupted torch.func or forward-mode call can leave changed: the grad modes, the forward-mode dual
+    level (only one may exist), and the torch.func transform stack."""
+
+    grad: bool
+    fwd_grad: bool
+    dual_level: int
+    transform_depth: int
+    inplace_requires_grad: bool
+
+    @classmethod
+    def now(cls) -> AutodiffState:
+        import torch._C._functorch as functorch
+        import torch.autograd.forward_ad as fwad
+
+        return cls(torch.is_grad_enabled(), torch._C._is_fwd_grad_enabled(), fwad._current_level,
+                   functorch.get_dynamic_layer_stack_depth(), functorch.get_inplace_requires_grad_allowed())
+
+    def restore(self) -> None:
+        import torch._C._functorch as functorch
+        import torch.autograd.forward_ad as fwad
+
+        if functorch.get_dynamic_layer_stack_depth() > self.transform_depth:
+            functorch.pop_dynamic_layer_stack_and_undo_to_depth(self.transform_depth)
+        if self.dual_level < 0:  # a dual level entered in C++ and never exited, whatever Python's counter says
+            with contextlib.suppress(RuntimeError):
+                torch._C._exit_dual_level(level=0)
+        fwad._current_level = self.dual_level
+        torch.set_grad_enabled(self.grad)
+        torch._C._set_fwd_grad_enabled(self.fwd_grad)
+        functorch.set_inplace_requires_grad_allowed(self.inplace_requires_grad)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,72 @@
+"""The fidelity check's numbers: a run's medians against the same calls timed in fresh processes.
+
+`summarize` sets each case re-timed in a fresh process (bench/run/fresh_check.py) beside the run's final median:
+run/fresh per case, and per strategy the geometric mean of those ratios with a 95% interval; `summary_line` says
+it in one line (the report's first screen, the end of a run). Torch-free: finishing a run and reporting use it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+from typing import Any
+
+from bench.schema import CaseRecord, fmt_ratio
+
+TARGET = 0.10  # a run's median within ±10% of what a fresh process measures
+
+
+def summarize(fidelity: dict[str, Any] | None, records: Iterable[CaseRecord]) -> dict[str, Any] | None:
+    """The fresh timings set beside the run's final numbers: per case run/fresh, per strategy the geometric mean of
+    those ratios with a 95% interval (the spread between its cases, and each case's own uncertainty: its rerun
+    interval and the fresh process's spread), and the share of cases within ±10%."""
+    if not fidelity or not fidelity.get("fresh"):
+        return fidelity
+    by_id = {r.case_id: r for r in records if r.status == "ok" and r.time_median_s}
+    cases = []
+    for c in fidelity["fresh"]:
+        r = by_id.get(c["case_id"])
+        if r is None or not c.get("median_s"):
+            continue
+        fresh_sd = (c.get("iqr_s") or 0.0) / 1.349 / c["median_s"] / math.sqrt(max(c.get("blocks") or 1, 1))
+        cases.append({"case_id": r.case_id, "strategy": r.strategy, "run_s": r.time_median_s,
+                      "fresh_s": c["median_s"], "ratio": r.time_median_s / c["median_s"],
+                      "log_sd": math.hypot(r.log_time_sd or 0.0, fresh_sd)})
+    strategies = {}
+    for name in dict.fromkeys(c["strategy"] for c in cases):
+        mine = [c for c in cases if c["strategy"] == name]
+        strategies[name] = _geometric_mean(mine)
+    within = sum(abs(c["ratio"] - 1) <= TARGET for c in cases)
+    return fidelity | {"cases": cases, "strategies": strategies, "within_10pct": within,
+                       "off": sorted(n for n, s in strategies.items() if abs(s["ratio"] - 1) > TARGET)}
+
+
+def _geometric_mean(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    logs = [math.log(c["ratio"]) for c in cases]
+    n = len(logs)
+    mean = sum(logs) / n
+    between = statistics.variance(logs) if n >= 2 else 0.0
+    within = sum(c["log_sd"] ** 2 for c in cases) / n
+    half = 1.96 * math.sqrt((between + within) / n)
+    return {"ratio": math.exp(mean), "low": math.exp(mean - half), "high": math.exp(mean + half), "cases": n,
+            "within_10pct": sum(abs(c["ratio"] - 1) <= TARGET for c in cases)}
+
+
+def summary_line(fidelity: dict[str, Any] | None) -> str:
+    """One line for the report's first screen and the run's end: how far the run's numbers are from a plain
+    program's, and which strategies are off by more than 10%."""
+    if not fidelity or not fidelity.get("strategies"):
+        if fidelity and fidelity.get("fresh") is not None:
+            return "Fidelity: no case was re-timed in a fresh process (the run was too short for its 10% budget)"
+        return ""
+    s = fidelity["strategies"]
+    cases = fidelity.get("cases", [])
+    ratios = sorted(v["ratio"] for v in s.values())
+    line = (f"Fidelity: {len(cases)} cases of {len(s)} strategies re-timed by torch.utils.benchmark.Timer in fresh "
+            f"processes: run/fresh {fmt_ratio(ratios[0])}–{fmt_ratio(ratios[-1])} per strategy, "
+            f"{fidelity.get('within_10pct', 0)} of {len(cases)} cases within ±10%")
+    off = fidelity.get("off") or []
+    if off:
+        line += "; off by more than 10%: " + ", ".join(f"{n} {fmt_ratio(s[n]['ratio'])}" for n in off)
+    return line

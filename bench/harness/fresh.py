@@ -1,0 +1,139 @@
+"""A call timed as the user's own program would time it: a fresh Python process, torch.utils.benchmark.Timer.
+
+    python -m bench.harness.fresh '{"model": ..., "strategies": [...], ...}'
+
+The process builds the seeded model and input of one shape as the run did, and for each named strategy (in a shuffled
+order) makes one warm-up call (compiling, for a compiled strategy) and then times the call with
+`Timer.blocked_autorange` at the run's thread count. It prints one JSON object: strategy -> {"median_s", "iqr_s",
+"blocks"}; a strategy whose call raised gets {"error": ...}. It imports nothing of the harness that times a run: this
+is the yardstick the run's numbers are checked against (bench/run/fidelity.py).
+
+With "depths" in the job, each strategy is instead timed from several depths of the Python stack (`depth_here`):
+rounds of calls made `d` frames below the process's top, the depths taking turns round by round (python -m bench
+depth).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from typing import Any
+
+from bench.errors import BenchError
+
+MIN_RUN_TIME_S = 0.4  # Timer.blocked_autorange: blocks of calls until this much time was measured
+
+
+def spec(record: Any, model_spec: str, threads: int, strategies: list[str]) -> dict[str, Any]:
+    """What a fresh process needs to rebuild a case's shape (a CaseRecord's fields) and time `strategies` on it."""
+    return {"model": model_spec, "name": record.model, "strategies": strategies, "mode": record.mode,
+            "sizes": list(record.sizes), "device": record.device, "dtype": record.dtype, "threads": threads,
+            "min_run_time": MIN_RUN_TIME_S, "seed": sum(map(ord, record.case_id))}
+
+
+def in_fresh_process(job: dict[str, Any], timeout_s: float = 600) -> dict[str, dict[str, float]]:
+    """Time the job's strategies in a new Python process: strategy -> {"median_s", "iqr_s", "blocks"} or
+    {"error"}."""
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bench.harness.fresh", json.dumps(job)], capture_output=True,
+                              text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"timing {', '.join(job['strategies'])} on {job['name']} in a fresh process took more than "
+                         f"{timeout_s:.0f} s") from None
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"timing {', '.join(job['strategies'])} on {job['name']} in a fresh process failed: {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _build(job: dict[str, Any]) -> tuple[Any, Any]:
+    import torch
+
+    from bench.schema import Sizes
+    from bench.spec import models
+
+    if job["threads"]:
+        torch.set_num_threads(job["threads"])
+    model_def = models.resolve(job["model"])
+    model_def = model_def if model_def.name == job["name"] else models.ModelDef(job["name"], model_def.factory,
+                                                                                model_def.description)
+    return models.build(model_def, Sizes(*job["sizes"]), job["device"], getattr(torch, job["dtype"]))
+
+
+def time_here(job: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The fresh process's side: build the shape as the run did and time each strategy's call."""
+    import torch
+    import torch.utils.benchmark as tbench
+
+    import strategies
+    from bench.harness import modes
+
+    model, x = _build(job)
+    names = list(job["strategies"])
+    random.Random(job.get("seed", 0)).shuffle(names)
+    found = {}
+    for name in names:
+        call = modes.timed_call(strategies.REGISTRY[name], job["mode"])
+        try:
+            call(model, x)
+            timer = tbench.Timer("call(model, x)", globals={"call": call, "model": model, "x": x},
+                                 num_threads=torch.get_num_threads())
+            m = timer.blocked_autorange(min_run_time=job["min_run_time"])
+            found[name] = {"median_s": m.median, "iqr_s": m.iqr, "blocks": len(m.times)}
+        except Exception as exc:  # reported per strategy: the others are still timed
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            found[name] = {"error": f"{type(exc).__name__}: {first}"}
+    return found
+
+
+def at_depth(frames: int, fn: Any) -> Any:
+    """fn() called `frames` frames below this call."""
+    return fn() if frames <= 0 else at_depth(frames - 1, fn)
+
+
+def depth_here(job: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+    """Each strategy's seconds per call in rounds made from each of job["depths"] (frames below the top of the
+    process), the depths in a new shuffled order every round: strategy -> {depth: [seconds per call, ...]}."""
+    import time
+
+    import strategies
+    from bench.harness import modes
+
+    model, x = _build(job)
+    top = len(_stack())
+    order = random.Random(job.get("seed", 0))
+    found = {}
+    for name in job["strategies"]:
+        call = modes.timed_call(strategies.REGISTRY[name], job["mode"])
+        call(model, x)
+        start = time.perf_counter()
+        call(model, x)
+        iterations = max(1, int(0.01 / max(time.perf_counter() - start, 1e-7)))
+
+        def one_round(call: Any = call, iterations: int = iterations) -> float:
+            start = time.perf_counter()
+            for _ in range(iterations):
+                call(model, x)
+            return (time.perf_counter() - start) / iterations
+
+        rounds: dict[int, list[float]] = {d: [] for d in job["depths"]}
+        for _ in range(job["rounds"]):
+            for depth in order.sample(list(rounds), len(rounds)):
+                rounds[depth].append(at_depth(depth - top - 2, one_round))  # at_depth and one_round: two frames
+        found[name] = {str(d): v for d, v in rounds.items()}
+    return found
+
+
+def _stack() -> list[Any]:
+    frames, frame = [], sys._getframe(1)
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back
+    return frames
+
+
+if __name__ == "__main__":
+    task = json.loads(sys.argv[1])
+    print(json.dumps(depth_here(task) if task.get("depths") else time_here(task)))

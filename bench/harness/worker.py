@@ -1,0 +1,126 @@
+"""The worker process: the one place a run times anything, as a plain program would, from a shallow stack.
+
+    python -m bench.harness.worker RUN_FOLDER PROCESS
+
+The host (bench/run/workers.py) starts one worker per pass of a run (PROCESS 1 measures, 2 re-times the
+contenders): a fresh interpreter with torch and the strategies imported, nothing else. It reads one request per line
+on stdin (a shape of the plan, the strategies to measure), forks a child for it from the loop below, and the child
+measures that shape alone (bench/harness/runner.py), writes one JSON line per finished case to stdout, and exits.
+Every shape is thus timed in a process that has measured nothing before it: no other shape's garbage, compiled
+graphs, allocator state or heap size moves its numbers, and a crash or a hang in a strategy ends one child, not the
+run. The worker itself never runs parallel work (forking after OpenMP threads exist is unsafe) and never touches
+CUDA (a forked child could not use it); each child sets the run's thread count and initialises its device itself.
+
+Lines written (JSON objects): {"child": pid} when a child starts; {"record": {...}, "predicts_larger": bool} per
+case; {"process": {...}} (the child's phases, calibration and wall time); {"end": exit code} when the child is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import IO, Any
+
+EXIT_HARNESS = 70  # the child raised past the runner (a harness bug): its remaining cases are errors
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the host's: it stops after the current shape
+    folder, process = Path(argv[0]), int(argv[1])
+    plan = _plan(folder)
+    _warm_imports()
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "w")  # the protocol; what anything else prints goes to stderr
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    out.write(json.dumps({"ready": os.getpid()}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        if line.strip():
+            _serve(plan, process, json.loads(line), out)
+    return 0
+
+
+def _plan(folder: Path):
+    """The run's plan, from the settings its env.json records (the host planned the same)."""
+    import dataclasses
+
+    from bench import results
+    from bench.spec.plan import plan_run
+    from bench.spec.settings import Settings
+
+    env = results.read_json(folder / "env.json")
+    known = {f.name for f in dataclasses.fields(Settings)}
+    chosen = Settings(**{k: v for k, v in env.get("settings", {}).items() if k in known} | {"resume": True,
+                                                                                           "force": False})
+    plan = plan_run(chosen)
+    plan.folder = folder
+    return plan
+
+
+def _warm_imports() -> None:
+    """What every child would otherwise import in its first timed shape (torch.func pulls in torch._dynamo and
+    sympy), done once, on one thread so that no OpenMP thread exists when a child is forked."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.func.vmap(torch.func.jacrev(torch.sin))(torch.ones(2, 2))
+    torch.func.jvp(torch.sin, (torch.ones(2),), (torch.ones(2),))
+    os.environ["JACOBENCH_THREADS"] = str(threads)  # what the children set
+
+
+def _serve(plan: Any, process: int, request: dict[str, Any], out: IO[str]) -> None:
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            _child(plan, process, request, out)
+        except BaseException:  # noqa: BLE001 - reported to the host as the child's exit code, with the traceback
+            traceback.print_exc(file=sys.stderr)
+            code = EXIT_HARNESS
+        finally:
+            out.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    out.write(json.dumps({"child": pid}) + "\n")
+    out.flush()
+    _, status = os.waitpid(pid, 0)
+    out.write(json.dumps({"end": os.waitstatus_to_exitcode(status)}) + "\n")
+    out.flush()
+
+
+def _child(plan: Any, process: int, request: dict[str, Any], out: IO[str]) -> None:
+    import torch
+
+    from bench.harness import measure
+    from bench.harness.runner import ShapeRunner
+    from bench.schema import CaseRecord
+    from bench.spec.grid import case_from_dict
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(int(os.environ.get("JACOBENCH_THREADS", "0")) or torch.get_num_threads())
+    started = time.perf_counter()
+    case, device = case_from_dict(request["case"]), request["device"]
+
+    def done(record: CaseRecord, predicts_larger: bool = False) -> None:
+        out.write(json.dumps({"record": record.as_dict(), "predicts_larger": predicts_larger}, default=str) + "\n")
+        out.flush()
+
+    phases = measure.Phases()
+    runner = ShapeRunner(plan, phases, run_usual_s=request.get("usual_s"))
+    if process == 1:
+        runner.measure_shape(case, device, request["names"], done)
+    else:
+        records = [CaseRecord.from_dict(r) for r in request["records"]]
+        runner.retime_shape(case, device, records, done)
+    out.write(json.dumps({"process": {"phases": phases.rounded(), "calibrations": runner.calibration.history,
+                                      "slow": runner.calibration.slow,
+                                      "wall_s": round(time.perf_counter() - started, 3)}}) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,172 @@
+"""Is a run's number what the call costs in the user's own program? Checked in every run, and deeper on demand.
+
+Every run (`Check`, driven by bench/run/host.py): between the shapes of pass 2, a sample of ok cases is timed again
+in fresh Python processes by torch.utils.benchmark.Timer (bench/harness/fresh.py), right before the second worker
+times the same shape, so that a slow moment of the machine hits both. The sample covers every strategy of the run at
+least once, the contenders of the largest shapes first, within FIDELITY= (default 10%) of the first pass's wall
+time. Finishing the run sets each sampled case's run/fresh ratio beside it and, per strategy, the geometric mean
+of those ratios with its 95% interval (bench/fidelity.py); env.json keeps both, and the report's first screen says
+them in one line, naming every strategy off by more than 10%.
+
+Deeper (`python -m bench fidelity RUN`, `measure_fidelity`): any cases of a finished run, each in its own fresh
+process, several turns each.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from bench import results
+from bench.errors import BenchError
+from bench.fidelity import TARGET
+from bench.harness import fresh
+from bench.schema import CaseRecord
+
+START_S = 3.0  # a fresh process's start (python, torch, the model) before its first call, until one is measured
+PER_STRATEGY_S = 0.6  # a strategy's warm-up call and Timer.blocked_autorange, besides its compiling
+
+
+class Check:
+    """The fidelity check of one session of a run: which cases, their fresh-process times, what it cost."""
+
+    def __init__(self, share: float, records: Iterable[CaseRecord], pending: list[tuple[str, Any]],
+                 first_pass_s: float, models: dict[str, str], threads: int):
+        self.models, self.threads = models, threads
+        self.share = share
+        self.budget_s = share * first_pass_s
+        self.picks = pick(list(records), {(d, c.shape_id) for d, c in pending}, self.budget_s)
+        self.found: list[dict[str, Any]] = []
+        self.spent_s = 0.0
+        self.problems: list[str] = []
+
+    def time_fresh(self, device: str, shape_id: str) -> None:
+        """Time the picked cases of one shape in a fresh process (nothing when none is picked)."""
+        picked = self.picks.get((device, shape_id))
+        if not picked:
+            return
+        started = time.perf_counter()
+        job = fresh.spec(picked[0], self.models[picked[0].model], self.threads, [r.strategy for r in picked])
+        try:
+            timed = fresh.in_fresh_process(job)
+        except BenchError as exc:
+            self.problems.append(str(exc))
+            timed = {}
+        for r in picked:
+            entry = timed.get(r.strategy, {"error": "not timed"})
+            self.found.append({"case_id": r.case_id, "key": list(r.key), "strategy": r.strategy, **entry})
+        self.spent_s += time.perf_counter() - started
+
+    def save(self, folder: Path) -> None:
+        """Add this session's fresh timings to env.json (finishing the run turns them into ratios)."""
+        env_path = folder / "env.json"
+        env = results.read_json(env_path)
+        before = env.get("fidelity") or {}
+        found = {c["case_id"]: c for c in before.get("fresh", [])} | {c["case_id"]: c for c in self.found}
+        env["fidelity"] = before | {
+            "share": self.share, "budget_s": round(self.budget_s, 1),
+            "spent_s": round(before.get("spent_s", 0) + self.spent_s, 1),
+            "fresh": list(found.values()), "problems": before.get("problems", []) + self.problems}
+        results.write_json(env_path, env)
+
+
+def pick(records: list[CaseRecord], pending: set[tuple[str, str]], budget_s: float
+         ) -> dict[tuple[str, str], list[CaseRecord]]:
+    """The cases to time in fresh processes, by shape: every strategy at least once where the budget allows, the
+    contenders of the largest shapes first; each fresh process (one shape) costs START_S, each strategy in it
+    PER_STRATEGY_S and its compiling."""
+    timed = [r for r in records if r.status == "ok" and r.round_times_s and (r.device, _shape(r)) in pending]
+    by_shape: dict[tuple[str, str], list[CaseRecord]] = {}
+    for r in sorted(timed, key=lambda r: -_work(r)):
+        by_shape.setdefault((r.device, _shape(r)), []).append(r)
+    picks: dict[tuple[str, str], list[CaseRecord]] = {}
+    covered: set[str] = set()
+    spent = 0.0
+
+    def add(shape: tuple[str, str], chosen: list[CaseRecord]) -> None:
+        nonlocal spent
+        cost = sum(_cost(r) for r in chosen) + (0.0 if shape in picks else START_S)
+        if chosen and spent + cost <= budget_s:
+            picks.setdefault(shape, []).extend(chosen)
+            covered.update(r.strategy for r in chosen)
+            spent += cost
+
+    for shape, rows in by_shape.items():  # largest shapes first: their contenders not covered yet
+        add(shape, [r for r in rows if r.contender and r.strategy not in covered])
+    for strategy in dict.fromkeys(r.strategy for r in timed):  # then every strategy left, at its largest shape
+        if strategy not in covered:
+            largest = next((shape, r) for shape, rows in by_shape.items() for r in rows if r.strategy == strategy)
+            add(largest[0], [largest[1]])
+    return picks
+
+
+def _shape(r: CaseRecord) -> str:
+    return r.case_id.removeprefix(f"{r.strategy}-{r.device}-")
+
+
+def _work(r: CaseRecord) -> float:
+    return r.batch * r.hidden * (r.in_dim + r.out_dim)
+
+
+def _cost(r: CaseRecord) -> float:
+    return PER_STRATEGY_S + (r.setup_s or 0.0) + 3 * (r.time_median_s or 0.0)
+
+
+# ---- the deeper check: python -m bench fidelity RUN ------------------------------------------------------------
+
+def pick_cases(records: list[CaseRecord], n: int, strategies: list[str] | None = None) -> list[CaseRecord]:
+    """n ok cases spread over the range of measured times (fast to slow); with `strategies`, n of each of them."""
+    ok = sorted((r for r in records if r.status == "ok" and r.time_median_s), key=lambda r: r.time_median_s)
+    if strategies:
+        return [c for name in strategies for c in spread([r for r in ok if r.strategy == name], n)]
+    return spread(ok, n)
+
+
+def spread(ordered: list[CaseRecord], n: int) -> list[CaseRecord]:
+    if len(ordered) <= n:
+        return ordered
+    if n == 1:
+        return [ordered[len(ordered) // 2]]
+    return [ordered[round(i * (len(ordered) - 1) / (n - 1))] for i in range(n)]
+
+
+def measure_fidelity(folder: Path, cases: int = 5, repeats: int = 3, strategies: list[str] | None = None
+                     ) -> list[dict]:
+    """Time the picked cases in fresh processes (one case each), `repeats` turns each; print the table and return
+    its rows."""
+    env = results.read_json(folder / "env.json")
+    picked = pick_cases(results.read_cases(folder / "cases.jsonl"), cases, strategies)
+    if not picked:
+        raise BenchError(f"{folder}: no ok case to time" + (f" of {', '.join(strategies)}" if strategies else ""))
+    models = env.get("models") or {}
+    for r in picked:
+        if r.model not in models:
+            raise BenchError(f"model {r.model!r}: env.json does not say how to build it; rerun the benchmark")
+    jobs = {r.case_id: fresh.spec(r, models[r.model], env.get("threads") or 0, [r.strategy]) for r in picked}
+    timed: dict[str, list[float]] = {case: [] for case in jobs}
+    order = random.Random(0)
+    for _ in range(repeats):  # the cases take turns: the machine's slow moments spread over all of them
+        turn = list(jobs)
+        order.shuffle(turn)
+        for case in turn:
+            found = fresh.in_fresh_process(jobs[case])[jobs[case]["strategies"][0]]
+            if "error" in found:
+                raise BenchError(f"{case}: {found['error']}")
+            timed[case].append(found["median_s"])
+    rows = [{"case": r.case_id, "run_s": r.time_median_s, "fresh_s": statistics.median(timed[r.case_id])}
+            for r in picked]
+    width = max(len(row["case"]) for row in rows)
+    print(f"{'case':<{width}}  {'run':>10}  {'fresh':>10}  run/fresh")
+    for row in rows:
+        ratio = row["run_s"] / row["fresh_s"]
+        print(f"{row['case']:<{width}}  {row['run_s'] * 1e3:7.3f} ms  {row['fresh_s'] * 1e3:7.3f} ms  {ratio:9.3f}"
+              + ("" if abs(ratio - 1) <= TARGET else "  outside ±10%"))
+    deviations = [abs(row["run_s"] / row["fresh_s"] - 1) for row in rows]
+    print(json.dumps({"cases": len(rows), "within_10pct": sum(d <= TARGET for d in deviations),
+                      "max_abs_deviation": round(max(deviations), 4)}))
+    return rows

@@ -1,0 +1,167 @@
+"""A run's life in the host process (`python -m bench run`, or pytest on bench/run/suite.py): pass 1 under pytest,
+pass 2 with its fidelity check, the run's numbers, the report, the exit code.
+
+The host never times anything: pass 1 hands each shape to the first worker process (bench/run/plugin.py), pass 2
+each shape's contenders to a second one (bench/run/passes.py). Between the shapes of pass 2, a sample of the run's
+cases is timed again in fresh Python processes by torch.utils.benchmark.Timer, as the user's own program would
+(bench/run/fidelity.py): how far the run's numbers are from that goes into env.json and the report.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench import fidelity, results
+from bench.harness import environment
+from bench.run import fresh_check, session
+from bench.run.passes import Pass
+from bench.run.session import RunFolder
+from bench.schema import CaseRecord
+from bench.spec.grid import Case
+from bench.spec.plan import RunPlan
+
+EXIT_INTERRUPTED = 130
+
+
+def run(plan: RunPlan, folder: RunFolder) -> int:
+    """Measure the plan into its open folder, finish it, report it; the exit code of `python -m bench run`."""
+    import pytest
+
+    from bench.run.plugin import JacobenchPlugin
+
+    for note in plan.notes:
+        print(f"jacobench: note: {note}", flush=True)
+    pending = plan.planned_cases - len(folder.finished)
+    print(f"jacobench: run {plan.run_id}: grid {plan.grid.name}, {len(plan.cases)} shapes, "
+          f"{len(plan.strategy_names)} strategies, {len(plan.devices)} device(s) ({', '.join(plan.devices)}); "
+          f"{pending} cases to measure" + (f", {len(folder.finished)} already done" if folder.finished else ""),
+          flush=True)
+    json_name = ".benchmark-resumed.json" if plan.settings.resume else "benchmark.json"
+    load = environment.Load()
+    plugin = JacobenchPlugin(plan, folder)
+    code = _pytest(plugin, folder.path / json_name)
+    if plan.settings.resume:
+        results.merge_benchmark_json(folder.path / "benchmark.json", folder.path / json_name)
+    if code not in (pytest.ExitCode.OK, pytest.ExitCode.INTERRUPTED, pytest.ExitCode.NO_TESTS_COLLECTED):
+        print(f"jacobench: the suite ended with pytest exit code {int(code)}; results so far are in {folder.path}",
+              file=sys.stderr)
+    complete(plan, plugin.interrupted, load)
+    return exit_code(results.read_json(folder.path / "env.json"), code == pytest.ExitCode.OK
+                     or code == pytest.ExitCode.NO_TESTS_COLLECTED, folder.path)
+
+
+def complete(plan: RunPlan, interrupted: bool, load: environment.Load | None = None) -> None:
+    """After pass 1: pass 2 and the fidelity check (unless interrupted), the run's numbers, the report. `load`: what
+    else used the machine since the run started, recorded in env.json."""
+    if not interrupted and plan.processes > 1:
+        interrupted = second_pass(plan)
+    if load is not None:
+        session.record_load(plan.folder, load.during())
+    counts = session.finish(plan.folder, interrupted)
+    print(f"jacobench: {sum(counts.values())} cases in {plan.folder}: "
+          + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())), flush=True)
+    line = fidelity.summary_line(results.read_json(plan.folder / "env.json").get("fidelity"))
+    if line:
+        print(f"jacobench: {line}", flush=True)
+    if not plan.settings.no_report:
+        from bench.report.run_report import write_report
+
+        path = write_report(plan.folder)
+        print(f"jacobench: report {path} and {path.with_suffix('.html')}")
+
+
+def second_pass(plan: RunPlan) -> bool:
+    """Each shape's contenders timed again in a second worker process, with the fidelity check's fresh processes
+    between its shapes; True when Ctrl-C stopped it."""
+    path = plan.folder / "cases.jsonl"
+    records = {r.key: r for r in results.read_cases(path)}
+    pending = [(device, case) for device in plan.devices for case in plan.cases
+               if any(_needs_retime(records.get(case.key(n, device))) for n in plan.strategies_for(case))]
+    if not pending:
+        return False
+    print("jacobench: second process: each shape's contenders timed again in a fresh process", flush=True)
+    env = results.read_json(plan.folder / "env.json")
+    check = fresh_check.Check(plan.fidelity, records.values(), pending, _first_pass_s(env),
+                           {name: d.spec for name, d in plan.model_defs.items()}, plan.threads)
+    interrupted: list[bool] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(True))
+    second = Pass(plan, process=2, usual_s=_first_pass_usual(env))
+    try:
+        for n, (device, case) in enumerate(pending, start=1):
+            if interrupted:
+                break
+            check.time_fresh(device, case.shape_id)  # right before the worker: a slow moment hits both
+            shape = _shape_records(plan, records, device, case)
+            updated: list[CaseRecord] = []
+
+            def done(record: CaseRecord, predicts_larger: bool, updated: list[CaseRecord] = updated) -> None:
+                results.append_case(path, record)
+                updated.append(record)
+
+            second.retime(case, device, shape, done)
+            print(_progress_line(n, len(pending), device, case.shape_id, updated), flush=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        second.close(plan.folder, bool(interrupted))
+        check.save(plan.folder)
+    return bool(interrupted)
+
+
+def _needs_retime(record: CaseRecord | None) -> bool:
+    return record is not None and record.status == "ok" and bool(record.contender) and len(record.process_rounds) < 2
+
+
+def _shape_records(plan: RunPlan, records: dict[tuple, CaseRecord], device: str, case: Case) -> list[CaseRecord]:
+    return [r for r in (records.get(case.key(n, device)) for n in plan.strategies_for(case)) if r]
+
+
+def _first_pass_usual(env: dict[str, Any]) -> float | None:
+    """The usual calibration time of the run's first pass (its latest session): the speed the second is held to."""
+    first = [p for p in env.get("processes", []) if p.get("process") == 1 and p.get("calibration")]
+    return first[-1]["calibration"].get("usual_s") if first else None
+
+
+def _first_pass_s(env: dict[str, Any]) -> float:
+    return sum(p.get("wall_s", 0.0) for p in env.get("processes", []) if p.get("process") == 1)
+
+
+def _progress_line(n: int, total: int, device: str, shape: str, updated: list[CaseRecord]) -> str:
+    """"[  3/18] second process cpu-mlp-B32-H64-in8-out8: grad_batched 229 µs, jacobian_sum 241 µs"."""
+    from bench.schema import fmt_time
+
+    times = ", ".join(f"{r.strategy} {fmt_time(r.time_median_s)}" for r in updated) or "nothing to time"
+    return f"[{n:>4}/{total}] second process {device}-{shape}: {times}"
+
+
+def _pytest(plugin: Any, benchmark_json: Path) -> int:
+    """bench/run/suite.py under pytest with the run as a plugin; pytest's own terminal output is off (the plugin prints
+    a line per case)."""
+    import pytest
+
+    storage = tempfile.mkdtemp(prefix="jacobench-pytest-benchmark-")
+    try:
+        return pytest.main([
+            str(Path(__file__).parent / "suite.py"),
+            "-p", "no:cacheprovider", "-p", "no:terminal", "-s", "-W", "ignore::FutureWarning",
+            f"--rootdir={Path(__file__).parents[2]}",
+            f"--benchmark-json={benchmark_json}",
+            "--benchmark-storage", storage,  # unused (no --benchmark-save), but pytest-benchmark creates it
+        ], plugins=[plugin])
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+
+
+def exit_code(env: dict[str, Any], suite_ok: bool, folder: Path) -> int:
+    if env.get("interrupted"):
+        return EXIT_INTERRUPTED
+    counts = env.get("status_counts") or {}
+    if counts.get("error") and not counts.get("ok"):
+        print(f"jacobench: no case ran ok and {counts['error']} ended in error: see their messages in "
+              f"{folder / 'summary.csv'}", file=sys.stderr)
+        return 1
+    return 0 if suite_ok else 1

@@ -1,0 +1,105 @@
+"""A pass of a run: its shapes handed one by one to one worker process (bench/run/workers.py), and what came back.
+
+Pass 1 measures every case (validation, memory, timing); pass 2, in a second worker process, times each shape's
+contenders again, because a process sets the speed of some calls and a rerun is another process. The host never
+times anything itself: it decides what a worker need not run (bench/harness/skips.py), sends the rest, and writes
+what comes back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import strategies
+from bench.harness import machine, measure, runner, timing
+from bench.harness.runner import Outcome
+from bench.harness.skips import predicted_memory
+from bench.run import session
+from bench.run.workers import Worker
+from bench.schema import CaseRecord
+from bench.spec.grid import Case
+from bench.spec.plan import RunPlan
+
+Done = Callable[[CaseRecord, bool], None]  # a case's record, and whether its failure predicts larger shapes'
+
+
+class Pass:
+    """One worker process's pass over shapes; `close` records what it did in env.json."""
+
+    def __init__(self, plan: RunPlan, process: int, usual_s: float | None = None):
+        self.plan = plan
+        self.process = process
+        self.calibration = machine.Calibration(usual_s)  # pass 2 is held to pass 1's usual speed
+        self.phases = measure.Phases()  # seconds per phase of the harness, its children's included
+        self.started = time.perf_counter()
+        self._worker: Worker | None = None
+
+    @property
+    def worker(self) -> Worker:
+        if self._worker is None:
+            with self.phases("worker start"):
+                self._worker = Worker(self.plan.folder, self.process)
+        return self._worker
+
+    def measure(self, case: Case, device: str, names: list[str], done: Done) -> None:
+        """Pass 1: the named strategies of one shape, measured in a child of the worker."""
+        request = {"case": case.as_dict(), "device": device, "names": names}
+        finished, end = self._run(request, len(names), done)
+        for name in names:
+            if name not in finished:
+                status, message, larger = _unfinished(end)
+                done(runner.case_record(strategies.REGISTRY[name], case, device, Outcome(status, message), None,
+                                        predicted_memory(strategies.REGISTRY[name], case)), larger)
+
+    def retime(self, case: Case, device: str, records: list[CaseRecord], done: Done) -> None:
+        """Pass 2: one shape's contenders timed again (the child picks them: runner.to_retime)."""
+        request = {"case": case.as_dict(), "device": device, "records": [r.as_dict() for r in records]}
+        finished, end = self._run(request, len(records), done)
+        for r in runner.to_retime(records):
+            if r.strategy not in finished:
+                _, message, _ = _unfinished(end)
+                done(runner.added_process(r, None, timing.ShapeTiming([]), f"second process: {message}"), False)
+
+    def _run(self, request: dict[str, Any], cases: int, done: Done) -> tuple[set[str], dict[str, Any]]:
+        request["usual_s"] = self.calibration.usual_s()
+        budget = self.plan.grid.budget
+        guard_s = 2 * (budget.compile_s + 60 + cases * (20 * budget.target_s + timing.MIN_ROUNDS
+                                                        * self.plan.time_budget_s))
+        finished: set[str] = set()
+        end: dict[str, Any] = {"end": None}
+        for message in self.worker.measure(request, guard_s):
+            if "record" in message:
+                record = CaseRecord.from_dict(message["record"])
+                finished.add(record.strategy)
+                done(record, bool(message.get("predicts_larger")))
+            elif "process" in message:
+                self._note(message["process"])
+            elif "end" in message:
+                end = message
+        return finished, end
+
+    def _note(self, child: dict[str, Any]) -> None:
+        for phase, seconds in child.get("phases", {}).items():
+            self.phases.seconds[phase] += seconds
+        self.calibration.history += child.get("calibrations", [])
+        self.calibration.slow += child.get("slow", 0)
+
+    def close(self, folder: Path, interrupted: bool) -> None:
+        if self._worker is not None:
+            self._worker.close()
+        session.record_process(folder, self.process, self.phases.rounded(),
+                               self.calibration.summary(), time.perf_counter() - self.started, interrupted)
+
+
+def _unfinished(end: dict[str, Any]) -> tuple[str, str, bool]:
+    """(status, message, predicts larger shapes) of a case whose child ended before its record."""
+    code = end.get("end")
+    if end.get("killed_after_s"):
+        return ("timeout", f"the worker's child was silent for {end['killed_after_s']:.0f} s (a call that does not "
+                "return) and was killed", True)
+    if code is not None and code < 0:
+        return "error", f"the worker's child died of signal {-code} while measuring this shape", False
+    return "error", f"the worker's child ended (exit code {code}) before this case's record; see its traceback", False

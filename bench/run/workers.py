@@ -1,0 +1,116 @@
+"""The host's side of a worker process (bench/harness/worker.py): start it, hand it one shape at a time, read back
+what the shape's child measured, and end it.
+
+    with Worker(folder, process=1) as worker:
+        for message in worker.measure(request, guard_s):
+            ...  # {"record": ...}, {"process": ...}, then {"end": exit code}
+
+A child that dies (a crash in a strategy, out of memory, killed) ends its shape, not the run: `measure` ends with the
+child's exit code, and the host records the shape's unfinished cases. A child silent for `guard_s` (a call that hangs
+in native code, where no time limit inside the process can reach it) is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from bench.errors import BenchError
+
+STARTUP_S = 300.0  # the worker imports torch and plans the run before its first shape
+
+
+class WorkerError(BenchError):
+    pass
+
+
+class Worker:
+    """One worker process of a run, driven over its stdin and stdout (one JSON object per line)."""
+
+    def __init__(self, folder: Path, process: int):
+        self.process = process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.harness.worker", str(folder), str(process)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            start_new_session=True,  # a Ctrl-C at the terminal reaches the host, which stops after the current shape
+            cwd=Path(__file__).resolve().parents[2])
+        self.child: int | None = None
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.proc.stdout, selectors.EVENT_READ)
+        ready = self._read(STARTUP_S)
+        if ready is None or "ready" not in ready:
+            self.close()
+            raise WorkerError(f"worker process {process} did not start (exit code {self.proc.poll()}); see the "
+                              "lines above")
+
+    def measure(self, request: dict[str, Any], guard_s: float) -> Iterator[dict[str, Any]]:
+        """Send one shape; yield what its child writes, then {"end": exit code} (negative: the signal that ended
+        it). Silent for `guard_s`: the child is killed and the end says so."""
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        killed = False
+        while True:
+            message = self._read(guard_s)
+            if message is None and self.proc.poll() is not None:
+                raise WorkerError(f"worker process {self.process} ended (exit code {self.proc.returncode})")
+            if message is None:
+                self._kill_child()
+                killed = True
+                continue
+            if "child" in message:
+                self.child = message["child"]
+                continue
+            if "end" in message:
+                self.child = None
+                yield message | {"killed_after_s": guard_s if killed else None}
+                return
+            yield message
+
+    def _read(self, timeout_s: float) -> dict[str, Any] | None:
+        """The next JSON line, or None after `timeout_s` of silence or at the end of the stream."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._selector.select(left):
+                return None
+            line = self.proc.stdout.readline()
+            if not line:
+                return None
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:  # not ours (the worker's stdout is its protocol; prints go to stderr)
+                continue
+
+    def _kill_child(self) -> None:
+        if self.child is not None:
+            try:
+                os.kill(self.child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        """End the worker (and a child still running)."""
+        self._kill_child()
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self._selector.close()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,88 @@
+"""The fidelity check: which cases a run re-times in fresh processes, and what their ratios say."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench import fidelity
+from bench.run import fresh_check
+from bench.schema import CaseRecord, Sizes, shape_id
+
+
+def _record(strategy: str, batch: int, *, contender: bool = True, median: float = 1e-3, setup: float | None = None,
+            sd: float = 0.02) -> CaseRecord:
+    sizes = Sizes(batch, 64, 8, 8)
+    return CaseRecord(strategy=strategy, model="mlp", device="cpu", dtype="float32", **sizes._asdict(), status="ok",
+                      time_median_s=median, round_times_s=[median] * 7, process_rounds=[7], contender=contender,
+                      setup_s=setup, log_time_sd=sd,
+                      case_id=f"{strategy}-cpu-{shape_id('mlp', 'float32', sizes)}")
+
+
+def _pending(records: list[CaseRecord]) -> set[tuple[str, str]]:
+    return {(r.device, fresh_check._shape(r)) for r in records}
+
+
+def test_the_sample_covers_every_strategy_largest_shapes_contenders_first():
+    records = [_record(s, b, contender=(s != "slow")) for b in (8, 512, 64) for s in ("a", "b", "slow")]
+    picks = fresh_check.pick(records, _pending(records), budget_s=100.0)
+    picked = [r for rows in picks.values() for r in rows]
+    assert {r.strategy for r in picked} == {"a", "b", "slow"}
+    assert {r.batch for r in picked if r.strategy in ("a", "b")} == {512}  # the contenders of the largest shape
+    assert [r.batch for r in picked if r.strategy == "slow"] == [512]  # no contender anywhere: at its largest shape
+    assert len(picked) == 3  # each strategy once: the budget is not spent twice on one
+
+
+def test_the_sample_stays_within_its_budget():
+    records = [_record(s, b, setup=5.0 if s == "compiled" else None) for b in (8, 512) for s in ("a", "compiled")]
+    cost_one_process = fresh_check.START_S + fresh_check.PER_STRATEGY_S + 3 * 1e-3
+    picks = fresh_check.pick(records, _pending(records), budget_s=cost_one_process + 0.01)
+    picked = [r for rows in picks.values() for r in rows]
+    assert [r.strategy for r in picked] == ["a"]  # the compiled one (5 s of compiling) does not fit
+    assert fresh_check.pick(records, _pending(records), budget_s=1.0) == {}  # not even one process
+
+
+def test_only_shapes_still_to_time_again_are_sampled():
+    records = [_record("a", 512), _record("a", 8)]
+    picks = fresh_check.pick(records, {("cpu", fresh_check._shape(records[1]))}, budget_s=100.0)
+    assert [r.batch for rows in picks.values() for r in rows] == [8]
+
+
+def _fresh(record: CaseRecord, seconds: float, iqr: float = 0.0) -> dict:
+    return {"case_id": record.case_id, "strategy": record.strategy, "median_s": seconds, "iqr_s": iqr, "blocks": 10}
+
+
+def test_ratios_per_case_and_geometric_mean_per_strategy():
+    a1, a2, b1 = _record("a", 8, median=1.2e-3), _record("a", 64, median=0.9e-3), _record("b", 8, median=2e-3)
+    checked = fidelity.summarize({"fresh": [_fresh(a1, 1e-3), _fresh(a2, 1e-3), _fresh(b1, 2e-3)]}, [a1, a2, b1])
+    assert [c["ratio"] for c in checked["cases"]] == pytest.approx([1.2, 0.9, 1.0])
+    a = checked["strategies"]["a"]
+    assert a["ratio"] == pytest.approx(math.sqrt(1.2 * 0.9)) and a["cases"] == 2
+    assert a["low"] < a["ratio"] < a["high"]
+    assert checked["within_10pct"] == 2  # 0.9 and 1.0; 1.2 is off
+    assert checked["off"] == []  # a's geometric mean is 1.04
+
+
+def test_a_strategy_off_by_more_than_ten_percent_is_named():
+    slow = _record("linearize_batched", 32, median=1.4e-3)
+    checked = fidelity.summarize({"fresh": [_fresh(slow, 1e-3)]}, [slow])
+    assert checked["off"] == ["linearize_batched"]
+    line = fidelity.summary_line(checked)
+    assert "off by more than 10%: linearize_batched ×1.4" in line and "0 of 1 cases within ±10%" in line
+
+
+def test_one_case_gets_an_interval_from_its_own_uncertainty():
+    r = _record("a", 8, median=1e-3, sd=0.05)
+    s = fidelity.summarize({"fresh": [_fresh(r, 1e-3, iqr=1.349e-4)]}, [r])["strategies"]["a"]
+    assert s["low"] < 1 < s["high"]
+    assert math.log(s["high"]) == pytest.approx(1.96 * math.hypot(0.05, 0.1 / math.sqrt(10)))
+
+
+def test_fresh_timings_without_a_final_record_or_with_an_error_are_left_out():
+    r = _record("a", 8)
+    checked = fidelity.summarize({"fresh": [{"case_id": "gone", "median_s": 1.0},
+                                            {"case_id": r.case_id, "error": "RuntimeError: boom"}]}, [r])
+    assert checked["cases"] == [] and checked["strategies"] == {}
+    assert "no case was re-timed" in fidelity.summary_line(checked)
+    assert fidelity.summary_line(None) == ""
