@@ -39,10 +39,9 @@ class Worker:
     def __init__(self, folder: Path, process: int):
         self.process = process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.harness.worker", str(folder), str(process)],
+            [sys.executable, "-m", "bench.harness.worker", str(Path(folder).resolve()), str(process)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
-            start_new_session=True,  # a Ctrl-C at the terminal reaches the host, which stops after the current shape
-            cwd=Path(__file__).resolve().parents[2])
+            start_new_session=True)  # a Ctrl-C at the terminal reaches the host, which stops after the current shape
         self.child: int | None = None
         self._pending = b""  # bytes read past the last whole line
         self._selector = selectors.DefaultSelector()

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench import stats
+from bench import stack_depth, stats
 from bench.errors import BenchError
 from bench.harness import machine, measure, modes, reference, timing
 from bench.harness.runner import RETIME_MARGIN, validate
@@ -578,6 +578,9 @@ def explain(pick: Pick, model: nn.Module, settings: Settings, signature: Signatu
                                               for n in others))
     if pick.refused:
         lines += ["refused:", *grouped(pick.refused)]
+    depth = stack_depth.load_reference()
+    lines += [f"stack depth: {text}" for n in dict.fromkeys([pick.strategy, *pick.raced])
+              if (text := stack_depth.advice_for(n, depth))]
     name = RESULT_NAME.get(settings.quantity, "out")
     lines.append(f'use: {name} = tuned(x), or {name} = strategies.REGISTRY["{pick.strategy}"](model, x'
                  + (", create_graph=True)" if settings.mode == "train" else ")"))
