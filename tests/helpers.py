@@ -39,7 +39,7 @@ PLANTED = textwrap.dedent(
 
 
     def _crash(model, x):
-        """Correct at one sample; kills its process (a segfault in native code) from two samples on."""
+        """Kills its process (a segfault in native code) from two samples on (the harness's warm-up call has two)."""
         if x.shape[0] >= 2:
             import os
             import signal

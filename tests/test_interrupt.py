@@ -1,8 +1,10 @@
 """An interrupted call leaves torch as it found it: forward mode, torch.func transforms and grad modes.
 
-A time limit (SIGALRM) raises at whatever Python line is running, also inside torch.func.jvp between entering a
-forward-mode level and guarding it; the next strategy (or the user's program, for autotune) must still work. Here the
-interruption is placed deterministically, at the n-th line torch's own Python code runs, for many n.
+A time limit (SIGALRM, only ever in a worker's child) raises at whatever Python line is running, also inside
+torch.func.jvp between entering a forward-mode level and guarding it; the strategies after it in the same child must
+still work. Here the interruption is placed deterministically, at the n-th line torch's own Python code runs, for many
+n. (An interrupted make_fx trace, linearize_batched's, can abort the process from torch's C++ cleanup: that is why
+only a worker's child is ever interrupted; tests/test_workers.py shows a dying child ends its own case only.)
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ def test_train_mode_is_its_own_setting_in_every_file(train_run):
     assert set(s["mode"]) == {"jacobian", "train"}
     records = [json.loads(line) for line in (train_run / "cases.jsonl").read_text().splitlines()]
     assert all(r["case_id"].endswith("-train") == (r["mode"] == "train") for r in records)
-    playoffs = [json.loads(line) for line in (train_run / "playoffs.jsonl").read_text().splitlines()]
+    playoffs = [json.loads(line) for line in (train_run / "verdicts.jsonl").read_text().splitlines()]
     assert {p["mode"] for p in playoffs} == {"jacobian", "train"}
     report = (train_run / "report.md").read_text()
     assert "· train (J with its graph" in report and "## Training through the Jacobian" in report

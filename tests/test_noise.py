@@ -84,7 +84,7 @@ def test_every_shape_gets_a_verdict_from_interleaved_rounds(quiet_run):
         if len(p["contenders"]) > 1:
             assert p["rounds"] >= 7 and set(p["ratios"]) == set(p["contenders"]) - {p["best"]}
         assert (p["verdict"] == "tie") == bool(p["tied_with"])
-    assert "second process" in proc.stdout
+    assert "worker process 2" in proc.stdout
     best = best_per_shape(load_run(folder).frame, load_run(folder).playoffs)
     assert set(best["verdict"]) <= {"winner", "tie"} and (best["fastest"] != "analytic").all()
 

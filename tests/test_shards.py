@@ -135,7 +135,7 @@ def test_merged_shards_are_the_run_and_merging_again_changes_nothing(sharded, tm
     env = results.read_json(merged / "env.json")
     assert env["run_id"] == "s" and [s["index"] for s in env["shards"]] == [1, 2] and env["merged"]["missing"] == []
     assert env["status_counts"] == results.read_json(root / "results" / "whole" / "env.json")["status_counts"]
-    for name in ("summary.csv", "report.md", "report.html", "playoffs.jsonl", "benchmark.json"):
+    for name in ("summary.csv", "report.md", "report.html", "verdicts.jsonl", "benchmark.json"):
         assert (merged / name).is_file(), name
     benchmarks = json.loads((merged / "benchmark.json").read_text())["benchmarks"]
     per_case = [b for b in benchmarks if (b.get("extra_info") or {}).get("kind") == "case"]

@@ -22,12 +22,11 @@ def test_a_crashing_strategy_ends_its_own_case_and_the_run_goes_on(tmp_path):
                      "--run", "r", "--no-report", "--processes", "1", "--fidelity", "0", site=site)
     assert proc.returncode == 0, proc.stderr
     records = results.read_cases(tmp_path / "results" / "r" / "cases.jsonl")
-    crashed = [r for r in records if r.strategy == "planted_crash" and r.batch >= 2]
+    crashed = [r for r in records if r.strategy == "planted_crash"]  # (its warm-up call has two samples)
     assert crashed and all(r.status == "error" for r in crashed)
     assert all("died of signal 11 in planted_crash's first call" in r.message for r in crashed), crashed[0].message
     others = [r for r in records if r.strategy == "grad_loop" and r.model == "mlp"]
     assert others and all(r.status == "ok" for r in others)  # timed in a new child, after the crash
-    assert {r.status for r in records if r.strategy == "planted_crash" and r.batch == 1} == {"ok"}
 
 
 HANG = textwrap.dedent('''

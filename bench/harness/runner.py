@@ -84,9 +84,9 @@ class ShapeRunner:
             started = time.perf_counter()
             strategy = strategies.REGISTRY[name]
             try:
-                self.shapes.warm_up(case, device)
                 shape = self.shapes.prepare(case, device)
-                calling(name)  # a crash from here on is this strategy's
+                calling(name)  # a crash or a hang from here on is this strategy's
+                self.shapes.warm_up(case, device, [name])
                 outcome = self._validate(strategy, shape)
                 calling(None)
             except Exception as exc:  # a harness bug must not stop the run either

@@ -49,7 +49,7 @@ class ShapeCache:
         self.memory_budget = memory_budget  # device -> bytes
         self.phases = phases
         self._shape: PreparedShape | None = None
-        self.warmed: set[tuple[str, str]] = set()  # (device, model) warmed up
+        self.warmed: set[tuple[str, str, str]] = set()  # (device, model, strategy) warmed up
 
     def prepare(self, case: Case, device: str, with_reference: bool = True) -> PreparedShape:
         """Build (once per shape and device) the model and input, and the float64 reference when asked (the
@@ -91,10 +91,12 @@ class ShapeCache:
         """Call every strategy (or those named) once on a two-sample version of the case's model, outside any time
         limit: lazy imports (torch.func pulls in torch._dynamo and sympy), CUDA context and kernel loading happen
         here, never inside a timed or time-limited call (an import cut off by a time limit leaves torch
-        half-initialised)."""
-        if (device, case.model) in self.warmed:
+        half-initialised). Each (device, model, strategy) once."""
+        names = [n for n in (names or self.strategy_names) if (device, case.model, n) not in self.warmed
+                 and not strategies.REGISTRY[n].compiled]  # compiling is the case's own setup, timed apart
+        if not names:
             return
-        self.warmed.add((device, case.model))
+        self.warmed |= {(device, case.model, n) for n in names}
         with self.phases("warm-up"):
             torch.func.vmap(torch.func.jacrev(torch.sin))(torch.ones(2, 2))  # whatever the model, torch.func loads
             try:
@@ -104,9 +106,7 @@ class ShapeCache:
                 measure.peak_memory(lambda: model(x), device)
             except Exception:  # a model that cannot be built is measured (and reported) per case
                 return
-            for name in names or self.strategy_names:
-                if strategies.REGISTRY[name].compiled:
-                    continue  # compiling is the case's own setup, timed apart
+            for name in names:
                 try:
                     strategies.REGISTRY[name](model, x)
                 except Exception:

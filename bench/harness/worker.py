@@ -68,21 +68,25 @@ def _plan(folder: Path) -> tuple[Any, int]:
     return plan, int(env.get("threads") or 1)
 
 
-def _warm_up(plan: Any) -> set[tuple[str, str]]:
-    """Every eager strategy called once on a two-sample version of each model, on the CPU, on one thread (no OpenMP
-    thread may exist when a child is forked): the lazy imports and first-call setup every child would otherwise
-    repeat (torch.func pulls in torch._dynamo and sympy). The (device, model) pairs warmed."""
+def _warm_up(plan: Any) -> set[tuple[str, str, str]]:
+    """Every built-in eager strategy called once on a two-sample version of each model, on the CPU, on one thread
+    (no OpenMP thread may exist when a child is forked): the lazy imports and first-call setup every child would
+    otherwise repeat (torch.func pulls in torch._dynamo and sympy). A plugin's strategy is warmed in each child
+    instead: code that hangs or crashes there ends a child, not the worker. The (device, model, strategy) warmed."""
+    import strategies
     from bench.harness import measure
     from bench.harness.shapes import ShapeCache
 
+    built_in = [n for n in plan.strategy_names if strategies.REGISTRY[n].fn.__module__.startswith("strategies.")]
     cache = ShapeCache(plan.model_defs, plan.strategy_names, plan.time_budget_s, lambda device: 1 << 40,
                        measure.Phases())
     for case in {c.model: c for c in reversed(plan.cases)}.values():  # each model at its smallest shape
-        cache.warm_up(case, "cpu")
+        cache.warm_up(case, "cpu", built_in)
     return cache.warmed
 
 
-def _serve(plan: Any, process: int, request: dict[str, Any], out: IO[str], warm: set[tuple[str, str]]) -> None:
+def _serve(plan: Any, process: int, request: dict[str, Any], out: IO[str], warm: set[tuple[str, str, str]]
+           ) -> None:
     pid = os.fork()
     if pid == 0:
         code = 0
@@ -102,7 +106,8 @@ def _serve(plan: Any, process: int, request: dict[str, Any], out: IO[str], warm:
     out.flush()
 
 
-def _child(plan: Any, process: int, request: dict[str, Any], out: IO[str], warm: set[tuple[str, str]]) -> None:
+def _child(plan: Any, process: int, request: dict[str, Any], out: IO[str], warm: set[tuple[str, str, str]]
+           ) -> None:
     import torch
 
     from bench.harness import measure

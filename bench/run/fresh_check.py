@@ -27,6 +27,7 @@ from bench.errors import BenchError
 from bench.fidelity import TARGET
 from bench.harness import fresh
 from bench.schema import CaseRecord
+from bench.spec.models import resolve
 
 START_S = 3.0  # a fresh process's start (python, torch, the model) before its first call, until one is measured
 PER_STRATEGY_S = 0.6  # a strategy's warm-up call and Timer.blocked_autorange, besides its compiling
@@ -152,6 +153,7 @@ def measure_fidelity(folder: Path, cases: int = 5, repeats: int = 3, strategies:
     for r in picked:
         if r.model not in models:
             raise BenchError(f"model {r.model!r}: env.json does not say how to build it; rerun the benchmark")
+        resolve(models[r.model])  # one line (ModelError) when a user's model file moved since the run
     jobs = {r.case_id: fresh.spec(r, models[r.model], env.get("threads") or 0, [r.strategy]) for r in picked}
     timed: dict[str, list[float]] = {case: [] for case in jobs}
     order = random.Random(0)
