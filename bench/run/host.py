@@ -80,8 +80,8 @@ def second_pass(plan: RunPlan) -> bool:
     between its shapes; True when Ctrl-C stopped it."""
     path = plan.folder / "cases.jsonl"
     records = {r.key: r for r in results.read_cases(path)}
-    pending = [(device, case) for device in plan.devices for case in plan.cases
-               if any(_needs_retime(records.get(case.key(n, device))) for n in plan.strategies_for(case))]
+    pending = [(device, case) for device, case, names in reversed(list(plan.shapes()))  # largest first: the
+               if any(_needs_retime(records.get(case.key(n, device))) for n in names)]  # fidelity check's order
     if not pending:
         return False
     print("jacobench: second process: each shape's contenders timed again in a fresh process", flush=True)
