@@ -117,6 +117,7 @@ def read_everything(folder: Path, twin: Path) -> None:
 # set is printed whole instead)
 @settings(max_examples=EXAMPLES, deadline=None, phases=(Phase.explicit, Phase.reuse, Phase.generate),
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@pytest.mark.slow  # about 3 s per record set: a report, a compare and a finish each
 @given(records=run_records())
 def test_readers_survive_records_with_holes(records, tmp_path_factory):
     cases, verdicts = records
@@ -175,3 +176,14 @@ def test_finish_says_which_ratio_is_unpaired(tmp_path):
     (v,) = read_verdicts(tmp_path / "verdicts.jsonl")
     assert "no rounds paired" in v.message and all(x is not None for x in v.ratios["vmap_jacrev"])
     assert json.loads((tmp_path / "verdicts.jsonl").read_text())["verdict"] == "tie"
+
+
+def test_a_run_of_one_wrong_case_says_so(tmp_path):
+    shape = {"model": "heat.factory", "device": "cpu", "dtype": "float32", "batch": 16, "hidden": 0, "in_dim": 3,
+             "out_dim": 2}
+    folder = write_run(tmp_path / "one", [CaseRecord(strategy="grad_loop", status="wrong", max_abs_error=0.3,
+                                                     tolerance=1e-4, message="over tolerance", **shape)], [])
+    finish(folder)
+    text = build_report(folder).read_text()
+    assert "1 of 1 shapes have no valid strategy" in text and "heat.factory-B16-in3-out2 (cpu)" in text
+    assert "| hidden" not in text  # not an axis of a model of fixed sizes

@@ -72,6 +72,10 @@ USER_MODELS = textwrap.dedent(
         return nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 2)).double().eval()
 
 
+    def half(in_dim, hidden, out_dim):
+        return nn.Linear(in_dim, out_dim).half()
+
+
     class Loose(nn.Module):
         def __init__(self):
             super().__init__()
@@ -193,6 +197,8 @@ def test_a_float64_model_is_measured_as_built_unless_dtype_says(user_file):
     run = plan(model=f"{user_file}:double")
     assert {c.dtype for c in run.cases} == {"float64"}
     assert any("built in float64 and the grid says float32: measured in float64" in n for n in run.notes)
+    half = plan(model=f"{user_file}:half", grid="smoke")  # a sized factory too (it was refused before)
+    assert {c.dtype for c in half.cases} == {"float16"}
     cast = plan(model=f"{user_file}:double", dtype="float32")
     assert {c.dtype for c in cast.cases} == {"float32"}
     assert any("cast to float32, as DTYPE= says" in n for n in cast.notes)
@@ -208,6 +214,7 @@ def test_ids_leave_out_the_hidden_width_of_a_fixed_model():
     assert Sizes(16, 32, 3, 2).id == "B16-H32-in3-out2"
 
 
+@pytest.mark.slow
 def test_a_fixed_model_runs_end_to_end(user_file, tmp_path):
     """python -m bench run: hidden recorded as 0, the report opens, recommend reads it (hidden left out)."""
     (tmp_path / "tiny.toml").write_text("[base]\nbatch = 4\n[sweep]\nbatch = [1, 4]\n[budget]\ntarget_s = 0.01\n")
