@@ -8,6 +8,7 @@ GRID ?= default
 DEVICES ?=
 STRATEGIES ?=
 MODEL ?=
+IN_DIM ?=
 MODE ?=
 QUANTITY ?=
 DTYPE ?=
@@ -50,6 +51,7 @@ BENCH_ARGS := --grid '$(GRID)' \
 	$(if $(DEVICES),--devices '$(DEVICES)') \
 	$(if $(STRATEGIES),--strategies '$(STRATEGIES)') \
 	$(if $(MODEL),--model '$(MODEL)') \
+	$(if $(IN_DIM),--in-dim '$(IN_DIM)') \
 	$(if $(MODE),--mode '$(MODE)') \
 	$(if $(QUANTITY),--quantity '$(QUANTITY)') \
 	$(if $(DTYPE),--dtype '$(DTYPE)') \

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.errors import BenchError
-from bench.schema import QUANTITIES
+from bench.schema import FIXED_HIDDEN, QUANTITIES
 from bench.spec import settings
 
 if TYPE_CHECKING:  # the harness is imported when a run starts, not for `report` or `grids`
@@ -38,6 +38,11 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
+
+
+def _size_or_fixed(text: str) -> int:
+    """A positive width, or 0: the hidden width recorded for a model of fixed sizes."""
+    return FIXED_HIDDEN if text.strip() == str(FIXED_HIDDEN) else _positive_int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +110,8 @@ def _add_recommend(sub: argparse._SubParsersAction) -> None:
     rec = sub.add_parser("recommend", help="the best measured strategy for a shape")
     rec.add_argument("--results", nargs="+", required=True, metavar="DIR")
     rec.add_argument("--batch", type=_positive_int, required=True)
-    rec.add_argument("--hidden", type=_positive_int, required=True)
+    rec.add_argument("--hidden", type=_size_or_fixed, default=FIXED_HIDDEN,
+                     help="hidden width (leave out for a model of fixed sizes: its runs record 0)")
     rec.add_argument("--in-dim", type=_positive_int, required=True)
     rec.add_argument("--out-dim", type=_positive_int, required=True)
     rec.add_argument("--device", default=None)

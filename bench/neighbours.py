@@ -12,14 +12,24 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bench.schema import FIXED_HIDDEN
+
 K_NEAREST = 4
 POWER = 2.0
 EXACT = 1e-9  # a distance below this is the same point
 
 
+# The width a model of fixed sizes (hidden recorded as FIXED_HIDDEN: not one of its axes, its width unknown) is taken
+# to have when its sizes are set beside others': a common width, so its cost is interpolated, never extrapolated to 1.
+FIXED_MODEL_WIDTH = 64
+
+
 def log2_sizes(rows: Sequence[Sequence[float]]) -> np.ndarray:
     """[n, 4] log2 of (batch, hidden, in_dim, out_dim) rows."""
-    return np.log2(np.asarray(rows, dtype=float).reshape(len(rows), -1))
+    sizes = np.asarray(rows, dtype=float).reshape(len(rows), -1)  # [n, 4]
+    if sizes.shape[1] > 1:
+        sizes[:, 1] = np.where(sizes[:, 1] == FIXED_HIDDEN, FIXED_MODEL_WIDTH, sizes[:, 1])
+    return np.log2(sizes)
 
 
 def idw(distances: np.ndarray, values: np.ndarray, k: int = K_NEAREST, power: float = POWER

@@ -65,6 +65,10 @@ def eager_twin(strategy: str) -> str | None:
 
 # ---- sizes, shapes, cases and their ids ------------------------------------------------------------------------------
 
+# The hidden width recorded for a model of fixed sizes (a factory that takes no arguments): not an axis of it.
+FIXED_HIDDEN = 0
+
+
 class Sizes(NamedTuple):
     """The four swept sizes of a shape, always together and always in this order."""
 
@@ -75,8 +79,9 @@ class Sizes(NamedTuple):
 
     @property
     def id(self) -> str:
-        """B64-H256-in16-out16."""
-        return f"B{self.batch}-H{self.hidden}-in{self.in_dim}-out{self.out_dim}"
+        """B64-H256-in16-out16; B64-in3-out2 for a model of fixed sizes (hidden is not one of its axes)."""
+        hidden = "" if self.hidden == FIXED_HIDDEN else f"-H{self.hidden}"
+        return f"B{self.batch}{hidden}-in{self.in_dim}-out{self.out_dim}"
 
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> Sizes:

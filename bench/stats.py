@@ -77,7 +77,7 @@ class Verdict:
         """The first tied contender, else the closest one."""
         if self.tied_with:
             return self.tied_with[0]
-        return min(self.ratios, key=lambda name: self.ratios[name][0]) if self.ratios else None
+        return min(self.ratios, key=lambda name: _order(self.ratios[name])) if self.ratios else None
 
 
 def is_contender(time_s: float, best_s: float) -> bool:
@@ -85,12 +85,30 @@ def is_contender(time_s: float, best_s: float) -> bool:
     return time_s <= CONTENDER_MARGIN * best_s
 
 
+def as_interval(value: object) -> Interval:
+    """(estimate, low, high) from whatever a record holds: a missing, null, NaN or short entry reads as NaN (unknown).
+    Result files write NaN and inf as null (strict JSON has neither)."""
+    items = list(value) if isinstance(value, list | tuple) else []
+    numbers = [float(v) if isinstance(v, int | float) and not isinstance(v, bool) else math.nan for v in items[:3]]
+    return tuple(numbers + [math.nan] * (3 - len(numbers)))  # type: ignore[return-value]
+
+
+def _known(x: float) -> bool:
+    return not math.isnan(x)
+
+
 def verdict_of(best: str, ratios: Mapping[str, Interval]) -> Verdict:
     """The tie rule: a contender whose ratio interval reaches down to TIE_MARGIN ties with the best; with no tie,
-    the best is the winner."""
-    ratios = dict(ratios)
-    tied = sorted((n for n, (_, low, _) in ratios.items() if low <= TIE_MARGIN), key=lambda n: ratios[n][0])
+    the best is the winner. A contender whose interval is unknown (NaN or null: no rounds to pair) is not surely
+    slower: it ties, listed after those with a known ratio."""
+    ratios = {name: as_interval(r) for name, r in ratios.items()}
+    tied = sorted((n for n, (_, low, _) in ratios.items() if not low > TIE_MARGIN), key=lambda n: _order(ratios[n]))
     return Verdict(best=best, verdict="tie" if tied else "winner", tied_with=tied, ratios=ratios)
+
+
+def _order(interval: Interval) -> tuple[bool, float]:
+    """Known ratios first, smallest first; unknown ones last."""
+    return (not _known(interval[0]), interval[0] if _known(interval[0]) else 0.0)
 
 
 def decide(round_times: Mapping[str, Sequence[float]]) -> Verdict:
@@ -142,12 +160,20 @@ def log_median_se(samples: Sequence[float]) -> float:
 
 
 def by_process(values: Sequence[float], process_rounds: Sequence[int]) -> list[np.ndarray]:
-    """The rounds of each process, in order: process_rounds = [rounds of the first process, of the second, ...]."""
+    """The rounds of each process that kept any, in order: process_rounds = [rounds of the first process, of the
+    second, ...]."""
+    return [part for part in each_process(values, process_rounds) if len(part)]
+
+
+def each_process(values: Sequence[float], process_rounds: Sequence[int]) -> list[np.ndarray]:
+    """The rounds of every process, in order, empty where a process kept none: part i is process i's, so two
+    strategies' parts pair process by process. Counts that do not add up to the rounds read as one process."""
     values = np.asarray(values, dtype=float)
-    if not process_rounds or sum(process_rounds) != len(values):
+    counts = list(process_rounds or [])
+    if not counts or any(not isinstance(c, int) or c < 0 for c in counts) or sum(counts) != len(values):
         return [values] if len(values) else []
-    edges = np.cumsum([0, *process_rounds])
-    return [values[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+    edges = np.cumsum([0, *counts])
+    return [values[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
 @dataclass(frozen=True)
@@ -161,13 +187,16 @@ class Spread:
     gap: float | None = None  # ln median of the first process minus that of the second (two processes)
     within_each: float = 0.0  # the mean variance of one process's ln median from its own rounds
     gaps: tuple[float, ...] = ()  # ln median of each process minus that of the next (two or more processes)
+    paired: bool = True  # a ratio from rounds timed side by side (False: two medians timed apart, unpaired_spread)
 
 
 def spread(values: Sequence[float], process_rounds: Sequence[int], center: float | None = None) -> Spread:
     """The Spread of positive values (seconds per call, or paired ratios) measured in one or more processes."""
-    parts = [p for p in by_process(values, process_rounds) if len(p)]
-    if not parts:
+    every = by_process(values, process_rounds)
+    if not every:
         return Spread(math.nan, math.inf, None, 0)
+    # a process that kept one round has no spread of its own: its round counts in the center only
+    parts = [p for p in every if len(p) >= 2] or every
     ses = [log_median_se(p) for p in parts]
     within = sum(se**2 for se in ses) / len(parts) ** 2
     excess = gap = None
@@ -179,7 +208,7 @@ def spread(values: Sequence[float], process_rounds: Sequence[int], center: float
         gaps = tuple(float(a - b) for a, b in zip(medians[:-1], medians[1:], strict=True))
         gap = gaps[0]
     if center is None:
-        center = float(np.log(np.median(np.concatenate(parts))))
+        center = float(np.log(np.median(np.concatenate(every))))
     return Spread(center, within, excess, len(parts), gap, within_each, gaps)
 
 
@@ -234,6 +263,7 @@ def paired_log_ratios(slower: Rounds, faster: Rounds) -> tuple[list[float], list
             pairs = [(v, at[s]) for s, v in zip(sweeps_a, a, strict=True) if s in at]
         else:
             pairs = list(zip(a, b, strict=False))
+        pairs = [(x, y) for x, y in pairs if x > 0 and y > 0 and math.isfinite(x) and math.isfinite(y)]
         ratios += [x / y for x, y in pairs]
         counts.append(len(pairs))
     return ratios, counts
@@ -242,11 +272,11 @@ def paired_log_ratios(slower: Rounds, faster: Rounds) -> tuple[list[float], list
 def _with_sweeps(rounds: Rounds) -> list[tuple[np.ndarray, list[int] | None]]:
     """Each process's rounds with their sweeps (None where the record has no sweeps for them)."""
     values, process_rounds, *rest = rounds
-    sweeps = rest[0] if rest else []
-    parts = by_process(values, process_rounds)
-    if len(sweeps) != len(values):
+    sweeps = list(rest[0] or []) if rest else []
+    parts = each_process(values, process_rounds)
+    if len(sweeps) != len(values) or not all(isinstance(s, int | float) for s in sweeps):
         return [(part, None) for part in parts]
-    return list(zip(parts, [[int(s) for s in part] for part in by_process(sweeps, process_rounds)], strict=True))
+    return list(zip(parts, [[int(s) for s in part] for part in each_process(sweeps, process_rounds)], strict=True))
 
 
 def significantly_different(a: float, sd_a: float, b: float, sd_b: float) -> Interval:
@@ -263,14 +293,27 @@ Rounds = tuple[Sequence[float], Sequence[int]] | tuple[Sequence[float], Sequence
 def ratio_spreads(contenders: Mapping[str, Rounds]) -> tuple[str, dict[str, Spread]]:
     """The fastest contender (lowest median of all its rounds) and the Spread of every other one's paired ratio to
     it, process by process."""
-    medians = {name: float(np.median(rounds[0])) for name, rounds in contenders.items()}
+    medians = {name: float(np.median(rounds[0])) if len(rounds[0]) else math.inf
+               for name, rounds in contenders.items()}
     best = min(medians, key=medians.__getitem__)
     spreads = {}
     for name, rounds in contenders.items():
         if name != best:
             ratios, paired = paired_log_ratios(rounds, contenders[best])
-            spreads[name] = spread(ratios, paired)
+            enough = sum(n >= 2 for n in paired) > 0  # a process with two paired rounds has a spread of its own
+            spreads[name] = spread(ratios, paired) if enough else unpaired_spread(rounds[0], contenders[best][0])
     return best, spreads
+
+
+def unpaired_spread(slower: Sequence[float], faster: Sequence[float]) -> Spread:
+    """The Spread of median(slower) / median(faster) when the two strategies share no rounds timed side by side (one
+    was re-timed in sweeps the other did not run, or kept a single round): each median's own noise, no pairing to
+    cancel a slow moment. `paired` says so; with fewer than two rounds on a side the interval is unbounded."""
+    a, b = (np.asarray([v for v in x if v > 0 and math.isfinite(v)], dtype=float) for x in (slower, faster))
+    if not len(a) or not len(b):
+        return Spread(math.nan, math.inf, None, 0, paired=False)
+    center = float(np.log(np.median(a)) - np.log(np.median(b)))
+    return Spread(center, log_median_se(a) ** 2 + log_median_se(b) ** 2, None, 1, paired=False)
 
 
 def decide_spreads(best: str, spreads: Mapping[str, Spread], pooled: float) -> Verdict:

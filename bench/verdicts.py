@@ -97,8 +97,22 @@ def verdicts(records: list[CaseRecord], model: Noise) -> list[VerdictRecord]:
             ratios={k: list(v) for k, v in verdict.ratios.items()}, contenders=[r.strategy for r in contenders],
             rounds=min((len(r.round_times_s) for r in contenders), default=0),
             processes=max((len(r.process_rounds) for r in contenders), default=1),
-            unstable=bool(unstable), message="; ".join(f"{r.strategy}: {r.message}" for r in unstable)))
+            unstable=bool(unstable), message="; ".join([*(f"{r.strategy}: {r.message}" for r in unstable),
+                                                         *_ratio_notes(best, spreads, verdict.ratios)])))
     return found
+
+
+def _ratio_notes(best: str, spreads: dict[str, stats.Spread], ratios: dict[str, stats.Interval]) -> list[str]:
+    """What a reader must know about a ratio that is not what the verdict usually rests on: one from two medians
+    timed apart (no rounds paired with the best's), or one that is unknown (a tie by the rule: not surely slower)."""
+    notes = []
+    for name, s in spreads.items():
+        estimate, low, high = ratios[name]
+        if not all(math.isfinite(v) for v in (estimate, low, high)):
+            notes.append(f"{name}: ratio to {best} unknown or unbounded (too few rounds); counted as a tie")
+        elif not s.paired:
+            notes.append(f"{name}: no rounds paired with {best}'s; ratio of the two medians timed apart")
+    return notes
 
 
 def shape_key(record: CaseRecord | VerdictRecord) -> tuple:
@@ -124,10 +138,15 @@ def _ratio_spreads(shape: list[CaseRecord]) -> tuple[str | None, dict[str, stats
 
 def _lead(shape: list[CaseRecord], best: str) -> list[float] | None:
     """A sole contender's lead: the next strategy's median over its own (no paired rounds: a point ratio)."""
-    medians = sorted((r.time_median_s, r.strategy) for r in shape)
+    medians = sorted((r.time_median_s, r.strategy) for r in shape if _positive(r.time_median_s))
     following = [m for m, name in medians if name != best]
-    lead = following[0] / next(m for m, name in medians if name == best) if following else None
+    own = [m for m, name in medians if name == best]
+    lead = following[0] / own[0] if following and own else None
     return [lead] * 3 if lead else None
+
+
+def _positive(value: float | None) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
 def benchmark_entries(records: Iterable[CaseRecord]) -> list[dict[str, Any]]:

@@ -67,7 +67,7 @@ def test_also_blocks_inherit_base_and_models_override(tmp_path):
         (BASE + "[sweep]\nbatch = 4\n", "sweep.batch"),
         (BASE.replace("batch = 8", "batch = true"), "base.batch"),
         (BASE + "colour = 1\n", "base.colour"),
-        (BASE.replace("hidden = 16\n", ""), "base"),
+        (BASE.replace("batch = 8\n", ""), "base"),  # hidden, in, out may be left out (fixed sizes), not batch
         ("models = ['mlp']\n", "base"),
         ("models = []\n" + BASE, "models"),
         ("dtypes = ['float8']\n" + BASE, "dtypes"),

@@ -80,8 +80,6 @@ BAD_INPUTS = {
                               "model(x) returned a tuple, expected a Tensor (2, out)"),
     "factory raises": (["run", "--grid", "smoke", "--model", "models.py:broken"],
                        "factory(in_dim=3, hidden=16, out_dim=2) raised ValueError: no such layer"),
-    "float16 model in a float32 run": (["run", "--grid", "smoke", "--model", "models.py:half"],
-                                       "builds float16 parameters but the run measures float32; set DTYPE=float16"),
     "unknown dtype": (["run", "--grid", "smoke", "--dtype", "float8"], "unknown dtype 'float8'"),
     "bad threads": (["run", "--grid", "smoke", "--threads", "0"], "THREADS='0'"),
     "unknown mode": (["run", "--grid", "smoke", "--mode", "training"], "unknown mode 'training'"),

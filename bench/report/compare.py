@@ -22,7 +22,17 @@ from bench.report.frames import LoadedRun, load_run, quantity_rank, quantity_tit
 from bench.report.plots import save, speedup_vs_batch
 from bench.report.tables import NONE_VALID, best_per_shape, env_table, fmt_interval, verdict_cell
 from bench.results import ResultsError
-from bench.schema import AXES, DEVICE_ORDER, KEY_COLUMNS, SHAPE_COLUMNS, fmt_ratio, fmt_time, sizes_id, slug
+from bench.schema import (
+    AXES,
+    DEVICE_ORDER,
+    FIXED_HIDDEN,
+    KEY_COLUMNS,
+    SHAPE_COLUMNS,
+    fmt_ratio,
+    fmt_time,
+    sizes_id,
+    slug,
+)
 from bench.stats import ratio_of_medians, significant, significantly_different
 
 JOIN = [k for k in KEY_COLUMNS if k != "device"]
@@ -183,7 +193,8 @@ def pair_sections(a: Side, b: Side, both: pd.DataFrame, plot_dir: Path) -> list[
 
 
 def _fixed(line: pd.DataFrame) -> str:
-    return ", ".join(f"{a}={line[a].iloc[0]}" for a in ("hidden", "in_dim", "out_dim"))
+    return ", ".join(f"{a}={line[a].iloc[0]}" for a in ("hidden", "in_dim", "out_dim")
+                     if not (a == "hidden" and line[a].iloc[0] == FIXED_HIDDEN))
 
 
 def _at(rows: pd.DataFrame, end: str) -> str:

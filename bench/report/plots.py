@@ -25,6 +25,7 @@ from bench.schema import (
     AXES,
     AXIS_LABEL,
     FAILED,
+    FIXED_HIDDEN,
     SETTING,
     SHAPE_COLUMNS,
     eager_twin,
@@ -150,7 +151,8 @@ def plot_run(run: LoadedRun, out_dir: Path) -> dict[str, Path]:
 
 def _fixed(line: pd.DataFrame, axis: str) -> str:
     short = {"batch": "B", "hidden": "H", "in_dim": "in", "out_dim": "out"}
-    return ", ".join(f"{short[a]}={line[a].iloc[0]}" for a in AXES if a != axis)
+    return ", ".join(f"{short[a]}={line[a].iloc[0]}" for a in AXES
+                     if a != axis and not (a == "hidden" and line[a].iloc[0] == FIXED_HIDDEN))
 
 
 def _lines(ax: Any, line: pd.DataFrame, axis: str, column: str, forward: bool = False) -> None:

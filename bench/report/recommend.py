@@ -19,7 +19,7 @@ import pandas as pd
 from bench.report.frames import load_run
 from bench.report.tables import NONE_VALID, best_per_shape, playoffs_among
 from bench.results import ResultsError
-from bench.schema import AXES, SETTING, sizes_id
+from bench.schema import AXES, FIXED_HIDDEN, SETTING, sizes_id
 
 K_NEAREST = 4
 POWER = 2.0  # inverse-distance exponent
@@ -46,7 +46,8 @@ def recommend(run_dirs: list[Path], batch: int, hidden: int, in_dim: int, out_di
     frame = frame[(frame["quantity"] == quantity) & ~frame["closed_form"] & frame["peer"].eq("")]
     shape = {"batch": batch, "hidden": hidden, "in_dim": in_dim, "out_dim": out_dim}
     for axis, value in shape.items():
-        if not isinstance(value, (int, np.integer)) or value < 1:
+        smallest = FIXED_HIDDEN if axis == "hidden" else 1  # hidden 0: a model of fixed sizes
+        if not isinstance(value, (int, np.integer)) or value < smallest:
             raise ResultsError(f"--{axis.replace('_', '-')} must be a positive integer, not {value!r}")
     model = model or _pick(frame["model"], "mlp")
     dtype = dtype or _pick(frame["dtype"], "float32")
@@ -77,7 +78,7 @@ def _pick(values: pd.Series, preferred: str) -> str:
 
 def predict(part: pd.DataFrame, shape: dict[str, int]) -> dict[str, Any] | None:
     """Recommendation inside one (model, device, dtype) frame; None when no strategy is a candidate."""
-    target = np.log2([shape[a] for a in AXES])
+    target = _log_sizes(np.array([shape[a] for a in AXES], dtype=float))
     expected: dict[str, float] = {}
     basis: dict[str, str] = {}
     unstable: dict[str, bool] = {}  # a measurement it rests on was timed under disturbance
@@ -87,7 +88,7 @@ def predict(part: pd.DataFrame, shape: dict[str, int]) -> dict[str, Any] | None:
         if rows["estimator"].any():
             continue  # a stochastic estimate: never a recommendation against exact strategies
         ok = rows["status"].eq("ok") & rows["time_median_s"].gt(0)
-        dist = np.sqrt(((np.log2(rows[AXES].to_numpy(float)) - target) ** 2).sum(axis=1))
+        dist = np.sqrt(((_log_sizes(rows[AXES].to_numpy(float)) - target) ** 2).sum(axis=1))
         order = np.argsort(dist, kind="stable")
         nearest = order[:K_NEAREST]
         if not ok.iloc[nearest[0]]:
@@ -123,6 +124,11 @@ def predict(part: pd.DataFrame, shape: dict[str, int]) -> dict[str, Any] | None:
         "unstable": unstable[best],
         "candidates": dict(ranked),
     }
+
+
+def _log_sizes(sizes: np.ndarray) -> np.ndarray:
+    """log2 of the sizes; the hidden width 0 of a model of fixed sizes counts as 1 (not an axis: no distance)."""
+    return np.log2(np.maximum(sizes, 1))
 
 
 def measured_at(run_dirs: list[Path], device: str, dtype: str, mode: str, batch: int, in_dim: int, out_dim: int,

@@ -28,6 +28,7 @@ from bench.report.frames import (
     setting_tag,
     where_label,
 )
+from bench.report.missing import missing_lines
 from bench.report.plots import plot_run
 from bench.report.tables import (
     best_per_shape,
@@ -155,7 +156,7 @@ def run_warnings(run: LoadedRun) -> list[str]:
         out.append(f"{name}: the run's numbers are {fmt_ratio(s['ratio'])} ({fmt_ratio(s['low'])}–"
                    f"{fmt_ratio(s['high'])}) what the same call costs in a fresh process (torch.utils.benchmark.Timer, "
                    f"{s['cases']} cases): off by more than {fidelity.TARGET:.0%}")
-    return out
+    return out + missing_lines(run.frame, run.playoffs)
 
 
 @dataclass

@@ -16,6 +16,7 @@ import pandas as pd
 from bench.report.frames import strategy_order, sweep_line
 from bench.schema import (
     AXES,
+    FIXED_HIDDEN,
     SETTING,
     SHAPE_COLUMNS,
     STATUSES,
@@ -26,7 +27,7 @@ from bench.schema import (
     sizes_id,
     status_kind,
 )
-from bench.stats import is_contender, ratio_of_medians, verdict_of
+from bench.stats import as_interval, is_contender, ratio_of_medians, verdict_of
 
 Formatter = Callable[[float], str]
 
@@ -64,7 +65,7 @@ def best_per_shape(frame: pd.DataFrame, playoffs: pd.DataFrame | None = None) ->
             row.update(best_s=best["time_median_s"], best_ci_low_s=best["time_ci_low_s"],
                        best_ci_high_s=best["time_ci_high_s"], jf_best=best["jf_ratio"],
                        vs_analytic=best["time_median_s"] / row["analytic_s"])
-            if row["runner_up"]:
+            if row["runner_up"] in by.index:  # a verdict's runner-up may have no valid time left (a rerun's record)
                 row["runner_up_s"] = by.loc[row["runner_up"], "time_median_s"]
             eager = auto[~auto["compiled"]]  # for whoever cannot or will not compile: first timings
             if len(eager):
@@ -85,7 +86,7 @@ def playoffs_among(playoffs: pd.DataFrame | None, names: set[str]) -> pd.DataFra
             continue
         ratios = p["ratios"] if isinstance(p["ratios"], dict) else {}
         if ratios or p["verdict"] != "tie":
-            verdict = verdict_of(p["best"], {n: tuple(r) for n, r in ratios.items() if n in names})
+            verdict = verdict_of(p["best"], {n: r for n, r in ratios.items() if n in names})
             tied, runner_up = verdict.tied_with, verdict.runner_up
             ratio = list(verdict.ratios[runner_up]) if runner_up else None
         else:  # a record without its ratios: the ties that are left
@@ -99,7 +100,7 @@ def playoffs_among(playoffs: pd.DataFrame | None, names: set[str]) -> pd.DataFra
 def _verdict(auto: pd.DataFrame, playoff: pd.Series | None) -> dict[str, Any]:
     """fastest, verdict, tied_with, runner-up and its ratio: from the playoff record, else from the first timings."""
     if playoff is not None and playoff["best"] in set(auto["strategy"]):
-        ratio = playoff["runner_up_ratio"] if isinstance(playoff["runner_up_ratio"], list) else [math.nan] * 3
+        ratio = as_interval(playoff["runner_up_ratio"])  # null or missing numbers read as NaN: shown as —
         return {"fastest": playoff["best"], "verdict": playoff["verdict"], "tied_with": list(playoff["tied_with"]),
                 "runner_up": playoff["runner_up"] if isinstance(playoff["runner_up"], str) else "",
                 "runner_up_ratio": ratio[0], "runner_up_ratio_low": ratio[1],
@@ -131,9 +132,16 @@ def cell(row: pd.Series, column: str, fmt: Formatter) -> str:
     return fmt(value) if value is not None and not pd.isna(value) else "—"
 
 
+def shown(columns: list[str], rows: pd.DataFrame) -> list[str]:
+    """The columns a display table shows: hidden left out where every row is a model of fixed sizes (hidden is not
+    one of its axes; the CSV of numbers keeps the 0 it records)."""
+    fixed = "hidden" in rows and len(rows) > 0 and rows["hidden"].eq(FIXED_HIDDEN).all()
+    return [c for c in columns if not (fixed and c == "hidden")]
+
+
 def cases_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Every case, display strings: the long table behind all others."""
-    out = frame[["device", "model", "dtype", "mode", "quantity", *AXES, "strategy", "status"]].copy()
+    out = frame[shown(["device", "model", "dtype", "mode", "quantity", *AXES, "strategy", "status"], frame)].copy()
     rows = [r for _, r in frame.iterrows()]
     out["time"] = [cell(r, "time_median_s", fmt_time) + (" (unstable)" if r["unstable"] else "") for r in rows]
     out["95% CI"] = [f"{fmt_time(r['time_ci_low_s'])}–{fmt_time(r['time_ci_high_s'])}"
@@ -187,7 +195,7 @@ def best_table(best: pd.DataFrame) -> pd.DataFrame:
     """best_per_shape as display strings (the quantity shown only where the rows hold several: a report's section
     per quantity names it)."""
     shape = SHAPE_COLUMNS if best["quantity"].nunique() > 1 else [c for c in SHAPE_COLUMNS if c != "quantity"]
-    out = best[shape].copy()
+    out = best[shown(shape, best)].copy()
     out["fastest autodiff"] = best["fastest"]
     out["verdict"] = [verdict_text(r) for _, r in best.iterrows()]
     out["time [95% CI]"] = [f"{fmt_time(r.best_s)} [{fmt_time(r.best_ci_low_s)}–{fmt_time(r.best_ci_high_s)}]"
@@ -212,10 +220,12 @@ def verdict_text(row: pd.Series) -> str:
 
 
 def fmt_interval(ratio: float, low: float, high: float, interval: bool = True) -> str:
-    """×1.21 [1.10–1.35]: a ratio with its 95% interval (the point alone when no interval was measured)."""
-    if not interval or pd.isna(low):
+    """×1.21 [1.10–1.35]: a ratio with its 95% interval (the point alone when no interval was measured; "?" for an
+    end the run could not bound, — for an unknown ratio)."""
+    if not interval or (pd.isna(low) and pd.isna(high)):
         return fmt_ratio(ratio)
-    return f"{fmt_ratio(ratio)} [{low:.2f}–{high:.2f}]"
+    ends = [f"{v:.2f}" if pd.notna(v) and math.isfinite(v) else "?" for v in (low, high)]
+    return f"{fmt_ratio(ratio)} [{ends[0]}–{ends[1]}]"
 
 
 def break_even(part: pd.DataFrame) -> pd.DataFrame:
@@ -268,7 +278,7 @@ def training_table(best: pd.DataFrame, quantity: str = "jacobian") -> pd.DataFra
     if both.empty:
         return pd.DataFrame()
     alone, step, ratio = TRAIN_HEADERS.get(quantity, TRAIN_HEADERS["jacobian"])
-    out = both[shape].copy()
+    out = both[shown(shape, both)].copy()
     out[alone] = [verdict_cell(r, "_j") for _, r in both.iterrows()]
     out[step] = [verdict_cell(r, "_t") for _, r in both.iterrows()]
     out[ratio] = (both["best_s_t"] / both["best_s_j"]).map(fmt_ratio)

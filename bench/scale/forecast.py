@@ -136,7 +136,7 @@ def unit_costs(plan: RunPlan, model: CostModel) -> dict[Unit, float]:
 
 
 def _notes(plan: RunPlan, model: CostModel, budgets: dict[str, int | None]) -> list[str]:
-    notes = []
+    notes = list(plan.notes)  # what the run itself would say first: a model's fixed sizes, its dtype, ...
     measured = model.devices
     for kind in sorted({costs.device_kind(d) for d in plan.devices} - measured):
         if measured:

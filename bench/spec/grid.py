@@ -1,31 +1,16 @@
 """Grid presets (TOML) and their expansion into cases.
 
-A preset is data, validated on load:
+A preset is data, validated on load: every key, its meaning and default are in docs/grids.md. An unknown key or a
+wrong value is a GridError of one line naming the file and the key.
 
-    description = "..."
-    models = ["mlp"]            # model presets (bench/spec/models.py); MODEL= overrides
-    dtypes = ["float32"]
-    modes = ["jacobian"]        # "jacobian" and/or "train" (a training step through J, run/modes.py); MODE= overrides
-    quantities = ["jacobian"]   # "jacobian", "hessian", "laplacian": what each shape computes; QUANTITY= overrides
-    compiled = false            # true: the compiled strategies run on this block's shapes too (compiling takes seconds)
-    [base]    batch, hidden, in_dim, out_dim      # the point every sweep passes through
-    [sweep]   axis = [values]                     # one-axis sweeps from the base point
-    [plane]   in_dim = [...], out_dim = [...]     # the in × out plane at the base batch and hidden
-    [cartesian] axis = [values]                   # the full product (axes not given stay at base)
-    [budget]  time_s, memory_fraction, target_s, settle_s, compile_s  # per-case limits and timing effort
-    [[also]]  models, dtypes, modes, quantities, base, sweep, ...  # more blocks; each inherits models, dtypes, modes,
-                                                                   # quantities and base axes
-
-
-`expand(grid)` yields one Case per distinct shape, tagged with the grid parts it belongs to, smallest first.
+`expand(grid)` (bench/spec/cases.py) yields one Case per distinct shape.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +20,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from bench.errors import BenchError
-from bench.schema import AXES, MODES, QUANTITIES, Sizes, case_key, shape_id
+from bench.schema import AXES, MODES, QUANTITIES
+from bench.spec.cases import Case, Own, case_from_dict, expand  # noqa: F401  (the grid's cases: expand(grid))
 
 GRIDS_DIR = Path(__file__).parent / "grids"
 DTYPES = ("float32", "float64", "float16", "bfloat16")
@@ -116,43 +102,6 @@ class Grid:
                 "published": [dict(p) for p in self.published]}
 
 
-@dataclass(frozen=True)
-class Case:
-    """One shape of the grid in one setting: what every strategy of the shape is measured on."""
-
-    model: str
-    dtype: str
-    sizes: Sizes
-    mode: str = "jacobian"
-    quantity: str = "jacobian"  # what every strategy of the shape computes: J, H or the Laplacian
-    sweeps: tuple[str, ...] = field(default=(), compare=False)
-    compiled: bool = field(default=False, compare=False)  # a block of this shape runs the compiled strategies
-
-    def key(self, strategy: str, device: str) -> tuple:
-        """The finished-case key (schema.case_key) of this case measured by `strategy` on `device`."""
-        return case_key({"strategy": strategy, "device": device, "model": self.model, "dtype": self.dtype,
-                         "mode": self.mode, "quantity": self.quantity, **self.sizes._asdict()})
-
-    @property
-    def shape_id(self) -> str:
-        return shape_id(self.model, self.dtype, self.sizes, self.mode, self.quantity)
-
-    @property
-    def size(self) -> int:
-        """A measure of the work in one call: B·H·(in + out), to order cases smallest first."""
-        return self.sizes.batch * self.sizes.hidden * (self.sizes.in_dim + self.sizes.out_dim)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The case as JSON data (what the host sends a worker process)."""
-        return {"model": self.model, "dtype": self.dtype, "sizes": list(self.sizes), "mode": self.mode,
-                "quantity": self.quantity, "sweeps": list(self.sweeps), "compiled": self.compiled}
-
-
-def case_from_dict(data: dict[str, Any]) -> Case:
-    return Case(data["model"], data["dtype"], Sizes(*data["sizes"]), data["mode"], data["quantity"],
-                tuple(data["sweeps"]), data["compiled"])
-
-
 def available() -> list[str]:
     return sorted(p.stem for p in GRIDS_DIR.glob("*.toml"))
 
@@ -204,6 +153,8 @@ def _parse(data: dict[str, Any], path: Path) -> Grid:
         budget_values[key] = float(value)
     if budget_values.get("memory_fraction", 0.5) > 1:
         raise fail("budget.memory_fraction", "must be at most 1")
+    if not isinstance(data.get("description", ""), str):
+        raise fail("description", f"must be a string, got {data['description']!r}")
     threads = data.get("threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
         raise fail("threads", f"must be a positive integer, got {threads!r}")
@@ -291,50 +242,21 @@ class _BlockReader:
         return out
 
     def base(self, inherited: dict[str, int] | None) -> dict[str, int]:
+        """The block's base point. batch is required; hidden, in_dim and out_dim may be left out when every model of
+        the grid is of fixed sizes (planning checks that: missing_axes)."""
         base = dict(inherited or {})
         if inherited is None and not self.data.get("base"):
-            raise self.fail("base", "missing: give batch, hidden, in_dim and out_dim of the base point")
+            raise self.fail("base", "missing: give batch, hidden, in_dim and out_dim of the base point (batch alone "
+                            "for models of fixed sizes)")
         for axis, value in self.data.get("base", {}).items():
             if axis not in AXES:
                 raise self.fail(f"{self.prefix}base.{axis}", f"unknown axis (allowed: {', '.join(AXES)})")
             base[axis] = self.size(f"base.{axis}", value)
-        missing = [a for a in AXES if a not in base]
-        if missing:
-            raise self.fail(self.prefix + "base", f"missing {', '.join(missing)}")
+        if "batch" not in base:
+            raise self.fail(self.prefix + "base", "missing batch")
         return base
 
 
-def expand(grid: Grid, models: tuple[str, ...] | None = None, dtypes: tuple[str, ...] | None = None,
-           modes: tuple[str, ...] | None = None, quantities: tuple[str, ...] | None = None) -> list[Case]:
-    """All distinct cases of the grid, each tagged with the parts it belongs to; smallest first (the Jacobian
-    before second order, the quantity alone before training through it).
-
-    `models` (MODEL=) replaces the models of every block, `dtypes` (DTYPE=) their dtypes, `modes` (MODE=) theirs,
-    `quantities` (QUANTITY=) theirs.
-    """
-    parts: dict[tuple, set[str]] = {}  # (model, dtype, Sizes, mode, quantity) -> grid parts
-    compiled: set[tuple] = set()  # the keys a block with compiled = true holds
-    for block in grid.blocks:
-        points: list[tuple[str, dict[str, int]]] = [("base", {})]
-        points += [(axis, {axis: v}) for axis, values in block.sweep.items() for v in values]
-        if block.plane:
-            points += [("plane", {"in_dim": i, "out_dim": o})
-                       for i, o in itertools.product(block.plane["in_dim"], block.plane["out_dim"])]
-        if block.cartesian:
-            names = list(block.cartesian)
-            points += [("cartesian", dict(zip(names, values, strict=True)))
-                       for values in itertools.product(*(block.cartesian[a] for a in names))]
-        for model in models or block.models:
-            for dtype in dtypes or block.dtypes:
-                for mode, quantity in itertools.product(modes or block.modes, quantities or block.quantities):
-                    for part, overrides in points:
-                        point = block.base | overrides
-                        key = (model, dtype, Sizes.of(point), mode, quantity)
-                        parts.setdefault(key, set()).add(part)
-                        if block.compiled:
-                            compiled.add(key)
-    order = ("base", *AXES, "plane", "cartesian")
-    cases = [Case(*key, sweeps=tuple(p for p in order if p in tags), compiled=key in compiled)
-             for key, tags in parts.items()]
-    return sorted(cases, key=lambda c: (c.mode != "jacobian", QUANTITIES.index(c.quantity), c.model, c.dtype, c.size,
-                                        c.sizes.batch, c.sizes.in_dim, c.sizes.out_dim, c.sizes.hidden))
+def missing_axes(block: GridBlock) -> list[str]:
+    """The axes a block's base point lacks: a sized model needs all four, a model of fixed sizes batch only."""
+    return [a for a in AXES if a not in block.base]

@@ -1,6 +1,8 @@
 """Model presets (data, not code paths) and user models given as ``path/to/file.py:factory``.
 
-Every factory has the signature ``factory(in_dim, hidden, out_dim) -> nn.Module`` mapping (B, in) to (B, out).
+Every preset has the signature ``factory(in_dim, hidden, out_dim) -> nn.Module`` mapping (B, in) to (B, out); a
+user's factory may also take no arguments, for a model of fixed sizes (``fixed``: bench/spec/own_model.py finds its
+sizes; its cases record hidden = 0, not an axis).
 Models and inputs are seeded from the case, so the same case gives the same tensors on every run and machine.
 The model is measured in the train/eval mode its factory returns it in (BatchNorm in training mode couples the
 samples; Dropout in training mode is random, and no reference can validate it). A preset whose architecture does
@@ -11,6 +13,7 @@ built or measured. Output row b depends on input row b alone unless the preset `
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
 import zlib
 from collections.abc import Callable
@@ -43,6 +46,7 @@ class ModelDef:
     spec: str = ""  # how to resolve it again: the preset name, or /absolute/path/file.py:factory
     fits: Fits | None = None  # None: every size fits (user models: the factory itself is the check)
     couples_samples: bool = False  # output row b depends on other input rows too (BatchNorm in training mode)
+    fixed: bool = False  # factory() takes no sizes: the model's own in and out, hidden recorded as 0
 
     def __post_init__(self) -> None:
         if not self.spec:
@@ -288,9 +292,28 @@ def resolve(spec: str) -> ModelDef:
         raise ModelError(f"MODEL={spec}: importing {file} failed: {type(exc).__name__}: {exc}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ModelError(f"MODEL={spec}: {file} has no function {attr!r} (expected factory(in_dim, hidden, out_dim))")
+        raise ModelError(f"MODEL={spec}: {file} has no function {attr!r} (expected factory(in_dim, hidden, out_dim), "
+                         "or factory() for a model of fixed sizes)")
     source = f"{path.resolve()}:{attr}"
-    return ModelDef(f"{path.stem}.{attr}", factory, description=f"user model {source}", spec=source)
+    return ModelDef(f"{path.stem}.{attr}", factory, description=f"user model {source}", spec=source,
+                    fixed=_takes_no_sizes(factory, spec))
+
+
+def _takes_no_sizes(factory: Callable, spec: str) -> bool:
+    """True for factory(), False for factory(in_dim, hidden, out_dim); a ModelError for any other signature."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False  # a builtin or a callable without a signature: called with the three sizes, as before
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    takes_three = len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
+    if not required:
+        return not takes_three
+    if len(required) <= 3 and takes_three:
+        return False
+    raise ModelError(f"MODEL={spec}: the factory takes ({', '.join(p.name for p in required)}); give it the three "
+                     "sizes factory(in_dim, hidden, out_dim), or no argument for a model of fixed sizes")
 
 
 def seed_for(model_name: str, sizes: Sizes) -> int:
@@ -299,11 +322,12 @@ def seed_for(model_name: str, sizes: Sizes) -> int:
 
 def instantiate(model_def: ModelDef, sizes: Sizes) -> nn.Module:
     """Call the factory; a ModelError that names the call when it raises or returns something else."""
-    call = f"model {model_def.name}: factory(in_dim={sizes.in_dim}, hidden={sizes.hidden}, out_dim={sizes.out_dim})"
+    given = "" if model_def.fixed else f"in_dim={sizes.in_dim}, hidden={sizes.hidden}, out_dim={sizes.out_dim}"
+    call = f"model {model_def.name}: factory({given})"
     try:
-        model = model_def.factory(sizes.in_dim, sizes.hidden, sizes.out_dim)
+        model = model_def.factory() if model_def.fixed else model_def.factory(sizes.in_dim, sizes.hidden, sizes.out_dim)
     except Exception as exc:
-        raise ModelError(f"{call} raised {type(exc).__name__}: {_first_line(exc)}") from None
+        raise ModelError(f"{call} raised {type(exc).__name__}: {first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{call} returned {type(model).__name__}, not an nn.Module")
     return model
@@ -317,12 +341,6 @@ def build(model_def: ModelDef, sizes: Sizes, device: str, dtype: torch.dtype) ->
         model = instantiate(model_def, sizes)
         x = torch.randn(sizes.batch, sizes.in_dim)  # [B, in]
     return model.to(device=device, dtype=dtype), x.to(device=device, dtype=dtype)
-
-
-def native_dtype(model: nn.Module) -> torch.dtype | None:
-    """The one floating dtype of the model's parameters and buffers as the factory built it (None: none or mixed)."""
-    found = {t.dtype for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()}
-    return found.pop() if len(found) == 1 else None
 
 
 def output_problem(y: object, batch: int, in_dim: int, out_dim: int) -> str:
@@ -339,41 +357,16 @@ def output_problem(y: object, batch: int, in_dim: int, out_dim: int) -> str:
     return got
 
 
-@dataclass(frozen=True)
-class Probe:
-    """What checking a model found that does not stop the run."""
-
-    dtype: torch.dtype | None  # as the factory built it
-    one_sample: str  # why it fails on a one-sample batch ("" if it works)
-    training: bool  # nn.Module.training as the factory returned it: the mode it is measured in
-
-
-def check(model_def: ModelDef, sizes: Sizes) -> Probe:
-    """Fail early (one clear message) when a model does not map (B, in) to (B, out) at these sizes (B=2 is used);
-    probe a one-sample batch too, which per-sample strategies (vmap over single samples) and B=1 cases feed it."""
-    sizes = sizes._replace(batch=2)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed_for(model_def.name, sizes))
-        model = instantiate(model_def, sizes)
-    dtype = native_dtype(model)
-    model = model.float()
-    problem = run_problem(model, torch.randn(sizes.batch, sizes.in_dim), sizes.out_dim)
-    if problem:
-        raise ModelError(f"model {model_def.name}: {problem}")
-    return Probe(dtype=dtype, one_sample=run_problem(model, torch.randn(1, sizes.in_dim), sizes.out_dim),
-                 training=model.training)
-
-
 def run_problem(model: nn.Module, x: Tensor, out_dim: int) -> str:
     """Why model(x) does not give a (B, out_dim) Tensor, "" when it does."""
     try:
         with torch.no_grad():
             y = model(x)
     except Exception as exc:
-        return f"model(x) on input {tuple(x.shape)} raised {type(exc).__name__}: {_first_line(exc)}"
+        return f"model(x) on input {tuple(x.shape)} raised {type(exc).__name__}: {first_line(exc)}"
     return output_problem(y, x.shape[0], x.shape[1], out_dim)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else ""

@@ -24,7 +24,8 @@ from bench import results
 from bench.errors import BenchError
 from bench.schema import MODES, QUANTITIES, Sizes, case_id
 from bench.spec import grid, models
-from bench.spec.settings import Settings
+from bench.spec.model_plan import check_models, resolve_models  # noqa: F401  (check_models: plan's API before)
+from bench.spec.settings import DEFAULT_GRID, FIXED_MODEL_GRID, Settings
 
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
@@ -213,61 +214,14 @@ def apply_threads(spec: str) -> int:
     return torch.get_num_threads()
 
 
-def check_models(specs: list[str], the_grid: grid.Grid, dtypes: tuple[str, ...] | None, override: str = ""
-                 ) -> tuple[dict[str, models.ModelDef], list[str]]:
-    """Resolve each model; refuse a size its architecture does not take (any case of the grid) and a model that cannot
-    run at the base point of its first block; note one that breaks on a one-sample batch. `override`: the MODEL= spec
-    that replaces the models of every block ("" for the grid's own)."""
-    model_defs = {}
-    for spec in specs:
-        model_def = models.resolve(spec)
-        model_defs[model_def.name] = model_def
-    _check_sizes(model_defs, the_grid, dtypes, override)
-    notes = []
-    run_dtypes = dtypes or tuple(dict.fromkeys(d for b in the_grid.blocks for d in b.dtypes))
-    for name, model_def in model_defs.items():
-        base = next(b.base for b in the_grid.blocks if override or name in b.models)
-        probe = models.check(model_def, Sizes.of(base))
-        built = str(probe.dtype).removeprefix("torch.") if probe.dtype else None
-        if built and built != "float32" and built not in run_dtypes and not dtypes:
-            raise SettingsError(f"model {model_def.name}: the factory builds {built} parameters but the run measures "
-                                f"{', '.join(run_dtypes)}; set DTYPE={built} to measure it as built, or "
-                                f"DTYPE={run_dtypes[0]} to cast it")
-        if probe.training and model_def.name not in models.PRESETS:
-            notes.append(f"model {model_def.name} is measured in training mode, as its factory returns it "
-                         "(nn.Module.training=True: Dropout and BatchNorm behave as in training); return model.eval() "
-                         "from the factory to measure inference")
-        if probe.one_sample:
-            notes.append(f"model {model_def.name} fails on a one-sample batch ({probe.one_sample}): its B=1 cases and "
-                         "the per-sample strategies (vmap_jacrev, vmap_jacfwd) will end in error")
-    return model_defs, notes
-
-
-def _check_sizes(model_defs: dict[str, models.ModelDef], the_grid: grid.Grid, dtypes: tuple[str, ...] | None,
-                 override: str) -> None:
-    """Every case of every block against its model's `fits`: one line naming the model, the sizes and the block."""
-    unfit = []  # one message per case that does not fit
-    for n, block in enumerate(the_grid.blocks):
-        where = f"grid {the_grid.path.name}, " + ("top-level block" if n == 0 else f"[[also]] block {n}")
-        if override:
-            where += f"; MODEL={override} replaces the models of every block"
-        block_models = tuple(model_defs) if override else block.models
-        for case in grid.expand(replace(the_grid, blocks=(block,)), block_models, dtypes):
-            problem = model_defs[case.model].problem(case.sizes)
-            if problem:
-                unfit.append(f"model {case.model}: {problem}; case {case.shape_id} of {where}")
-    if unfit:
-        more = f"; {len(unfit) - 1} more case(s) do not fit" if len(unfit) > 1 else ""
-        raise models.ModelError(unfit[0] + more)
-
-
 def plan_run(settings: Settings, here: bool = True) -> RunPlan:
     """Validate every setting and resolve the run; nothing is written (THREADS already applies to this process).
     here=False plans for another machine (`make plan`, `make submit` from a cluster's login node): CUDA devices are
     checked by name only."""
     if settings.shard:
         parse_shard(settings.shard)  # refused up front; bench/scale/shards.py keeps that shard's cases
-    the_grid = grid.load_grid(settings.grid)
+    settings = absolute_paths(settings)
+    the_grid = grid.load_grid(grid_for(settings))
     devices = resolve_devices(settings.devices, here)
     dtypes = resolve_choices(settings.dtype, "DTYPE", "dtype", grid.DTYPES)
     modes = resolve_choices(settings.mode, "MODE", "mode", MODES)
@@ -275,8 +229,8 @@ def plan_run(settings: Settings, here: bool = True) -> RunPlan:
     strategy_names = resolve_strategies(settings.strategies,
                                         quantities or tuple(q for b in the_grid.blocks for q in b.quantities))
     threads = apply_threads(settings.threads or str(the_grid.threads or ""))
-    model_specs = [settings.model] if settings.model else list(the_grid.models)
-    model_defs, notes = check_models(model_specs, the_grid, dtypes, override=settings.model)
+    chosen = resolve_models(the_grid, settings.model, dtypes, settings.in_dim, devices)
+    the_grid, model_defs, notes = chosen.grid, chosen.defs, chosen.notes
     memory_budget = parse_bytes(settings.memory_budget) if settings.memory_budget else None
     time_budget = parse_seconds(settings.time_budget) if settings.time_budget else the_grid.budget.time_s
     run_id = results.check_run_id(settings.run or f"{time.strftime('%Y%m%d-%H%M%S')}-{the_grid.name}")
@@ -288,7 +242,8 @@ def plan_run(settings: Settings, here: bool = True) -> RunPlan:
         devices=devices,
         strategy_names=strategy_names,
         model_defs=model_defs,
-        cases=grid.expand(the_grid, tuple(model_defs) if settings.model else None, dtypes, modes, quantities),
+        cases=grid.expand(the_grid, tuple(model_defs) if settings.model else None, dtypes, modes, quantities,
+                          chosen.own),
         memory_budget_bytes=memory_budget,
         time_budget_s=time_budget,
         threads=threads,
@@ -302,6 +257,23 @@ def plan_run(settings: Settings, here: bool = True) -> RunPlan:
                                                                              if c.quantity == q)]
     plan.plan_hash, plan.total_cases = plan_hash(plan), plan.planned_cases
     return plan
+
+
+def absolute_paths(settings: Settings) -> Settings:
+    """GRID= and MODEL= files as absolute paths: env.json records them so, and a worker process or a resumed run
+    started from another folder finds the same files."""
+    grid_file = Path(settings.grid)
+    file, colon, attr = settings.model.rpartition(":")
+    return replace(settings, grid=str(grid_file.resolve()) if grid_file.is_file() else settings.grid,
+                   model=f"{Path(file).resolve()}:{attr}" if colon and Path(file).is_file() else settings.model)
+
+
+def grid_for(settings: Settings) -> str:
+    """GRID=, where the default grid means the default for the model: `batch` for a model of fixed sizes (MODEL= a
+    factory of no arguments), whose sizes the default grid's hidden, in and out sweeps cannot vary."""
+    if settings.grid != DEFAULT_GRID or not settings.model:
+        return settings.grid
+    return FIXED_MODEL_GRID if models.resolve(settings.model).fixed else settings.grid
 
 
 MAX_PROCESSES = 4

@@ -19,16 +19,25 @@ def _setting(default: Any, make: str, help: str) -> Any:
     return field(default=default, metadata={"make": make, "help": help})
 
 
+DEFAULT_GRID = "default"
+FIXED_MODEL_GRID = "batch"  # what GRID=default runs for a model of fixed sizes
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the user asked for, before validation ("" = the default the help names)."""
 
-    grid: str = _setting("default", "GRID", "grid preset (bench/spec/grids/<name>.toml) or path to a .toml")
+    grid: str = _setting(DEFAULT_GRID, "GRID", "grid preset (bench/spec/grids/<name>.toml) or path to a .toml "
+                                               f"(default: {DEFAULT_GRID}; {FIXED_MODEL_GRID} for a model of fixed "
+                                               "sizes)")
     devices: str = _setting("", "DEVICES", "comma-separated cpu, cuda, cuda:N (default: cpu, plus cuda when "
                                            "available)")
     strategies: str = _setting("", "STRATEGIES", "comma-separated strategy names; named ones run on every case, "
                                                  "compiled ones included (default: all registered)")
     model: str = _setting("", "MODEL", "model preset or path/to/file.py:factory, replacing the grid's models")
+    in_dim: str = _setting("", "IN_DIM", "input width of a model of fixed sizes (MODEL=file.py:factory with a "
+                                         "factory of no arguments) (default: the in_features of its first "
+                                         "nn.Linear, checked by calling it)")
     mode: str = _setting("", "MODE", "jacobian and/or train, comma-separated, replacing the grid's modes")
     quantity: str = _setting("", "QUANTITY", "jacobian, hessian and/or laplacian, comma-separated: what each shape "
                                              "computes, replacing the grid's quantities (default: the grid's, else "

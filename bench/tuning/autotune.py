@@ -51,7 +51,7 @@ from bench import stack_depth, stats
 from bench.errors import BenchError
 from bench.harness import machine, measure, modes, reference, timing
 from bench.harness.runner import RETIME_MARGIN, validate
-from bench.schema import MODES, QUANTITIES, RESULT_NAME, Sizes, fmt_margin, fmt_ratio, fmt_time
+from bench.schema import FIXED_HIDDEN, MODES, QUANTITIES, RESULT_NAME, Sizes, fmt_margin, fmt_ratio, fmt_time
 from bench.spec.grid import Case
 from bench.tuning import cache as tunecache
 from strategies import REGISTRY, Strategy, Unsupported
@@ -498,7 +498,7 @@ def from_results(model: nn.Module, x: Tensor, out_dim: int, settings: Settings) 
     mine = tunecache.structure(model, portable=True)
     same = [a for a in answers if _rebuilt(a, batch, in_dim, out_dim) == mine]
     if not same:
-        others = ", ".join(dict.fromkeys(f"{a['model']} H={a['hidden']}" for a in answers))
+        others = ", ".join(dict.fromkeys(_measured_model(a) for a in answers))
         return None, (f"{runs} measured this input shape for other models ({others}; none has this model's modules "
                       "and parameter shapes): tuned here instead")
     answer = same[0]
@@ -520,10 +520,15 @@ def from_results(model: nn.Module, x: Tensor, out_dim: int, settings: Settings) 
                     tied_with=answer["tied_with"] if lead else [], times=answer["times"], refused=refused,
                     validated=len(refused) + 1, budget_s=settings.budget_s, note=note, source="results",
                     where=answer["run"],
-                    measured=(f"{answer['model']} H={answer['hidden']} on {answer['device']} "
+                    measured=(f"{_measured_model(answer)} on {answer['device']} "
                               f"({answer['device_name']}), torch {answer['torch']}, {answer['threads']} threads")), ""
     reasons = "; ".join(f"{n}: {why}" for n, why in refused.items())
     return None, f"every strategy {runs} measured valid here fails on this model ({reasons}): tuned here instead"
+
+
+def _measured_model(answer: dict[str, Any]) -> str:
+    """"mlp H=128"; a model of fixed sizes by its name alone (hidden is not one of its axes)."""
+    return answer["model"] + ("" if answer["hidden"] == FIXED_HIDDEN else f" H={answer['hidden']}")
 
 
 def _rebuilt(answer: dict[str, Any], batch: int, in_dim: int, out_dim: int) -> dict[str, list] | None:
@@ -609,8 +614,8 @@ def _versus(pick: Pick, name: str) -> str:
     if name == pick.strategy:
         return "the pick"
     if name in pick.ratios:
-        ratio, low, high = pick.ratios[name]
-        return f"×{ratio:.2f} [{low:.2f}–{high:.2f}]"
+        ratio, low, high = (f"{v:.2f}" if math.isfinite(v) else "?" for v in stats.as_interval(pick.ratios[name]))
+        return f"×{ratio} [{low}–{high}]"  # "?": unknown (a cache or a run that wrote it as null)
     if name in pick.times and pick.strategy in pick.times:
         return (f"{fmt_ratio(pick.times[name] / pick.times[pick.strategy])}, screened out: surely over "
                 f"{fmt_margin(stats.CONTENDER_MARGIN)} the fastest")

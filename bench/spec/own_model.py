@@ -1,0 +1,160 @@
+"""A model checked before a run (`check`): that it maps (B, in) to (B, out), that autograd can differentiate it with
+respect to x, the dtype and device it is built in; and the sizes of a model that fixes them.
+
+A factory that takes no arguments (bench/spec/models.py: ``fixed``) builds a model of fixed sizes: its input width
+is IN_DIM= when given, else the width its first layer declares (``nn.Linear.in_features``, checked by calling the
+model), else the run asks for IN_DIM=; its output width is what ``model(x)`` returns. `hidden` is not an axis of such
+a model: its cases record hidden = 0 (FIXED_HIDDEN), and ids and reports leave it out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from bench.schema import FIXED_HIDDEN, Sizes
+from bench.spec import models
+
+PROBE_BATCH = 2
+
+
+def native_dtype(model: nn.Module) -> torch.dtype | None:
+    """The one floating dtype of the model's parameters and buffers as the factory built it (None: none or mixed)."""
+    found = {t.dtype for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()}
+    return found.pop() if len(found) == 1 else None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What checking a model found that does not stop the run by itself."""
+
+    dtype: torch.dtype | None  # as the factory built it
+    one_sample: str  # why it fails on a one-sample batch ("" if it works)
+    training: bool  # nn.Module.training as the factory returned it: the mode it is measured in
+    graph: str  # why autograd cannot differentiate model(x) with respect to x ("" when it can)
+    built_on: tuple[str, ...]  # the devices of its parameters and buffers as built
+    loose: tuple[str, ...]  # tensors kept as plain attributes: .to() neither moves nor casts them
+
+
+def check(model_def: models.ModelDef, sizes: Sizes) -> Probe:
+    """Fail early (one clear message) when a model does not map (B, in) to (B, out) at these sizes (B=2 is used);
+    probe a one-sample batch too, which per-sample strategies (vmap over single samples) and B=1 cases feed it."""
+    sizes = sizes._replace(batch=PROBE_BATCH)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(models.seed_for(model_def.name, sizes))
+        model = models.instantiate(model_def, sizes)
+    dtype, built_on = native_dtype(model), tuple(sorted({str(t.device) for t in [*model.parameters(),
+                                                                                  *model.buffers()]}))
+    model = model.float().cpu()
+    x = torch.randn(sizes.batch, sizes.in_dim)  # [2, in]
+    problem = models.run_problem(model, x, sizes.out_dim)
+    if problem:
+        raise models.ModelError(f"model {model_def.name}: {problem}{_device_hint(problem)}")
+    loose = tuple(f"{name}.{key}" if name else key for name, module in model.named_modules()
+                  for key, value in vars(module).items() if isinstance(value, Tensor))
+    return Probe(dtype=dtype, one_sample=models.run_problem(model, torch.randn(1, sizes.in_dim), sizes.out_dim),
+                 training=model.training, graph=graph_problem(model, x), built_on=built_on, loose=loose)
+
+
+def _device_hint(problem: str) -> str:
+    if "device" not in problem:
+        return ""
+    return ("; forward makes or keeps tensors on a fixed device: create them with device=x.device, or register them "
+            "as buffers (self.register_buffer) so the run moves them with the model")
+
+
+@dataclass(frozen=True)
+class OwnSizes:
+    in_dim: int
+    out_dim: int
+    source: str  # where in_dim came from: "IN_DIM=", or the layer that declares it
+
+
+def parse_in_dim(spec: str) -> int | None:
+    """IN_DIM=3 -> 3; "" -> None (the model's own); a one-line error for anything else."""
+    if not spec:
+        return None
+    try:
+        value = int(spec)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise models.ModelError(f"IN_DIM={spec!r}: give the model's input width, a positive integer, e.g. IN_DIM=3")
+    return value
+
+
+def own_sizes(model_def: models.ModelDef, in_dim: int | None) -> OwnSizes:
+    """The input and output width of a fixed-size model: IN_DIM= (`in_dim`), else what its first layer declares;
+    the output width from model(x). A ModelError that says what to give when neither tells."""
+    model = models.instantiate(model_def, Sizes(PROBE_BATCH, FIXED_HIDDEN, in_dim or 1, 1))
+    model = model.float().cpu()
+    source = "IN_DIM="
+    if in_dim is None:
+        in_dim, source = declared_in_dim(model)
+        if in_dim is None:
+            raise models.ModelError(f"model {model_def.name} has fixed sizes and does not tell its input width "
+                                    f"({source}): give it, e.g. IN_DIM=3")
+    y, problem = _call(model, torch.randn(PROBE_BATCH, in_dim))
+    if problem:
+        hint = "" if source == "IN_DIM=" else f"; the width {in_dim} came from {source}: give the right one, IN_DIM=n"
+        raise models.ModelError(f"model {model_def.name}: {problem}{hint}")
+    if y.dim() != 2 or y.shape[0] != PROBE_BATCH:
+        raise models.ModelError(f"model {model_def.name}: model(x) maps ({PROBE_BATCH}, {in_dim}) to {tuple(y.shape)}, "
+                                f"expected ({PROBE_BATCH}, out): return one row of outputs per sample")
+    return OwnSizes(in_dim, int(y.shape[1]), source)
+
+
+def declared_in_dim(model: nn.Module) -> tuple[int | None, str]:
+    """The input width the model's first layer with weights declares, and where it was read (or why not)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and not isinstance(module, nn.modules.lazy.LazyModuleMixin):
+            return module.in_features, f"nn.Linear {name or 'model'}.in_features"
+        own = [key for key, _ in module.named_parameters(recurse=False)]
+        if own:
+            where = f"layer {name} ({type(module).__name__})" if name else f"the model's own parameter {own[0]}"
+            return None, f"{where} comes before any nn.Linear and declares no flat input width"
+    return None, "it has no nn.Linear layer"
+
+
+def _call(model: nn.Module, x: Tensor) -> tuple[Tensor | None, str]:
+    try:
+        with torch.no_grad():
+            y = model(x)
+    except Exception as exc:
+        return None, f"model(x) on input {tuple(x.shape)} raised {type(exc).__name__}: {models.first_line(exc)}"
+    if not isinstance(y, Tensor):
+        return None, f"model(x) returned a {type(y).__name__}, expected a Tensor (B, out)"
+    return y, ""
+
+
+def graph_problem(model: nn.Module, x: Tensor) -> str:
+    """Why autograd cannot differentiate model(x) with respect to x ("" when it can): the input transformed under
+    torch.no_grad(), detached, or taken through numpy inside forward."""
+    x = x.detach().clone().requires_grad_(True)
+    try:
+        y = model(x)
+        grad = torch.autograd.grad(y.sum(), x, allow_unused=True)[0] if y.requires_grad else None
+    except Exception:
+        return ""  # run_problem reports a model that fails to run
+    if grad is not None:
+        return ""
+    return ("model(x) does not depend on x for autograd: forward takes the input out of the graph (torch.no_grad(), "
+            ".detach(), .item() or numpy); no strategy can differentiate it: compute forward with autograd enabled")
+
+
+def device_notes(model_name: str, probe: Probe, devices: list[str]) -> list[str]:
+    """Notes for a model built on a device the run does not measure on, and for tensors kept as plain attributes
+    (neither parameters nor buffers): .to() neither moves nor casts them."""
+    notes = []
+    elsewhere = [d for d in probe.built_on if d not in devices and d.partition(":")[0] not in devices]
+    if elsewhere:
+        notes.append(f"model {model_name} is built on {', '.join(probe.built_on)}; the run measures it on "
+                     f"{', '.join(devices)} (moved there, as DEVICES= says): DEVICES={elsewhere[0]} measures it "
+                     "where it is built")
+    if probe.loose:
+        notes.append(f"model {model_name} keeps tensor(s) {', '.join(probe.loose[:3])} outside its parameters and "
+                     "buffers: .to() neither moves nor casts them, so another device or dtype fails in forward; "
+                     "register them with self.register_buffer(name, tensor)")
+    return notes
