@@ -50,9 +50,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if plugin is None or not plugin.opened_here:
         return
     try:
+        from bench.cli import _report
         from bench.run.host import complete
 
-        complete(plugin.plan, plugin.interrupted)
+        complete(plugin.plan, plugin.interrupted, report=_report)
     except BenchError as exc:
         print(f"jacobench: error: {exc}", file=sys.stderr)
     finally:

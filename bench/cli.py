@@ -11,14 +11,11 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from bench.errors import BenchError
 from bench.schema import FIXED_HIDDEN, QUANTITIES
 from bench.spec import settings
-
-if TYPE_CHECKING:  # the harness is imported when a run starts, not for `report` or `grids`
-    pass
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -174,9 +171,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = planned(settings.from_namespace(args))
     folder = open_run(plan)
     try:
-        return host.run(plan, folder)
+        return host.run(plan, folder, _expected(plan), _report)
     finally:
         folder.release()  # after the report: nothing may replace the folder while it is written
+
+
+def _expected(plan: Any) -> tuple[dict[str, float], float] | None:
+    """The cost model's seconds per case and for the whole run (the progress line's ETA); None if it cannot tell."""
+    from bench.scale import costs, forecast
+
+    try:
+        predicted = forecast.forecast(plan, costs.default())
+    except Exception as exc:  # the ETA falls back to the mean time per case; the run goes on
+        print(f"jacobench: note: no ETA from the cost model ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
+    return {c.case_id: c.seconds for c in predicted.cases}, predicted.total_s
 
 
 def _report(folder: Path) -> None:

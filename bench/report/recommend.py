@@ -44,6 +44,9 @@ def recommend(run_dirs: list[Path], batch: int, hidden: int, in_dim: int, out_di
     # a closed form is the limit the report compares with, and a peer is another framework: neither is a PyTorch
     # strategy for the user's own model, so never recommended, as never in a verdict (bench/rules.py)
     frame = frame[(frame["quantity"] == quantity) & ~frame["closed_form"] & frame["peer"].eq("")]
+    if frame.empty:
+        raise ResultsError(f"the runs measured no PyTorch strategy for the {quantity} (only closed forms or peers): "
+                           "measure some with STRATEGIES=")
     shape = {"batch": batch, "hidden": hidden, "in_dim": in_dim, "out_dim": out_dim}
     for axis, value in shape.items():
         smallest = FIXED_HIDDEN if axis == "hidden" else 1  # hidden 0: a model of fixed sizes

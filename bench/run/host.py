@@ -13,6 +13,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,14 @@ from bench.spec.plan import RunPlan
 EXIT_INTERRUPTED = 130
 
 
-def run(plan: RunPlan, folder: RunFolder) -> int:
-    """Measure the plan into its open folder, finish it, report it; the exit code of `python -m bench run`."""
+Report = Callable[[Path], None]  # builds the report of a finished run folder (bench/cli.py hands it in)
+
+
+def run(plan: RunPlan, folder: RunFolder, expected: tuple[dict[str, float], float] | None = None,
+        report: Report | None = None) -> int:
+    """Measure the plan into its open folder, finish it, report it (unless NO_REPORT); the exit code of `python -m
+    bench run`. `expected`: the cost model's seconds per case id and for the whole run (bench/scale/forecast.py),
+    for the progress line's ETA."""
     import pytest
 
     from bench.run.plugin import JacobenchPlugin
@@ -44,18 +51,23 @@ def run(plan: RunPlan, folder: RunFolder) -> int:
     json_name = ".benchmark-resumed.json" if plan.settings.resume else "benchmark.json"
     load = environment.Load()
     plugin = JacobenchPlugin(plan, folder)
+    if expected:
+        per_case, total_s = expected
+        plugin.progress.expected = per_case
+        plugin.progress.expected_total_s = total_s - sum(per_case.get(r.case_id, 0.0) for r in folder.finished.values())
     code = _pytest(plugin, folder.path / json_name)
     if plan.settings.resume:
         results.merge_benchmark_json(folder.path / "benchmark.json", folder.path / json_name)
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.INTERRUPTED, pytest.ExitCode.NO_TESTS_COLLECTED):
         print(f"jacobench: the suite ended with pytest exit code {int(code)}; results so far are in {folder.path}",
               file=sys.stderr)
-    complete(plan, plugin.interrupted, load)
+    complete(plan, plugin.interrupted, load, report)
     return exit_code(results.read_json(folder.path / "env.json"), code == pytest.ExitCode.OK
                      or code == pytest.ExitCode.NO_TESTS_COLLECTED, folder.path)
 
 
-def complete(plan: RunPlan, interrupted: bool, load: environment.Load | None = None) -> None:
+def complete(plan: RunPlan, interrupted: bool, load: environment.Load | None = None, report: Report | None = None
+             ) -> None:
     """After pass 1: the later passes, with the fidelity check in the second (unless interrupted), the run's numbers,
     the report. `load`: what else used the machine since the run started, recorded in env.json."""
     for process in range(2, plan.processes + 1):
@@ -70,11 +82,8 @@ def complete(plan: RunPlan, interrupted: bool, load: environment.Load | None = N
     line = fidelity.summary_line(results.read_json(plan.folder / "env.json").get("fidelity"))
     if line:
         print(f"jacobench: {line}", flush=True)
-    if not plan.settings.no_report:
-        from bench.report.run_report import write_report
-
-        path = write_report(plan.folder)
-        print(f"jacobench: report {path} and {path.with_suffix('.html')}")
+    if report is not None and not plan.settings.no_report:
+        report(plan.folder)
 
 
 def later_pass(plan: RunPlan, process: int) -> bool:
