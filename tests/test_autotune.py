@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import statistics
+import time
 import warnings
 from pathlib import Path
 
@@ -250,6 +252,37 @@ def test_an_unusable_entry_in_a_valid_cache_file_is_tuned_again(tmp_path, timed)
     tuned = autotune(model, x, budget_s=BUDGET, cache=tmp_path)
     assert tuned.pick.source == "tuned" and timed
     assert isinstance(json.loads(path.read_text())["entries"].popitem()[1]["pick"]["times"], dict)
+
+
+WRITERS = 8
+
+
+def _put_own_entry(folder: Path, index: int, barrier) -> None:
+    """One process saving its own pick, all at once with the others; each write takes 50 ms, so that without the
+    lock every writer reads the file before any has written it."""
+    write = tunecache.atomic_write_text
+
+    def slow_write(path, text):
+        time.sleep(0.05)
+        write(path, text)
+
+    tunecache.atomic_write_text = slow_write
+    barrier.wait()
+    tunecache.TuneCache(folder).put({"structure": f"model-{index}"}, {"strategy": "vmap_jacrev", "verdict": "winner"})
+
+
+def test_processes_tuning_at_once_keep_every_entry(tmp_path):
+    context = multiprocessing.get_context("fork")  # the test's modules already imported: 8 processes in milliseconds
+    barrier = context.Barrier(WRITERS)
+    procs = [context.Process(target=_put_own_entry, args=(tmp_path, i, barrier)) for i in range(WRITERS)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * WRITERS
+    entries = json.loads((tmp_path / tunecache.FILE_NAME).read_text())["entries"]
+    assert sorted(e["key"]["structure"] for e in entries.values()) == sorted(f"model-{i}" for i in range(WRITERS))
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_the_default_cache_folder_follows_xdg(monkeypatch, tmp_path):
