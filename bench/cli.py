@@ -299,10 +299,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_depth(args: argparse.Namespace) -> int:
-    from bench.run import stack_depth
+    from bench.run import depth
 
-    names = stack_depth.check_names([s.strip() for s in args.strategies.split(",") if s.strip()])
-    stack_depth.measure(Path(args.out), names, rounds=args.rounds, threads=args.threads)
+    names = depth.check_names([s.strip() for s in args.strategies.split(",") if s.strip()])
+    depth.measure(Path(args.out), names, rounds=args.rounds, threads=args.threads)
     print(f"jacobench: {Path(args.out) / 'stack_depth.md'}")
     return 0
 

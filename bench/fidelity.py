@@ -63,10 +63,14 @@ def summary_line(fidelity: dict[str, Any] | None) -> str:
     s = fidelity["strategies"]
     cases = fidelity.get("cases", [])
     ratios = sorted(v["ratio"] for v in s.values())
-    line = (f"Fidelity: {len(cases)} cases of {len(s)} strategies re-timed by torch.utils.benchmark.Timer in fresh "
-            f"processes: run/fresh {fmt_ratio(ratios[0])}–{fmt_ratio(ratios[-1])} per strategy, "
-            f"{fidelity.get('within_10pct', 0)} of {len(cases)} cases within ±10%")
+    line = (f"Fidelity: {_count(len(cases), 'case')} of {_count(len(s), 'strategy', 'strategies')} re-timed by "
+            f"torch.utils.benchmark.Timer in fresh processes: run/fresh {fmt_ratio(ratios[0])}–"
+            f"{fmt_ratio(ratios[-1])} per strategy, {fidelity.get('within_10pct', 0)} of {len(cases)} within ±10%")
     off = fidelity.get("off") or []
     if off:
         line += "; off by more than 10%: " + ", ".join(f"{n} {fmt_ratio(s[n]['ratio'])}" for n in off)
     return line
+
+
+def _count(n: int, one: str, many: str = "") -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"

@@ -160,6 +160,7 @@ class Spread:
     processes: int
     gap: float | None = None  # ln median of the first process minus that of the second (two processes)
     within_each: float = 0.0  # the mean variance of one process's ln median from its own rounds
+    gaps: tuple[float, ...] = ()  # ln median of each process minus that of the next (two or more processes)
 
 
 def spread(values: Sequence[float], process_rounds: Sequence[int], center: float | None = None) -> Spread:
@@ -170,14 +171,16 @@ def spread(values: Sequence[float], process_rounds: Sequence[int], center: float
     ses = [log_median_se(p) for p in parts]
     within = sum(se**2 for se in ses) / len(parts) ** 2
     excess = gap = None
+    gaps: tuple[float, ...] = ()
     within_each = float(np.mean([se**2 for se in ses]))
     if len(parts) > 1:
         medians = np.log([np.median(p) for p in parts])
         excess = max(0.0, float(np.var(medians, ddof=1)) - within_each)
-        gap = float(medians[0] - medians[1])
+        gaps = tuple(float(a - b) for a, b in zip(medians[:-1], medians[1:], strict=True))
+        gap = gaps[0]
     if center is None:
         center = float(np.log(np.median(np.concatenate(parts))))
-    return Spread(center, within, excess, len(parts), gap, within_each)
+    return Spread(center, within, excess, len(parts), gap, within_each, gaps)
 
 
 COVERED = 0.95  # the share of the run's own process-to-process gaps the pooled variance of a time must cover
@@ -193,10 +196,10 @@ def pooled_excess(spreads: Sequence[Spread], covered: float = COVERED) -> float:
     of a rerun. With each case's own excess as a floor (log_sd), 95% of the gaps made intervals that held 89–100%
     of a rerun's medians on the project's VM (two quick and two default runs, each way; 90% held 81–100%): a run in a
     quiet hour sees smaller gaps than a rerun in a busy one will. 0 when no case was measured twice."""
-    seen = [s for s in spreads if s.gap is not None and math.isfinite(s.within)]
+    seen = [s for s in spreads if s.gaps and math.isfinite(s.within)]
     if not seen:
         return 0.0
-    needed = [s.gap**2 / (2 * Z**2) - s.within_each for s in seen]
+    needed = [g**2 / (2 * Z**2) - s.within_each for s in seen for g in s.gaps]  # every pair of successive processes
     return max(0.0, float(np.quantile(needed, covered)))
 
 

@@ -38,14 +38,37 @@ PLANTED = textwrap.dedent(
         raise AssertionError("an over-budget case must never run")
 
 
+    def _crash(model, x):
+        """Correct at one sample; kills its process (a segfault in native code) from two samples on."""
+        if x.shape[0] >= 2:
+            import os
+            import signal
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return strategies.REGISTRY["grad_loop"](model, x)
+
+
+    def _hang(model, x):
+        """Correct at one sample; from two samples on, a call no time limit can interrupt (SIGALRM blocked, as
+        inside a long native kernel)."""
+        if x.shape[0] >= 2:
+            import signal
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+            time.sleep(3600)
+        return strategies.REGISTRY["grad_loop"](model, x)
+
+
     wrong = Strategy(name="planted_wrong", fn=_wrong, summary="returns zeros")
+    crash = Strategy(name="planted_crash", fn=_crash, summary="segfaults")
+    hang = Strategy(name="planted_hang", fn=_hang, summary="hangs")
     slow = Strategy(name="planted_slow", fn=_slow, independent_samples=True, summary="sleeps")
     hungry = Strategy(name="planted_hungry", fn=_hungry, summary="huge", memory_estimate=lambda *a: 10**15)
     '''
 )
 
 
-def install_planted(site: Path) -> Path:
+def install_planted(site: Path, deadly: bool = False) -> Path:
+    """The planted strategies as an installed plugin in `site` (put it on PYTHONPATH); `deadly` adds the one that
+    crashes its process and the one that never returns."""
     site.mkdir(parents=True, exist_ok=True)
     (site / "planted.py").write_text(PLANTED)
     dist = site / "planted-0.1.dist-info"
@@ -53,7 +76,8 @@ def install_planted(site: Path) -> Path:
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: planted\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(
         "[jacobench.strategies]\nplanted_wrong = planted:wrong\nplanted_slow = planted:slow\n"
-        "planted_hungry = planted:hungry\n"
+        "planted_hungry = planted:hungry\n" + ("planted_crash = planted:crash\nplanted_hang = planted:hang\n"
+                                               if deadly else "")
     )
     return site
 

@@ -81,7 +81,7 @@ def record(strategy: str, device: str, shape: dict[str, int], sweeps: list[str],
         "round_times_s": [time * f for f in (0.97, 0.99, 1.0, 1.01, 1.03)] if ok else None,
         "time_ci_low_s": time * 0.99 if ok else None, "time_ci_high_s": time * 1.01 if ok else None,
         "unstable": False, "is_jacobian": (returns or ret) != "output_sum" or o == 1,
-        "log_time_sd": 0.01 if ok else None,
+        "log_time_sd": 0.01 if ok else None, "closed_form": strategy == "analytic",
     } | fields)
 
 

@@ -55,7 +55,8 @@ def test_pytest_takes_the_same_flags_as_the_command_line():
 def test_readme_columns_come_from_the_record():
     table = README.split("<!-- columns:", 1)[1].split("-->", 1)[1].split("<!-- /columns -->", 1)[0].strip()
     assert table == columns_table()
-    assert SUMMARY_COLUMNS == [c for c in CASE_FIELDS if c not in ("round_times_s", "process_rounds", "round_sweeps")]
+    assert SUMMARY_COLUMNS == [c for c in CASE_FIELDS if c not in ("round_times_s", "process_rounds", "round_sweeps",
+                                                                   "forward_process_s")]
 
 
 def test_a_record_round_trips_through_cases_jsonl(tmp_path):

@@ -141,6 +141,7 @@ def test_a_closed_form_is_never_recommended(tmp_path: Path, closed_form: str) ->
     for name, seconds in times.items():
         append_case(folder / "cases.jsonl", CaseRecord(
             strategy=name, model="mlp", device="cpu", dtype="float32", batch=64, hidden=32, in_dim=8, out_dim=1,
-            quantity=quantity, status="ok", time_median_s=seconds, forward_median_s=1e-6, sweeps=["batch"]))
+            quantity=quantity, status="ok", time_median_s=seconds, forward_median_s=1e-6, sweeps=["batch"],
+            closed_form=name == closed_form))
     got = recommend([folder], 64, 32, 8, 1, quantity=quantity)
     assert (got["strategy"], got["runner_up"]) == ("fast_autodiff", "slow_autodiff")

@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -38,17 +39,22 @@ class CaseTimeout(Exception):
 
 @contextlib.contextmanager
 def time_limit(seconds: float, what: str = "one call") -> Iterator[None]:
-    """Raise CaseTimeout in the main thread after `seconds` (SIGALRM, like asv). Python loops are interrupted at once;
-    a single long native kernel is interrupted when it returns. An interruption can land anywhere, also between
-    torch entering a forward-mode level (or a torch.func transform) and guarding it: the autodiff state is put back
-    as it was before the call (`AutodiffState`), so the calls after it work. SIGALRM is taken only when it is free:
-    where the process has a handler or a timer of its own (a user's program calling autotune), or off the main
-    thread, or without SIGALRM, no limit applies and the caller judges a slow call by its measured time."""
-    if seconds <= 0 or not alarm_is_free():
+    """Raise CaseTimeout in the main thread after `seconds` (SIGALRM, like asv), in a process that allowed it
+    (`allow_interrupts`: a worker's child, whose crash costs only itself). Python loops are interrupted at once; a
+    single long native kernel when it returns. An interruption lands anywhere, also between torch entering a
+    forward-mode level (or a torch.func transform, or make_fx's dispatch mode) and guarding it: the autodiff state is
+    put back as it was before the call (`AutodiffState`), so the calls after it work. It can also abort the process:
+    torch's own cleanup of an interrupted make_fx trace may throw where C++ cannot (terminate), which is why only a
+    worker's child allows it. Elsewhere (the user's program calling autotune, a thread, no SIGALRM, or a process with
+    its own SIGALRM handler or timer) no limit applies and the caller judges a slow call by its measured time."""
+    if seconds <= 0 or not _interrupts_allowed or not alarm_is_free():
         yield
         return
 
+    fired = []
+
     def on_alarm(signum, frame):
+        fired.append(True)
         raise CaseTimeout(what, seconds)
 
     state = AutodiffState.now()
@@ -56,12 +62,28 @@ def time_limit(seconds: float, what: str = "one call") -> Iterator[None]:
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
-    except CaseTimeout:
-        state.restore()
-        raise
+    except Exception as exc:
+        if not fired:
+            raise
+        state.restore()  # whatever the interrupted code raised on its way out (its cleanup may fail too)
+        raise exc if isinstance(exc, CaseTimeout) else CaseTimeout(what, seconds) from exc
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def _infra_mode_keys() -> list[Any]:
+    keys = torch._C._TorchDispatchModeKey
+    return [getattr(keys, name) for name in ("FAKE", "PROXY", "FUNCTIONAL") if hasattr(keys, name)]
+
+
+_interrupts_allowed = False
+
+
+def allow_interrupts() -> None:
+    """This process may be interrupted by time limits (a worker's child: bench/harness/worker.py)."""
+    global _interrupts_allowed
+    _interrupts_allowed = True
 
 
 def alarm_is_free() -> bool:
@@ -81,18 +103,37 @@ class AutodiffState:
     dual_level: int
     transform_depth: int
     inplace_requires_grad: bool
+    jvp_nesting: int | None  # torch.func.jvp's own count of nested jvp calls (a module global; None if absent)
+    dispatch_modes: int  # Python dispatch modes on the stack (make_fx traces under them: linearize)
+    infra_modes: tuple[bool, ...]  # which of the fake, proxy and functional modes are set
+    function_modes: int  # torch function modes on the stack
 
     @classmethod
     def now(cls) -> AutodiffState:
         import torch._C._functorch as functorch
+        import torch._functorch.eager_transforms as transforms
         import torch.autograd.forward_ad as fwad
 
         return cls(torch.is_grad_enabled(), torch._C._is_fwd_grad_enabled(), fwad._current_level,
-                   functorch.get_dynamic_layer_stack_depth(), functorch.get_inplace_requires_grad_allowed())
+                   functorch.get_dynamic_layer_stack_depth(), functorch.get_inplace_requires_grad_allowed(),
+                   getattr(transforms, "JVP_NESTING", None), torch._C._len_torch_dispatch_stack(),
+                   tuple(torch._C._get_dispatch_mode(key) is not None for key in _infra_mode_keys()),
+                   torch._C._len_torch_function_stack())
 
     def restore(self) -> None:
         import torch._C._functorch as functorch
+        import torch._functorch.eager_transforms as transforms
         import torch.autograd.forward_ad as fwad
+
+        if self.jvp_nesting is not None:
+            transforms.JVP_NESTING = self.jvp_nesting
+        while torch._C._len_torch_dispatch_stack() > self.dispatch_modes:
+            torch._C._pop_torch_dispatch_stack()
+        for key, was_set in zip(_infra_mode_keys(), self.infra_modes, strict=True):
+            if not was_set and torch._C._get_dispatch_mode(key) is not None:
+                torch._C._unset_dispatch_mode(key)
+        while torch._C._len_torch_function_stack() > self.function_modes:
+            torch._C._pop_torch_function_stack()
 
         if functorch.get_dynamic_layer_stack_depth() > self.transform_depth:
             functorch.pop_dynamic_layer_stack_and_undo_to_depth(self.transform_depth)

@@ -40,7 +40,7 @@ Call = Callable[[nn.Module, Tensor], object]  # what one timed call runs: fn(mod
 # told of each case as soon as its record is final in this process, and whether its failure predicts larger shapes'
 Done = Callable[[CaseRecord, bool], None]
 FORWARD = "model(x)"  # the forward pass, timed among the strategies (the entry's name; never a strategy's)
-SETTLE_TOTAL_S = 120.0  # a process waits at most this long in all for other processes' load to pass
+SETTLE_TOTAL_S = 120.0  # a run waits at most this long in all, per worker process, for other processes' load to pass
 
 
 @dataclass(frozen=True)
@@ -63,17 +63,19 @@ class Outcome:
 class ShapeRunner:
     """Measures the shapes of a planned run, one call of `measure_shape` (or `retime_shape`) per shape."""
 
-    def __init__(self, plan: RunPlan, phases: measure.Phases, run_usual_s: float | None = None):
+    def __init__(self, plan: RunPlan, phases: measure.Phases, run_usual_s: float | None = None,
+                 settle_left_s: float = SETTLE_TOTAL_S):
         self.plan = plan
         self.phases = phases
         budget = plan.grid.budget
         self.skips = SkipPolicy(plan.memory_budget_bytes, budget.memory_fraction)
-        self.settler = machine.Settler(budget.settle_s, SETTLE_TOTAL_S)
+        self.settler = machine.Settler(budget.settle_s, settle_left_s)  # what the run's worker has left of it
         self.calibration = machine.Calibration(run_usual_s)  # a second process is held to the first one's speed
         self.shapes = ShapeCache(plan.model_defs, plan.strategy_names, plan.time_budget_s, self.skips.budget, phases)
         self.forward: timing.Entry | None = None  # the shape's forward pass, once timed
 
-    def measure_shape(self, case: Case, device: str, names: list[str], done: Done) -> list[CaseRecord]:
+    def measure_shape(self, case: Case, device: str, names: list[str], done: Done,
+                      calling: Callable[[str | None], None] = lambda name: None) -> list[CaseRecord]:
         """The first pass: every named strategy of the shape validated, then the valid ones timed together with the
         forward pass."""
         outcomes: dict[str, Outcome] = {}
@@ -84,7 +86,9 @@ class ShapeRunner:
             try:
                 self.shapes.warm_up(case, device)
                 shape = self.shapes.prepare(case, device)
+                calling(name)  # a crash from here on is this strategy's
                 outcome = self._validate(strategy, shape)
+                calling(None)
             except Exception as exc:  # a harness bug must not stop the run either
                 outcome = Outcome("error", f"harness: {type(exc).__name__}: {exc}")
             outcomes[name] = dataclasses.replace(outcome, wall_s=time.perf_counter() - started)
@@ -168,7 +172,7 @@ class ShapeRunner:
         hang, is the error of the strategies it concerns."""
         window_s = self.plan.grid.budget.target_s * len(entries)
         guard_s = max(60.0, 20 * window_s + self.plan.time_budget_s * len(entries) * timing.MIN_ROUNDS)
-        compiled = [e for e in entries if strategies.REGISTRY[e.name].compiled]
+        compiled = [e for e in entries if e.name != FORWARD and strategies.REGISTRY[e.name].compiled]
         result = timing.ShapeTiming(entries)
         gc.collect()  # what validating and compiling left for the collector, collected before the first round
         try:

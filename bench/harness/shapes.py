@@ -49,7 +49,7 @@ class ShapeCache:
         self.memory_budget = memory_budget  # device -> bytes
         self.phases = phases
         self._shape: PreparedShape | None = None
-        self._warm: set[tuple[str, str]] = set()  # (device, model) warmed up
+        self.warmed: set[tuple[str, str]] = set()  # (device, model) warmed up
 
     def prepare(self, case: Case, device: str, with_reference: bool = True) -> PreparedShape:
         """Build (once per shape and device) the model and input, and the float64 reference when asked (the
@@ -92,9 +92,9 @@ class ShapeCache:
         limit: lazy imports (torch.func pulls in torch._dynamo and sympy), CUDA context and kernel loading happen
         here, never inside a timed or time-limited call (an import cut off by a time limit leaves torch
         half-initialised)."""
-        if (device, case.model) in self._warm:
+        if (device, case.model) in self.warmed:
             return
-        self._warm.add((device, case.model))
+        self.warmed.add((device, case.model))
         with self.phases("warm-up"):
             torch.func.vmap(torch.func.jacrev(torch.sin))(torch.ones(2, 2))  # whatever the model, torch.func loads
             try:

@@ -11,8 +11,10 @@ graphs, allocator state or heap size moves its numbers, and a crash or a hang in
 run. The worker itself never runs parallel work (forking after OpenMP threads exist is unsafe) and never touches
 CUDA (a forked child could not use it); each child sets the run's thread count and initialises its device itself.
 
-Lines written (JSON objects): {"child": pid} when a child starts; {"record": {...}, "predicts_larger": bool} per
-case; {"process": {...}} (the child's phases, calibration and wall time); {"end": exit code} when the child is gone.
+Lines written (JSON objects): {"child": pid} when a child starts; {"calling": name} before a strategy's first call
+and {"calling": null} after it (the host knows whom a crash belongs to); {"record": {...}, "predicts_larger": bool}
+per case; {"process": {...}} (the child's phases, calibration and wall time); {"end": exit code} when the child is
+gone.
 """
 
 from __future__ import annotations
@@ -30,22 +32,27 @@ EXIT_HARNESS = 70  # the child raised past the runner (a harness bug): its remai
 
 
 def main(argv: list[str]) -> int:
+    import torch
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the host's: it stops after the current shape
+    torch.set_num_threads(1)  # before anything runs: an OpenMP thread that exists at fork hangs the child
     folder, process = Path(argv[0]), int(argv[1])
-    plan = _plan(folder)
-    _warm_imports()
+    plan, threads = _plan(folder)
+    os.environ["JACOBENCH_THREADS"] = str(threads)  # what the children set
+    warm = _warm_up(plan)
     out = os.fdopen(os.dup(sys.stdout.fileno()), "w")  # the protocol; what anything else prints goes to stderr
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     out.write(json.dumps({"ready": os.getpid()}) + "\n")
     out.flush()
     for line in sys.stdin:
         if line.strip():
-            _serve(plan, process, json.loads(line), out)
+            _serve(plan, process, json.loads(line), out, warm)
     return 0
 
 
-def _plan(folder: Path):
-    """The run's plan, from the settings its env.json records (the host planned the same)."""
+def _plan(folder: Path) -> tuple[Any, int]:
+    """The run's plan, from the settings its env.json records (the host planned the same), planned on one thread
+    (planning runs each model once); and the run's thread count, which the children set."""
     import dataclasses
 
     from bench import results
@@ -54,31 +61,33 @@ def _plan(folder: Path):
 
     env = results.read_json(folder / "env.json")
     known = {f.name for f in dataclasses.fields(Settings)}
-    chosen = Settings(**{k: v for k, v in env.get("settings", {}).items() if k in known} | {"resume": True,
-                                                                                           "force": False})
+    chosen = Settings(**{k: v for k, v in env.get("settings", {}).items() if k in known} | {
+        "resume": True, "force": False, "threads": "1"})
     plan = plan_run(chosen)
     plan.folder = folder
-    return plan
+    return plan, int(env.get("threads") or 1)
 
 
-def _warm_imports() -> None:
-    """What every child would otherwise import in its first timed shape (torch.func pulls in torch._dynamo and
-    sympy), done once, on one thread so that no OpenMP thread exists when a child is forked."""
-    import torch
+def _warm_up(plan: Any) -> set[tuple[str, str]]:
+    """Every eager strategy called once on a two-sample version of each model, on the CPU, on one thread (no OpenMP
+    thread may exist when a child is forked): the lazy imports and first-call setup every child would otherwise
+    repeat (torch.func pulls in torch._dynamo and sympy). The (device, model) pairs warmed."""
+    from bench.harness import measure
+    from bench.harness.shapes import ShapeCache
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.func.vmap(torch.func.jacrev(torch.sin))(torch.ones(2, 2))
-    torch.func.jvp(torch.sin, (torch.ones(2),), (torch.ones(2),))
-    os.environ["JACOBENCH_THREADS"] = str(threads)  # what the children set
+    cache = ShapeCache(plan.model_defs, plan.strategy_names, plan.time_budget_s, lambda device: 1 << 40,
+                       measure.Phases())
+    for case in {c.model: c for c in reversed(plan.cases)}.values():  # each model at its smallest shape
+        cache.warm_up(case, "cpu")
+    return cache.warmed
 
 
-def _serve(plan: Any, process: int, request: dict[str, Any], out: IO[str]) -> None:
+def _serve(plan: Any, process: int, request: dict[str, Any], out: IO[str], warm: set[tuple[str, str]]) -> None:
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
-            _child(plan, process, request, out)
+            _child(plan, process, request, out, warm)
         except BaseException:  # noqa: BLE001 - reported to the host as the child's exit code, with the traceback
             traceback.print_exc(file=sys.stderr)
             code = EXIT_HARNESS
@@ -93,7 +102,7 @@ def _serve(plan: Any, process: int, request: dict[str, Any], out: IO[str]) -> No
     out.flush()
 
 
-def _child(plan: Any, process: int, request: dict[str, Any], out: IO[str]) -> None:
+def _child(plan: Any, process: int, request: dict[str, Any], out: IO[str], warm: set[tuple[str, str]]) -> None:
     import torch
 
     from bench.harness import measure
@@ -102,7 +111,8 @@ def _child(plan: Any, process: int, request: dict[str, Any], out: IO[str]) -> No
     from bench.spec.grid import case_from_dict
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(int(os.environ.get("JACOBENCH_THREADS", "0")) or torch.get_num_threads())
+    measure.allow_interrupts()  # a call interrupted by its time limit may abort this child, and only it
+    torch.set_num_threads(int(os.environ["JACOBENCH_THREADS"]))
     started = time.perf_counter()
     case, device = case_from_dict(request["case"]), request["device"]
 
@@ -111,14 +121,19 @@ def _child(plan: Any, process: int, request: dict[str, Any], out: IO[str]) -> No
         out.flush()
 
     phases = measure.Phases()
-    runner = ShapeRunner(plan, phases, run_usual_s=request.get("usual_s"))
+    runner = ShapeRunner(plan, phases, run_usual_s=request.get("usual_s"), settle_left_s=request["settle_left_s"])
+    runner.shapes.warmed |= warm
     if process == 1:
-        runner.measure_shape(case, device, request["names"], done)
+        def calling(name: str | None) -> None:
+            out.write(json.dumps({"calling": name}) + "\n")
+            out.flush()
+
+        runner.measure_shape(case, device, request["names"], done, calling)
     else:
         records = [CaseRecord.from_dict(r) for r in request["records"]]
         runner.retime_shape(case, device, records, done)
     out.write(json.dumps({"process": {"phases": phases.rounded(), "calibrations": runner.calibration.history,
-                                      "slow": runner.calibration.slow,
+                                      "slow": runner.calibration.slow, "settled_s": runner.settler.waited_s,
                                       "wall_s": round(time.perf_counter() - started, 3)}}) + "\n")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench import fidelity
+from bench import fidelity, stack_depth
 from bench.report.answer import answer_rows, answer_table, autotune_line
 from bench.report.document import Block, Document, Section, figure_block, render, table_block
 from bench.report.findings import summary_items
@@ -253,11 +253,26 @@ def closing_sections(run: LoadedRun, frame: pd.DataFrame, tables: Tables) -> lis
         Section("Status of every case", [
             Block("bullets", items=[(s, STATUS_MEANING[s]) for s in STATUSES if s in present]),
             tables.show("status", status_table(frame))], folded=True),
-        Section("Strategies", [table_block(strategies_table(frame), "strategies")], folded=True),
+        Section("Strategies", [table_block(strategies_table(frame), "strategies"),
+                               *stack_depth_blocks(set(frame["strategy"]))], folded=True),
         environment_section(run.env),
         Section("All cases", [Block("links", items=[
             ("every case (Markdown)", cases["md"]), ("every case (CSV, seconds and bytes)", cases["csv"]),
             ("every case (HTML)", cases["html"])])])]
+
+
+def stack_depth_blocks(measured: set[str]) -> list[Block]:
+    """What the caller's stack depth costs the strategies of this run that it moves, from the committed reference
+    table (bench/stack_depth.py): a training step in a framework calls the Jacobian 50 or more frames deep."""
+    table = stack_depth.load_reference()
+    lines = [text for name in sorted(measured) if (text := stack_depth.advice_for(name, table))]
+    if not lines:
+        return []
+    machine = table.get("machine", {})
+    intro = (f"The depth of the Python stack a call is made from moves some strategies' cost (measured with `python -m "
+             f"bench depth` on {machine.get('cpu_model', 'the reference machine')}, torch {machine.get('torch', '?')}, "
+             f"{table.get('measured', '')}; this run timed every call from a shallow stack, as a plain program would):")
+    return [Block("text", text=intro), Block("bullets", items=[("stack depth", line) for line in lines])]
 
 
 def answer_section(run: LoadedRun, figures: dict[str, Path], tables: Tables, shown: list[str],

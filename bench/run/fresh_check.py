@@ -43,12 +43,16 @@ class Check:
         self.picks = pick(list(records), {(d, c.shape_id) for d, c in pending}, self.budget_s)
         self.found: list[dict[str, Any]] = []
         self.spent_s = 0.0
+        self.skipped: list[str] = []  # picked, but the budget was spent before their shape came
         self.problems: list[str] = []
 
     def time_fresh(self, device: str, shape_id: str) -> None:
         """Time the picked cases of one shape in a fresh process (nothing when none is picked)."""
         picked = self.picks.get((device, shape_id))
         if not picked:
+            return
+        if self.spent_s >= self.budget_s:  # the picks were made from estimates: the budget is what was spent
+            self.skipped += [r.case_id for r in picked]
             return
         started = time.perf_counter()
         job = fresh.spec(picked[0], self.models[picked[0].model], self.threads, [r.strategy for r in picked])
@@ -71,7 +75,8 @@ class Check:
         env["fidelity"] = before | {
             "share": self.share, "budget_s": round(self.budget_s, 1),
             "spent_s": round(before.get("spent_s", 0) + self.spent_s, 1),
-            "fresh": list(found.values()), "problems": before.get("problems", []) + self.problems}
+            "fresh": list(found.values()), "problems": before.get("problems", []) + self.problems,
+            "over_budget": before.get("over_budget", []) + self.skipped}
         results.write_json(env_path, env)
 
 

@@ -56,10 +56,12 @@ def run(plan: RunPlan, folder: RunFolder) -> int:
 
 
 def complete(plan: RunPlan, interrupted: bool, load: environment.Load | None = None) -> None:
-    """After pass 1: pass 2 and the fidelity check (unless interrupted), the run's numbers, the report. `load`: what
-    else used the machine since the run started, recorded in env.json."""
-    if not interrupted and plan.processes > 1:
-        interrupted = second_pass(plan)
+    """After pass 1: the later passes, with the fidelity check in the second (unless interrupted), the run's numbers,
+    the report. `load`: what else used the machine since the run started, recorded in env.json."""
+    for process in range(2, plan.processes + 1):
+        if interrupted:
+            break
+        interrupted = later_pass(plan, process)
     if load is not None:
         session.record_load(plan.folder, load.during())
     counts = session.finish(plan.folder, interrupted)
@@ -75,45 +77,46 @@ def complete(plan: RunPlan, interrupted: bool, load: environment.Load | None = N
         print(f"jacobench: report {path} and {path.with_suffix('.html')}")
 
 
-def second_pass(plan: RunPlan) -> bool:
-    """Each shape's contenders timed again in a second worker process, with the fidelity check's fresh processes
-    between its shapes; True when Ctrl-C stopped it."""
+def later_pass(plan: RunPlan, process: int) -> bool:
+    """Each shape's contenders timed again in worker process `process` (2, 3, ...), largest shapes first; in the
+    second, the fidelity check's fresh processes between its shapes. True when Ctrl-C stopped it."""
     path = plan.folder / "cases.jsonl"
     records = {r.key: r for r in results.read_cases(path)}
-    pending = [(device, case) for device in plan.devices for case in plan.cases
-               if any(_needs_retime(records.get(case.key(n, device))) for n in plan.strategies_for(case))]
+    pending = [(device, case) for device, case, names in reversed(list(plan.shapes()))
+               if any(_needs_retime(records.get(case.key(n, device)), process) for n in names)]
     if not pending:
         return False
-    print("jacobench: second process: each shape's contenders timed again in a fresh process", flush=True)
+    print(f"jacobench: worker process {process}: each shape's contenders timed again in a fresh process", flush=True)
     env = results.read_json(plan.folder / "env.json")
-    check = fresh_check.Check(plan.fidelity, records.values(), pending, _first_pass_s(env),
-                           {name: d.spec for name, d in plan.model_defs.items()}, plan.threads)
+    check = fresh_check.Check(plan.fidelity if process == 2 else 0.0, records.values(), pending,
+                              _first_pass_s(env), {name: d.spec for name, d in plan.model_defs.items()}, plan.threads)
     interrupted: list[bool] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(True))
-    second = Pass(plan, process=2, usual_s=_first_pass_usual(env))
+    worker = Pass(plan, process=process, usual_s=_first_pass_usual(env))
     try:
         for n, (device, case) in enumerate(pending, start=1):
             if interrupted:
                 break
             check.time_fresh(device, case.shape_id)  # right before the worker: a slow moment hits both
-            shape = _shape_records(plan, records, device, case)
             updated: list[CaseRecord] = []
 
             def done(record: CaseRecord, predicts_larger: bool, updated: list[CaseRecord] = updated) -> None:
                 results.append_case(path, record)
                 updated.append(record)
 
-            second.retime(case, device, shape, done)
-            print(_progress_line(n, len(pending), device, case.shape_id, updated), flush=True)
+            worker.retime(case, device, _shape_records(plan, records, device, case), done)
+            print(_progress_line(n, len(pending), process, device, case.shape_id, updated), flush=True)
     finally:
         signal.signal(signal.SIGINT, previous)
-        second.close(plan.folder, bool(interrupted))
-        check.save(plan.folder)
+        worker.close(plan.folder, bool(interrupted))
+        if process == 2:
+            check.save(plan.folder)
     return bool(interrupted)
 
 
-def _needs_retime(record: CaseRecord | None) -> bool:
-    return record is not None and record.status == "ok" and bool(record.contender) and len(record.process_rounds) < 2
+def _needs_retime(record: CaseRecord | None, process: int) -> bool:
+    return (record is not None and record.status == "ok" and bool(record.contender)
+            and len(record.process_rounds) < process)
 
 
 def _shape_records(plan: RunPlan, records: dict[tuple, CaseRecord], device: str, case: Case) -> list[CaseRecord]:
@@ -130,12 +133,12 @@ def _first_pass_s(env: dict[str, Any]) -> float:
     return sum(p.get("wall_s", 0.0) for p in env.get("processes", []) if p.get("process") == 1)
 
 
-def _progress_line(n: int, total: int, device: str, shape: str, updated: list[CaseRecord]) -> str:
-    """"[  3/18] second process cpu-mlp-B32-H64-in8-out8: grad_batched 229 µs, jacobian_sum 241 µs"."""
+def _progress_line(n: int, total: int, process: int, device: str, shape: str, updated: list[CaseRecord]) -> str:
+    """"[  3/18] process 2 cpu-mlp-B32-H64-in8-out8: grad_batched 229 µs, jacobian_sum 241 µs"."""
     from bench.schema import fmt_time
 
     times = ", ".join(f"{r.strategy} {fmt_time(r.time_median_s)}" for r in updated) or "nothing to time"
-    return f"[{n:>4}/{total}] second process {device}-{shape}: {times}"
+    return f"[{n:>4}/{total}] process {process} {device}-{shape}: {times}"
 
 
 def _pytest(plugin: Any, benchmark_json: Path) -> int:

@@ -34,6 +34,7 @@ class Pass:
         self.process = process
         self.calibration = machine.Calibration(usual_s)  # pass 2 is held to pass 1's usual speed
         self.phases = measure.Phases()  # seconds per phase of the harness, its children's included
+        self.settle_left_s = runner.SETTLE_TOTAL_S  # waiting for other processes' load, over the whole pass
         self.started = time.perf_counter()
         self._worker: Worker | None = None
 
@@ -45,14 +46,26 @@ class Pass:
         return self._worker
 
     def measure(self, case: Case, device: str, names: list[str], done: Done) -> None:
-        """Pass 1: the named strategies of one shape, measured in a child of the worker."""
-        request = {"case": case.as_dict(), "device": device, "names": names}
-        finished, end = self._run(request, len(names), done)
+        """Pass 1: the named strategies of one shape, measured in a child of the worker. A child that dies in a
+        strategy's first call (a crash, a hang) ends that case; the shape's other cases go to a new child."""
+        left = list(names)
+        while left:
+            request = {"case": case.as_dict(), "device": device, "names": left}
+            finished, end = self._run(request, len(left), done)
+            left = [n for n in left if n not in finished]
+            culprit = end.get("calling")
+            if culprit not in left:  # it died while timing the shape, or ended cleanly: no one to blame alone
+                break
+            self._failed(case, device, [culprit], end, done, f" in {culprit}'s first call")
+            left.remove(culprit)
+        self._failed(case, device, left, end, done)
+
+    def _failed(self, case: Case, device: str, names: list[str], end: dict[str, Any], done: Done,
+                where: str = "") -> None:
+        status, message, larger = _unfinished(end, where)
         for name in names:
-            if name not in finished:
-                status, message, larger = _unfinished(end)
-                done(runner.case_record(strategies.REGISTRY[name], case, device, Outcome(status, message), None,
-                                        predicted_memory(strategies.REGISTRY[name], case)), larger)
+            done(runner.case_record(strategies.REGISTRY[name], case, device, Outcome(status, message), None,
+                                    predicted_memory(strategies.REGISTRY[name], case)), larger)
 
     def retime(self, case: Case, device: str, records: list[CaseRecord], done: Done) -> None:
         """Pass 2: one shape's contenders timed again (the child picks them: runner.to_retime)."""
@@ -64,28 +77,36 @@ class Pass:
                 done(runner.added_process(r, None, timing.ShapeTiming([]), f"second process: {message}"), False)
 
     def _run(self, request: dict[str, Any], cases: int, done: Done) -> tuple[set[str], dict[str, Any]]:
-        request["usual_s"] = self.calibration.usual_s()
-        budget = self.plan.grid.budget
-        guard_s = 2 * (budget.compile_s + 60 + cases * (20 * budget.target_s + timing.MIN_ROUNDS
-                                                        * self.plan.time_budget_s))
+        request |= {"usual_s": self.calibration.usual_s(), "settle_left_s": self.settle_left_s}
         finished: set[str] = set()
         end: dict[str, Any] = {"end": None}
-        for message in self.worker.measure(request, guard_s):
-            if "record" in message:
+        calling = None  # the strategy whose first call runs now (None between them)
+        for message in self.worker.measure(request, self.guard_s(cases)):
+            if "calling" in message:
+                calling = message["calling"]
+            elif "record" in message:
                 record = CaseRecord.from_dict(message["record"])
                 finished.add(record.strategy)
                 done(record, bool(message.get("predicts_larger")))
             elif "process" in message:
                 self._note(message["process"])
             elif "end" in message:
-                end = message
+                end = message | {"calling": calling if message["end"] != 0 and calling not in finished else None}
         return finished, end
+
+    def guard_s(self, cases: int) -> float:
+        """How long a child may stay silent before the host kills it: twice the longest phase the child's own time
+        limits allow (building the reference, a compiled first call and its retry, the timing window)."""
+        budget, per_call = self.plan.grid.budget, self.plan.time_budget_s
+        window = max(60.0, 20 * cases * budget.target_s + per_call * cases * timing.MIN_ROUNDS)
+        return 2 * max(2 * budget.compile_s, 2 * per_call, 10 * per_call, 30.0, window)
 
     def _note(self, child: dict[str, Any]) -> None:
         for phase, seconds in child.get("phases", {}).items():
             self.phases.seconds[phase] += seconds
         self.calibration.history += child.get("calibrations", [])
         self.calibration.slow += child.get("slow", 0)
+        self.settle_left_s = max(0.0, self.settle_left_s - child.get("settled_s", 0.0))
 
     def close(self, folder: Path, interrupted: bool) -> None:
         if self._worker is not None:
@@ -94,12 +115,14 @@ class Pass:
                                self.calibration.summary(), time.perf_counter() - self.started, interrupted)
 
 
-def _unfinished(end: dict[str, Any]) -> tuple[str, str, bool]:
-    """(status, message, predicts larger shapes) of a case whose child ended before its record."""
+def _unfinished(end: dict[str, Any], where: str = "") -> tuple[str, str, bool]:
+    """(status, message, predicts larger shapes) of a case whose child ended before its record; `where`: in which
+    strategy's call it ended, when that is known."""
     code = end.get("end")
     if end.get("killed_after_s"):
-        return ("timeout", f"the worker's child was silent for {end['killed_after_s']:.0f} s (a call that does not "
-                "return) and was killed", True)
+        return ("timeout", f"the worker's child was silent for {end['killed_after_s']:.0f} s{where} (a call that "
+                "does not return) and was killed", True)
     if code is not None and code < 0:
-        return "error", f"the worker's child died of signal {-code} while measuring this shape", False
-    return "error", f"the worker's child ended (exit code {code}) before this case's record; see its traceback", False
+        return "error", f"the worker's child died of signal {-code}{where} while measuring this shape", False
+    return ("error", f"the worker's child ended (exit code {code}){where} before this case's record; see its "
+            "traceback", False)

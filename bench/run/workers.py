@@ -39,11 +39,11 @@ class Worker:
     def __init__(self, folder: Path, process: int):
         self.process = process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.harness.worker", str(folder), str(process)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-            start_new_session=True,  # a Ctrl-C at the terminal reaches the host, which stops after the current shape
-            cwd=Path(__file__).resolve().parents[2])
+            [sys.executable, "-m", "bench.harness.worker", str(Path(folder).resolve()), str(process)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+            start_new_session=True)  # a Ctrl-C at the terminal reaches the host, which stops after the current shape
         self.child: int | None = None
+        self._pending = b""  # bytes read past the last whole line
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.proc.stdout, selectors.EVENT_READ)
         ready = self._read(STARTUP_S)
@@ -55,8 +55,7 @@ class Worker:
     def measure(self, request: dict[str, Any], guard_s: float) -> Iterator[dict[str, Any]]:
         """Send one shape; yield what its child writes, then {"end": exit code} (negative: the signal that ended
         it). Silent for `guard_s`: the child is killed and the end says so."""
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
         killed = False
         while True:
             message = self._read(guard_s)
@@ -76,19 +75,24 @@ class Worker:
             yield message
 
     def _read(self, timeout_s: float) -> dict[str, Any] | None:
-        """The next JSON line, or None after `timeout_s` of silence or at the end of the stream."""
+        """The next JSON line, or None after `timeout_s` of silence or at the end of the stream. Lines are cut from
+        raw reads: a buffered reader could hold lines that select() no longer sees."""
         deadline = time.monotonic() + timeout_s
         while True:
+            line, newline, rest = self._pending.partition(b"\n")
+            if newline:
+                self._pending = rest
+                try:
+                    return json.loads(line)
+                except json.JSONDecodeError:  # not ours (the worker's stdout is its protocol; prints go to stderr)
+                    continue
             left = deadline - time.monotonic()
             if left <= 0 or not self._selector.select(left):
                 return None
-            line = self.proc.stdout.readline()
-            if not line:
+            chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+            if not chunk:
                 return None
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:  # not ours (the worker's stdout is its protocol; prints go to stderr)
-                continue
+            self._pending += chunk
 
     def _kill_child(self) -> None:
         if self.child is not None:

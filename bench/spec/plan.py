@@ -304,9 +304,13 @@ def plan_run(settings: Settings, here: bool = True) -> RunPlan:
     return plan
 
 
+MAX_PROCESSES = 4
+
+
 def resolve_processes(spec: str) -> int:
-    if spec not in ("1", "2"):
-        raise SettingsError(f"PROCESSES={spec!r}: give 2 (the contenders timed again in a second process) or 1")
+    if spec not in [str(n) for n in range(1, MAX_PROCESSES + 1)]:
+        raise SettingsError(f"PROCESSES={spec!r}: give 2 (the contenders timed again in a second process), 1, or up "
+                            f"to {MAX_PROCESSES}")
     return int(spec)
 
 

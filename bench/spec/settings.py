@@ -45,7 +45,7 @@ class Settings:
                                                    "timeout (default: the grid's budget.time_s)")
     processes: str = _setting("2", "PROCESSES", "worker processes that time each shape's contenders: 2 measures "
                                                 "them again in a fresh process, so intervals and verdicts include "
-                                                "what a process changes; 1 is quicker and knows less")
+                                                "what a process changes; 1 is quicker and knows less; up to 4")
     fidelity: str = _setting("", "FIDELITY", "share of the first pass's wall time spent timing a sample of the run's "
                                              "cases again in fresh processes (torch.utils.benchmark.Timer), to check "
                                              "its numbers against a plain program's; 0: no check (default: 0.1)")

@@ -1,52 +1,31 @@
-"""How each strategy's time grows with the depth of the Python stack it is called from (`python -m bench depth`).
+"""How each strategy's time grows with the depth of the Python stack it is called from: the table and what it says.
 
 A training step inside a framework (Lightning, a trainer loop, a callback) calls the Jacobian 50 or more frames
-below the top of the process; a benchmark calls it from a few. For each strategy and shape, one fresh process
-(bench/harness/fresh.py, `depth_here`) times the call from each depth in turn, round after round; the ratio of the
-medians at each depth to the shallowest, with its 95% interval, says what the depth costs. Written to
-<folder>/stack_depth.json (with the machine it was measured on) and stack_depth.md; the committed reference
-results/reference/cpu-stack-depth is what reports and `autotune`'s explain() cite.
+below the top of the process; a benchmark calls it from a few. `python -m bench depth` (bench/run/depth.py) times
+each strategy from several depths in fresh processes; this module turns those rounds into the table (the ratio of
+each depth's median to the shallowest, with its 95% interval), writes it, and reads the committed reference
+(results/reference/cpu-stack-depth) for the reports and `autotune`'s explain(). Torch-free.
+
+Why it matters, found by profiling a deep call against a shallow one: torch.func.linearize traces the function with
+make_fx on every call, and each trace creates FakeTensorModes whose constructor records the whole Python stack with
+its source lines (`traceback.extract_stack()` in torch/_subclasses/fake_tensor.py, FakeTensorMode.__init__): the
+cost of every trace grows with the depth of the caller's stack. torch.fx's do_not_emit_stack_traces does not reach
+it. Strategies that do not trace per call do not move.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-from bench import results, stats
-from bench.errors import BenchError
-from bench.harness import fresh
+from bench import stats
 from bench.schema import Sizes, fmt_ratio, fmt_time
 
 DEPTHS = (5, 40, 80)
 ROUNDS = 21
 SHAPES = (Sizes(32, 64, 8, 8), Sizes(512, 64, 8, 8))  # the quick grid's base, and sixteen times its batch
-REFERENCE = Path(__file__).resolve().parents[2] / "results" / "reference" / "cpu-stack-depth" / "stack_depth.json"
-
-
-def measure(folder: Path, names: list[str], shapes: tuple[Sizes, ...] = SHAPES, depths: tuple[int, ...] = DEPTHS,
-            rounds: int = ROUNDS, threads: int = 0, mode: str = "jacobian") -> dict[str, Any]:
-    """Time every strategy at every shape from every depth, one fresh process each; write and return the table."""
-    from bench.harness import environment
-
-    rows = []
-    for sizes in shapes:
-        for name in names:
-            job = {"model": "mlp", "name": "mlp", "strategies": [name], "mode": mode, "sizes": list(sizes),
-                   "device": "cpu", "dtype": "float32", "threads": threads, "depths": list(depths),
-                   "rounds": rounds, "seed": len(rows)}
-            found = fresh.in_fresh_process(job)[name]
-            rows.append(row(name, sizes, {int(d): v for d, v in found.items()}))
-            print(line(rows[-1]), flush=True)
-    table = {"depths": list(depths), "rounds": rounds, "measured": time.strftime("%Y-%m-%d"), "rows": rows,
-             "machine": {k: v for k, v in environment.collect(["cpu"]).items()
-                         if k in ("cpu_model", "threads", "torch", "python")}}
-    folder.mkdir(parents=True, exist_ok=True)
-    results.write_json(folder / "stack_depth.json", table)
-    (folder / "stack_depth.md").write_text(markdown(table), encoding="utf-8")
-    return table
+REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "cpu-stack-depth" / "stack_depth.json"
 
 
 def row(name: str, sizes: Sizes, rounds: dict[int, list[float]]) -> dict[str, Any]:
@@ -100,10 +79,16 @@ def costly(table: dict[str, Any] | None, threshold: float = 1.05) -> dict[str, d
     return found
 
 
-def check_names(names: list[str]) -> list[str]:
-    import strategies
+MECHANISM = ("it traces the function with make_fx on every call, and every trace records the whole Python stack "
+             "(FakeTensorMode.__init__ calls traceback.extract_stack): the deeper the caller, the longer each call")
+ADVICE = ("call it from a shallow stack, or use a strategy that does not trace per call (jvp_batched, vmap_jacfwd: the "
+          "same forward mode without the trace), or compile it")
 
-    unknown = [n for n in names if n not in strategies.REGISTRY]
-    if unknown:
-        raise BenchError(f"unknown strategy {unknown[0]!r}: choose from {', '.join(strategies.names())}")
-    return names or [n for n in strategies.names() if not strategies.REGISTRY[n].compiled]
+
+def advice_for(strategy: str, table: dict[str, Any] | None = None) -> str:
+    """One sentence for a strategy whose time surely grows with the caller's stack depth ("" when it does not)."""
+    found = costly(table if table is not None else load_reference()).get(strategy)
+    if not found:
+        return ""
+    return (f"{strategy} costs {fmt_ratio(found['ratio'])} its time when called {found['frames']} frames deep (at "
+            f"{found['shape']}, measured; at least {fmt_ratio(found['low'])}): {MECHANISM}; {ADVICE}")
