@@ -68,7 +68,7 @@ BENCH_ARGS := --grid '$(GRID)' \
 	$(if $(call yes,$(FORCE)),--force) \
 	$(if $(call yes,$(NO_REPORT)),--no-report)
 
-.PHONY: setup bench plan merge submit report compare fidelity test lint clean gpu-quick
+.PHONY: setup bench plan merge submit report compare fidelity test test-fast lint clean gpu-quick
 
 setup: $(SETUP)
 
@@ -110,8 +110,12 @@ compare: $(SETUP)
 fidelity: $(SETUP)
 	@$(PY) -m bench fidelity $(if $(RUN),'$(RUN)',latest)
 
+# Every test (what CI runs: .ci/run); test-fast leaves out those marked slow (another Python process, compiling).
 test: $(SETUP)
 	$(PY) -m pytest -ra
+
+test-fast: $(SETUP)
+	$(PY) -m pytest -ra -m "not slow"
 
 lint: $(SETUP)
 	$(PY) -m ruff check .

@@ -2,8 +2,8 @@
 
 Sizes span four orders of magnitude and costs grow as powers of them, so distances are taken between log2 sizes and
 values are averaged as logs: the k nearest points, weighted by 1 / distance**power (inverse-distance weighting); an
-exact match is the answer itself. Shared by measurement and reporting (bench/scale/costs.py predicts the wall time of
-a run with it); numpy only.
+exact match is the answer itself. The one interpolation of the project: bench/scale/costs.py predicts the wall time of
+a run with it, bench/report/recommend.py the time of a strategy at a shape no run measured; numpy only.
 """
 
 from __future__ import annotations
@@ -30,6 +30,12 @@ def log2_sizes(rows: Sequence[Sequence[float]]) -> np.ndarray:
     if sizes.shape[1] > 1:
         sizes[:, 1] = np.where(sizes[:, 1] == FIXED_HIDDEN, FIXED_MODEL_WIDTH, sizes[:, 1])
     return np.log2(sizes)
+
+
+def log2_distances(queries: Sequence[Sequence[float]], points: Sequence[Sequence[float]]) -> np.ndarray:
+    """[queries, points] Euclidean distance between log2 sizes (rows of batch, hidden, in_dim, out_dim)."""
+    diff = log2_sizes(queries)[:, None, :] - log2_sizes(points)[None, :, :]  # [queries, points, 4]
+    return np.sqrt((diff**2).sum(axis=2))
 
 
 def idw(distances: np.ndarray, values: np.ndarray, k: int = K_NEAREST, power: float = POWER

@@ -1,6 +1,9 @@
-"""Statistics for noisy timings: bootstrap intervals of a median and of a ratio, and the verdict of a contest.
+"""Statistics for noisy timings: intervals of a median and of a ratio, what a rerun will see, and the verdict.
 
-Every interval is a 95% percentile bootstrap with a fixed seed, so the same numbers always give the same interval.
+The bootstrap intervals (median_ci, ratio_of_medians) resample with a fixed seed, so the same numbers always give the
+same interval. A verdict (bench/verdicts.py for a run, autotune's race for one process) takes the paired ratios of a
+shape's contenders (ratio_spreads), widens each ratio's interval by the between-process variance (spread,
+pooled_excess, confidence_interval) and applies the tie rule (decide_spreads, verdict_of).
 A ratio is "slower / faster": above 1 the numerator is slower.
 """
 
@@ -40,11 +43,6 @@ def median_ci(samples: Sequence[float]) -> Interval:
     rng = np.random.default_rng(SEED)
     medians = np.median(x[rng.integers(0, len(x), size=(RESAMPLES, len(x)))], axis=1)
     return (float(np.median(x)), *_quantiles(medians))
-
-
-def paired_ratio(slower: Sequence[float], faster: Sequence[float]) -> Interval:
-    """Median of the per-round ratios slower[r] / faster[r] (rounds timed side by side) and its interval."""
-    return median_ci(np.asarray(slower, dtype=float) / np.asarray(faster, dtype=float))
 
 
 def ratio_of_medians(numerator: Sequence[float], denominator: Sequence[float]) -> Interval:
@@ -111,15 +109,6 @@ def _order(interval: Interval) -> tuple[bool, float]:
     return (not _known(interval[0]), interval[0] if _known(interval[0]) else 0.0)
 
 
-def decide(round_times: Mapping[str, Sequence[float]]) -> Verdict:
-    """The verdict of contenders timed in interleaved rounds (round r of every contender ran side by side): the best
-    has the lowest median; every other contender gets the paired ratio to it (verdict_of applies the tie rule)."""
-    medians = {name: float(np.median(times)) for name, times in round_times.items()}
-    best = min(medians, key=medians.__getitem__)
-    return verdict_of(best, {name: paired_ratio(times, round_times[best]) for name, times in round_times.items()
-                             if name != best})
-
-
 # ---- what a rerun will see -------------------------------------------------------------------------------------------
 #
 # A case's rounds come from one or more worker processes (a run uses two: bench/run/session.py), each a series of
@@ -184,7 +173,6 @@ class Spread:
     within: float  # variance of the mean of the processes' ln medians that their own rounds explain
     excess: float | None  # between-process variance this case showed beyond `within` (None: one process)
     processes: int
-    gap: float | None = None  # ln median of the first process minus that of the second (two processes)
     within_each: float = 0.0  # the mean variance of one process's ln median from its own rounds
     gaps: tuple[float, ...] = ()  # ln median of each process minus that of the next (two or more processes)
     paired: bool = True  # a ratio from rounds timed side by side (False: two medians timed apart, unpaired_spread)
@@ -199,17 +187,16 @@ def spread(values: Sequence[float], process_rounds: Sequence[int], center: float
     parts = [p for p in every if len(p) >= 2] or every
     ses = [log_median_se(p) for p in parts]
     within = sum(se**2 for se in ses) / len(parts) ** 2
-    excess = gap = None
+    excess = None
     gaps: tuple[float, ...] = ()
     within_each = float(np.mean([se**2 for se in ses]))
     if len(parts) > 1:
         medians = np.log([np.median(p) for p in parts])
         excess = max(0.0, float(np.var(medians, ddof=1)) - within_each)
         gaps = tuple(float(a - b) for a, b in zip(medians[:-1], medians[1:], strict=True))
-        gap = gaps[0]
     if center is None:
         center = float(np.log(np.median(np.concatenate(every))))
-    return Spread(center, within, excess, len(parts), gap, within_each, gaps)
+    return Spread(center, within, excess, len(parts), within_each, gaps)
 
 
 COVERED = 0.95  # the share of the run's own process-to-process gaps the pooled variance of a time must cover

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,3 +96,29 @@ def bench_command(*args: str) -> list[str]:
 def run_bench(cwd: Path, *args: str, site: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(bench_command(*args), cwd=cwd, env=bench_env(site), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def bench_main(cwd: Path, *args: str, monkeypatch, capsys) -> tuple[int, str, str]:
+    """`python -m bench ARGS` run in this process (no interpreter and torch to start: for commands that measure
+    nothing, such as plan, or that refuse their input): (exit code, stdout, stderr)."""
+    from bench.cli import main
+
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    with warnings.catch_warnings():  # main() sets the process's warning display: put it back after
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse refuses an argument by exiting
+            code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def strategy_params(names: list[str]) -> list:
+    """Registry names as pytest parameters, a compiled strategy's marked slow: its first call on each model and shape
+    compiles (seconds), so `make test-fast` leaves it out."""
+    import pytest
+
+    import strategies
+
+    return [pytest.param(n, marks=pytest.mark.slow) if strategies.REGISTRY[n].compiled else n for n in names]

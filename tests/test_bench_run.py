@@ -12,6 +12,8 @@ from bench.schema import CASE_FIELDS, STATUSES, case_key
 from bench.spec import grid
 from tests.helpers import install_planted, run_bench
 
+pytestmark = pytest.mark.slow  # every test here runs `python -m bench` in another process
+
 CONTRACT_COLUMNS = ["strategy", "model", "device", "dtype", "batch", "hidden", "in_dim", "out_dim", "status",
                     "time_median_s", "time_iqr_s", "rounds", "forward_median_s", "peak_memory_bytes", "max_abs_error"]
 

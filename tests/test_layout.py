@@ -36,6 +36,7 @@ def test_the_makefile_passes_every_setting_under_its_one_flag(setting):
     assert f"`{var}" in README, f"README's variable table has no row for {var}"
 
 
+@pytest.mark.slow
 def test_run_help_explains_every_option():
     proc = subprocess.run([sys.executable, "-m", "bench", "run", "--help"], cwd=REPO, env=bench_env(),
                           capture_output=True, text=True, timeout=60)
@@ -45,6 +46,7 @@ def test_run_help_explains_every_option():
         assert settings.flag(f) in text and f"[make: {f.metadata['make']}=" in text, f.name
 
 
+@pytest.mark.slow
 def test_pytest_takes_the_same_flags_as_the_command_line():
     proc = subprocess.run([sys.executable, "-m", "pytest", "--help", "-p", "no:cacheprovider"], cwd=REPO,
                           env=bench_env(), capture_output=True, text=True, timeout=60)

@@ -11,6 +11,7 @@ from bench.cli import main
 from bench.harness import reference
 from bench.schema import Sizes
 from bench.spec import grid, models, plan
+from tests.helpers import strategy_params
 
 # Two sizes (in_dim, hidden, out_dim) per preset that fit it; the first is the small one the strategy test uses.
 SIZES = {
@@ -181,7 +182,7 @@ def float64_cases() -> dict[str, tuple[torch.nn.Module, torch.Tensor, reference.
 
 
 @pytest.mark.parametrize("model_name", list(SIZES))
-@pytest.mark.parametrize("strategy_name", strategies.names("jacobian"))
+@pytest.mark.parametrize("strategy_name", strategy_params(strategies.names("jacobian")))
 def test_strategy_is_right_or_unsupported_on_every_preset(strategy_name, model_name, float64_cases):
     strategy = strategies.REGISTRY[strategy_name]
     model, x, ref = float64_cases[model_name]

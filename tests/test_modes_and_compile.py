@@ -65,6 +65,7 @@ def train_run(tmp_path_factory):
     return root / "results" / "t"
 
 
+@pytest.mark.slow
 def test_train_mode_validates_the_parameter_gradient(train_run):
     s = pd.read_csv(train_run / "summary.csv")
     status = {(r.strategy, r.mode): r.status for r in s.itertuples()}
@@ -78,6 +79,7 @@ def test_train_mode_validates_the_parameter_gradient(train_run):
     assert status[("linearize_batched", "jacobian")] == "ok"
 
 
+@pytest.mark.slow
 def test_train_mode_is_its_own_setting_in_every_file(train_run):
     s = pd.read_csv(train_run / "summary.csv")
     assert set(s["mode"]) == {"jacobian", "train"}
@@ -118,6 +120,7 @@ def test_compiled_strategies_run_only_where_asked(tmp_path, monkeypatch):
     assert named.strategies_for(small) == ["vmap_jacrev_compiled"]  # named in STRATEGIES=: everywhere
 
 
+@pytest.mark.slow
 def test_a_compiled_case_times_its_compiling_apart(tmp_path):
     (tmp_path / "g.toml").write_text(GRID.replace('modes = ["jacobian", "train"]', ""))
     proc = run_bench(tmp_path, "run", "--grid", "g.toml", "--run", "c", "--no-report", "--strategies",
@@ -132,6 +135,7 @@ def test_a_compiled_case_times_its_compiling_apart(tmp_path):
     assert set(env["inductor_cache"]) == {"dir", "warm"}
 
 
+@pytest.mark.slow
 def test_a_recompile_while_timing_is_an_error():
     fn = torch.compile(lambda t: torch.tanh(t) * 2, dynamic=False)
     compiling.reset()

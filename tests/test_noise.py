@@ -36,6 +36,7 @@ def hogs(seconds: float, n: int = 2) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", HOG.format(seconds=seconds)]) for _ in range(n)]
 
 
+@pytest.mark.slow
 def test_other_processes_on_the_cpus_are_seen():
     procs = hogs(3)
     try:
@@ -59,6 +60,7 @@ def quiet_run(tmp_path_factory):
     return root / "results" / "q", proc
 
 
+@pytest.mark.slow
 def test_every_ok_case_keeps_its_rounds_and_an_interval(quiet_run):
     folder, _ = quiet_run
     records = [json.loads(line) for line in (folder / "cases.jsonl").read_text().splitlines()]
@@ -73,6 +75,7 @@ def test_every_ok_case_keeps_its_rounds_and_an_interval(quiet_run):
     assert "round_times_s" not in summary.columns
 
 
+@pytest.mark.slow
 def test_every_shape_gets_a_verdict_from_interleaved_rounds(quiet_run):
     folder, proc = quiet_run
     playoffs = [json.loads(line) for line in (folder / "verdicts.jsonl").read_text().splitlines()]
@@ -89,6 +92,7 @@ def test_every_shape_gets_a_verdict_from_interleaved_rounds(quiet_run):
     assert set(best["verdict"]) <= {"winner", "tie"} and (best["fastest"] != "analytic").all()
 
 
+@pytest.mark.slow
 def test_a_busy_machine_gives_unstable_cases_with_the_reason(tmp_path):
     # a timing long enough (0.3 s) for the kernel's 10 ms CPU accounting to tell who used the CPUs
     (tmp_path / "g.toml").write_text(GRID.replace("out_dim = [1, 4]", "out_dim = [4]").replace("target_s = 0.05",

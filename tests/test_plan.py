@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,12 @@ import pytest
 
 from bench.scale import costs
 from bench.schema import Sizes
-from tests.helpers import REPO, bench_env, run_bench
+from tests.helpers import REPO, bench_env, bench_main, run_bench
 
 
-def test_plan_predicts_without_measuring_or_writing(tmp_path):
-    proc = run_bench(tmp_path, "plan", "--grid", "quick")
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+def test_plan_predicts_without_measuring_or_writing(tmp_path, monkeypatch, capsys):
+    code, out, err = bench_main(tmp_path, "plan", "--grid", "quick", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, err
     assert "grid quick on cpu: 18 shapes, 300 cases" in out
     assert "cost model: fitted from the committed reference runs in results/reference" in out
     assert "vmap_jacrev_compiled" in out and "mlp_batchnorm" in out  # per strategy and per model
@@ -28,10 +28,11 @@ def test_plan_predicts_without_measuring_or_writing(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def test_plan_json_and_shards(tmp_path):
-    proc = run_bench(tmp_path, "plan", "--grid", "quick", "--shards", "3", "--json")
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
+def test_plan_json_and_shards(tmp_path, monkeypatch, capsys):
+    code, out, err = bench_main(tmp_path, "plan", "--grid", "quick", "--shards", "3", "--json",
+                                monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, err
+    data = json.loads(out)
     assert data["cases"] == data["plan_cases"] == 300 and data["shard"] is None
     assert sum(s["cases"] for s in data["settings"]) == sum(s["cases"] for s in data["strategies"]) == 300
     assert [s["shard"] for s in data["shards"]] == ["1/3", "2/3", "3/3"]
@@ -43,13 +44,16 @@ def test_plan_json_and_shards(tmp_path):
     assert data["cost_model"]["cases"] > 0 and data["cost_model"]["runs"]
 
 
-def test_plan_of_the_full_grid_is_quick(tmp_path):
-    proc = run_bench(tmp_path, "plan", "--grid", "full", "--json", timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
+def test_plan_of_the_full_grid_is_quick(tmp_path, monkeypatch, capsys):
+    start = time.perf_counter()
+    code, out, err = bench_main(tmp_path, "plan", "--grid", "full", "--json", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, err
+    assert time.perf_counter() - start < 60
+    data = json.loads(out)
     assert data["cases"] == 16436 and data["predicted_s"]["total"] > 3600
 
 
+@pytest.mark.slow
 def test_the_plans_skip_list_is_what_the_run_skips(tmp_path):
     args = ("--grid", "smoke", "--strategies", "grad_loop,jacobian_diagonal,vmap_jacfwd", "--memory-budget", "3KiB")
     plan = run_bench(tmp_path, "plan", *args, "--json")
@@ -64,25 +68,26 @@ def test_the_plans_skip_list_is_what_the_run_skips(tmp_path):
     assert planned == skipped and 0 < len(skipped) < len(records)
 
 
-def test_plan_from_an_earlier_run_says_so(tmp_path):
-    proc = run_bench(tmp_path, "plan", "--grid", "smoke", "--mode", "train", "--from",
-                     str(REPO / "results/reference/cpu-published"))
-    assert proc.returncode == 0, proc.stderr
-    assert "cost model: fitted from" in proc.stdout and "cpu-published: 28 cases" in proc.stdout
-    assert "no fitted run measured" in proc.stdout  # published measured the Jacobian alone: train falls back
+def test_plan_from_an_earlier_run_says_so(tmp_path, monkeypatch, capsys):
+    code, out, err = bench_main(tmp_path, "plan", "--grid", "smoke", "--mode", "train", "--from",
+                                str(REPO / "results/reference/cpu-published"), monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, err
+    assert "cost model: fitted from" in out and "cpu-published: 28 cases" in out
+    assert "no fitted run measured" in out  # published measured the Jacobian alone: train falls back
 
 
-def test_plan_for_a_gpu_from_a_machine_without_one(tmp_path):
-    proc = run_bench(tmp_path, "plan", "--grid", "smoke", "--devices", "cuda")
-    assert proc.returncode == 0, proc.stderr
-    assert "memory budget: cuda unknown here" in proc.stdout
-    assert "measured no cuda device" in proc.stdout
+def test_plan_for_a_gpu_from_a_machine_without_one(tmp_path, monkeypatch, capsys):
+    code, out, err = bench_main(tmp_path, "plan", "--grid", "smoke", "--devices", "cuda", monkeypatch=monkeypatch,
+                                capsys=capsys)
+    assert code == 0, err
+    assert "memory budget: cuda unknown here" in out
+    assert "measured no cuda device" in out
 
 
-def test_plan_refuses_bad_input_in_one_line(tmp_path):
+def test_plan_refuses_bad_input_in_one_line(tmp_path, monkeypatch, capsys):
     for args in (("--grid", "nope"), ("--from", "results/none"), ("--grid", "smoke", "--shards", "0")):
-        proc = run_bench(tmp_path, "plan", *args)
-        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (args, proc.stderr)
+        code, _, err = bench_main(tmp_path, "plan", *args, monkeypatch=monkeypatch, capsys=capsys)
+        assert code == 2 and err.count("\n") == 1, (args, err)
 
 
 # ---- the cost model --------------------------------------------------------------------------------------------------
@@ -220,13 +225,6 @@ def test_from_takes_several_runs(tmp_path):
     assert model.runs == ["two", "cpu-published"] and model.structures == ["playoffs", "processes"]
 
 
-def test_the_timing_rules_the_model_repeats_are_the_harness_rules():
-    from bench.harness import timing
-
-    for name in ("MIN_ROUNDS", "MIN_ROUND_S", "LEAD_IN_S", "WARM_CALL_S"):
-        assert getattr(costs, name) == getattr(timing, name), name
-
-
 def test_local_linear_follows_a_power_law_where_idw_repeats_the_edge():
     from bench.neighbours import idw, local_linear, log2_sizes
 
@@ -246,18 +244,23 @@ def test_leave_one_out_scores_every_run():
     assert all(r["predicted_s"] > 0 and r["measured_s"] > 0 and r["case_factor_median"] >= 1 for r in found)
 
 
-SHARED = """
+LOADED = """
 import sys
-import bench.neighbours, bench.scale.costs
+import {module}
 print(sorted(m for m in ("torch", "pandas", "bench.report", "strategies") if m in sys.modules))
 """
 
 
-def test_the_cost_model_imports_neither_torch_nor_pandas():
-    proc = subprocess.run([sys.executable, "-c", SHARED], cwd=REPO, env=bench_env(), capture_output=True, text=True,
-                          timeout=60)
+@pytest.mark.slow
+@pytest.mark.parametrize("module,loaded", [
+    ("bench.neighbours", []),  # shared by measuring and reporting: numpy only
+    ("bench.scale.costs", ["torch"]),  # the harness's timing rules (and torch with them), never pandas or reports
+])
+def test_the_cost_model_reads_json_lines_without_pandas(module, loaded):
+    proc = subprocess.run([sys.executable, "-c", LOADED.format(module=module)], cwd=REPO, env=bench_env(),
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[]"
+    assert proc.stdout.strip() == str(loaded)
 
 
 def test_a_hessian_and_a_laplacian_of_the_same_sizes_are_two_shapes() -> None:

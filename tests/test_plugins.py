@@ -44,6 +44,7 @@ def registry_in_subprocess(site: Path) -> list[str]:
     return out.stdout.strip().split(",")
 
 
+@pytest.mark.slow
 def test_installed_plugin_is_discovered(tmp_path):
     install_plugin(tmp_path)
     names = registry_in_subprocess(tmp_path)
@@ -51,6 +52,7 @@ def test_installed_plugin_is_discovered(tmp_path):
     assert "vmap_jacrev" in names
 
 
+@pytest.mark.slow
 def test_plugin_clashing_with_builtin_is_skipped(tmp_path):
     install_plugin(tmp_path, entry="analytic = toy_plugin:strategy")
     names = registry_in_subprocess(tmp_path)

@@ -75,6 +75,7 @@ def test_user_errors(tmp_path: Path, run: Path) -> None:
         recommend([broken], 64, 32, 16, 16)
 
 
+@pytest.mark.slow
 def test_cli_json(run: Path) -> None:
     """`python -m bench recommend ... --json` (the CLI lives in bench/cli.py; skipped until it exists)."""
     cli = Path(__file__).resolve().parents[1] / "bench" / "cli.py"

@@ -10,13 +10,22 @@ import pandas as pd
 import pytest
 from run_fixtures import BASE, STRATEGIES, make_run, record
 
+from bench import stats
 from bench.report import frames
 from bench.report.run_report import build_report
-from bench.results import ResultsError, append_case
-from bench.schema import AXES, slug
+from bench.results import ResultsError, append_case, append_line
+from bench.schema import AXES, VerdictRecord, slug
 
 EVIL = "<script>alert(1)</script>"
 PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """build_report without drawing (seconds of matplotlib): for tests of tables and text; `built` checks the plots."""
+    from bench.report import run_report
+
+    monkeypatch.setattr(run_report, "plot_run", lambda run, folder: {})
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +116,60 @@ def test_output_sum_is_flagged_and_never_a_winner(built: dict[str, Path]) -> Non
     assert ((best["fastest"] == "grad_summed") & (best["out_dim"] == 1)).any(), "at out == 1 it is the Jacobian"
 
 
+def _at(table: pd.DataFrame, shape: dict[str, int], device: str = "cpu") -> pd.Series:
+    (row,) = [r for _, r in table.iterrows() if r["device"] == device and r["model"] == "mlp"
+              and all(r[k] == v for k, v in shape.items())]
+    return row
+
+
+def _tied(row: pd.Series) -> list[str]:
+    return str(row["tied_with"]).split("|") if isinstance(row["tied_with"], str) and row["tied_with"] else []
+
+
+def test_every_shape_has_a_verdict_by_the_tie_rule(built: dict[str, Path]) -> None:
+    """The best table's verdicts, from first timings here (the synthetic run has no verdicts.jsonl): the fastest
+    valid autodiff strategy, a tie exactly where a runner-up's interval reaches down to the tie margin."""
+    best = pd.read_csv(built["run"] / "tables" / "best.csv", keep_default_na=False)
+    run_shapes = {(r.device, r.model, *(getattr(r, a) for a in AXES)) for r in frames.load_run(built["run"]).frame
+                  .itertuples()}
+    assert len(best) == len(run_shapes) > 0
+    decided = best[best["fastest"] != ""]
+    assert len(decided) == len(best) - (best["n_valid"] == 0).sum() > 0
+    for _, row in decided.iterrows():
+        assert row["verdict"] in ("winner", "tie"), row
+        assert (row["verdict"] == "tie") == bool(_tied(row)) == (float(row["runner_up_ratio_low"]) <= stats.TIE_MARGIN)
+        assert row["fastest"] not in _tied(row) and row["runner_up"]
+    base = _at(decided, BASE)
+    assert (base["fastest"], base["verdict"], _tied(base)) == ("vmap_jacrev", "tie", ["vmap_jacfwd"])  # 1.4% apart
+    wide = _at(decided, {**BASE, "out_dim": 64})
+    assert (wide["fastest"], wide["verdict"], wide["runner_up"]) == ("vmap_jacfwd", "winner", "vmap_jacrev")  # ×2.9
+    section = built["md"].read_text().split("## Fastest autodiff strategy per shape", 1)[1].split("\n## ", 1)[0]
+    assert "tie with vmap_jacfwd" in section and "| winner" in section
+
+
+def test_a_runs_verdicts_decide_the_best_table(tmp_path: Path, no_plots: None) -> None:
+    """A shape with a verdict in verdicts.jsonl (contenders re-timed in two processes) takes it over first timings:
+    here the playoff tells vmap_jacrev from vmap_jacfwd, which first timings call a tie."""
+    run = make_run(tmp_path / "results", "played", devices=("cpu",), coupled=False, small=True)
+    playoff = VerdictRecord(model="mlp", device="cpu", dtype="float32", **BASE, best="vmap_jacrev", verdict="winner",
+                            runner_up="vmap_jacfwd", runner_up_ratio=[1.09, 1.06, 1.12],
+                            ratios={"vmap_jacfwd": [1.09, 1.06, 1.12]}, contenders=["vmap_jacrev", "vmap_jacfwd"],
+                            rounds=40, processes=2)
+    append_line(run / "verdicts.jsonl", playoff.as_dict())
+    md = build_report(run, tmp_path / "plots").read_text()
+    best = pd.read_csv(run / "tables" / "best.csv", keep_default_na=False)
+    base = _at(best, BASE)
+    assert (base["fastest"], base["verdict"], _tied(base), base["playoff_rounds"]) == ("vmap_jacrev", "winner", [],
+                                                                                       40)
+    assert float(base["runner_up_ratio_low"]) == pytest.approx(1.06)
+    assert (best[best["fastest"] != ""]["verdict"] != "").all()  # the shapes without a playoff keep their own
+    (row,) = [r for r in _md_rows(run / "tables" / "best.md")
+              if (r["device"], r["batch"], r["hidden"], r["in_dim"], r["out_dim"]) == ("cpu", "64", "32", "16", "16")]
+    assert (row["fastest autodiff"], row["verdict"]) == ("vmap_jacrev", "winner")
+    assert "[1.06–1.12]" in row["runner-up / fastest"]
+    assert "| winner " in md.split("## Fastest autodiff strategy per shape", 1)[1]
+
+
 def test_summary_per_device(built: dict[str, Path]) -> None:
     md = built["md"].read_text()
     section = md.split("## What this means", 1)[1].split("\n## ", 1)[0]
@@ -151,7 +214,7 @@ def test_sweeps_inferred_when_missing(tmp_path: Path) -> None:
     assert len(frames.plane(frame)) == 9 * len(STRATEGIES)
 
 
-def test_missing_cases_are_counted_against_the_plan(tmp_path: Path) -> None:
+def test_missing_cases_are_counted_against_the_plan(tmp_path: Path, no_plots: None) -> None:
     run = make_run(tmp_path / "results", "cut", devices=("cpu",), coupled=False, small=True)
     env = json.loads((run / "env.json").read_text())
     finished = len((run / "cases.jsonl").read_text().splitlines())
@@ -162,7 +225,7 @@ def test_missing_cases_are_counted_against_the_plan(tmp_path: Path) -> None:
     assert "RESUME=1" in md
 
 
-def test_published_ratios_beside_this_runs(tmp_path: Path) -> None:
+def test_published_ratios_beside_this_runs(tmp_path: Path, no_plots: None) -> None:
     run = make_run(tmp_path / "results", "pub", devices=("cpu",), coupled=False, small=True)
     env = json.loads((run / "env.json").read_text())
     env["threads"] = 1

@@ -19,6 +19,7 @@ def pytest_suite(cwd: Path, *args: str) -> subprocess.CompletedProcess:
                           cwd=cwd, env=bench_env(), capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_pytest_on_the_suite_runs_the_same_plugin(tmp_path):
     proc = pytest_suite(tmp_path, "--grid", "smoke", "--strategies", "analytic,grad_loop", "--run", "direct",
                         "--results-dir", str(tmp_path / "out"), "--dtype", "float64")
@@ -29,6 +30,7 @@ def test_pytest_on_the_suite_runs_the_same_plugin(tmp_path):
     assert "[   8/8 eta" in proc.stdout  # the plugin's progress line
 
 
+@pytest.mark.slow
 def test_pytest_on_the_suite_refuses_bad_input_in_one_line(tmp_path):
     proc = pytest_suite(tmp_path, "--grid", "nope", "--results-dir", str(tmp_path / "out"))
     assert proc.returncode == 4  # pytest's usage error
@@ -45,6 +47,7 @@ def test_plots_mirror_the_results_folder(tmp_path):
     assert plots_dir(tmp_path / "results" / "latest") == tmp_path / "plots" / "a"
 
 
+@pytest.mark.slow
 def test_a_run_in_another_results_dir_draws_its_plots_beside_it(tmp_path):
     proc = run_bench(tmp_path, "run", "--grid", "smoke", "--strategies", "analytic,grad_loop", "--run", "r",
                      "--results-dir", "box/res")
@@ -65,13 +68,22 @@ print(sorted(m for m in {forbidden} if m in loaded))
 """
 
 
+# bench/rules.py imports pandas at module level for a type annotation only, and the harness imports bench.rules: so
+# does autotune. Strict: once rules.py imports pandas only for type checking, these pass and the mark must go.
+PANDAS_IN_RULES = pytest.mark.xfail(reason="bench/rules.py imports pandas at module level", strict=True)
+
+
 @pytest.mark.parametrize("modules,forbidden", [
     ("bench.report.run_report, bench.report.compare, bench.report.recommend", ["torch", "strategies", "bench.run"]),
     ("bench.run.plugin, bench.harness.runner, bench.cli", ["bench.report", "bench.report.tables", "bench.report.plots",
                                                        "bench.report.frames", "matplotlib"]),  # measuring
     ("bench", ["torch", "strategies", "bench.tuning.autotune"]),  # `import bench` stays light: autotune loads on use
     ("bench.tuning.autotune", ["bench.report", "matplotlib"]),  # autotune reads result files only for results=
+    pytest.param("bench.tuning.autotune, bench.tuning.tuned, bench.tuning.race, bench.tuning.explain",
+                 ["pytest", "_pytest", "pandas", "matplotlib", "bench.report"],  # a library call: no test, table or
+                 marks=PANDAS_IN_RULES),  # plot library (runs.py reads result files only when results= is given)
 ])
+@pytest.mark.slow
 def test_measurement_and_reporting_stay_apart(modules, forbidden):
     code = LAYERS.format(modules=modules, forbidden=forbidden)
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=bench_env(), capture_output=True, text=True,
@@ -80,6 +92,18 @@ def test_measurement_and_reporting_stay_apart(modules, forbidden):
     assert proc.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
+@PANDAS_IN_RULES
+def test_from_bench_import_autotune_loads_no_test_table_or_plot_library():
+    code = ("import sys\nfrom bench import autotune\n"
+            "print(sorted(m for m in ('pytest', '_pytest', 'pandas', 'matplotlib') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=bench_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
 def test_from_bench_import_autotune_gives_the_function_whatever_was_imported_before():
     code = "import bench.tuning.autotune, bench.tuning.cache\nfrom bench import autotune\nprint(autotune.__name__)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=bench_env(), capture_output=True, text=True,

@@ -14,7 +14,7 @@ from bench import results
 from bench.scale import balance, shards
 from bench.schema import Sizes
 from bench.spec.settings import Settings
-from tests.helpers import run_bench
+from tests.helpers import bench_main, run_bench
 
 SMOKE = ("--grid", "smoke", "--strategies", "grad_loop,vmap_jacrev,jacobian_sum", "--time-budget", "5")
 
@@ -31,12 +31,24 @@ def test_split_balances_cost_not_count():
     assert assigned[_unit(0)] == 1 and all(assigned[_unit(n)] == 2 for n in range(1, 101))
 
 
+def _loads(costs: dict, assigned: dict, count: int) -> list[float]:
+    return [sum(c for u, c in costs.items() if assigned[u] == k) for k in range(1, count + 1)]
+
+
 def test_split_is_longest_first_and_deterministic():
     costs = {_unit(n): float(n % 7 + 1) for n in range(50)}
     assigned = balance.split(costs, 3)
     assert assigned == balance.split(dict(reversed(costs.items())), 3)  # the order given does not matter
-    loads = [sum(c for u, c in costs.items() if assigned[u] == k) for k in (1, 2, 3)]
-    assert max(loads) - min(loads) <= max(costs.values())  # greedy LPT: within one unit of each other
+    loads = _loads(costs, assigned, 3)
+    assert max(loads) - min(loads) <= max(costs.values())  # greedy: within one unit of each other
+    # longest first: four short shapes dealt before the long one would leave it on a loaded shard (6 against 2)
+    late_long = {_unit(1): 1.0, _unit(2): 1.0, _unit(3): 1.0, _unit(4): 1.0, _unit(5): 4.0}
+    assert sorted(_loads(late_long, balance.split(late_long, 2), 2)) == [4.0, 4.0]
+    # LPT's bound: the longest shard within 4/3 of the least any split can do (the mean load, or the longest shape)
+    uneven = {_unit(n): float((n * 37) % 23 + 1) for n in range(40)}
+    for count in (2, 3, 5):
+        bound = max(sum(uneven.values()) / count, max(uneven.values()))
+        assert max(_loads(uneven, balance.split(uneven, count), count)) <= 4 / 3 * bound
 
 
 @pytest.mark.parametrize("count", [2, 3])
@@ -56,14 +68,21 @@ def test_shards_are_disjoint_cover_the_plan_and_keep_shapes_whole(count):
 
 
 def test_shards_are_balanced_by_predicted_cost():
+    """The split of the quick grid in 4, weighed by what `make plan` predicts for each case (its forecast, not the
+    costs the split was given): within one shape of each other, where dealing shapes by count is not."""
     from bench.scale import costs, forecast
 
     whole = shards.planned(Settings(grid="quick", devices="cpu"))
-    unit_costs = forecast.unit_costs(whole, costs.default())
-    loads = {k: 0.0 for k in (1, 2, 3, 4)}
-    for u, k in shards.assignment(whole, 4).items():
-        loads[k] += unit_costs[u]
-    assert max(loads.values()) - min(loads.values()) <= max(unit_costs.values())
+    predicted = forecast.forecast(whole, costs.default())
+    shape_s: dict = {}
+    for c in predicted.cases:
+        shape_s[shards.unit(c.case)] = shape_s.get(shards.unit(c.case), 0.0) + c.seconds
+    for (case, _), seconds in predicted.shapes_s.items():
+        shape_s[shards.unit(case)] += seconds
+    loads = _loads(shape_s, shards.assignment(whole, 4), 4)
+    assert max(loads) - min(loads) <= max(shape_s.values())
+    by_count = _loads(shape_s, balance.split(dict.fromkeys(shape_s, 1.0), 4), 4)
+    assert max(by_count) - min(by_count) > max(shape_s.values())  # the grid's shapes differ enough to tell
 
 
 def test_the_plan_hash_follows_what_is_measured_and_not_the_shard(monkeypatch):
@@ -80,9 +99,10 @@ def test_the_plan_hash_follows_what_is_measured_and_not_the_shard(monkeypatch):
 
 
 @pytest.mark.parametrize("spec", ["0/2", "3/2", "1/0", "a/b", "1", "1/2/3"])
-def test_a_bad_shard_is_one_line(tmp_path, spec):
-    proc = run_bench(tmp_path, "run", "--grid", "smoke", "--shard", spec)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "SHARD=" in proc.stderr
+def test_a_bad_shard_is_one_line(tmp_path, spec, monkeypatch, capsys):
+    code, _, err = bench_main(tmp_path, "run", "--grid", "smoke", "--shard", spec, monkeypatch=monkeypatch,
+                              capsys=capsys)
+    assert code == 2 and err.count("\n") == 1 and "SHARD=" in err
     assert not (tmp_path / "results").exists()
 
 
@@ -109,6 +129,7 @@ def _statuses(folder: Path) -> dict[str, str]:
     return {r.case_id: r.status for r in results.read_cases(folder / "cases.jsonl")}
 
 
+@pytest.mark.slow
 def test_each_shard_is_a_run_folder_that_names_its_shard_and_plan(sharded):
     envs = [results.read_json(sharded / "results" / f"s.shard-{k}-of-2" / "env.json") for k in (1, 2)]
     whole = results.read_json(sharded / "results" / "whole" / "env.json")
@@ -118,6 +139,7 @@ def test_each_shard_is_a_run_folder_that_names_its_shard_and_plan(sharded):
     assert "shard" not in whole["fingerprint"] and envs[0]["fingerprint"]["shard"]["shard"] == "1/2"
 
 
+@pytest.mark.slow
 def test_a_shard_resumes_on_its_own(sharded, tmp_path):
     root = _copy(sharded, tmp_path)
     proc = run_bench(root, "run", *SMOKE, "--run", "s", "--shard", "2/2", "--resume", "--no-report")
@@ -125,6 +147,7 @@ def test_a_shard_resumes_on_its_own(sharded, tmp_path):
     assert "0 cases to measure" in proc.stdout
 
 
+@pytest.mark.slow
 def test_merged_shards_are_the_run_and_merging_again_changes_nothing(sharded, tmp_path):
     root = _copy(sharded, tmp_path)
     proc = run_bench(root, "merge", "s")
@@ -163,6 +186,7 @@ def _files(root: Path) -> list[Path]:
     return sorted(p for d in ("results/s", "plots/s") for p in (root / d).rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_a_merge_with_a_shard_missing_merges_the_rest_and_names_it(sharded, tmp_path):
     root = _copy(sharded, tmp_path)
     shutil.rmtree(root / "results" / "s.shard-2-of-2")
@@ -175,18 +199,19 @@ def test_a_merge_with_a_shard_missing_merges_the_rest_and_names_it(sharded, tmp_
     assert results.read_json(root / "results" / "s" / "env.json")["merged"]["missing"] == [2]
 
 
-def test_a_merge_refuses_shards_of_two_plans_in_one_line(sharded, tmp_path):
+@pytest.mark.slow
+def test_a_merge_refuses_shards_of_two_plans_in_one_line(sharded, tmp_path, monkeypatch, capsys):
     root = _copy(sharded, tmp_path)
-    shutil.rmtree(root / "results" / "s.shard-2-of-2")
-    other = run_bench(root, "run", *SMOKE[:2], "--strategies", "grad_loop", "--run", "s", "--shard", "2/2",
-                      "--no-report")  # shard 2 of another plan (one strategy), same run id
-    assert other.returncode == 0, other.stderr
-    proc = run_bench(root, "merge", "s")
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert "shards of different plans" in proc.stderr and "s.shard-2-of-2" in proc.stderr
+    env_path = root / "results" / "s.shard-2-of-2" / "env.json"  # shard 2 as another plan (another grid, say) wrote it
+    env = results.read_json(env_path)
+    results.write_json(env_path, env | {"plan_hash": "0123456789abcdef"})
+    code, _, err = bench_main(root, "merge", "s", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "shards of different plans" in err and "s.shard-2-of-2" in err
     assert not (root / "results" / "s").exists()
 
 
+@pytest.mark.slow
 def test_a_merge_refuses_a_folder_that_is_not_a_merge(sharded, tmp_path):
     root = _copy(sharded, tmp_path)
     shutil.copytree(root / "results" / "whole", root / "results" / "s")
@@ -196,6 +221,6 @@ def test_a_merge_refuses_a_folder_that_is_not_a_merge(sharded, tmp_path):
     assert (root / "results" / "s" / "cases.jsonl").read_bytes() == before
 
 
-def test_merge_without_shards_or_run_is_one_line(tmp_path):
-    proc = run_bench(tmp_path, "merge", "nothing")
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no shards of run 'nothing'" in proc.stderr
+def test_merge_without_shards_or_run_is_one_line(tmp_path, monkeypatch, capsys):
+    code, _, err = bench_main(tmp_path, "merge", "nothing", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2 and err.count("\n") == 1 and "no shards of run 'nothing'" in err

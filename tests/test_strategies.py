@@ -7,6 +7,7 @@ Second-order strategies (quantity hessian or laplacian) are tested in tests/test
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import pytest
@@ -16,19 +17,22 @@ from torch import Tensor, nn
 import strategies
 from bench.schema import Sizes
 from strategies import REGISTRY, Unsupported
+from tests.helpers import strategy_params
 
-NAMES = strategies.names("jacobian")
+NAMES = strategy_params(strategies.names("jacobian"))  # a compiled one's cases are slow: each compiles
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    """Each test builds new models: a compiled strategy compiles for them afresh, never near dynamo's recompile limit
-    (past it dynamo would run the eager code and these tests would no longer test the compiled one)."""
-    if any(s.compiled for s in REGISTRY.values()):
-        import torch._dynamo
+@pytest.fixture(scope="module", autouse=True)
+def dynamo_never_falls_back():
+    """A compiled strategy compiles once per model structure, shape and dtype for the whole module (a new model of
+    the same shapes reuses the graph: dynamo guards on what it reads). Past dynamo's recompile limit it would run the
+    eager code and these tests would no longer test the compiled one: the limit is raised and reaching it fails."""
+    import torch._dynamo
 
-        torch._dynamo.reset()
-    yield
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=256, fail_on_recompile_limit_hit=True):
+        yield
+    torch._dynamo.reset()
 REQUIRED = {"grad_summed", "grad_loop", "grad_batched", "jacobian_diagonal", "jacobian_sum", "vmap_jacrev",
             "vmap_jacfwd", "jvp_loop", "analytic"}
 
@@ -266,11 +270,12 @@ def exact_jacobian(model: nn.Module, x: Tensor) -> Tensor:
     return torch.diagonal(full, dim1=0, dim2=2).permute(2, 0, 1)
 
 
-def penalty_gradient_by_differences(strategy, model: nn.Module, x: Tensor, step: float = 1e-6) -> list[Tensor]:
+def penalty_gradient_by_differences(returns: str, model: nn.Module, x: Tensor, step: float = 1e-6) -> list[Tensor]:
     """d/dθ of the Jacobian penalty sum(J²) (of J.sum(1) for "output_sum"), by central differences over every
     parameter: independent of any double-backward machinery."""
     def penalty() -> float:
-        return float((expected(strategy, exact_jacobian(model, x)) ** 2).sum())
+        jac = exact_jacobian(model, x)  # [B, out, in]
+        return float(((jac.sum(1) if returns == "output_sum" else jac) ** 2).sum())
 
     grads = []
     with torch.no_grad():
@@ -286,6 +291,14 @@ def penalty_gradient_by_differences(strategy, model: nn.Module, x: Tensor, step:
                 g.view(-1)[k] = (plus - minus) / (2 * step)
             grads.append(g)
     return grads
+
+
+@functools.cache
+def penalty_gradient(factory, returns: str) -> list[Tensor]:
+    """penalty_gradient_by_differences of the model and input build(factory, 4, 3, 6, 2) gives every test below:
+    the same for every strategy that returns the same quantity, so computed once (thousands of Jacobians each)."""
+    model, x = build(factory, 4, 3, 6, 2)
+    return penalty_gradient_by_differences(returns, model, x)
 
 
 def gated_without_norm(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
@@ -307,7 +320,7 @@ def test_create_graph_gives_a_jacobian_that_trains(name, factory):
         return
     jac = call_with_graph(strategy, model, x)
     grads = torch.autograd.grad((jac**2).sum(), list(model.parameters()), allow_unused=True)
-    for got, want in zip(grads, penalty_gradient_by_differences(strategy, model, x), strict=True):
+    for got, want in zip(grads, penalty_gradient(factory, strategy.returns), strict=True):
         torch.testing.assert_close(torch.zeros_like(want) if got is None else got, want, rtol=1e-6, atol=1e-8)
 
 
@@ -326,7 +339,7 @@ def test_forward_mode_trains_wrongly_through_layer_norm(name):
     jac = strategy(model, x, create_graph=True)
     grads = torch.autograd.grad((jac**2).sum(), list(model.parameters()), allow_unused=True)
     errors = [((torch.zeros_like(want) if got is None else got) - want).abs().max().item()
-              for got, want in zip(grads, penalty_gradient_by_differences(strategy, model, x), strict=True)]
+              for got, want in zip(grads, penalty_gradient(GatedResidual, strategy.returns), strict=True)]
     assert max(errors) > 1e-3
 
 

@@ -41,6 +41,7 @@ def _statuses(folder: Path) -> dict[str, str]:
     return {r.case_id: r.status for r in results.read_cases(folder / "cases.jsonl")}
 
 
+@pytest.mark.slow
 def test_without_submitit_submit_says_how_to_install_it(tmp_path):
     fake = tmp_path / "site" / "submitit"
     fake.mkdir(parents=True)
@@ -52,6 +53,7 @@ def test_without_submitit_submit_says_how_to_install_it(tmp_path):
     assert "pip install -e '.[cluster]'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_local_shards_merged_are_the_same_run(tmp_path):
     env = _env(_submitit_path())
     whole = run_bench(tmp_path, "run", *SMOKE, "--run", "whole", "--no-report")
@@ -69,6 +71,7 @@ def test_local_shards_merged_are_the_same_run(tmp_path):
     assert first["finished"] <= second["created"]
 
 
+@pytest.mark.slow
 def test_cpusets_must_be_disjoint_and_of_one_size(tmp_path):
     env = _env(_submitit_path())
     for sets in ("0-1,1-2", "0-1,2", "x"):
@@ -154,6 +157,7 @@ def stand_in_slurm(tmp_path: Path) -> tuple[Path, Path]:
     return bin_dir, log
 
 
+@pytest.mark.slow
 def test_a_slurm_job_array_runs_one_shard_per_task(tmp_path):
     bin_dir, log = stand_in_slurm(tmp_path)
     env = _env(_submitit_path(), bin_dir)
@@ -178,6 +182,7 @@ def test_a_slurm_job_array_runs_one_shard_per_task(tmp_path):
     assert len(_statuses(tmp_path / "results" / "sl")) == 12
 
 
+@pytest.mark.slow
 def test_slurm_without_srun_is_one_line(tmp_path):
     env = _env(_submitit_path())
     env["PATH"] = "/usr/bin:/bin"  # no srun here

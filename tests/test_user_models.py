@@ -19,6 +19,8 @@ from bench.cli import main
 from bench.schema import case_key
 from tests.helpers import run_bench
 
+pytestmark = pytest.mark.slow  # every test here runs `python -m bench` in another process
+
 MODELS = textwrap.dedent(
     '''
     import torch

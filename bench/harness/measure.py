@@ -1,4 +1,4 @@
-"""Measurement primitives: a CUDA-synchronizing clock, time limits, timing plans, peak memory.
+"""Measurement primitives: a CUDA-synchronizing clock, time limits, rounds of calls, peak memory.
 
 Nothing here knows about grids, result files or reports.
 """
@@ -8,9 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import math
 import signal
-import statistics
 import threading
 import time
 from collections import defaultdict
@@ -146,24 +144,6 @@ class AutodiffState:
         functorch.set_inplace_requires_grad_allowed(self.inplace_requires_grad)
 
 
-@dataclass(frozen=True)
-class RoundPlan:
-    """How one case is timed: rounds of `iterations` calls each, after `warmup_rounds`."""
-
-    rounds: int
-    iterations: int  # calls per round, so one round lasts well above the timer's resolution
-    warmup_rounds: int
-
-
-def round_plan(one_call_s: float, target_s: float, min_round_s: float = 2e-3, min_rounds: int = 3,
-               max_rounds: int = 200) -> RoundPlan:
-    """Iterations so a round lasts >= min_round_s (perf_counter resolves ~100 ns), rounds to fill target_s."""
-    one_call_s = max(one_call_s, 1e-7)
-    iterations = max(1, math.ceil(min_round_s / one_call_s))
-    rounds = int(min(max_rounds, max(min_rounds, target_s // (iterations * one_call_s))))
-    return RoundPlan(rounds=rounds, iterations=iterations, warmup_rounds=1)
-
-
 def time_rounds(fn: Callable[[], object], iterations: int, rounds: int) -> list[float]:
     """Seconds per call of fn in each of `rounds` rounds of `iterations` calls (the clock pytest-benchmark uses)."""
     times = []
@@ -173,15 +153,6 @@ def time_rounds(fn: Callable[[], object], iterations: int, rounds: int) -> list[
             fn()
         times.append((synced_clock() - start) / iterations)
     return times
-
-
-def median_time(fn: Callable[[], object], target_s: float) -> float:
-    """Median seconds per call of fn (after one warm-up call), for the forward pass; same rules as the benchmark."""
-    fn()
-    start = synced_clock()
-    fn()
-    p = round_plan(synced_clock() - start, target_s)
-    return statistics.median(time_rounds(fn, p.iterations, p.rounds))
 
 
 _STATUS = Path("/proc/self/status")

@@ -85,7 +85,9 @@ def join(a: Side, b: Side) -> tuple[pd.DataFrame, list[str]]:
             f"{a.label} ({a.run.path}) and {b.label} ({b.run.path}) share no cases (same strategy, model, dtype and "
             f"B, H, in, out); models {sorted(set(a.frame['model']))} vs {sorted(set(b.frame['model']))}, "
             f"{shapes[a.label]} vs {shapes[b.label]} shapes: run both with the same GRID and MODEL")
-    ok = (both["status_a"] == "ok") & (both["status_b"] == "ok")
+    timed = both["time_median_s_a"].between(0, math.inf, inclusive="neither") \
+        & both["time_median_s_b"].between(0, math.inf, inclusive="neither")  # a hole in a record is not a time
+    ok = (both["status_a"] == "ok") & (both["status_b"] == "ok") & timed
     both["speedup"] = (both["time_median_s_a"] / both["time_median_s_b"]).where(ok)
     intervals = [speedup_interval(r) if is_ok else (math.nan,) * 3
                  for is_ok, (_, r) in zip(ok, both.iterrows(), strict=True)]

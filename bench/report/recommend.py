@@ -1,9 +1,10 @@
 """Which strategy for my shape? The best valid strategy from measured runs, interpolated in log space.
 
 For each strategy, the k measured shapes nearest to the query (distance in log2 of B, H, in, out) give its expected
-time: the measurement itself on an exact match, else the inverse-distance-weighted mean of log time. A strategy
-whose nearest measured shape failed (wrong, timeout, oom, over budget, error) is not a candidate: extrapolating from
-its successes would recommend it exactly where it breaks. "output_sum" strategies compute J only when out == 1.
+time: the measurement itself on an exact match, else the inverse-distance-weighted mean of log time
+(bench/neighbours.py, the project's one interpolation). A strategy whose nearest measured shape failed (wrong,
+timeout, oom, over budget, error) is not a candidate: extrapolating from its successes would recommend it exactly
+where it breaks. "output_sum" strategies compute J only when out == 1.
 `leave_one_out` scores this honestly: hide one shape, recommend from the rest, compare with what was measured there.
 """
 
@@ -16,13 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.neighbours import EXACT, K_NEAREST, idw, log2_distances
 from bench.report.frames import load_run
 from bench.report.tables import NONE_VALID, best_per_shape, playoffs_among
 from bench.results import ResultsError
 from bench.schema import AXES, FIXED_HIDDEN, SETTING, sizes_id
-
-K_NEAREST = 4
-POWER = 2.0  # inverse-distance exponent
 
 
 def recommend(run_dirs: list[Path], batch: int, hidden: int, in_dim: int, out_dim: int, device: str | None = None,
@@ -81,7 +80,7 @@ def _pick(values: pd.Series, preferred: str) -> str:
 
 def predict(part: pd.DataFrame, shape: dict[str, int]) -> dict[str, Any] | None:
     """Recommendation inside one (model, device, dtype) frame; None when no strategy is a candidate."""
-    target = _log_sizes(np.array([shape[a] for a in AXES], dtype=float))
+    target = [[shape[a] for a in AXES]]  # [1, 4]
     expected: dict[str, float] = {}
     basis: dict[str, str] = {}
     unstable: dict[str, bool] = {}  # a measurement it rests on was timed under disturbance
@@ -91,21 +90,16 @@ def predict(part: pd.DataFrame, shape: dict[str, int]) -> dict[str, Any] | None:
         if rows["estimator"].any():
             continue  # a stochastic estimate: never a recommendation against exact strategies
         ok = rows["status"].eq("ok") & rows["time_median_s"].gt(0)
-        dist = np.sqrt(((_log_sizes(rows[AXES].to_numpy(float)) - target) ** 2).sum(axis=1))
-        order = np.argsort(dist, kind="stable")
-        nearest = order[:K_NEAREST]
+        dist = log2_distances(target, rows[AXES].to_numpy(float))[0]  # [rows]
+        nearest = np.argsort(dist, kind="stable")[:K_NEAREST]
         if not ok.iloc[nearest[0]]:
             continue  # failed (or was skipped) at the closest measured shape
-        use = [i for i in nearest if ok.iloc[i]]
-        d = dist[use]
-        logt = np.log(rows["time_median_s"].to_numpy(float)[use])
+        use = [i for i in nearest if ok.iloc[i]]  # the nearest shapes where it was valid
+        logt = np.log(rows["time_median_s"].to_numpy(float)[use])  # [use]
         unstable[strategy] = bool(rows["unstable"].to_numpy()[use].any()) if "unstable" in rows else False
-        if d[0] < 1e-9:
-            expected[strategy], basis[strategy] = float(math.exp(logt[0])), "exact"
-        else:
-            w = 1.0 / d**POWER
-            expected[strategy] = float(math.exp((w * logt).sum() / w.sum()))
-            basis[strategy] = ", ".join(sizes_id(rows.iloc[i]) for i in use)
+        estimate, _ = idw(dist[None, use], logt, k=len(use))  # [1, 1]
+        expected[strategy] = float(math.exp(estimate[0, 0]))
+        basis[strategy] = "exact" if dist[use[0]] < EXACT else ", ".join(sizes_id(rows.iloc[i]) for i in use)
     if not expected:
         return None
     ranked = sorted(expected.items(), key=lambda kv: kv[1])
@@ -127,11 +121,6 @@ def predict(part: pd.DataFrame, shape: dict[str, int]) -> dict[str, Any] | None:
         "unstable": unstable[best],
         "candidates": dict(ranked),
     }
-
-
-def _log_sizes(sizes: np.ndarray) -> np.ndarray:
-    """log2 of the sizes; the hidden width 0 of a model of fixed sizes counts as 1 (not an axis: no distance)."""
-    return np.log2(np.maximum(sizes, 1))
 
 
 def measured_at(run_dirs: list[Path], device: str, dtype: str, mode: str, batch: int, in_dim: int, out_dim: int,

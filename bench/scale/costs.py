@@ -38,7 +38,9 @@ dtype or device counts as MODEL_PENALTY, DTYPE_PENALTY, DEVICE_PENALTY log2 step
     setup;
   - fallback, for a strategy or mode no run measured: the same strategy in the other mode, else the neighbours among
     every strategy of the mode (then of any mode); with no run at all, NO_DATA_CASE_S a case plus the timing effort.
-Nothing here imports torch or pandas: fitting reads a few thousand JSON lines.
+Nothing here imports pandas: fitting reads a few thousand JSON lines. The timing rules the model follows (MIN_ROUNDS,
+MIN_ROUND_S, LEAD_IN_S, WARM_CALL_S) are bench/harness/timing.py's own, imported (and with them torch, which every
+caller of the cost model, `make plan` included, has imported already).
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ from typing import Any
 import numpy as np
 
 from bench import results
-from bench.neighbours import idw, local_linear, log2_sizes
+from bench.harness.timing import LEAD_IN_S, MIN_ROUND_S, MIN_ROUNDS, WARM_CALL_S  # the rules the model follows
+from bench.neighbours import idw, local_linear, log2_distances, log2_sizes
 from bench.schema import PREDICTS_LARGER, CaseRecord, Sizes
 
 REFERENCE_RUNS = Path(__file__).resolve().parents[2] / "results" / "reference"
@@ -70,11 +73,6 @@ NOT_RUN_S = 0.001  # what such a case costs a run
 NO_DATA_CASE_S = 0.5  # a case, outside its timed rounds, when no run at all can be read
 VALIDATION_CALLS = 1  # calls of a case outside its rounds and its compiling (`setup_s`): the validation call
 TIMEOUT_TRIES = 2  # a first call over the time limit is tried again before the case is a timeout
-# bench/harness/timing.py's rules, repeated here so this module needs no torch (tests/test_plan.py keeps them equal)
-MIN_ROUNDS = 7  # rounds every timed strategy gets in each process
-MIN_ROUND_S = 2e-3  # a round lasts at least this long
-LEAD_IN_S = 2e-3  # untimed calls before each round of a call shorter than WARM_CALL_S
-WARM_CALL_S = 0.05
 LAUNCH_S = 1.0  # starting one worker process (python, torch, pytest) before it records anything, where no run
 # recorded its processes' ends (here: the v5 runs, 0.6-1.2 s a process)
 FINISH_PER_CASE_S = 0.004  # bench/run/session.finish, per case, where no run recorded it (quick here: 1.2 s / 300)
@@ -239,8 +237,7 @@ class CostModel:
 
 def distances(samples: Sequence[Sample], queries: Sequence[Query]) -> np.ndarray:
     """[queries, samples] distance: log2 sizes, plus the penalties for another model, dtype or device."""
-    d2 = ((log2_sizes([q.sizes for q in queries])[:, None, :]
-           - log2_sizes([s.sizes for s in samples])[None, :, :]) ** 2).sum(axis=2)  # [queries, samples]
+    d2 = log2_distances([q.sizes for q in queries], [s.sizes for s in samples]) ** 2  # [queries, samples]
     for attr, penalty in (("model", MODEL_PENALTY), ("dtype", DTYPE_PENALTY), ("device", DEVICE_PENALTY)):
         mine = np.array([getattr(q, attr) for q in queries])[:, None]  # [queries, 1]
         theirs = np.array([getattr(s, attr) for s in samples])[None, :]  # [1, samples]

@@ -50,11 +50,16 @@ def planned(settings: Settings, here: bool = True) -> RunPlan:
     return plan
 
 
+def run_id(plan: RunPlan) -> str:
+    """The run id the shards of a plan share: RUN=, else <grid>-<plan hash[:8]> (the same on every machine)."""
+    return plan.settings.run or f"{plan.grid.name}-{plan.plan_hash[:8]}"
+
+
 def restrict(plan: RunPlan, index: int, count: int) -> None:
     """Keep the cases of shard `index` of `count` and point the plan at the shard's run folder."""
     assigned = assignment(plan, count)
     digest = hashlib.sha256(json.dumps(sorted((repr(u), k) for u, k in assigned.items())).encode()).hexdigest()[:12]
-    run = plan.settings.run or f"{plan.grid.name}-{plan.plan_hash[:8]}"
+    run = run_id(plan)
     plan.cases = [c for c in plan.cases if assigned[unit(c)] == index]
     plan.shard = Shard(index, count, run, digest, len({unit(c) for c in plan.cases}))
     plan.run_id = results.check_run_id(folder_name(run, index, count))

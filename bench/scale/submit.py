@@ -279,7 +279,7 @@ def submit(chosen: Settings, resources: Resources) -> Submission:
     local, cpusets = where_to_run(chosen, resources)
     threads = chosen.threads or (str(len(cpusets[0])) if cpusets else "")  # one thread per CPU of a set
     plan = plan_run(dataclasses.replace(chosen, threads=threads), here=local)
-    run = chosen.run or f"{plan.grid.name}-{plan.plan_hash[:8]}"
+    run = shards.run_id(plan)
     root = Path(chosen.results_dir).resolve()
     if shards.find(root, run) and not (chosen.resume or chosen.force):
         raise SubmitError(f"{root / run}.shard-*: shards of this run exist; RESUME=1 finishes them, FORCE=1 replaces "

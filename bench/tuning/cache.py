@@ -15,8 +15,9 @@ caller names):
      "entries": {"<sha256 of the key>": {"key": {...}, "pick": {...}, "saved": "2026-12-01T10:00:00+00:00"}}}
 
 A file that is not valid JSON or holds another format or version is ignored with one warning per process and
-replaced by the next write. Every write re-reads the file, adds its entry and replaces it atomically
-(results.atomic_write_text): two processes may each lose the other's newest entry, never corrupt the file.
+replaced by the next write. Every write holds the file's lock (<file>.lock, filelock), re-reads the file, adds its
+entry and replaces it atomically (results.atomic_write_text): processes tuning at once keep every entry, and a reader
+(no lock) sees the old file or the new one.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 from torch import Tensor, nn
 
 from bench.results import atomic_write_text
@@ -39,6 +41,7 @@ from bench.results import atomic_write_text
 FORMAT = "jacobench-autotune"
 VERSION = 1
 FILE_NAME = f"autotune-v{VERSION}.json"
+LOCK_TIMEOUT_S = 30.0  # a writer waits this long for another's read-modify-write (milliseconds each), then warns
 
 # Picks of this process, per cache folder (None: cache=False keeps nothing). Entries by key digest.
 _MEMORY: dict[Path, dict[str, dict[str, Any]]] = {}
@@ -128,6 +131,7 @@ class TuneCache:
     def __init__(self, folder: Path | None):
         self.folder = folder
         self.path = folder / FILE_NAME if folder else None
+        self.lock = FileLock(f"{self.path}.lock", timeout=LOCK_TIMEOUT_S) if folder else None
 
     def get(self, k: dict[str, Any]) -> dict[str, Any] | None:
         """The pick saved under this key (this process first, then the file), or None."""
@@ -149,13 +153,16 @@ class TuneCache:
             return
         name = digest(k)
         _MEMORY.setdefault(self.folder, {})[name] = pick
-        entries = self._read()
-        entries[name] = {"key": k, "pick": pick, "saved": datetime.datetime.now(datetime.timezone.utc)
-                         .isoformat(timespec="seconds")}
-        text = json.dumps({"format": FORMAT, "version": VERSION, "entries": entries}, indent=1, default=str)
+        entry = {"key": k, "pick": pick, "saved": datetime.datetime.now(datetime.timezone.utc)
+                 .isoformat(timespec="seconds")}
         try:
-            atomic_write_text(self.path, text + "\n")
-        except OSError as exc:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with self.lock:  # read-modify-write: another process's entry, written meanwhile, is kept
+                entries = self._read()
+                entries[name] = entry
+                text = json.dumps({"format": FORMAT, "version": VERSION, "entries": entries}, indent=1, default=str)
+                atomic_write_text(self.path, text + "\n")
+        except (OSError, Timeout) as exc:
             self._warn(f"cannot write the autotune cache {self.path}: {exc}; the pick is kept in this process only")
 
     def _read(self) -> dict[str, Any]:
