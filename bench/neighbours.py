@@ -26,7 +26,7 @@ FIXED_MODEL_WIDTH = 64
 
 def log2_sizes(rows: Sequence[Sequence[float]]) -> np.ndarray:
     """[n, 4] log2 of (batch, hidden, in_dim, out_dim) rows."""
-    sizes = np.asarray(rows, dtype=float).reshape(len(rows), -1)  # [n, 4]
+    sizes = np.array(rows, dtype=float).reshape(len(rows), -1)  # [n, 4], a copy: the hidden column is rewritten
     if sizes.shape[1] > 1:
         sizes[:, 1] = np.where(sizes[:, 1] == FIXED_HIDDEN, FIXED_MODEL_WIDTH, sizes[:, 1])
     return np.log2(sizes)

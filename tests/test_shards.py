@@ -69,7 +69,7 @@ def test_shards_are_disjoint_cover_the_plan_and_keep_shapes_whole(count):
 
 def test_shards_are_balanced_by_predicted_cost():
     """The split of the quick grid in 4, weighed by what `make plan` predicts for each case (its forecast, not the
-    costs the split was given): within one shape of each other, where dealing shapes by count is not."""
+    costs the split was given): within one shape of each other, and more even than dealing the shapes by count."""
     from bench.scale import costs, forecast
 
     whole = shards.planned(Settings(grid="quick", devices="cpu"))
@@ -82,7 +82,7 @@ def test_shards_are_balanced_by_predicted_cost():
     loads = _loads(shape_s, shards.assignment(whole, 4), 4)
     assert max(loads) - min(loads) <= max(shape_s.values())
     by_count = _loads(shape_s, balance.split(dict.fromkeys(shape_s, 1.0), 4), 4)
-    assert max(by_count) - min(by_count) > max(shape_s.values())  # the grid's shapes differ enough to tell
+    assert max(loads) - min(loads) < (max(by_count) - min(by_count)) / 2  # dealing shapes by count is not as even
 
 
 def test_the_plan_hash_follows_what_is_measured_and_not_the_shard(monkeypatch):
