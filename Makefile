@@ -68,9 +68,22 @@ BENCH_ARGS := --grid '$(GRID)' \
 	$(if $(call yes,$(FORCE)),--force) \
 	$(if $(call yes,$(NO_REPORT)),--no-report)
 
-.PHONY: setup bench plan merge submit report compare fidelity test test-fast lint clean gpu-quick
+.PHONY: setup setup-jax bench plan merge submit report compare fidelity test test-fast lint clean gpu-quick
 
 setup: $(SETUP)
+
+# The JAX peers: jax and folx (the `jax` extra) and plugins/jacobench-jax, registered through its entry points.
+# `make test` installs them too, so the peers are tested (without them their tests skip, saying why).
+ifeq ($(strip $(PYTHON)),)
+JAX_SETUP := $(VENV)/.jax-installed
+else
+JAX_SETUP :=
+endif
+setup-jax: $(SETUP) $(JAX_SETUP)
+
+$(VENV)/.jax-installed: $(VENV)/.installed plugins/jacobench-jax/pyproject.toml
+	$(VENV)/bin/python -m pip install --quiet -e '.[jax]' -e plugins/jacobench-jax
+	@touch $@
 
 # Re-run only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -110,8 +123,9 @@ compare: $(SETUP)
 fidelity: $(SETUP)
 	@$(PY) -m bench fidelity $(if $(RUN),'$(RUN)',latest)
 
-# Every test (what CI runs: .ci/run); test-fast leaves out those marked slow (another Python process, compiling).
-test: $(SETUP)
+# Every test (what CI runs: .ci/run), the JAX peers' included; test-fast leaves out those marked slow (another
+# Python process, compiling).
+test: $(SETUP) $(JAX_SETUP)
 	$(PY) -m pytest -ra
 
 test-fast: $(SETUP)

@@ -544,6 +544,9 @@ def test_memory_estimate_is_within_a_factor_of_the_measured_peak(name):
 
     model, x = models.build(models.PRESETS["mlp"], MEMORY_SIZES, "cpu", torch.float32)
     strategy = REGISTRY[name]
+    if strategy.peer:
+        pytest.skip("a peer's buffers are another framework's (XLA keeps them between calls): the growth of the "
+                    "process's peak in one call does not see them")
     strategy(model, x)  # lazy imports and the allocator's first growth, as a run's warm-up does
     peak = measure.peak_memory(lambda: strategy(model, x), "cpu")
     if peak is None:

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from bench import fidelity, stack_depth
+from bench.report import peers
 from bench.report.answer import answer_rows, answer_table, autotune_line
 from bench.report.document import Block, Document, Section, figure_block, render, table_block
 from bench.report.findings import summary_items
@@ -225,6 +226,7 @@ def run_document(run: LoadedRun, figures: dict[str, Path], tables: Tables) -> Do
         if section.blocks:
             doc.sections.append(section)
     doc.sections += extra_sections(frame, run.env, best, measured, tables)
+    doc.sections += peers_sections(frame, tables)
     doc.sections += closing_sections(run, frame, tables)
     return doc
 
@@ -243,6 +245,22 @@ def extra_sections(frame: pd.DataFrame, env: dict[str, Any], best: pd.DataFrame,
             sections.append(Section(title, [Block("text", text=intro), tables.show(name, table)],
                                     folded=len(table) > FOLD_ROWS))
     return sections
+
+
+def peers_sections(frame: pd.DataFrame, tables: Tables) -> list[Section]:
+    """PyTorch against another framework on the same weights (bench/report/peers.py), when the run has peers."""
+    if not peers.has_peers(frame):
+        return []
+    rows = peers.peer_rows(frame)
+    if rows.empty:
+        return []
+    names = ", ".join(dict.fromkeys(rows["peer"]))
+    blocks = [Block("text", text=peers.INTRO.format(peer=names))]
+    items = peers.batch_items(rows)
+    if items:
+        blocks.append(Block("bullets", items=items))
+    blocks.append(tables.show("peers", peers.peers_table(rows), numbers=rows))
+    return [Section(f"PyTorch and its peers ({names})", blocks)]
 
 
 def closing_sections(run: LoadedRun, frame: pd.DataFrame, tables: Tables) -> list[Section]:
