@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import strategies
-from bench.harness import reference
+from bench.harness import reference, second_order
 from bench.schema import Sizes
 from bench.spec import models
 from strategies import REGISTRY, Unsupported
@@ -162,8 +162,8 @@ def check_peer(strategy, preset: str, sizes: Sizes, dtype: torch.dtype) -> refer
     assert out.dtype == dtype and out.device == x.device
     if strategy.quantity == "jacobian":
         return reference.validate(out, reference.reference(model, x).jacobian, strategy.returns, dtype)
-    ref = reference.second_order_reference(model, x, strategy.quantity)
-    return reference.validate_second_order(out, ref, strategy.quantity, dtype)
+    ref = second_order.second_order_reference(model, x, strategy.quantity)
+    return second_order.validate_second_order(out, ref, strategy.quantity, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

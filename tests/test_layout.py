@@ -19,7 +19,8 @@ from bench.spec import settings
 from tests.helpers import REPO, bench_env
 
 MAKEFILE = (REPO / "Makefile").read_text()
-README = (REPO / "README.md").read_text()
+RUNNING = (REPO / "docs" / "running.md").read_text()  # the variable table
+RESULTS = (REPO / "docs" / "results.md").read_text()  # the columns of summary.csv
 
 
 @pytest.mark.parametrize("setting", list(settings.declared()), ids=lambda f: f.name)
@@ -33,7 +34,7 @@ def test_the_makefile_passes_every_setting_under_its_one_flag(setting):
     else:
         passed = f"$(if $({var}),{flag} '$({var})')"
     assert passed in MAKEFILE, f"BENCH_ARGS does not pass {var} as {flag}"
-    assert f"`{var}" in README, f"README's variable table has no row for {var}"
+    assert f"`{var}" in RUNNING, f"docs/running.md's variable table has no row for {var}"
 
 
 @pytest.mark.slow
@@ -54,8 +55,8 @@ def test_pytest_takes_the_same_flags_as_the_command_line():
         assert re.search(rf"^\s+{re.escape(settings.flag(f))}\b", proc.stdout, re.M), settings.flag(f)
 
 
-def test_readme_columns_come_from_the_record():
-    table = README.split("<!-- columns:", 1)[1].split("-->", 1)[1].split("<!-- /columns -->", 1)[0].strip()
+def test_documented_columns_come_from_the_record():
+    table = RESULTS.split("<!-- columns:", 1)[1].split("-->", 1)[1].split("<!-- /columns -->", 1)[0].strip()
     assert table == columns_table()
     assert SUMMARY_COLUMNS == [c for c in CASE_FIELDS if c not in ("round_times_s", "process_rounds", "round_sweeps",
                                                                    "forward_process_s")]
@@ -101,3 +102,15 @@ def test_the_smallest_reference_run_rebuilds_its_whole_report(tmp_path):
     md = build_report(copy)
     assert md.is_file() and md.with_suffix(".html").is_file()
     assert list((tmp_path / "plots" / "cpu-published").glob("*.png"))
+
+
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+def test_every_relative_link_of_the_docs_leads_to_a_file(document):
+    """The README and docs/ link each other and the committed runs; a moved file breaks no link."""
+    text = document.read_text()
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    missing = [t for t in targets if "://" not in t and not (document.parent / t).exists()]
+    assert not missing, f"{document.name} links to files that do not exist: {missing}"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.scale import costs
+from bench.scale import costs, spent
 from bench.schema import Sizes
 from tests.helpers import REPO, bench_env, bench_main, run_bench
 
@@ -271,7 +271,7 @@ def test_a_hessian_and_a_laplacian_of_the_same_sizes_are_two_shapes() -> None:
     records = [CaseRecord(strategy=name, model="pinn", device="cpu", dtype="float32", batch=16, hidden=64, in_dim=2,
                           out_dim=1, quantity=quantity, status="ok", time_median_s=1e-3)
                for name, quantity in (("hessian_grad_loop", "hessian"), ("laplacian_trace_grad_loop", "laplacian"))]
-    assert costs._shape_key_of(records[0]) != costs._shape_key_of(records[1])
+    assert spent._shape_key_of(records[0]) != spent._shape_key_of(records[1])
     samples = [costs.Sample(r.strategy, r.mode, r.model, r.dtype, "cpu", r.sizes, r.status, 1.0, 0.25, 5.0,
                             quantity=r.quantity) for r in records]
     assert len(costs._by_shape(samples)) == 2

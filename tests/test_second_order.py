@@ -21,7 +21,7 @@ from torch import Tensor, nn
 import strategies
 from bench.cli import main
 from bench.errors import BenchError
-from bench.harness import modes, reference
+from bench.harness import modes, second_order
 from bench.harness.reference import ModelProblem
 from bench.schema import Sizes
 from bench.spec import models, plan
@@ -169,11 +169,11 @@ def test_strategy_rejects_an_unknown_quantity_and_a_summed_second_order():
 # ---- right (or Unsupported) against the float64 reference -------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def references() -> dict[str, tuple[nn.Module, Tensor, reference.SecondOrderReference]]:
+def references() -> dict[str, tuple[nn.Module, Tensor, second_order.SecondOrderReference]]:
     built = {}
     for case_id, factory, batch, in_dim, hidden, out_dim in CASES:
         model, x = build(factory, batch, in_dim, hidden, out_dim)
-        built[case_id] = (model, x, reference.second_order_reference(model, x, "hessian", train=True))
+        built[case_id] = (model, x, second_order.second_order_reference(model, x, "hessian", train=True))
     return built
 
 
@@ -195,7 +195,7 @@ def test_float64_right_or_unsupported(name, case_id, references):
     model, x, ref = references[case_id]
     got = call(strategy, model, x)
     assert got.dtype == torch.float64
-    check = reference.validate_second_order(got, ref, strategy.quantity, torch.float64, estimator=strategy.estimator)
+    check = second_order.validate_second_order(got, ref, strategy.quantity, torch.float64, estimator=strategy.estimator)
     assert check.ok, check.message
     if not strategy.estimator:
         expected = ref.hessian if strategy.quantity == "hessian" else ref.laplacian
@@ -209,7 +209,7 @@ def test_float32_within_the_validation_tolerance(name, case_id, references):
     model64, x64, ref = references[case_id]
     got = call(strategy, copy.deepcopy(model64).float(), x64.float())
     assert got.dtype == torch.float32
-    check = reference.validate_second_order(got, ref, strategy.quantity, torch.float32, estimator=strategy.estimator)
+    check = second_order.validate_second_order(got, ref, strategy.quantity, torch.float32, estimator=strategy.estimator)
     assert check.ok, check.message
 
 
@@ -224,9 +224,9 @@ def test_layer_norm_known_torch_limit(name, references):
         got = strategy(model, x)
     except Unsupported:
         return
-    check = reference.validate_second_order(got, ref, strategy.quantity, torch.float64, estimator=strategy.estimator)
+    check = second_order.validate_second_order(got, ref, strategy.quantity, torch.float64, estimator=strategy.estimator)
     assert check.ok == (name not in LAYER_NORM_WRONG), check.message
-    step = reference.validate_pinn_gradient(modes.pinn_step(strategy, model, x), ref.pinn_gradient, torch.float64)
+    step = second_order.validate_pinn_gradient(modes.pinn_step(strategy, model, x), ref.pinn_gradient, torch.float64)
     if not strategy.estimator:
         assert step.ok == (name not in LAYER_NORM_WRONG_STEP), step.message
 
@@ -254,7 +254,7 @@ def test_closed_forms_refuse_what_they_cannot_differentiate(name):
 
 def test_coupled_reference_is_exact_and_flagged():
     model, x = batchnorm_model()
-    ref = reference.second_order_reference(model, x, "hessian")
+    ref = second_order.second_order_reference(model, x, "hessian")
     assert ref.coupled
     torch.testing.assert_close(ref.hessian, hessian_by_differences(model, x), rtol=1e-6, atol=1e-8)
 
@@ -265,7 +265,7 @@ def test_coupled_samples_per_sample_strategies_do_not_match(name):
     (or raises); one that does not assume them is right (or Unsupported)."""
     strategy = REGISTRY[name]
     model, x = batchnorm_model()
-    ref = reference.second_order_reference(model, x, "hessian")
+    ref = second_order.second_order_reference(model, x, "hessian")
     try:
         got = strategy(model, x)
     except Unsupported:
@@ -273,7 +273,7 @@ def test_coupled_samples_per_sample_strategies_do_not_match(name):
     except Exception:  # raising is an acceptable answer; a silent wrong one is not
         assert strategy.independent_samples, f"{name} raised on a coupled model it claims to handle"
         return
-    check = reference.validate_second_order(got, ref, strategy.quantity, torch.float64, estimator=strategy.estimator)
+    check = second_order.validate_second_order(got, ref, strategy.quantity, torch.float64, estimator=strategy.estimator)
     if strategy.independent_samples:
         wrong = (got - (ref.hessian if strategy.quantity == "hessian" else ref.laplacian)).abs().max().item()
         assert wrong > 1e-3, f"{name} matched a coupled model"
@@ -284,9 +284,9 @@ def test_coupled_samples_per_sample_strategies_do_not_match(name):
 def test_coupled_reference_refuses_its_memory_and_a_third_derivative_torch_lacks():
     model, x = batchnorm_model()
     with pytest.raises(MemoryError):
-        reference.second_order_reference(model, x, "laplacian", memory_budget=1000, hidden=8)
+        second_order.second_order_reference(model, x, "laplacian", memory_budget=1000, hidden=8)
     with pytest.raises(ModelProblem, match="cannot differentiate this model three times"):
-        reference.second_order_reference(model, x, "laplacian", train=True)
+        second_order.second_order_reference(model, x, "laplacian", train=True)
 
 
 # ---- training through the Laplacian: the PINN step ----------------------------------------------------------------
@@ -301,9 +301,9 @@ def pinn_loss_gradient_by_differences(model: nn.Module, x: Tensor, laplacian, st
             for k in range(flat.numel()):
                 old = flat[k].item()
                 flat[k] = old + step
-                plus = reference.pinn_loss(laplacian(model, x), x).item()
+                plus = second_order.pinn_loss(laplacian(model, x), x).item()
                 flat[k] = old - step
-                minus = reference.pinn_loss(laplacian(model, x), x).item()
+                minus = second_order.pinn_loss(laplacian(model, x), x).item()
                 flat[k] = old
                 grads.append((plus - minus) / (2 * step))
     return torch.tensor(grads, dtype=torch.float64)
@@ -313,8 +313,8 @@ def pinn_loss_gradient_by_differences(model: nn.Module, x: Tensor, laplacian, st
                          ids=["pinn", "deep", "non-mlp"])
 def test_pinn_reference_gradient_matches_finite_differences(factory):
     model, x = build(factory, 3, 2, 4, 2)
-    ref = reference.second_order_reference(model, x, "laplacian", train=True)
-    exact = lambda m, t: reference.second_order_reference(m, t, "laplacian").laplacian  # noqa: E731
+    ref = second_order.second_order_reference(model, x, "laplacian", train=True)
+    exact = lambda m, t: second_order.second_order_reference(m, t, "laplacian").laplacian  # noqa: E731
     torch.testing.assert_close(ref.pinn_gradient, pinn_loss_gradient_by_differences(model, x, exact),
                                rtol=1e-5, atol=1e-8)
 
@@ -333,7 +333,8 @@ def test_create_graph_gives_the_pinn_step_gradient(name, case_id, references):
     except Unsupported as exc:
         pytest.skip(f"{name}: {exc}")
     assert all(p.grad is None for p in model.parameters())
-    check = reference.validate_pinn_gradient(gradient, ref.pinn_gradient, torch.float64, estimator=strategy.estimator)
+    check = second_order.validate_pinn_gradient(gradient, ref.pinn_gradient, torch.float64,
+                                                estimator=strategy.estimator)
     assert check.ok, check.message
     if not strategy.estimator:
         torch.testing.assert_close(gradient, ref.pinn_gradient, rtol=1e-8, atol=1e-12)
@@ -346,7 +347,7 @@ def test_the_estimators_pinn_step_is_the_gradient_of_its_own_loss():
     strategy = REGISTRY["laplacian_hutchinson"]
     gradient = modes.pinn_step(strategy, model, x)
     torch.testing.assert_close(gradient, pinn_loss_gradient_by_differences(model, x, strategy), rtol=1e-5, atol=1e-8)
-    ref = reference.second_order_reference(model, x, "laplacian", train=True)
+    ref = second_order.second_order_reference(model, x, "laplacian", train=True)
     assert (gradient - ref.pinn_gradient).abs().max() > 1e-6  # a noisy loss: not the exact gradient
 
 
@@ -388,7 +389,7 @@ def test_works_under_no_grad_and_on_an_input_that_requires_grad(name):
                          ids=["mlp-in8", "deep-in16", "pinn-in4"])
 def test_hutchinson_error_is_what_its_docstring_states(factory, in_dim):
     model, x = build(factory, 64, in_dim, 16, 3)
-    ref = reference.second_order_reference(model, x, "hessian")
+    ref = second_order.second_order_reference(model, x, "hessian")
     estimate = REGISTRY["laplacian_hutchinson"](model, x)
     sigma = hutchinson.standard_error(ref.hessian)  # [B, out]
     z = (estimate - ref.laplacian) / sigma
@@ -399,7 +400,7 @@ def test_hutchinson_error_is_what_its_docstring_states(factory, in_dim):
 
 def test_hutchinson_is_exact_for_one_coordinate_deterministic_and_leaves_the_global_rng_alone():
     model, x = build(preset("pinn"), 5, 1, 8, 2)
-    ref = reference.second_order_reference(model, x, "laplacian")
+    ref = second_order.second_order_reference(model, x, "laplacian")
     torch.manual_seed(123)
     state = torch.get_rng_state()
     first = REGISTRY["laplacian_hutchinson"](model, x)
@@ -414,26 +415,26 @@ def test_hutchinson_is_exact_for_one_coordinate_deterministic_and_leaves_the_glo
 def test_validation_catches_wrong_second_derivatives(references):
     model, x, ref = references["deep_mlp"]
     good = ref.hessian.clone()
-    assert reference.validate_second_order(good, ref, "hessian", torch.float64).ok
-    assert not reference.validate_second_order(torch.zeros_like(good), ref, "hessian", torch.float64).ok
-    assert "shape" in reference.validate_second_order(good[:, :, 0], ref, "hessian", torch.float64).message
+    assert second_order.validate_second_order(good, ref, "hessian", torch.float64).ok
+    assert not second_order.validate_second_order(torch.zeros_like(good), ref, "hessian", torch.float64).ok
+    assert "shape" in second_order.validate_second_order(good[:, :, 0], ref, "hessian", torch.float64).message
     nan = good.clone()
     nan[1, 0, 0, 0] = math.nan
-    assert "NaN or inf for 1 of" in reference.validate_second_order(nan, ref, "hessian", torch.float64).message
+    assert "NaN or inf for 1 of" in second_order.validate_second_order(nan, ref, "hessian", torch.float64).message
     # a Laplacian off by one part in 10⁵ of its scale: wrong in float64, within float32's tolerance
     off = ref.laplacian + 1e-5 * ref.laplacian_scale
-    assert not reference.validate_second_order(off, ref, "laplacian", torch.float64).ok
-    assert reference.validate_second_order(off.float(), ref, "laplacian", torch.float32).ok
+    assert not second_order.validate_second_order(off, ref, "laplacian", torch.float64).ok
+    assert second_order.validate_second_order(off.float(), ref, "laplacian", torch.float32).ok
     # an estimator gets its noise gate: its error is reported, a wrong scale fails
     noisy = ref.laplacian + 0.5 * ref.hessian_norm
-    check = reference.validate_second_order(noisy, ref, "laplacian", torch.float64, estimator=True)
+    check = second_order.validate_second_order(noisy, ref, "laplacian", torch.float64, estimator=True)
     assert check.ok and check.message.startswith("estimate: max abs error")
     doubled = ref.laplacian * 2 + 20 * ref.hessian_norm
-    assert not reference.validate_second_order(doubled, ref, "laplacian", torch.float64, estimator=True).ok
-    laplacian_only = reference.second_order_reference(model, x, "laplacian")
+    assert not second_order.validate_second_order(doubled, ref, "laplacian", torch.float64, estimator=True).ok
+    laplacian_only = second_order.second_order_reference(model, x, "laplacian")
     assert laplacian_only.hessian is None
     with pytest.raises(ValueError, match="no Hessian"):
-        reference.validate_second_order(good, laplacian_only, "hessian", torch.float64)
+        second_order.validate_second_order(good, laplacian_only, "hessian", torch.float64)
 
 
 def test_reference_refuses_non_finite_second_derivatives():
@@ -449,7 +450,7 @@ def test_reference_refuses_non_finite_second_derivatives():
 
     x = torch.tensor([[1.0, 2.0], [0.0, 1.0], [2.0, 0.0]], dtype=torch.float64)
     with pytest.raises(ModelProblem, match="second derivatives hold NaN or inf for 1 of 3"):
-        reference.second_order_reference(Cusp().double(), x, "laplacian")
+        second_order.second_order_reference(Cusp().double(), x, "laplacian")
 
 
 # ---- which strategies a run measures: those of its quantities ---------------------------------------------------
@@ -527,7 +528,7 @@ def test_jet_plugin_calls_jets_laplacian_per_sample(api, jet_plugin, tmp_path, m
     for name in ("jet", "jet.laplacian", "jet.simplify"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     model, x = build(preset("pinn"), 4, 3, 6, 2)
-    ref = reference.second_order_reference(model, x, "laplacian")
+    ref = second_order.second_order_reference(model, x, "laplacian")
     torch.testing.assert_close(jet_plugin(model, x), ref.laplacian, rtol=1e-10, atol=1e-12)
 
 

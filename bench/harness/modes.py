@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from bench.harness.reference import flat_gradient, pinn_loss, trainable
+from bench.harness.reference import flat_gradient, trainable
+from bench.harness.second_order import pinn_loss
 from bench.schema import MODES
 from strategies import Strategy
 
@@ -41,7 +42,7 @@ def train_step(strategy: Strategy, model: nn.Module, x: Tensor) -> Tensor:
 
 def pinn_step(strategy: Strategy, model: nn.Module, x: Tensor) -> Tensor:
     """A physics-informed training step through a second-order strategy: the Laplacian with its graph (the trace of
-    the Hessian for a hessian strategy), the Poisson residual Δu - f(x) and its mean square (reference.pinn_loss),
+    the Hessian for a hessian strategy), the Poisson residual Δu - f(x) and its mean square (second_order.pinn_loss),
     and the gradient of that loss with respect to every parameter (flat), which is what it validates."""
     if strategy.quantity not in ("hessian", "laplacian"):
         raise ValueError(f"{strategy.name} computes a {strategy.quantity}: the PINN step needs a Laplacian")

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 import strategies
 from bench import rules, verdicts
-from bench.harness import compiling, machine, measure, modes, reference, timing
+from bench.harness import compiling, machine, measure, modes, reference, second_order, timing
 from bench.harness.shapes import PreparedShape, ShapeCache
 from bench.harness.skips import SkipPolicy, predicted_memory
 from bench.schema import CaseRecord, case_id, is_jacobian
@@ -267,7 +267,8 @@ def added_process(record: CaseRecord, entry: timing.Entry | None, result: timing
     rounds = record.round_times_s + entry.rounds
     process_rounds = (record.process_rounds or [len(record.round_times_s)]) + [len(entry.rounds)]
     parts = record.message.split("; ")
-    estimate = [m for m in parts if m.startswith(reference.ESTIMATE_NOTE)]  # an estimator's error stays in its record
+    # an estimator's error stays in its record
+    estimate = [m for m in parts if m.startswith(second_order.ESTIMATE_NOTE)]
     timed_note = timing.note(entry) or "; ".join(m for m in parts if m not in estimate)
     message = "; ".join(m for m in (*estimate, timed_note, f"second process unstable: {result.unstable}"
                                     if result.unstable else "") if m)
@@ -315,7 +316,7 @@ def within(call: Call, shape: PreparedShape, limit: float) -> object:
     return output
 
 
-def validate(output: object, ref: reference.Reference | reference.SecondOrderReference, strategy: Strategy,
+def validate(output: object, ref: reference.Reference | second_order.SecondOrderReference, strategy: Strategy,
              case: Case) -> reference.Check:
     """The first call's output against the float64 reference of the case's quantity: J (or J.sum(1)), H or the
     Laplacian, or the parameter gradient in train mode (of the PINN step for second order); the tolerance follows
@@ -323,8 +324,8 @@ def validate(output: object, ref: reference.Reference | reference.SecondOrderRef
     dtype = getattr(torch, case.dtype)
     if case.quantity != "jacobian":
         if case.mode == "train":
-            return reference.validate_pinn_gradient(output, ref.pinn_gradient, dtype, strategy.estimator)
-        return reference.validate_second_order(output, ref, case.quantity, dtype, strategy.estimator)
+            return second_order.validate_pinn_gradient(output, ref.pinn_gradient, dtype, strategy.estimator)
+        return second_order.validate_second_order(output, ref, case.quantity, dtype, strategy.estimator)
     if case.mode == "train":
         expected = ref.output_sum_penalty_gradient if strategy.returns == "output_sum" else ref.penalty_gradient
         return reference.validate_gradient(output, expected, dtype)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 import strategies
-from bench.harness import measure, reference
+from bench.harness import measure, reference, second_order
 from bench.harness.measure import Phases
 from bench.spec import models
 from bench.spec.grid import Case
@@ -29,7 +29,7 @@ class PreparedShape:
     device: str
     model: nn.Module | None = None
     x: Tensor | None = None  # [B, in]
-    reference: reference.Reference | reference.SecondOrderReference | None = None
+    reference: reference.Reference | second_order.SecondOrderReference | None = None
     status: str = "ok"
     message: str = ""
 
@@ -83,7 +83,7 @@ class ShapeCache:
                 raise reference.ModelProblem(problem + (" (a one-sample batch)" if case.sizes.batch == 1 else ""))
         if with_reference:
             with self.phases("references"):
-                shape.reference = reference.of_quantity(case.quantity, model, x, self.memory_budget(shape.device),
+                shape.reference = second_order.of_quantity(case.quantity, model, x, self.memory_budget(shape.device),
                                                         hidden=case.sizes.hidden, train=case.mode == "train")
         shape.model, shape.x = model, x
 

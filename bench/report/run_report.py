@@ -17,6 +17,7 @@ from bench import fidelity, stack_depth
 from bench.report import peers
 from bench.report.answer import answer_rows, answer_table, autotune_line
 from bench.report.document import Block, Document, Section, figure_block, render, table_block
+from bench.report.environment import environment_section
 from bench.report.findings import summary_items
 from bench.report.formats import table_paths, write_table
 from bench.report.frames import (
@@ -38,12 +39,25 @@ from bench.report.tables import (
     cases_table,
     compile_table,
     coupled_table,
-    env_table,
     pivot,
     published_table,
     status_table,
     strategies_table,
     training_table,
+)
+from bench.report.texts import (
+    ANSWER,
+    ANSWER_SECOND_ORDER,
+    AUTOTUNE,
+    COMPILING,
+    COUPLED,
+    FOLD_ROWS,
+    PINN_STEP,
+    PUBLISHED,
+    READING,
+    TRAIN_TITLE,
+    TRAINING,
+    VERDICTS,
 )
 from bench.results import plots_dir, read_json, write_json
 from bench.schema import (
@@ -53,69 +67,8 @@ from bench.schema import (
     SHAPE_COLUMNS,
     STATUS_MEANING,
     STATUSES,
-    fmt_margin,
     fmt_ratio,
     fmt_time,
-)
-from bench.stats import CONTENDER_MARGIN, TIE_MARGIN
-
-VERDICTS = (
-    "verdict: every strategy of a shape is timed in short rounds, interleaved in a new shuffled order each sweep over "
-    "the shape's window, so a slow moment of the machine hits all of them alike; rounds timed during a slow episode "
-    "or under other processes' load are set aside and measured again. The contenders (valid autodiff strategies not "
-    f"surely more than {fmt_margin(CONTENDER_MARGIN)} slower than the fastest) are timed to precision, then timed "
-    "again in a second, fresh process: a process sets the speed of some calls. winner: every other contender is "
-    f"surely (the whole 95% interval of its paired ratio, process noise included) more than {fmt_margin(TIE_MARGIN)} "
-    "slower; tie: the listed strategies are not, so either is a good choice. runner-up / fastest: that ratio with its "
-    "interval. The closed forms (analytic; for second order hessian_analytic, laplacian_analytic and "
-    "laplacian_trace_analytic) exist for plain MLPs only and are not contenders; nor is a stochastic estimator "
-    "(laplacian_hutchinson), whose error is in its note."
-)
-
-ANSWER = ("how: eager, or compiled with torch.compile (raced apart). × forward: one call over one forward pass; "
-          "× closed form: over the hand-written Jacobian of plain MLPs (analytic); medians over the shapes where it "
-          "is best or tied. verdict, on n of the range's shapes: winner (every other strategy surely more than "
-          f"{fmt_margin(TIE_MARGIN)} slower) or tie (with the strategies named: not surely slower, either is a good "
-          "choice); else: the best where it is neither. code: what to paste, after `import strategies`.")
-ANSWER_SECOND_ORDER = (
-    "how: eager, or compiled with torch.compile (raced apart). × forward: one call over one forward pass; × closed "
-    "form: over the fastest hand-written second derivative of plain MLPs (hessian_analytic, laplacian_analytic); "
-    "medians over the shapes where it is best or tied. verdict, on n of the range's shapes: winner (every other "
-    f"strategy surely more than {fmt_margin(TIE_MARGIN)} slower) or tie (with the strategies named: not surely "
-    "slower, either is a good choice); else: the best where it is neither. A stochastic estimator "
-    "(laplacian_hutchinson) is never the answer: its time and error are in the tables below. code: what to paste, "
-    "after `import strategies`; in train mode the result carries its graph for the PINN loss.")
-AUTOTUNE = ("For your own model, input shape and machine, autotune validates every strategy on your input, races the "
-            "valid ones with the same rule, and remembers the pick:")
-
-FOLD_ROWS = 20  # a findings table longer than this is folded in HTML
-
-PUBLISHED = ("Ratios a published source reports, next to the same ratio measured in this run at the same shape. The "
-             "suite's strategies vmap over a batch (here of one sample), which adds a fixed cost to both sides of the "
-             "ratio; the thread count changes it most.")
-COMPILING = ("A compiled strategy compiles once per shape (torch.compile, dynamic=False); the first call, compiling "
-             "included, is its setup time and is never in the timed rounds. It pays after setup / (eager time − "
-             "compiled time) calls.")
-TRAINING = ("train mode times J with its graph kept (create_graph=True), the penalty (the squared Frobenius norm of J "
-            "summed over the batch) and its gradient with respect to every parameter, validated against a float64 "
-            "reference. Strategies that keep no graph are unsupported there.")
-PINN_STEP = ("train mode for second order times the PINN step: the Laplacian with its graph kept (the trace of H for a "
-             "Hessian strategy), the Poisson residual Δu − f(x) with f(x) = Σ sin(x_i), its mean square, and the "
-             "gradient of that loss with respect to every parameter, validated against a float64 reference. "
-             "PINN step / alone: the fastest step over the fastest call of the quantity alone, at the same shape.")
-TRAIN_TITLE = {"jacobian": "Training through the Jacobian", "hessian": "The PINN training step — Hessian strategies",
-               "laplacian": "The PINN training step"}
-COUPLED = ("Output row b depends on other rows (e.g. BatchNorm in training mode): strategies that assume independent "
-           "samples return a wrong Jacobian without any error.")
-
-READING = (
-    "time: median of one full fn(model, x) call (forward included), validated first against a float64 reference; "
-    "its interval is where a rerun's median falls (95%, from the rounds, their spread over time and the run's two "
-    "processes). "
-    "J/F: that time over the forward pass model(x) alone. × best: over the fastest valid strategy of the same shape. "
-    "A case that is not ok shows its status instead of a number (the statuses are explained under \"Status of every "
-    "case\"). "
-    "Strategies returning the sum over outputs are not the Jacobian when out > 1 and never count as fastest."
 )
 
 
@@ -356,45 +309,6 @@ def meaning_section(run: LoadedRun, best: pd.DataFrame) -> Section:
         section.blocks += [Block("text", text=where_label(key, run.env)),
                            Block("bullets", items=summary_items(part, best_part))]
     return section
-
-
-def environment_section(env: dict[str, Any]) -> Section:
-    if not env:
-        return Section("Environment", [Block("warning", text="env.json is missing: machine and versions unknown")])
-    blocks = [Block("text", text=line) for line in (phases_line(env), noise_line(env)) if line]
-    return Section("Environment", [*blocks, table_block(env_table({"value": env}).rename(columns={"": "key"}),
-                                                        "env")], folded=True)
-
-
-PHASE_WORDS = {"timing": "timed rounds", "validation": "validation", "references": "float64 references",
-               "compiling": "compiling", "models": "models and forward passes", "warm-up": "warm-up", "heap": "heap",
-               "startup": "start-up", "finish": "finishing", "report": "report"}
-
-
-def phases_line(env: dict[str, Any]) -> str:
-    """"Where the harness's time went: 212 s in all: timed rounds 120 s, ...": env.json's phases, largest first."""
-    phases = env.get("phases") if isinstance(env.get("phases"), dict) else {}
-    if not phases:
-        return ""
-    parts = ", ".join(f"{PHASE_WORDS.get(name, name)} {seconds:.0f} s" for name, seconds in
-                      sorted(phases.items(), key=lambda kv: -kv[1]) if seconds >= 0.5)
-    walls = [p.get("wall_s") for p in env.get("processes", []) if isinstance(p, dict) and p.get("wall_s")]
-    total = f"{sum(walls) + phases.get('finish', 0) + phases.get('report', 0):.0f} s in all over " \
-            f"{len(walls)} worker process{'es' if len(walls) != 1 else ''}: " if walls else ""
-    return f"Where the harness's time went: {total}{parts}."
-
-
-def noise_line(env: dict[str, Any]) -> str:
-    """The run's own measure of its noise: what a second process changes."""
-    noise = env.get("noise") if isinstance(env.get("noise"), dict) else {}
-    if not noise.get("cases_in_two_processes"):
-        return ""
-    compiled = noise.get("between_process_sd_time_compiled")
-    return (f"Noise: a worker process moves a case's median by ±{100 * noise['between_process_sd_time']:.1f}% "
-            + (f"(compiled strategies ±{100 * compiled:.1f}%) " if compiled else "")
-            + f"(typical standard deviation, over {noise['cases_in_two_processes']} cases timed in both processes; "
-            f"a case that moved more keeps its own) and a paired ratio by "
-            f"±{100 * noise['between_process_sd_ratio']:.1f}%; intervals and verdicts include it.")
 
 
 FIGURES = (("jf_ratio_vs_batch", "Jacobian time / forward time vs batch size"),

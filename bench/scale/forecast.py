@@ -18,7 +18,7 @@ from typing import Any
 
 import strategies
 from bench.harness.skips import SkipPolicy, predicted_memory
-from bench.scale import costs
+from bench.scale import costs, spent
 from bench.scale.balance import split
 from bench.scale.costs import CostModel, Query
 from bench.schema import PREDICTS_LARGER, case_id, fmt_bytes
@@ -91,7 +91,7 @@ def run_order(plan: RunPlan) -> Iterator[tuple[str, str, Case]]:
 
 
 def _query(plan: RunPlan, name: str, device: str, case: Case) -> Query:
-    return Query(name, case.mode, case.model, case.dtype, costs.device_kind(device), case.sizes,
+    return Query(name, case.mode, case.model, case.dtype, spent.device_kind(device), case.sizes,
                  plan.grid.budget.target_s, plan.time_budget_s, plan.processes)
 
 
@@ -114,7 +114,7 @@ def forecast(plan: RunPlan, model: CostModel) -> Forecast:
             continue
         found.append(CaseForecast(name, device, case, estimate.status, estimate.seconds, estimate.basis))
         policy.note(strategy, case, device, estimate.status, estimate.status in PREDICTS_LARGER)
-    measured = {(c.case, c.device) for c in found if c.status not in costs.NOT_RUN}
+    measured = {(c.case, c.device) for c in found if c.status not in spent.NOT_RUN}
     shapes = {(case, device): model.shape_s for device in plan.devices for case in plan.cases
               if (case, device) in measured}
     budgets = {d: (policy.budget(d) if policy.budget(d) != math.inf else None) for d in plan.devices}
@@ -138,7 +138,7 @@ def unit_costs(plan: RunPlan, model: CostModel) -> dict[Unit, float]:
 def _notes(plan: RunPlan, model: CostModel, budgets: dict[str, int | None]) -> list[str]:
     notes = list(plan.notes)  # what the run itself would say first: a model's fixed sizes, its dtype, ...
     measured = model.devices
-    for kind in sorted({costs.device_kind(d) for d in plan.devices} - measured):
+    for kind in sorted({spent.device_kind(d) for d in plan.devices} - measured):
         if measured:
             notes.append(f"the fitted runs measured no {kind} device: {kind} cases are predicted from "
                          f"{', '.join(sorted(measured))} measurements (FROM=results/<a {kind} run> predicts better)")

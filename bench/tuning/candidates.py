@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from bench.harness import measure, modes, reference, timing
+from bench.harness import measure, modes, reference, second_order, timing
 from bench.harness.runner import RETIME_MARGIN, validate
 from bench.schema import Sizes, fmt_margin, fmt_time
 from bench.spec.grid import Budget, Case
@@ -23,7 +23,7 @@ CUT_OFF = 2 * RETIME_MARGIN  # an eager candidate's first call is stopped past t
 # known: one over RETIME_MARGIN is not raced, and a first call may be slower than later ones (kernels, allocations)
 COMPILE_LIMIT_S = Budget().compile_s  # a compiled strategy's first call compiles: a run's limit for it
 
-Reference = reference.Reference | reference.SecondOrderReference
+Reference = reference.Reference | second_order.SecondOrderReference
 
 
 def refusal(strategy: Strategy, out_dim: int, coupled: bool, mode: str) -> str:
@@ -150,7 +150,7 @@ def out_dim_of(model: nn.Module, x: Tensor) -> int:
 def reference_of(model: nn.Module, x: Tensor, mode: str, quantity: str = "jacobian") -> Reference:
     """The float64 reference every candidate is validated against (half the free memory at most)."""
     try:
-        return reference.of_quantity(quantity, model, x, measure.available_memory(str(x.device)) // 2,
+        return second_order.of_quantity(quantity, model, x, measure.available_memory(str(x.device)) // 2,
                                      train=mode == "train")
     except reference.ModelProblem as exc:
         raise AutotuneError(f"no float64 reference can validate a strategy on this model: {exc}") from None
