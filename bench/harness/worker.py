@@ -20,6 +20,7 @@ gone.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -34,6 +35,9 @@ EXIT_HARNESS = 70  # the child raised past the runner (a harness bug): its remai
 def main(argv: list[str]) -> int:
     import torch
 
+    # inductor's first compile asks torch.utils.cpp_extension for CUDA_HOME, which logs "No CUDA runtime is found" on
+    # a CPU machine with a CUDA toolkit folder: once per child, into the run's progress lines; the run says its devices
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the host's: it stops after the current shape
     torch.set_num_threads(1)  # before anything runs: an OpenMP thread that exists at fork hangs the child
     folder, process = Path(argv[0]), int(argv[1])
@@ -82,7 +86,27 @@ def _warm_up(plan: Any) -> set[tuple[str, str, str]]:
                        measure.Phases())
     for case in {c.model: c for c in reversed(plan.cases)}.values():  # each model at its smallest shape
         cache.warm_up(case, "cpu", built_in)
+    if any(strategies.REGISTRY[n].compiled for n in plan.strategy_names):
+        _warm_compiler()
     return cache.warmed
+
+
+def _warm_compiler() -> None:
+    """One torch.compile of a torch.func function before any child is forked: the imports and one-time setup of
+    dynamo, AOTAutograd and inductor (its C++ toolchain and CPU checks) once per worker, not once per shape: each
+    child would pay them in its first compiled strategy's setup_s (measured: 3-5 s a shape here), where a user's
+    program pays them once. Inductor compiles in-process (compile_threads = 1), so no pool of compile workers exists
+    when a child is forked; the kernel runs on the worker's one thread."""
+    import torch
+    import torch._inductor.config
+
+    torch._inductor.config.compile_threads = 1
+    try:
+        torch.compile(torch.func.vmap(torch.func.jacrev(torch.sin)), dynamic=False)(torch.ones(2, 2))
+    except Exception:  # noqa: BLE001 - without it, each child sets the compiler up itself, as before
+        return
+    finally:
+        torch._dynamo.reset()  # the warm-up's own graphs: a strategy's compile starts from an empty cache
 
 
 def _serve(plan: Any, process: int, request: dict[str, Any], out: IO[str], warm: set[tuple[str, str, str]]
