@@ -126,7 +126,7 @@ fidelity: $(SETUP)
 # Every test (what CI runs: .ci/run), the JAX peers' included; test-fast leaves out those marked slow (another
 # Python process, compiling).
 test: $(SETUP) $(JAX_SETUP)
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=15
 
 test-fast: $(SETUP)
 	$(PY) -m pytest -ra -m "not slow"
