@@ -107,3 +107,19 @@ def test_the_report_has_the_section_only_with_peers(tmp_path):
     build_report(plain)
     assert "its peers" not in (plain / "report.md").read_text()
     assert not peers.has_peers(load_run(plain).frame)
+
+
+def test_rounds_timed_in_the_same_sweeps_give_the_paired_ratio():
+    """A slow moment hits both sides of a sweep: the per-sweep ratio stays 2 while each side's own times swing ×3,
+    so the paired interval is narrow where the two records' own spreads (log_time_sd 0.5) would give a tie."""
+    swing = [1.0, 3.0, 1.0, 3.0, 1.0, 3.0, 1.0, 3.0]
+    sweeps = {"process_rounds": [4, 4], "round_sweeps": [0, 1, 2, 3, 0, 1, 2, 3], "log_time_sd": 0.5}
+    torch_row = pd.Series({"strategy": "vmap_jacrev", "time_median_s": 2e-3,
+                           "round_times_s": [2e-3 * s for s in swing], **sweeps})
+    peer_row = pd.Series({"strategy": "jax_vmap_jacrev", "time_median_s": 1e-3,
+                          "round_times_s": [1e-3 * s for s in swing], **sweeps})
+    paired = peers.gap(torch_row, peer_row, "jax", pooled=0.01)
+    assert paired.ratio == pytest.approx(2.0) and paired.verdict == "jax ahead"
+    assert paired.low == pytest.approx(2.0 * math.exp(-1.96 * math.sqrt(0.01 / 2)), rel=1e-3)  # pooled over 2 processes
+    unpaired = peers.gap(torch_row.drop("round_sweeps"), peer_row.drop("round_sweeps"), "jax")
+    assert unpaired.verdict == "tie" and unpaired.low < 1.1

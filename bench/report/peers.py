@@ -48,16 +48,34 @@ def has_peers(frame: pd.DataFrame) -> bool:
     return bool(frame["peer"].fillna("").ne("").any())
 
 
-def gap(torch_row: pd.Series, peer_row: pd.Series, peer: str) -> Gap:
-    """The ratio of two records' times with its interval, and the verdict by the tie rule."""
+def gap(torch_row: pd.Series, peer_row: pd.Series, peer: str, pooled: float = 0.0) -> Gap:
+    """The ratio of two records' times with its interval, and the verdict by the tie rule. Timed in the same sweeps
+    (a run interleaves the peer with the shape's strategies), it is the paired ratio of their rounds with the run's
+    between-process variance of ratios (`pooled`), as a shape's verdict is; else the two records' own spreads."""
+    paired = _paired(torch_row, peer_row)
     sd_a, sd_b = torch_row.get("log_time_sd"), peer_row.get("log_time_sd")
-    if _finite(sd_a) and _finite(sd_b):
+    if paired is not None:
+        ratio, low, high = stats.confidence_interval(paired, pooled)
+    elif _finite(sd_a) and _finite(sd_b):
         ratio, low, high = stats.significantly_different(torch_row["time_median_s"], sd_a, peer_row["time_median_s"],
                                                          sd_b)
     else:
         ratio, low, high = stats.ratio_of_medians(_rounds(torch_row), _rounds(peer_row))
     verdict = PEER_AHEAD.format(peer=peer) if low > TIE_MARGIN else TORCH_AHEAD if high < 1 / TIE_MARGIN else TIE
     return Gap(torch_row["strategy"], torch_row["time_median_s"], ratio, low, high, verdict)
+
+
+def _paired(torch_row: pd.Series, peer_row: pd.Series) -> stats.Spread | None:
+    """The spread of the per-sweep ratios torch/peer, process by process; None unless both records hold rounds with
+    their sweeps and some process has two paired rounds."""
+    rounds = []
+    for row in (torch_row, peer_row):
+        values, processes, sweeps = (row.get(c) for c in ("round_times_s", "process_rounds", "round_sweeps"))
+        if not all(isinstance(v, list) and v for v in (values, processes, sweeps)):
+            return None
+        rounds.append((values, processes, sweeps))
+    ratios, counts = stats.paired_log_ratios(rounds[0], rounds[1])
+    return stats.spread(ratios, counts) if any(n >= 2 for n in counts) else None
 
 
 def _finite(v: object) -> bool:
@@ -73,8 +91,9 @@ def fastest(rows: pd.DataFrame) -> pd.Series | None:
     return None if rows.empty else rows.sort_values("time_median_s").iloc[0]
 
 
-def peer_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per shape with a valid peer: the peer's best and PyTorch's best eager and compiled, with the gaps."""
+def peer_rows(frame: pd.DataFrame, pooled: float = 0.0) -> pd.DataFrame:
+    """One row per shape with a valid peer: the peer's best and PyTorch's best eager and compiled, with the gaps
+    (`pooled`: the run's between-process variance of paired ratios, env.json's noise)."""
     rows = []
     timed = frame[frame["valid"]]
     for shape, part in timed.groupby([*SETTING, *AXES], sort=False):
@@ -85,7 +104,7 @@ def peer_rows(frame: pd.DataFrame) -> pd.DataFrame:
                 "peer": peer, "peer_best": best_peer["strategy"], "peer_s": best_peer["time_median_s"]}
             for side, compiled in SIDES:
                 best = fastest(torch_part[torch_part["compiled"].astype(bool) == compiled])
-                found = gap(best, best_peer, peer) if best is not None else None
+                found = gap(best, best_peer, peer, pooled) if best is not None else None
                 row |= {f"{side}_{k}": (getattr(found, k) if found else None)
                         for k in ("torch_name", "torch_s", "ratio", "low", "high", "verdict")}
             rows.append(row)
@@ -104,7 +123,7 @@ def peers_table(rows: pd.DataFrame) -> pd.DataFrame:
         cells = {c: r[c] for c in (*SETTING, *AXES) if c != "mode"} | {
             "peer best": f"{r['peer_best']} {fmt_time(r['peer_s'])}"}
         for side, _ in SIDES:
-            if r[f"{side}_torch_name"] is None:
+            if not isinstance(r[f"{side}_torch_name"], str):  # none of this kind measured (pandas holds NaN)
                 cells |= {f"torch {side}": "—", f"{side} × peer": "—", f"{side} verdict": "—"}
                 continue
             cells |= {f"torch {side}": f"{r[f'{side}_torch_name']} {fmt_time(r[f'{side}_torch_s'])}",
@@ -115,6 +134,12 @@ def peers_table(rows: pd.DataFrame) -> pd.DataFrame:
         cells[f"within ×{GOAL:g}"] = "—" if not _finite(ratio) else "yes" if ratio <= GOAL else "no"
         out.append(cells)
     return pd.DataFrame(out)
+
+
+def pooled_ratio_variance(env: dict) -> float:
+    """The run's between-process variance of paired ratios (ln), from env.json's noise model (0 when absent)."""
+    sd = (env.get("noise") or {}).get("between_process_sd_ratio")
+    return float(sd) ** 2 if _finite(sd) else 0.0
 
 
 def closes_at(line: pd.DataFrame, side: str) -> str:

@@ -179,7 +179,7 @@ def run_document(run: LoadedRun, figures: dict[str, Path], tables: Tables) -> Do
         if section.blocks:
             doc.sections.append(section)
     doc.sections += extra_sections(frame, run.env, best, measured, tables)
-    doc.sections += peers_sections(frame, tables)
+    doc.sections += peers_sections(frame, run.env, tables)
     doc.sections += closing_sections(run, frame, tables)
     return doc
 
@@ -200,11 +200,11 @@ def extra_sections(frame: pd.DataFrame, env: dict[str, Any], best: pd.DataFrame,
     return sections
 
 
-def peers_sections(frame: pd.DataFrame, tables: Tables) -> list[Section]:
+def peers_sections(frame: pd.DataFrame, env: dict[str, Any], tables: Tables) -> list[Section]:
     """PyTorch against another framework on the same weights (bench/report/peers.py), when the run has peers."""
     if not peers.has_peers(frame):
         return []
-    rows = peers.peer_rows(frame)
+    rows = peers.peer_rows(frame, peers.pooled_ratio_variance(env))
     if rows.empty:
         return []
     names = ", ".join(dict.fromkeys(rows["peer"]))

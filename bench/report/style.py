@@ -43,7 +43,7 @@ MARKERS = {"analytic": "*", "grad_summed": ".", "grad_loop": "o", "grad_batched"
 TRACE_PREFIX = ("laplacian_trace_", "hessian_")  # laplacian_trace_x is the trace of hessian_x: drawn alike
 PLUGIN_COLORS = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
                  "#31a354", "#756bb1", "#636363"]
-PLUGIN_MARKERS = ["H", "d", "1", "2", "3", "4"]
+PLUGIN_MARKERS = ["H", "d", "p", "h", "v", "^"]  # filled: the memory-vs-time plot rings the Pareto front
 STATUS_COLORS = {"ok": "#2ca02c", "wrong": "#d62728", "failed": "#ff7f0e", "unsupported": "#c7c7c7"}
 FORWARD = "forward model(x)"
 
