@@ -38,10 +38,18 @@ def summarize(fidelity: dict[str, Any] | None, records: Iterable[CaseRecord]) ->
         mine = [c for c in cases if c["strategy"] == name]
         strategies[name] = _geometric_mean(mine)
     within = sum(abs(c["ratio"] - 1) <= TARGET for c in cases)
-    return fidelity | {"cases": cases, "strategies": strategies, "within_10pct": within,
-                       "off": sorted(n for n, s in strategies.items() if surely_off(s)),
-                       "unresolved": sorted(n for n, s in strategies.items()
-                                            if abs(s["ratio"] - 1) > TARGET and not surely_off(s))}
+    summary = fidelity | {"cases": cases, "strategies": strategies, "within_10pct": within}
+    off, unresolved = judged(summary)
+    return summary | {"off": off, "unresolved": unresolved}
+
+
+def judged(fidelity: dict[str, Any] | None) -> tuple[list[str], list[str]]:
+    """The strategies surely off by more than TARGET, and those past it by their point estimate only, from the
+    per-strategy numbers (so a run summarized under an older rule is read under this one)."""
+    strategies = (fidelity or {}).get("strategies") or {}
+    off = sorted(n for n, s in strategies.items() if surely_off(s))
+    unresolved = sorted(n for n, s in strategies.items() if abs(s["ratio"] - 1) > TARGET and n not in off)
+    return off, unresolved
 
 
 def surely_off(strategy: dict[str, Any]) -> bool:
@@ -75,7 +83,7 @@ def summary_line(fidelity: dict[str, Any] | None) -> str:
     line = (f"Fidelity: {_count(len(cases), 'case')} of {_count(len(s), 'strategy', 'strategies')} re-timed by "
             f"torch.utils.benchmark.Timer in fresh processes: run/fresh {fmt_ratio(ratios[0])}–"
             f"{fmt_ratio(ratios[-1])} per strategy, {fidelity.get('within_10pct', 0)} of {len(cases)} within ±10%")
-    off, unresolved = fidelity.get("off") or [], fidelity.get("unresolved") or []
+    off, unresolved = judged(fidelity)
     if off:
         line += "; surely off by more than 10%: " + ", ".join(f"{n} {interval_text(s[n])}" for n in off)
     if unresolved:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import results
+from bench.fidelity import judged
 from bench.schema import fmt_ratio
 
 STEAL_WARN = 0.05  # of all CPU time, over the whole run
@@ -73,7 +74,7 @@ def fidelity_lines(fidelity: dict[str, Any] | None) -> list[str]:
         return ["warning: no fidelity check: the run's numbers were not compared with a fresh process's "
                 "(FIDELITY=0, an older run, or too short a run)"]
     strategies = fidelity["strategies"]
-    off, unresolved = fidelity.get("off") or [], fidelity.get("unresolved") or []
+    off, unresolved = judged(fidelity)
     cases = fidelity.get("cases") or []
     head = (f"{fidelity.get('within_10pct', 0)} of {len(cases)} re-timed cases within ±10% of a fresh process")
     lines = [f"ok: fidelity: {head}; no strategy surely off by more than 10%" if not off else

@@ -105,7 +105,7 @@ def run_warnings(run: LoadedRun) -> list[str]:
                    "processes on the CPUs, stolen or slow CPU time) and stayed so after waiting: they are marked "
                    "unstable; rerun on a quiet machine before trusting them")
     checked = run.env.get("fidelity") or {}
-    off = checked.get("off") or []
+    off, _ = fidelity.judged(checked)
     if off:  # one warning: the strategies whose run/fresh interval lies wholly past ±10%
         named = ", ".join(f"{n} {fidelity.interval_text(checked['strategies'][n])}" for n in off)
         out.append(f"the run's numbers of {named} are surely more than {fidelity.TARGET:.0%} from what the same call "
