@@ -275,3 +275,24 @@ def test_a_hessian_and_a_laplacian_of_the_same_sizes_are_two_shapes() -> None:
     samples = [costs.Sample(r.strategy, r.mode, r.model, r.dtype, "cpu", r.sizes, r.status, 1.0, 0.25, 5.0,
                             quantity=r.quantity) for r in records]
     assert len(costs._by_shape(samples)) == 2
+
+
+def test_a_peer_runs_only_where_the_grid_asks_for_peers(tmp_path, monkeypatch):
+    """Installing another framework's plugin (its strategies have a `peer`) leaves every grid's cases as they were;
+    a grid with `peers = true`, or STRATEGIES= naming one, runs it."""
+    import strategies
+    from bench.spec.plan import plan_run
+    from bench.spec.settings import Settings
+
+    monkeypatch.setitem(strategies.REGISTRY, "other_vmap_jacrev",
+                        dataclasses.replace(strategies.REGISTRY["vmap_jacrev"], name="other_vmap_jacrev", peer="other"))
+    quick = plan_run(Settings(grid="quick", devices="cpu"))
+    assert "other_vmap_jacrev" not in quick.strategy_names and quick.total_cases == 300
+    grid = tmp_path / "with-peers.toml"
+    grid.write_text('peers = true\n[base]\nbatch = 4\nhidden = 8\nin_dim = 3\nout_dim = 2\n')
+    assert "other_vmap_jacrev" in plan_run(Settings(grid=str(grid), devices="cpu")).strategy_names
+    named = plan_run(Settings(grid="quick", devices="cpu", strategies="grad_loop,other_vmap_jacrev"))
+    assert named.strategy_names == ["grad_loop", "other_vmap_jacrev"]
+    grid.write_text('peers = "yes"\n[base]\nbatch = 4\nhidden = 8\nin_dim = 3\nout_dim = 2\n')
+    with pytest.raises(Exception, match="peers.*true or false"):
+        plan_run(Settings(grid=str(grid), devices="cpu"))

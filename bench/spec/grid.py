@@ -26,7 +26,7 @@ from bench.spec.cases import Case, Own, case_from_dict, expand  # noqa: F401  (t
 GRIDS_DIR = Path(__file__).parent / "grids"
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 _BLOCK_KEYS = {"models", "dtypes", "modes", "quantities", "compiled", "base", "sweep", "plane", "cartesian"}
-_TOP_KEYS = _BLOCK_KEYS | {"description", "budget", "also", "threads", "published"}
+_TOP_KEYS = _BLOCK_KEYS | {"description", "budget", "also", "threads", "published", "peers"}
 # A published result the run is checked against: time(slower) / time(faster) at one shape, as the source reports it.
 _PUBLISHED_KEYS = {"source": str, "model": str, "dtype": str, "batch": int, "hidden": int, "in_dim": int,
                    "out_dim": int, "slower": str, "faster": str, "ratio": float, "conditions": str}
@@ -86,6 +86,7 @@ class Grid:
     budget: Budget
     threads: int | None = None  # torch intra-op threads this grid is meant for (THREADS= overrides)
     published: tuple[dict[str, Any], ...] = ()  # published ratios to set beside this run's (reports show both)
+    peers: bool = False  # another framework's strategies (installed plugins with a `peer`, e.g. JAX) run here too
 
     @property
     def base(self) -> dict[str, int]:
@@ -99,7 +100,7 @@ class Grid:
         main, *also = (b.as_dict() for b in self.blocks)
         return {"name": self.name, "path": str(self.path), "description": self.description, **main,
                 "also": also, "budget": vars(self.budget), "threads": self.threads,
-                "published": [dict(p) for p in self.published]}
+                "published": [dict(p) for p in self.published], **({"peers": True} if self.peers else {})}
 
 
 def available() -> list[str]:
@@ -158,8 +159,11 @@ def _parse(data: dict[str, Any], path: Path) -> Grid:
     threads = data.get("threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
         raise fail("threads", f"must be a positive integer, got {threads!r}")
+    if not isinstance(data.get("peers", False), bool):
+        raise fail("peers", f"must be true or false, got {data['peers']!r}")
     return Grid(name=path.stem, path=path, description=str(data.get("description", "")), blocks=tuple(blocks),
-                budget=Budget(**budget_values), threads=threads, published=_parse_published(data, fail))
+                budget=Budget(**budget_values), threads=threads, published=_parse_published(data, fail),
+                peers=data.get("peers", False))
 
 
 def _parse_published(data: dict[str, Any], fail) -> tuple[dict[str, Any], ...]:

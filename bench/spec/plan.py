@@ -174,11 +174,13 @@ def resolve_devices(spec: str, here: bool = True) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def resolve_strategies(spec: str, quantities: tuple[str, ...] = ("jacobian",)) -> list[str]:
+def resolve_strategies(spec: str, quantities: tuple[str, ...] = ("jacobian",), peers: bool = False) -> list[str]:
     """The named strategies, or every registered strategy of the run's quantities (each case runs those of its own
-    quantity: RunPlan.strategies_for). A named strategy that computes no quantity the run measures is refused."""
+    quantity: RunPlan.strategies_for), another framework's (a peer, e.g. the JAX plugin's) only where the grid says
+    `peers = true`: installing a plugin does not change what a grid measures. A named strategy that computes no
+    quantity the run measures is refused."""
     wanted = [q for q in QUANTITIES if q in quantities]
-    default = [n for n, s in strategies.REGISTRY.items() if s.quantity in wanted]
+    default = [n for n, s in strategies.REGISTRY.items() if s.quantity in wanted and (peers or not s.peer)]
     names = [s.strip() for s in spec.split(",") if s.strip()] if spec else default
     for name in names:
         if name not in strategies.REGISTRY:
@@ -227,7 +229,8 @@ def plan_run(settings: Settings, here: bool = True) -> RunPlan:
     modes = resolve_choices(settings.mode, "MODE", "mode", MODES)
     quantities = resolve_choices(settings.quantity, "QUANTITY", "quantity", QUANTITIES)
     strategy_names = resolve_strategies(settings.strategies,
-                                        quantities or tuple(q for b in the_grid.blocks for q in b.quantities))
+                                        quantities or tuple(q for b in the_grid.blocks for q in b.quantities),
+                                        the_grid.peers)
     threads = apply_threads(settings.threads or str(the_grid.threads or ""))
     chosen = resolve_models(the_grid, settings.model, dtypes, settings.in_dim, devices)
     the_grid, model_defs, notes = chosen.grid, chosen.defs, chosen.notes
