@@ -12,6 +12,7 @@ import platform
 import socket
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,24 @@ def collect(devices: list[str]) -> dict[str, Any]:
         "inductor_cache": compiling.inductor_cache(),
         "git_commit": git_commit(),
         "cpu_facts": cpu_facts(),
+        "plugins": plugins(),
     }
+
+
+def plugins() -> dict[str, str]:
+    """The versions of the installed strategy plugins (entry points of strategies.ENTRY_POINT_GROUP) and of the
+    frameworks the peers run on (jax, jaxlib, folx): a peer's number means that version."""
+    import strategies
+
+    found = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"] or ""
+        if name.lower() in PEER_PACKAGES or any(ep.group == strategies.ENTRY_POINT_GROUP for ep in dist.entry_points):
+            found[name] = dist.version
+    return dict(sorted(found.items()))
+
+
+PEER_PACKAGES = ("jax", "jaxlib", "folx")
 
 
 def _read(path: str) -> str | None:
