@@ -257,7 +257,8 @@ def compile_table(frame: pd.DataFrame) -> pd.DataFrame:
                          "speedup": fmt_ratio(r["eager_s"] / r["compiled_s"]),
                          "pays after": "never" if r["break_even_calls"] == math.inf
                          else f"{math.ceil(r['break_even_calls']):,} calls"})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table[shown(list(table.columns), table)] if len(table) else table
 
 
 TRAIN_HEADERS = {  # (alone, training step, their ratio) per quantity
