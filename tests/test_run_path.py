@@ -68,20 +68,15 @@ print(sorted(m for m in {forbidden} if m in loaded))
 """
 
 
-# bench/rules.py imports pandas at module level for a type annotation only, and the harness imports bench.rules: so
-# does autotune. Strict: once rules.py imports pandas only for type checking, these pass and the mark must go.
-PANDAS_IN_RULES = pytest.mark.xfail(reason="bench/rules.py imports pandas at module level", strict=True)
-
-
 @pytest.mark.parametrize("modules,forbidden", [
     ("bench.report.run_report, bench.report.compare, bench.report.recommend", ["torch", "strategies", "bench.run"]),
     ("bench.run.plugin, bench.harness.runner, bench.cli", ["bench.report", "bench.report.tables", "bench.report.plots",
                                                        "bench.report.frames", "matplotlib"]),  # measuring
     ("bench", ["torch", "strategies", "bench.tuning.autotune"]),  # `import bench` stays light: autotune loads on use
     ("bench.tuning.autotune", ["bench.report", "matplotlib"]),  # autotune reads result files only for results=
-    pytest.param("bench.tuning.autotune, bench.tuning.tuned, bench.tuning.race, bench.tuning.explain",
-                 ["pytest", "_pytest", "pandas", "matplotlib", "bench.report"],  # a library call: no test, table or
-                 marks=PANDAS_IN_RULES),  # plot library (runs.py reads result files only when results= is given)
+    ("bench.tuning.autotune, bench.tuning.tuned, bench.tuning.race, bench.tuning.explain",
+     ["pytest", "_pytest", "pandas", "matplotlib", "bench.report"]),  # a library call: no test, table or plot
+    # library (runs.py reads result files only when results= is given)
 ])
 @pytest.mark.slow
 def test_measurement_and_reporting_stay_apart(modules, forbidden):
@@ -93,7 +88,6 @@ def test_measurement_and_reporting_stay_apart(modules, forbidden):
 
 
 @pytest.mark.slow
-@PANDAS_IN_RULES
 def test_from_bench_import_autotune_loads_no_test_table_or_plot_library():
     code = ("import sys\nfrom bench import autotune\n"
             "print(sorted(m for m in ('pytest', '_pytest', 'pandas', 'matplotlib') if m in sys.modules))")
