@@ -296,3 +296,31 @@ def test_a_peer_runs_only_where_the_grid_asks_for_peers(tmp_path, monkeypatch):
     grid.write_text('peers = "yes"\n[base]\nbatch = 4\nhidden = 8\nin_dim = 3\nout_dim = 2\n')
     with pytest.raises(Exception, match="peers.*true or false"):
         plan_run(Settings(grid=str(grid), devices="cpu"))
+
+
+def test_a_grid_can_name_its_strategies_and_strategies_replaces_them(tmp_path, monkeypatch):
+    """`strategies = [...]` in a grid runs those of PyTorch's strategies (its peers still come from `peers`);
+    STRATEGIES= replaces the list; a name that is no registered PyTorch strategy is one line naming the key."""
+    import strategies
+    from bench.errors import BenchError
+    from bench.spec.plan import plan_run
+    from bench.spec.settings import Settings
+
+    monkeypatch.setitem(strategies.REGISTRY, "other_vmap_jacrev",
+                        dataclasses.replace(strategies.REGISTRY["vmap_jacrev"], name="other_vmap_jacrev", peer="other"))
+    grid = tmp_path / "named.toml"
+    base = '[base]\nbatch = 4\nhidden = 8\nin_dim = 3\nout_dim = 2\n'
+    grid.write_text('peers = true\nstrategies = ["vmap_jacrev", "grad_loop"]\n' + base)
+    plan = plan_run(Settings(grid=str(grid), devices="cpu"))
+    own = [n for n in plan.strategy_names if not strategies.REGISTRY[n].peer]
+    assert own == ["grad_loop", "vmap_jacrev"] and "other_vmap_jacrev" in plan.strategy_names
+    assert plan.total_cases == 3 and plan.grid.as_dict()["strategies"] == ["vmap_jacrev",
+                                                                     "grad_loop"]  # the jitted peers: in compiled blocks
+    assert plan_run(Settings(grid=str(grid), devices="cpu", strategies="jacobian_sum")).strategy_names == [
+        "jacobian_sum"]
+    for names, problem in (('["nope"]', "unknown strategy 'nope'"), ('["other_vmap_jacrev"]', "unknown strategy"),
+                           ('[]', "strategies: must be a non-empty list"), ('"grad_loop"', "strategies: must be")):
+        grid.write_text(f"strategies = {names}\n" + base)
+        with pytest.raises(BenchError, match=problem):
+            plan_run(Settings(grid=str(grid), devices="cpu"))
+    assert "strategies" not in plan_run(Settings(grid="quick", devices="cpu")).grid.as_dict()

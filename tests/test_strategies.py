@@ -78,6 +78,20 @@ CASES = [
 ]
 
 
+# A compiled strategy compiles once per model structure, shape and dtype (seconds each): it is checked on the cases
+# that differ in structure (a deep MLP at in = 1, a model that is not an MLP) rather than on every case.
+COMPILED_FLOAT64 = ("seed-mlp", "in1", "non-mlp")
+COMPILED_FLOAT32 = ("deep-mlp",)
+
+
+def pairs(compiled_cases: tuple[str, ...]) -> list:
+    """(case, strategy) parameters: every eager strategy on every case, a compiled one on `compiled_cases` (slow)."""
+    return [pytest.param(case, name, id=f"{case[0]}-{name}",
+                         marks=[pytest.mark.slow] if REGISTRY[name].compiled else [])
+            for case in CASES for name in strategies.names("jacobian")
+            if not REGISTRY[name].compiled or case[0] in compiled_cases]
+
+
 def build(factory, batch: int, in_dim: int, hidden: int, out_dim: int, dtype=torch.float64, seed: int = 0):
     torch.manual_seed(seed)
     model = factory(in_dim, hidden, out_dim).to(dtype).eval()
@@ -121,8 +135,7 @@ def test_required_strategies_registered_in_order():
         assert isinstance(s.independent_samples, bool)
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case,name", pairs(COMPILED_FLOAT64))
 def test_float64_matches_finite_differences(name, case):
     _, factory, batch, in_dim, hidden, out_dim = case
     strategy = REGISTRY[name]
@@ -134,8 +147,7 @@ def test_float64_matches_finite_differences(name, case):
     torch.testing.assert_close(got, reference, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case,name", pairs(COMPILED_FLOAT32))
 def test_float32_within_dtype_tolerance(name, case):
     _, factory, batch, in_dim, hidden, out_dim = case
     strategy = REGISTRY[name]

@@ -26,7 +26,7 @@ from bench.spec.cases import Case, Own, case_from_dict, expand  # noqa: F401  (t
 GRIDS_DIR = Path(__file__).parent / "grids"
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 _BLOCK_KEYS = {"models", "dtypes", "modes", "quantities", "compiled", "base", "sweep", "plane", "cartesian"}
-_TOP_KEYS = _BLOCK_KEYS | {"description", "budget", "also", "threads", "published", "peers"}
+_TOP_KEYS = _BLOCK_KEYS | {"description", "budget", "also", "threads", "published", "peers", "strategies"}
 # A published result the run is checked against: time(slower) / time(faster) at one shape, as the source reports it.
 _PUBLISHED_KEYS = {"source": str, "model": str, "dtype": str, "batch": int, "hidden": int, "in_dim": int,
                    "out_dim": int, "slower": str, "faster": str, "ratio": float, "conditions": str}
@@ -87,6 +87,7 @@ class Grid:
     threads: int | None = None  # torch intra-op threads this grid is meant for (THREADS= overrides)
     published: tuple[dict[str, Any], ...] = ()  # published ratios to set beside this run's (reports show both)
     peers: bool = False  # another framework's strategies (installed plugins with a `peer`, e.g. JAX) run here too
+    strategies: tuple[str, ...] = ()  # PyTorch's strategies this grid runs (empty: all); STRATEGIES= overrides
 
     @property
     def base(self) -> dict[str, int]:
@@ -100,7 +101,8 @@ class Grid:
         main, *also = (b.as_dict() for b in self.blocks)
         return {"name": self.name, "path": str(self.path), "description": self.description, **main,
                 "also": also, "budget": vars(self.budget), "threads": self.threads,
-                "published": [dict(p) for p in self.published], **({"peers": True} if self.peers else {})}
+                "published": [dict(p) for p in self.published], **({"peers": True} if self.peers else {}),
+                **({"strategies": list(self.strategies)} if self.strategies else {})}
 
 
 def available() -> list[str]:
@@ -161,9 +163,13 @@ def _parse(data: dict[str, Any], path: Path) -> Grid:
         raise fail("threads", f"must be a positive integer, got {threads!r}")
     if not isinstance(data.get("peers", False), bool):
         raise fail("peers", f"must be true or false, got {data['peers']!r}")
+    names = data.get("strategies", [])
+    if "strategies" in data and (not isinstance(names, list) or not names
+                                 or not all(isinstance(n, str) and n for n in names)):
+        raise fail("strategies", f"must be a non-empty list of strategy names, got {names!r}")
     return Grid(name=path.stem, path=path, description=str(data.get("description", "")), blocks=tuple(blocks),
                 budget=Budget(**budget_values), threads=threads, published=_parse_published(data, fail),
-                peers=data.get("peers", False))
+                peers=data.get("peers", False), strategies=tuple(dict.fromkeys(names)))
 
 
 def _parse_published(data: dict[str, Any], fail) -> tuple[dict[str, Any], ...]:
