@@ -83,6 +83,12 @@ def install_planted(site: Path, deadly: bool = False) -> Path:
     return site
 
 
+# A run of one worker process and no fidelity check: for the end-to-end tests of something else (shards, job arrays,
+# user models), each of which would otherwise start a second worker and fresh Timer processes (about 6 s a run here).
+# The second process and the fidelity check have tests of their own (test_noise, test_shards, test_fidelity).
+ONE_PROCESS = ("--processes", "1", "--fidelity", "0")
+
+
 def bench_env(site: Path | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "COV_"))}
     env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (site, REPO) if p)

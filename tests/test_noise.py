@@ -14,7 +14,7 @@ import pytest
 from bench.harness import machine
 from bench.report.frames import load_run
 from bench.report.tables import best_per_shape
-from tests.helpers import run_bench
+from tests.helpers import ONE_PROCESS, run_bench
 
 GRID = """
 [base]
@@ -100,7 +100,7 @@ def test_a_busy_machine_gives_unstable_cases_with_the_reason(tmp_path):
     procs = hogs(120)
     try:
         proc = run_bench(tmp_path, "run", "--grid", "g.toml", "--run", "busy", "--strategies", "grad_loop,analytic",
-                         "--no-report")
+                         "--no-report", *ONE_PROCESS)
     finally:
         for p in procs:
             p.kill()

@@ -16,7 +16,7 @@ from run_fixtures import BASE, record
 from bench import results
 from bench.cli import main
 from bench.schema import case_key
-from tests.helpers import REPO, bench_command, bench_env, run_bench
+from tests.helpers import ONE_PROCESS, REPO, bench_command, bench_env, run_bench
 
 FAST = "grad_summed,grad_loop,analytic"
 MANY = 16 * 3  # cases of MANY_CASES: enough to be cut off in the middle
@@ -43,7 +43,7 @@ def snapshot(root: Path) -> dict[str, str]:
 def existing(tmp_path_factory) -> Path:
     """A folder with a finished smoke run in results/done, to prove bad input never touches it."""
     root = tmp_path_factory.mktemp("existing")
-    proc = run_bench(root, "run", "--grid", "smoke", "--run", "done", "--strategies", FAST)
+    proc = run_bench(root, "run", "--grid", "smoke", "--run", "done", "--strategies", FAST, *ONE_PROCESS)
     assert proc.returncode == 0, proc.stderr
     (root / "grids").mkdir()
     (root / "grids" / "bad.toml").write_text("[base\nbatch = ")
@@ -154,7 +154,7 @@ def test_torn_last_line_is_skipped_with_a_warning(tmp_path):
 def start_run(root: Path, run_id: str, *extra: str) -> subprocess.Popen:
     (root / "many.toml").write_text(MANY_CASES)
     return subprocess.Popen(bench_command("run", "--grid", "many.toml", "--run", run_id, "--strategies", FAST,
-                                          "--no-report", *extra),
+                                          "--no-report", *ONE_PROCESS, *extra),
                             cwd=root, env=bench_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -182,7 +182,7 @@ def test_kill_9_then_resume_reruns_nothing(tmp_path):
     assert len(finished_before) < total
 
     resumed = run_bench(tmp_path, "run", "--grid", "many.toml", "--run", "k", "--strategies", FAST, "--resume",
-                        "--no-report")
+                        "--no-report", *ONE_PROCESS)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{total - len(finished_before)} cases to measure, {len(finished_before)} already done" in resumed.stdout
     measured = [line for line in resumed.stdout.splitlines() if line.startswith("[") and " eta " in line]
@@ -219,7 +219,7 @@ def test_force_replaces_a_run(tmp_path):
     (tmp_path / "results" / "f").mkdir(parents=True)
     (tmp_path / "results" / "f" / "cases.jsonl").write_text("old\n")
     proc = run_bench(tmp_path, "run", "--grid", "smoke", "--run", "f", "--strategies", "analytic", "--force",
-                     "--no-report")
+                     "--no-report", *ONE_PROCESS)
     assert proc.returncode == 0, proc.stderr
     assert "old" not in (tmp_path / "results" / "f" / "cases.jsonl").read_text()
 
@@ -249,5 +249,5 @@ def test_a_run_folder_belongs_to_one_process(tmp_path):
     keys = [case_key(json.loads(line)) for line in after]
     assert len(keys) == len(set(keys)) >= 2
     again = run_bench(tmp_path, "run", "--grid", "smoke", "--run", "shared", "--strategies", "analytic", "--force",
-                      "--no-report")
+                      "--no-report", *ONE_PROCESS)
     assert again.returncode == 0, again.stderr  # the lock ended with its process

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.results import plots_dir, read_cases
-from tests.helpers import REPO, bench_env, run_bench
+from tests.helpers import ONE_PROCESS, REPO, bench_env, run_bench
 
 
 def pytest_suite(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -50,7 +50,7 @@ def test_plots_mirror_the_results_folder(tmp_path):
 @pytest.mark.slow
 def test_a_run_in_another_results_dir_draws_its_plots_beside_it(tmp_path):
     proc = run_bench(tmp_path, "run", "--grid", "smoke", "--strategies", "analytic,grad_loop", "--run", "r",
-                     "--results-dir", "box/res")
+                     "--results-dir", "box/res", *ONE_PROCESS)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "box" / "res" / "r" / "report.html").is_file()
     assert not (tmp_path / "plots").exists()

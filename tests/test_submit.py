@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from bench import results
-from tests.helpers import bench_command, bench_env, run_bench
+from tests.helpers import ONE_PROCESS, bench_command, bench_env, run_bench
 
-SMOKE = ("--grid", "smoke", "--strategies", "grad_loop,vmap_jacrev,jacobian_sum", "--devices", "cpu")
+SMOKE = ("--grid", "smoke", "--strategies", "grad_loop,vmap_jacrev,jacobian_sum", "--devices", "cpu", *ONE_PROCESS)
 
 
 def _submitit_path() -> str:

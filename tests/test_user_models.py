@@ -17,7 +17,7 @@ import strategies
 from bench import results
 from bench.cli import main
 from bench.schema import case_key
-from tests.helpers import run_bench
+from tests.helpers import ONE_PROCESS, run_bench
 
 pytestmark = pytest.mark.slow  # every test here runs `python -m bench` in another process
 
@@ -111,7 +111,7 @@ def test_one_directional_coupling_only_the_exact_strategy_is_ok(scratch):
 
 
 def test_the_models_own_nan_is_an_error_and_no_case_is_lost(scratch):
-    proc = run_bench(scratch, "run", "--grid", "smoke", "--model", "user.py:nan", "--run", "nan")
+    proc = run_bench(scratch, "run", "--grid", "smoke", "--model", "user.py:nan", "--run", "nan", *ONE_PROCESS)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     folder = scratch / "results" / "nan"
@@ -129,7 +129,8 @@ def test_the_models_own_nan_is_an_error_and_no_case_is_lost(scratch):
 
 
 def test_a_squeezing_model_gets_messages_that_say_so(scratch):
-    proc = run_bench(scratch, "run", "--grid", "smoke", "--model", "user.py:squeeze", "--run", "sq", "--no-report")
+    proc = run_bench(scratch, "run", "--grid", "smoke", "--model", "user.py:squeeze", "--run", "sq", "--no-report",
+                     *ONE_PROCESS)
     assert proc.returncode == 0, proc.stderr
     assert "fails on a one-sample batch" in proc.stdout
     s = summary(scratch, "sq")
@@ -161,7 +162,7 @@ def test_fidelity_runs_on_a_user_model_run(scratch, capsys):
 
 def test_dtype_and_threads_apply_to_the_whole_run(scratch):
     proc = run_bench(scratch, "run", "--grid", "smoke", "--strategies", "analytic,grad_loop", "--dtype", "float64",
-                     "--threads", "1", "--run", "f64", "--no-report")
+                     "--threads", "1", "--run", "f64", "--no-report", *ONE_PROCESS)
     assert proc.returncode == 0, proc.stderr
     folder = scratch / "results" / "f64"
     env = json.loads((folder / "env.json").read_text())
