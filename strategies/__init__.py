@@ -170,6 +170,8 @@ _BUILTIN_ORDER = (
     "laplacian_hvp_loop",
     "laplacian_jvp_jvp",
     "laplacian_hutchinson",
+    "laplacian_trace_vmap_jacrev_jacrev_compiled",
+    "laplacian_jvp_jvp_compiled",
     "laplacian_trace_analytic",
     "laplacian_analytic",
 )

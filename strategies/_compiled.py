@@ -47,5 +47,6 @@ def register_compiled(eager: Strategy) -> Strategy:
         return run(model, x)
 
     fn.__doc__ = f"torch.compile({eager.name}), compiled for each shape (compile time apart, as setup_s)."
-    return register(name=f"{eager.name}{COMPILED_SUFFIX}", independent_samples=eager.independent_samples,
-                    compiled=True, cost=f"{eager.cost}, compiled", memory_estimate=eager.memory_estimate)(fn)
+    return register(name=f"{eager.name}{COMPILED_SUFFIX}", quantity=eager.quantity,
+                    independent_samples=eager.independent_samples, compiled=True, cost=f"{eager.cost}, compiled",
+                    memory_estimate=eager.memory_estimate)(fn)

@@ -128,3 +128,17 @@ def strategy_params(names: list[str]) -> list:
     import strategies
 
     return [pytest.param(n, marks=pytest.mark.slow) if strategies.REGISTRY[n].compiled else n for n in names]
+
+
+def case_params(names: list[str], case_ids: list[str], compiled_cases: tuple[str, ...]) -> list:
+    """(case id, strategy name) pytest parameters: every eager strategy on every case, a compiled one only on
+    `compiled_cases` and marked slow. A compiled strategy compiles once per model structure, shape and dtype (seconds
+    each), so it is checked on the cases that differ in structure rather than on every case."""
+    import pytest
+
+    import strategies
+
+    return [pytest.param(case_id, name, id=f"{case_id}-{name}",
+                         marks=[pytest.mark.slow] if strategies.REGISTRY[name].compiled else [])
+            for case_id in case_ids for name in names
+            if not strategies.REGISTRY[name].compiled or case_id in compiled_cases]

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 import strategies
 from bench.schema import Sizes
 from strategies import REGISTRY, Unsupported
-from tests.helpers import strategy_params
+from tests.helpers import case_params, strategy_params
 
 NAMES = strategy_params(strategies.names("jacobian"))  # a compiled one's cases are slow: each compiles
 
@@ -78,18 +78,16 @@ CASES = [
 ]
 
 
-# A compiled strategy compiles once per model structure, shape and dtype (seconds each): it is checked on the cases
-# that differ in structure (a deep MLP at in = 1, a model that is not an MLP) rather than on every case.
+# The compiled strategies on the cases that differ in structure (a deep MLP at in = 1, a model that is not an MLP).
 COMPILED_FLOAT64 = ("seed-mlp", "in1", "non-mlp")
 COMPILED_FLOAT32 = ("deep-mlp",)
 
 
 def pairs(compiled_cases: tuple[str, ...]) -> list:
-    """(case, strategy) parameters: every eager strategy on every case, a compiled one on `compiled_cases` (slow)."""
-    return [pytest.param(case, name, id=f"{case[0]}-{name}",
-                         marks=[pytest.mark.slow] if REGISTRY[name].compiled else [])
-            for case in CASES for name in strategies.names("jacobian")
-            if not REGISTRY[name].compiled or case[0] in compiled_cases]
+    """(case, strategy) parameters of every Jacobian strategy (tests/helpers.case_params)."""
+    by_id = {c[0]: c for c in CASES}
+    return [pytest.param(by_id[p.values[0]], p.values[1], id=p.id, marks=p.marks)
+            for p in case_params(strategies.names("jacobian"), list(by_id), compiled_cases)]
 
 
 def build(factory, batch: int, in_dim: int, hidden: int, out_dim: int, dtype=torch.float64, seed: int = 0):
