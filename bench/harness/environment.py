@@ -70,7 +70,17 @@ def collect(devices: list[str]) -> dict[str, Any]:
         "git_commit": git_commit(),
         "cpu_facts": cpu_facts(),
         "plugins": plugins(),
+        "allocator": allocator(),
     }
+
+
+def allocator() -> dict[str, str]:
+    """glibc malloc's thresholds the processes that time run with (bench/harness/fresh.py: ALLOCATOR_ENV, or the
+    user's own values of those variables)."""
+    from bench.harness import fresh
+
+    env = fresh.timing_env()
+    return {k: env[k] for k in fresh.ALLOCATOR_ENV}
 
 
 def plugins() -> dict[str, str]:

@@ -16,6 +16,7 @@ depth).
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -24,6 +25,17 @@ from typing import Any
 from bench.errors import BenchError
 
 MIN_RUN_TIME_S = 0.4  # Timer.blocked_autorange: blocks of calls until this much time was measured
+# glibc malloc's thresholds, fixed in every process that times (the run's workers, these fresh processes). With
+# glibc's defaults they adapt to what the process allocated and freed before, so the same call in a plain program is
+# bimodal: `analytic` at B = 512 (the seed MLP, 8 -> 64 -> 8) took 0.40 ms in 1 of 6 fresh processes and 1.1-1.6 ms
+# in the other 5 (its ~1 MB temporaries mmapped, or trimmed off the heap's top, and faulted in again on every call);
+# with these values, 0.40-0.42 ms in every process, as in the run. A variable the user set is kept.
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
+def timing_env() -> dict[str, str]:
+    """The environment of a process that times: this one's, with ALLOCATOR_ENV where the user set no value."""
+    return {**ALLOCATOR_ENV, **os.environ}
 
 
 def spec(record: Any, model_spec: str, threads: int, strategies: list[str]) -> dict[str, Any]:
@@ -38,7 +50,7 @@ def in_fresh_process(job: dict[str, Any], timeout_s: float = 600) -> dict[str, d
     {"error"}."""
     try:
         proc = subprocess.run([sys.executable, "-m", "bench.harness.fresh", json.dumps(job)], capture_output=True,
-                              text=True, timeout=timeout_s)
+                              text=True, timeout=timeout_s, env=timing_env())
     except subprocess.TimeoutExpired:
         raise BenchError(f"timing {', '.join(job['strategies'])} on {job['name']} in a fresh process took more than "
                          f"{timeout_s:.0f} s") from None

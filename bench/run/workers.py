@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any
 
 from bench.errors import BenchError
+from bench.harness import fresh
 
 STARTUP_S = 300.0  # the worker imports torch and plans the run before its first shape
 
@@ -40,7 +41,7 @@ class Worker:
         self.process = process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.harness.worker", str(Path(folder).resolve()), str(process)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=fresh.timing_env(),
             start_new_session=True)  # a Ctrl-C at the terminal reaches the host, which stops after the current shape
         self.child: int | None = None
         self._pending = b""  # bytes read past the last whole line
