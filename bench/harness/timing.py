@@ -139,8 +139,8 @@ def _warm_up(entries: list[Entry], order: random.Random) -> None:
 def _round(e: Entry) -> list[float]:
     """One round of an entry, after its lead-in ([] when its call raised: the entry stops with the error). The
     garbage collector is off during the round and on between rounds, as timeit and torch.utils.benchmark.Timer
-    time a call: its pauses belong to the program, not to the call (measured: grad_summed at B = 32, in = out = 64,
-    99 µs with it off and 126 µs with it on in one fresh process; in the run, ×1.29-1.35 the fresh Timer's)."""
+    time a call: its pauses belong to the program, not to the call (grad_summed at B = 32, in = out = 64: 99 µs with
+    it off and 126 µs with it on in one fresh process, 101 and 102 µs in another)."""
     start = time.perf_counter()
     collecting = gc.isenabled()
     gc.disable()
