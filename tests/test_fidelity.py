@@ -95,3 +95,13 @@ def test_fresh_timings_without_a_final_record_or_with_an_error_are_left_out():
     assert checked["cases"] == [] and checked["strategies"] == {}
     assert "no case was re-timed" in fidelity.summary_line(checked)
     assert fidelity.summary_line(None) == ""
+
+
+def test_a_strategy_left_joins_a_process_already_picked_before_starting_another():
+    """Covering every strategy within the budget: one left over is timed in a shape's process that is starting
+    anyway (its largest shape would cost another process start)."""
+    records = [_record("a", 512), _record("b", 512, contender=False), _record("b", 2048, contender=False),
+               _record("c", 2048, contender=False)]
+    budget = fresh_check.START_S + 2 * (fresh_check.PER_STRATEGY_S + 3e-3) + 0.01  # one process, two strategies
+    picks = fresh_check.pick(records, _pending(records), budget_s=budget)
+    assert [(r.strategy, r.batch) for rows in picks.values() for r in rows] == [("a", 512), ("b", 512)]

@@ -104,10 +104,11 @@ def pick(records: list[CaseRecord], pending: set[tuple[str, str]], budget_s: flo
 
     for shape, rows in by_shape.items():  # largest shapes first: their contenders not covered yet
         add(shape, [r for r in rows if r.contender and r.strategy not in covered])
-    for strategy in dict.fromkeys(r.strategy for r in timed):  # then every strategy left, at its largest shape
-        if strategy not in covered:
-            largest = next((shape, r) for shape, rows in by_shape.items() for r in rows if r.strategy == strategy)
-            add(largest[0], [largest[1]])
+    for strategy in dict.fromkeys(r.strategy for r in timed):  # then every strategy left: in a process already
+        if strategy not in covered:  # picked where it can (no second start), else at its largest shape
+            where = [(shape, r) for shape, rows in by_shape.items() for r in rows if r.strategy == strategy]
+            shape, r = next(((shape, r) for shape, r in where if shape in picks), where[0])
+            add(shape, [r])
     return picks
 
 
