@@ -129,19 +129,3 @@ def test_a_second_process_is_held_to_the_first_ones_speed(monkeypatch):
     assert machine.Calibration(run_usual_s=1.0).check().startswith("the machine ran ×1.50 slower")
     assert machine.Calibration().check() == ""
 
-
-def test_a_round_runs_without_the_collector_and_gives_it_back():
-    """As timeit and torch.utils.benchmark.Timer time a call: the collector off during a round, on again after."""
-    import gc
-
-    from bench.harness import timing
-
-    seen: list[bool] = []
-    entry = timing.Entry("probe", lambda: seen.append(gc.isenabled()), 1e-3)
-    assert gc.isenabled() and timing._round(entry) and seen and not any(seen) and gc.isenabled()
-    gc.disable()
-    try:
-        timing._round(entry)
-        assert not gc.isenabled()  # a caller that had it off keeps it off
-    finally:
-        gc.enable()

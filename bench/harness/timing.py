@@ -24,7 +24,6 @@ call is longer than WARM_CALL_S was warmed by its validation call and gets no wa
 
 from __future__ import annotations
 
-import gc
 import math
 import random
 import time
@@ -137,13 +136,8 @@ def _warm_up(entries: list[Entry], order: random.Random) -> None:
 
 
 def _round(e: Entry) -> list[float]:
-    """One round of an entry, after its lead-in ([] when its call raised: the entry stops with the error). The
-    garbage collector is off during the round and on between rounds, as timeit and torch.utils.benchmark.Timer
-    time a call: its pauses belong to the program, not to the call (grad_summed at B = 32, in = out = 64: 99 µs with
-    it off and 126 µs with it on in one fresh process, 101 and 102 µs in another)."""
+    """One round of an entry, after its lead-in ([] when its call raised: the entry stops with the error)."""
     start = time.perf_counter()
-    collecting = gc.isenabled()
-    gc.disable()
     try:
         for _ in range(e.lead_in):
             e.call()
@@ -154,8 +148,6 @@ def _round(e: Entry) -> list[float]:
         e.error, e.done = exc, True
         return []
     finally:
-        if collecting:
-            gc.enable()
         e.spent_s += time.perf_counter() - start
 
 
