@@ -318,7 +318,8 @@ def test_a_grid_can_name_its_strategies_and_strategies_replaces_them(tmp_path, m
     assert plan.total_cases == 3  # the jitted peers run in compiled blocks only
     assert plan_run(Settings(grid=str(grid), devices="cpu", strategies="jacobian_sum")).strategy_names == [
         "jacobian_sum"]
-    for names, problem in (('["nope"]', "unknown strategy 'nope'"), ('["other_vmap_jacrev"]', "unknown strategy"),
+    for names, problem in (('["nope"]', "named.toml: strategies: unknown strategy 'nope'"),
+                           ('["other_vmap_jacrev"]', "unknown strategy"),
                            ('[]', "strategies: must be a non-empty list"), ('"grad_loop"', "strategies: must be")):
         grid.write_text(f"strategies = {names}\n" + base)
         with pytest.raises(BenchError, match=problem):

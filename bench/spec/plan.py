@@ -175,7 +175,7 @@ def resolve_devices(spec: str, here: bool = True) -> list[str]:
 
 
 def resolve_strategies(spec: str, quantities: tuple[str, ...] = ("jacobian",), peers: bool = False,
-                       grid_names: tuple[str, ...] = ()) -> list[str]:
+                       grid_names: tuple[str, ...] = (), grid_path: str = "the grid") -> list[str]:
     """The named strategies, or every registered strategy of the run's quantities (each case runs those of its own
     quantity: RunPlan.strategies_for) — or the grid's own list of them (its `strategies` key) —, another framework's
     (a peer, e.g. the JAX plugin's) only where the grid says `peers = true`: installing a plugin does not change what
@@ -185,7 +185,7 @@ def resolve_strategies(spec: str, quantities: tuple[str, ...] = ("jacobian",), p
     if grid_names and not spec:
         unknown = [n for n in grid_names if n not in strategies.REGISTRY or strategies.REGISTRY[n].peer]
         if unknown:
-            raise SettingsError(f"the grid's strategies: unknown strategy {unknown[0]!r} (its peers come from "
+            raise SettingsError(f"{grid_path}: strategies: unknown strategy {unknown[0]!r} (a peer's come from "
                                 "`peers = true`)")
         default = [n for n in default if n in grid_names or strategies.REGISTRY[n].peer]
     names = [s.strip() for s in spec.split(",") if s.strip()] if spec else default
@@ -237,7 +237,7 @@ def plan_run(settings: Settings, here: bool = True) -> RunPlan:
     quantities = resolve_choices(settings.quantity, "QUANTITY", "quantity", QUANTITIES)
     strategy_names = resolve_strategies(settings.strategies,
                                         quantities or tuple(q for b in the_grid.blocks for q in b.quantities),
-                                        the_grid.peers, the_grid.strategies)
+                                        the_grid.peers, the_grid.strategies, str(the_grid.path))
     threads = apply_threads(settings.threads or str(the_grid.threads or ""))
     chosen = resolve_models(the_grid, settings.model, dtypes, settings.in_dim, devices)
     the_grid, model_defs, notes = chosen.grid, chosen.defs, chosen.notes
