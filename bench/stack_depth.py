@@ -89,7 +89,8 @@ CHUNK = ("the cost depends on the exact depth, not on how deep (vmap_jacfwd at B
          "checks, guard_or_false, 9 µs a call at 80 frames against under 0.5 µs at 5): the signature of CPython "
          "3.11's frame stack crossing one of its chunk boundaries on every call of that function; jvp_batched (the "
          "same forward mode, vmapped once) did not move, and a compiled strategy makes one Python call per Jacobian")
-MECHANISMS = {"linearize_batched": TRACING}
+MECHANISMS = {"linearize_batched": TRACING, "vmap_jacfwd": CHUNK, "vmap_jacfwd_chunked": CHUNK}
+UNPROFILED = "its mechanism was not profiled: call it from a shallow stack where you can"
 
 
 def advice_for(strategy: str, table: dict[str, Any] | None = None) -> str:
@@ -98,4 +99,4 @@ def advice_for(strategy: str, table: dict[str, Any] | None = None) -> str:
     if not found:
         return ""
     return (f"{strategy} costs {fmt_ratio(found['ratio'])} its time when called {found['frames']} frames deep (at "
-            f"{found['shape']}, measured; at least {fmt_ratio(found['low'])}): {MECHANISMS.get(strategy, CHUNK)}")
+            f"{found['shape']}, measured; at least {fmt_ratio(found['low'])}): {MECHANISMS.get(strategy, UNPROFILED)}")

@@ -33,6 +33,15 @@ def test_only_a_strategy_that_surely_slows_down_gets_advice():
     assert stack_depth.advice_for("linearize_batched", {}) == ""  # no reference table: nothing either
 
 
+def test_each_strategy_gets_its_own_mechanism_and_an_unprofiled_one_says_so():
+    table = _table(1.8)
+    for name in ("vmap_jacfwd", "jvp_loop"):
+        table["rows"].append({**table["rows"][0], "strategy": name})
+    assert "chunk boundaries" in stack_depth.advice_for("vmap_jacfwd", table)
+    assert "jvp_batched: the same forward mode" in stack_depth.advice_for("linearize_batched", table)
+    assert "not profiled" in stack_depth.advice_for("jvp_loop", table)
+
+
 def test_the_markdown_table_has_a_row_per_strategy_and_shape():
     md = stack_depth.markdown(_table(1.3))
     assert "| `linearize_batched` | B32-H64-in8-out8 |" in md and "Test CPU" in md
