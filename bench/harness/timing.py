@@ -18,8 +18,9 @@ After each block every strategy is judged on its kept rounds:
   user's loop the call runs beside itself), and they run side by side (rounds of one sweep are paired in the
   verdict) for target_s each, or until each has MIN_ROUNDS rounds and an interval within ±PRECISION of its median.
 Each round of a quick strategy starts with LEAD_IN_S of untimed calls: after another strategy, caches, the allocator and
-the OpenMP threads (which spin for milliseconds after a parallel region) slow the first calls. A strategy whose single
-call is longer than WARM_CALL_S was warmed by its validation call and gets no warm-up round and no lead-in.
+the OpenMP threads (which spin for milliseconds after a parallel region) slow the first calls. Rounds and lead-ins are
+sized by a warm-up of MIN_ROUND_S of calls, not by the validation call. A strategy whose single call is longer than
+WARM_CALL_S was warmed by its validation call and gets no warm-up and no lead-in.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from bench.schema import fmt_margin
 MIN_ROUND_S = 2e-3  # a round lasts at least this long: far above perf_counter's resolution and call overhead
 LEAD_IN_S = 2e-3  # untimed calls before each round of a quick strategy: the caches, the allocator and the OpenMP
 # worker threads are left as the previous strategy left them, and the first calls after another strategy run slower
+SLOW_FIRST_CALLS = 4  # a warm-up's first call this many rounds long sizes the rounds alone
 WARM_CALL_S = 0.05  # a call this long was warmed by the validation call: no warm-up round, no lead-in
 BLOCK_S = 0.2  # rounds are kept or set aside in blocks this long (the kernel counts CPU time in 10 ms ticks)
 CALIBRATION_PAUSE_S = 0.01  # before a calibration: OpenMP workers spin ~8 ms after a parallel region, then sleep
@@ -68,7 +70,12 @@ class Entry:
     error: BaseException | None = None  # what a call raised while timed (out of memory, a recompile, ...)
 
     def __post_init__(self) -> None:
-        one_call = max(self.one_call_s, 1e-7)
+        self.size_rounds(self.one_call_s)
+
+    def size_rounds(self, one_call_s: float) -> None:
+        """Calls per round and lead-in calls for a call of `one_call_s`."""
+        one_call = max(one_call_s, 1e-7)
+        self.one_call_s = one_call_s
         self.iterations = max(1, math.ceil(MIN_ROUND_S / one_call))
         self.lead_in = math.ceil(LEAD_IN_S / one_call) if one_call < WARM_CALL_S else 0
 
@@ -129,10 +136,37 @@ def time_shape(entries: list[Entry], window_s: float, calibration: machine.Calib
 
 
 def _warm_up(entries: list[Entry], order: random.Random) -> None:
-    """One round each, not kept: other strategies ran since the validation call (caches, allocator)."""
+    """Calls of each entry for at least MIN_ROUND_S, not kept: other strategies ran since the validation call
+    (caches, allocator). Their time per call sizes the entry's rounds: the validation call is a poor estimate of a
+    quick call (it is timed with the memory measurement around it: a collection, malloc_trim, /proc reads), and
+    sized by it a 0.1 ms call got 1-call rounds, each timed right after another strategy's round (x1.3 what the
+    same call costs back to back)."""
     order.shuffle(entries)
     for e in entries:
-        _round(e)
+        start = time.perf_counter()
+        try:
+            e.size_rounds(_seconds_per_call(e.call))
+        except measure.CaseTimeout:
+            raise
+        except Exception as exc:
+            e.error, e.done = exc, True
+        finally:
+            e.spent_s += time.perf_counter() - start
+
+
+def _seconds_per_call(call: Callable[[], object]) -> float:
+    """One call, then (unless it alone took SLOW_FIRST_CALLS x MIN_ROUND_S: the round is one call anyway) calls
+    until MIN_ROUND_S has passed: their seconds per call."""
+    start = measure.synced_clock()
+    call()
+    first = measure.synced_clock() - start
+    if first >= SLOW_FIRST_CALLS * MIN_ROUND_S:
+        return first
+    calls, start = 0, measure.synced_clock()
+    while (elapsed := measure.synced_clock() - start) < MIN_ROUND_S or not calls:
+        call()
+        calls += 1
+    return elapsed / calls
 
 
 def _round(e: Entry) -> list[float]:
