@@ -88,6 +88,11 @@ def install_planted(site: Path, deadly: bool = False) -> Path:
 # The second process and the fidelity check have tests of their own (test_noise, test_shards, test_fidelity).
 ONE_PROCESS = ("--processes", "1", "--fidelity", "0")
 
+# The smoke grid with three strategies in one process: the plan that shard runs and job arrays are checked against
+# (tests/conftest.py runs it once as a whole run for both).
+SMOKE_THREE = ("--grid", "smoke", "--strategies", "grad_loop,vmap_jacrev,jacobian_sum", "--devices", "cpu",
+               "--time-budget", "5", *ONE_PROCESS)
+
 
 def bench_env(site: Path | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "COV_"))}

@@ -105,3 +105,38 @@ def test_a_strategy_left_joins_a_process_already_picked_before_starting_another(
     budget = fresh_check.START_S + 2 * (fresh_check.PER_STRATEGY_S + 3e-3) + 0.01  # one process, two strategies
     picks = fresh_check.pick(records, _pending(records), budget_s=budget)
     assert [(r.strategy, r.batch) for rows in picks.values() for r in rows] == [("a", 512), ("b", 512)]
+
+
+class _Timer:
+    """Timer.blocked_autorange's stand-in: each turn's blocks are the next value of `levels`."""
+
+    def __init__(self, levels: list[float]):
+        self.levels = iter(levels)
+
+    def blocked_autorange(self, min_run_time: float):
+        return type("Measurement", (), {"times": [next(self.levels)] * 3})()
+
+
+def _calibrations(monkeypatch, levels: list[float]) -> None:
+    from bench.harness import machine
+
+    it = iter(levels)
+    monkeypatch.setattr(machine, "calibration_s", lambda repeats=5: next(it))
+
+
+def test_a_fresh_turn_while_the_machine_ran_slow_is_set_aside_and_timed_again(monkeypatch):
+    from bench.harness import fresh
+
+    # calibrations around the turns: the second turn ends in a slow moment, the third starts in it
+    _calibrations(monkeypatch, [1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0])
+    found = fresh._at_usual_speed(_Timer([5.0, 9.0, 9.0, 5.0, 5.0, 5.0]), 0.1, None)
+    assert found["set_aside"] == 2 and found["median_s"] == 5.0 and found["at_usual_speed"]
+    assert found["blocks"] == 3 * fresh.TURNS
+
+
+def test_a_fresh_process_slower_than_the_run_throughout_says_so(monkeypatch):
+    from bench.harness import fresh
+
+    _calibrations(monkeypatch, [2.0] * (fresh.MAX_TURNS + 1))  # the run's usual speed: 1.0
+    found = fresh._at_usual_speed(_Timer([7.0] * fresh.MAX_TURNS), 0.1, run_usual_s=1.0)
+    assert found["median_s"] == 7.0 and not found["at_usual_speed"] and found["blocks"] == 3 * fresh.MAX_TURNS

@@ -14,9 +14,9 @@ from bench import results
 from bench.scale import balance, shards
 from bench.schema import Sizes
 from bench.spec.settings import Settings
+from tests.conftest import copy_run
+from tests.helpers import SMOKE_THREE as SMOKE
 from tests.helpers import bench_main, run_bench
-
-SMOKE = ("--grid", "smoke", "--strategies", "grad_loop,vmap_jacrev,jacobian_sum", "--time-budget", "5")
 
 
 # ---- the split -------------------------------------------------------------------------------------------------------
@@ -109,11 +109,10 @@ def test_a_bad_shard_is_one_line(tmp_path, spec, monkeypatch, capsys):
 # ---- shard runs, merged ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def sharded(tmp_path_factory):
+def sharded(tmp_path_factory, whole_smoke_run):
     """The smoke grid (three strategies) as one run, and as two shard runs of the same plan."""
     root = tmp_path_factory.mktemp("shards")
-    whole = run_bench(root, "run", *SMOKE, "--run", "whole", "--no-report")
-    assert whole.returncode == 0, whole.stderr
+    copy_run(whole_smoke_run, root)
     for k in (1, 2):
         proc = run_bench(root, "run", *SMOKE, "--run", "s", "--shard", f"{k}/2", "--no-report")
         assert proc.returncode == 0, proc.stderr

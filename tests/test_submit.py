@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from bench import results
-from tests.helpers import ONE_PROCESS, bench_command, bench_env, run_bench
-
-SMOKE = ("--grid", "smoke", "--strategies", "grad_loop,vmap_jacrev,jacobian_sum", "--devices", "cpu", *ONE_PROCESS)
+from tests.conftest import copy_run
+from tests.helpers import SMOKE_THREE as SMOKE
+from tests.helpers import bench_command, bench_env
 
 
 def _submitit_path() -> str:
@@ -54,10 +54,9 @@ def test_without_submitit_submit_says_how_to_install_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_local_shards_merged_are_the_same_run(tmp_path):
+def test_local_shards_merged_are_the_same_run(tmp_path, whole_smoke_run):
     env = _env(_submitit_path())
-    whole = run_bench(tmp_path, "run", *SMOKE, "--run", "whole", "--no-report")
-    assert whole.returncode == 0, whole.stderr
+    copy_run(whole_smoke_run, tmp_path)
     proc = _submit(tmp_path, *SMOKE, "--shards", "2", "--executor", "local", "--run", "loc", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "one after another" in proc.stdout  # cpu shards never run side by side without CPU sets

@@ -9,9 +9,11 @@ function eagerly without a word). While a compiled case is timed, a recompile is
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 
 def reset() -> None:
@@ -49,10 +51,23 @@ def inductor_cache() -> dict[str, object]:
     """Where inductor keeps compiled kernels and whether it held any when the run started (a warm cache makes
     setup_s much shorter than a first compile on a fresh machine)."""
     try:
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-        folder = Path(cache_dir())
+        folder = Path(_cache_dir_utils().cache_dir())
     except Exception:  # an older or newer torch: say what is unknown rather than guess
         return {"dir": None, "warm": None}
     warm = folder.is_dir() and any(os.scandir(folder))
     return {"dir": str(folder), "warm": warm}
+
+
+def _cache_dir_utils() -> ModuleType:
+    """torch/_inductor/runtime/cache_dir_utils.py, loaded from its file: a torch-free module ("without torch
+    dependencies", it says), but importing it by name runs torch._inductor's __init__, which imports dynamo (1 s of
+    every run's start, for one folder name)."""
+    import torch
+
+    path = Path(torch.__file__).parent / "_inductor" / "runtime" / "cache_dir_utils.py"
+    spec = importlib.util.spec_from_file_location("_jacobench_inductor_cache_dir_utils", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

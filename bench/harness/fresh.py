@@ -4,9 +4,15 @@
 
 The process builds the seeded model and input of one shape as the run did, and for each named strategy (in a shuffled
 order) makes one warm-up call (compiling, for a compiled strategy) and then times the call with
-`Timer.blocked_autorange` at the run's thread count. It prints one JSON object: strategy -> {"median_s", "iqr_s",
-"blocks"}; a strategy whose call raised gets {"error": ...}. It imports nothing of the harness that times a run: this
-is the yardstick the run's numbers are checked against (bench/run/fidelity.py).
+`Timer.blocked_autorange` at the run's thread count, in TURNS turns of min_run_time / TURNS each. Each turn lies
+between two calls of the machine's calibration workload (bench/harness/machine.py), and a turn during which the
+machine ran slower than DRIFT_LIMIT x its usual speed (the run's, from the job's "usual_s", or this process's
+fastest) is set aside and timed again, up to MAX_TURNS turns: this VM has slow episodes of seconds that slow a call
+x1.3-2.3 and the calibration alike (correlation 0.94 over 478 samples of a minute), and the run sets the rounds of
+such moments aside too, so an unlucky fresh process would otherwise be compared at another machine speed. It prints
+one JSON object: strategy -> {"median_s", "iqr_s", "blocks", "set_aside"}; a strategy whose call raised gets
+{"error": ...}. It imports nothing of the harness that times a run but the calibration workload: this is the
+yardstick the run's numbers are checked against (bench/run/fresh_check.py).
 
 With "depths" in the job, each strategy is instead timed from several depths of the Python stack (`depth_here`):
 rounds of calls made `d` frames below the process's top, the depths taking turns round by round (python -m bench
@@ -16,6 +22,7 @@ depth).
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import subprocess
@@ -24,7 +31,9 @@ from typing import Any
 
 from bench.errors import BenchError
 
-MIN_RUN_TIME_S = 0.4  # Timer.blocked_autorange: blocks of calls until this much time was measured
+MIN_RUN_TIME_S = 0.4  # Timer.blocked_autorange: blocks of calls until this much time was measured, in TURNS turns
+TURNS = 4
+MAX_TURNS = 12  # turns set aside while the machine ran slow are timed again, up to this many in all
 # glibc malloc's thresholds, fixed in every process that times (the run's workers, these fresh processes). With
 # glibc's defaults they adapt to what the process allocated and freed before, so the same call in a plain program is
 # bimodal: `analytic` at B = 512 (the seed MLP, 8 -> 64 -> 8) took 0.40 ms in 1 of 6 fresh processes and 1.1-1.6 ms
@@ -38,11 +47,13 @@ def timing_env() -> dict[str, str]:
     return {**ALLOCATOR_ENV, **os.environ}
 
 
-def spec(record: Any, model_spec: str, threads: int, strategies: list[str]) -> dict[str, Any]:
-    """What a fresh process needs to rebuild a case's shape (a CaseRecord's fields) and time `strategies` on it."""
+def spec(record: Any, model_spec: str, threads: int, strategies: list[str], usual_s: float | None = None
+         ) -> dict[str, Any]:
+    """What a fresh process needs to rebuild a case's shape (a CaseRecord's fields) and time `strategies` on it;
+    `usual_s`: the run's usual calibration time (its machine speed), which the fresh process holds its turns to."""
     return {"model": model_spec, "name": record.model, "strategies": strategies, "mode": record.mode,
             "sizes": list(record.sizes), "device": record.device, "dtype": record.dtype, "threads": threads,
-            "min_run_time": MIN_RUN_TIME_S, "seed": sum(map(ord, record.case_id))}
+            "min_run_time": MIN_RUN_TIME_S, "seed": sum(map(ord, record.case_id)), "usual_s": usual_s}
 
 
 def in_fresh_process(job: dict[str, Any], timeout_s: float = 600) -> dict[str, dict[str, float]]:
@@ -92,12 +103,34 @@ def time_here(job: dict[str, Any]) -> dict[str, dict[str, float]]:
             call(model, x)
             timer = tbench.Timer("call(model, x)", globals={"call": call, "model": model, "x": x},
                                  num_threads=torch.get_num_threads())
-            m = timer.blocked_autorange(min_run_time=job["min_run_time"])
-            found[name] = {"median_s": m.median, "iqr_s": m.iqr, "blocks": len(m.times)}
+            found[name] = _at_usual_speed(timer, job["min_run_time"] / TURNS, job.get("usual_s"))
         except Exception as exc:  # reported per strategy: the others are still timed
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
             found[name] = {"error": f"{type(exc).__name__}: {first}"}
     return found
+
+
+def _at_usual_speed(timer: Any, turn_s: float, run_usual_s: float | None) -> dict[str, float]:
+    """Timer turns of `turn_s`, each between two calibrations; those at the machine's usual speed kept (TURNS of
+    them, within MAX_TURNS; all of them if none was): the median and IQR of their blocks' seconds per call."""
+    import statistics
+
+    from bench.harness import machine
+
+    calibrations = [machine.calibration_s(machine.CALIBRATION_REPEATS)]
+    turns: list[tuple[float, list[float]]] = []  # (the slower calibration around the turn, its blocks)
+    while len(turns) < MAX_TURNS:
+        times = timer.blocked_autorange(min_run_time=turn_s).times
+        calibrations.append(machine.calibration_s(machine.CALIBRATION_REPEATS))
+        turns.append((max(calibrations[-2:]), times))
+        usual = min([*calibrations, run_usual_s or math.inf])
+        if sum(level <= machine.DRIFT_LIMIT * usual for level, _ in turns) >= TURNS:
+            break
+    kept = [times for level, times in turns if level <= machine.DRIFT_LIMIT * usual]
+    blocks = [t for times in (kept or [t for _, t in turns]) for t in times]
+    quartiles = statistics.quantiles(blocks, n=4) if len(blocks) > 1 else [blocks[0]] * 3
+    return {"median_s": statistics.median(blocks), "iqr_s": quartiles[2] - quartiles[0], "blocks": len(blocks),
+            "set_aside": len(turns) - len(kept) if kept else 0, "at_usual_speed": bool(kept)}
 
 
 def at_depth(frames: int, fn: Any) -> Any:

@@ -37,8 +37,9 @@ class Check:
     """The fidelity check of one session of a run: which cases, their fresh-process times, what it cost."""
 
     def __init__(self, share: float, records: Iterable[CaseRecord], pending: list[tuple[str, Any]],
-                 first_pass_s: float, models: dict[str, str], threads: int):
+                 first_pass_s: float, models: dict[str, str], threads: int, usual_s: float | None = None):
         self.models, self.threads = models, threads
+        self.usual_s = usual_s  # the first pass's usual calibration time: the machine speed fresh turns are held to
         self.share = share
         self.budget_s = share * first_pass_s
         self.picks = pick(list(records), {(d, c.shape_id) for d, c in pending}, self.budget_s)
@@ -56,7 +57,8 @@ class Check:
             self.skipped += [r.case_id for r in picked]
             return
         started = time.perf_counter()
-        job = fresh.spec(picked[0], self.models[picked[0].model], self.threads, [r.strategy for r in picked])
+        job = fresh.spec(picked[0], self.models[picked[0].model], self.threads, [r.strategy for r in picked],
+                         self.usual_s)
         try:
             timed = fresh.in_fresh_process(job)
         except BenchError as exc:
@@ -155,7 +157,9 @@ def measure_fidelity(folder: Path, cases: int = 5, repeats: int = 3, strategies:
         if r.model not in models:
             raise BenchError(f"model {r.model!r}: env.json does not say how to build it; rerun the benchmark")
         resolve(models[r.model])  # one line (ModelError) when a user's model file moved since the run
-    jobs = {r.case_id: fresh.spec(r, models[r.model], env.get("threads") or 0, [r.strategy]) for r in picked}
+    usual_s = (env.get("machine_speed") or {}).get("calibration_s")  # the run's machine speed
+    jobs = {r.case_id: fresh.spec(r, models[r.model], env.get("threads") or 0, [r.strategy], usual_s)
+            for r in picked}
     timed: dict[str, list[float]] = {case: [] for case in jobs}
     order = random.Random(0)
     for _ in range(repeats):  # the cases take turns: the machine's slow moments spread over all of them

@@ -97,11 +97,13 @@ def later_pass(plan: RunPlan, process: int) -> bool:
         return False
     print(f"jacobench: worker process {process}: each shape's contenders timed again in a fresh process", flush=True)
     env = results.read_json(plan.folder / "env.json")
+    usual_s = _first_pass_usual(env)
     check = fresh_check.Check(plan.fidelity if process == 2 else 0.0, records.values(), pending,
-                              _first_pass_s(env), {name: d.spec for name, d in plan.model_defs.items()}, plan.threads)
+                              _first_pass_s(env), {name: d.spec for name, d in plan.model_defs.items()}, plan.threads,
+                              usual_s)
     interrupted: list[bool] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(True))
-    worker = Pass(plan, process=process, usual_s=_first_pass_usual(env))
+    worker = Pass(plan, process=process, usual_s=usual_s)
     try:
         for n, (device, case) in enumerate(pending, start=1):
             if interrupted:

@@ -1,0 +1,24 @@
+"""Fixtures shared by several test modules."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import SMOKE_THREE, run_bench
+
+
+@pytest.fixture(scope="session")
+def whole_smoke_run(tmp_path_factory) -> Path:
+    """results/whole: SMOKE_THREE as one run, once per session (shards and job arrays are checked against it)."""
+    root = tmp_path_factory.mktemp("whole")
+    proc = run_bench(root, "run", *SMOKE_THREE, "--run", "whole", "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    return root / "results" / "whole"
+
+
+def copy_run(run: Path, root: Path) -> None:
+    """A finished run folder copied under root/results, with its name."""
+    shutil.copytree(run, root / "results" / run.name, symlinks=True)
