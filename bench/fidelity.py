@@ -1,7 +1,7 @@
 """The fidelity check's numbers: a run's medians against the same calls timed in fresh processes.
 
 `summarize` sets each case re-timed in a fresh process (bench/run/fresh_check.py) beside the run's final median:
-run/fresh per case, and per strategy the geometric mean of those ratios with a 95% interval; `summary_line` says
+run/fresh per case (not for a case whose fresh process never ran at the run's machine speed: named apart), and per strategy the geometric mean of those ratios with a 95% interval; `summary_line` says
 it in one line (the report's first screen, the end of a run). Torch-free: finishing a run and reporting use it.
 """
 
@@ -24,10 +24,13 @@ def summarize(fidelity: dict[str, Any] | None, records: Iterable[CaseRecord]) ->
     if not fidelity or not fidelity.get("fresh"):
         return fidelity
     by_id = {r.case_id: r for r in records if r.status == "ok" and r.time_median_s}
-    cases = []
+    cases, slower_machine = [], []
     for c in fidelity["fresh"]:
         r = by_id.get(c["case_id"])
         if r is None or not c.get("median_s"):
+            continue
+        if c.get("at_usual_speed") is False:  # the machine ran slower than in the run throughout: another speed
+            slower_machine.append(c["case_id"])
             continue
         fresh_sd = (c.get("iqr_s") or 0.0) / 1.349 / c["median_s"] / math.sqrt(max(c.get("blocks") or 1, 1))
         cases.append({"case_id": r.case_id, "strategy": r.strategy, "run_s": r.time_median_s,
@@ -38,7 +41,8 @@ def summarize(fidelity: dict[str, Any] | None, records: Iterable[CaseRecord]) ->
         mine = [c for c in cases if c["strategy"] == name]
         strategies[name] = _geometric_mean(mine)
     within = sum(abs(c["ratio"] - 1) <= TARGET for c in cases)
-    summary = fidelity | {"cases": cases, "strategies": strategies, "within_10pct": within}
+    summary = fidelity | {"cases": cases, "strategies": strategies, "within_10pct": within,
+                          "slower_machine": slower_machine}
     off, unresolved = judged(summary)
     return summary | {"off": off, "unresolved": unresolved}
 
@@ -83,6 +87,9 @@ def summary_line(fidelity: dict[str, Any] | None) -> str:
     line = (f"Fidelity: {_count(len(cases), 'case')} of {_count(len(s), 'strategy', 'strategies')} re-timed by "
             f"torch.utils.benchmark.Timer in fresh processes: run/fresh {fmt_ratio(ratios[0])}–"
             f"{fmt_ratio(ratios[-1])} per strategy, {fidelity.get('within_10pct', 0)} of {len(cases)} within ±10%")
+    if fidelity.get("slower_machine"):
+        line += (f" ({_count(len(fidelity['slower_machine']), 'case')} more not judged: the machine ran slower than "
+                 "in the run throughout its fresh process)")
     off, unresolved = judged(fidelity)
     if off:
         line += "; surely off by more than 10%: " + ", ".join(f"{n} {interval_text(s[n])}" for n in off)

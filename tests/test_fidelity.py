@@ -121,7 +121,7 @@ def _calibrations(monkeypatch, levels: list[float]) -> None:
     from bench.harness import machine
 
     it = iter(levels)
-    monkeypatch.setattr(machine, "calibration_s", lambda repeats=5: next(it))
+    monkeypatch.setattr(machine, "calibration_now", lambda: next(it))
 
 
 def test_a_fresh_turn_while_the_machine_ran_slow_is_set_aside_and_timed_again(monkeypatch):
@@ -140,3 +140,20 @@ def test_a_fresh_process_slower_than_the_run_throughout_says_so(monkeypatch):
     _calibrations(monkeypatch, [2.0] * (fresh.MAX_TURNS + 1))  # the run's usual speed: 1.0
     found = fresh._at_usual_speed(_Timer([7.0] * fresh.MAX_TURNS), 0.1, run_usual_s=1.0)
     assert found["median_s"] == 7.0 and not found["at_usual_speed"] and found["blocks"] == 3 * fresh.MAX_TURNS
+
+
+def test_a_fresh_process_at_another_machine_speed_is_not_judged_but_named():
+    ok, slow = _record("a", 8), _record("b", 8)
+    checked = fidelity.summarize({"fresh": [_fresh(ok, 1e-3), _fresh(slow, 3e-3) | {"at_usual_speed": False}]},
+                                 [ok, slow])
+    assert [c["case_id"] for c in checked["cases"]] == [ok.case_id] and list(checked["strategies"]) == ["a"]
+    assert checked["slower_machine"] == [slow.case_id] and checked["off"] == []
+    assert "1 case more not judged: the machine ran slower than in the run" in fidelity.summary_line(checked)
+
+
+def test_the_deep_check_compares_with_the_fresh_processes_at_the_run_speed():
+    r = _record("a", 8, median=1e-3)
+    row = fresh_check._row(r, [{"median_s": 1e-3}, {"median_s": 5e-3, "at_usual_speed": False},
+                               {"median_s": 1.1e-3}])
+    assert row["fresh_s"] == pytest.approx(1.05e-3) and row["judged"]
+    assert not fresh_check._row(r, [{"median_s": 5e-3, "at_usual_speed": False}])["judged"]

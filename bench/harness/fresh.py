@@ -5,14 +5,15 @@
 The process builds the seeded model and input of one shape as the run did, and for each named strategy (in a shuffled
 order) makes one warm-up call (compiling, for a compiled strategy) and then times the call with
 `Timer.blocked_autorange` at the run's thread count, in TURNS turns of min_run_time / TURNS each. Each turn lies
-between two calls of the machine's calibration workload (bench/harness/machine.py), and a turn during which the
-machine ran slower than DRIFT_LIMIT x its usual speed (the run's, from the job's "usual_s", or this process's
-fastest) is set aside and timed again, up to MAX_TURNS turns: this VM has slow episodes of seconds that slow a call
-x1.3-2.3 and the calibration alike (correlation 0.94 over 478 samples of a minute), and the run sets the rounds of
-such moments aside too, so an unlucky fresh process would otherwise be compared at another machine speed. It prints
-one JSON object: strategy -> {"median_s", "iqr_s", "blocks", "set_aside"}; a strategy whose call raised gets
-{"error": ...}. It imports nothing of the harness that times a run but the calibration workload: this is the
-yardstick the run's numbers are checked against (bench/run/fresh_check.py).
+between two calls of the machine's calibration workload (bench/harness/machine.py, after the same pause the run
+makes), and a turn during which the machine ran slower than DRIFT_LIMIT x its usual speed (the run's, from the
+job's "usual_s", or this process's fastest) is set aside and timed again, up to MAX_TURNS turns: this VM has slow
+episodes of seconds that slow a call x1.3-2.3 and the calibration alike (correlation 0.94 over 478 samples of a
+minute), and the run sets the rounds of such moments aside too, so an unlucky fresh process would otherwise be
+compared at another machine speed. It prints one JSON object: strategy -> {"median_s", "iqr_s", "blocks",
+"set_aside", "at_usual_speed"}; a strategy whose call raised gets {"error": ...}. It imports nothing of the harness
+that times a run but the calibration workload: this is the yardstick the run's numbers are checked against
+(bench/run/fresh_check.py).
 
 With "depths" in the job, each strategy is instead timed from several depths of the Python stack (`depth_here`):
 rounds of calls made `d` frames below the process's top, the depths taking turns round by round (python -m bench
@@ -33,7 +34,7 @@ from bench.errors import BenchError
 
 MIN_RUN_TIME_S = 0.4  # Timer.blocked_autorange: blocks of calls until this much time was measured, in TURNS turns
 TURNS = 4
-MAX_TURNS = 12  # turns set aside while the machine ran slow are timed again, up to this many in all
+MAX_TURNS = 8  # turns set aside while the machine ran slow are timed again, up to this many in all
 # glibc malloc's thresholds, fixed in every process that times (the run's workers, these fresh processes). With
 # glibc's defaults they adapt to what the process allocated and freed before, so the same call in a plain program is
 # bimodal: `analytic` at B = 512 (the seed MLP, 8 -> 64 -> 8) took 0.40 ms in 1 of 6 fresh processes and 1.1-1.6 ms
@@ -117,11 +118,11 @@ def _at_usual_speed(timer: Any, turn_s: float, run_usual_s: float | None) -> dic
 
     from bench.harness import machine
 
-    calibrations = [machine.calibration_s(machine.CALIBRATION_REPEATS)]
+    calibrations = [machine.calibration_now()]
     turns: list[tuple[float, list[float]]] = []  # (the slower calibration around the turn, its blocks)
     while len(turns) < MAX_TURNS:
         times = timer.blocked_autorange(min_run_time=turn_s).times
-        calibrations.append(machine.calibration_s(machine.CALIBRATION_REPEATS))
+        calibrations.append(machine.calibration_now())
         turns.append((max(calibrations[-2:]), times))
         usual = min([*calibrations, run_usual_s or math.inf])
         if sum(level <= machine.DRIFT_LIMIT * usual for level, _ in turns) >= TURNS:

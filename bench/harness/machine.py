@@ -25,6 +25,7 @@ STEAL_LIMIT = 0.10
 DRIFT_LIMIT = 1.3
 WARMUP_CALIBRATIONS = 3  # the first ones only set the usual speed
 CALIBRATION_REPEATS = 3  # the quickest of 3 runs of the ~0.5 ms workload (about 1.5 ms per check)
+CALIBRATION_PAUSE_S = 0.01  # before a calibration: OpenMP workers spin ~8 ms after a parallel region, then sleep
 EPISODE_WAIT_S = 2.0  # at most this long to wait for a slow episode to pass before measuring again
 _CPUS = os.cpu_count() or 1
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -84,6 +85,13 @@ def calibration_s(repeats: int = 5) -> float:
     return min(times)
 
 
+def calibration_now() -> float:
+    """The calibration call after a pause that lets the last call's OpenMP workers stop spinning, so that it
+    measures the machine rather than the call before it."""
+    time.sleep(CALIBRATION_PAUSE_S)
+    return calibration_s(CALIBRATION_REPEATS)
+
+
 class Calibration:
     """The machine's speed in this process, from a fixed calibration call timed between blocks of rounds: `check`
     says when it runs slower than usual (its fast level: the lower quartile of the calibrations so far), so the
@@ -103,7 +111,7 @@ class Calibration:
 
     def check(self) -> str:
         """Time the calibration call now; the reason the machine is slower than usual, or ""."""
-        now = calibration_s(CALIBRATION_REPEATS)
+        now = calibration_now()
         usual = self.usual_s()
         self.history.append(now)
         if usual is None or now <= DRIFT_LIMIT * usual:

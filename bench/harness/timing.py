@@ -41,7 +41,6 @@ LEAD_IN_S = 2e-3  # untimed calls before each round of a quick strategy: the cac
 SLOW_FIRST_CALLS = 4  # a warm-up's first call this many rounds long sizes the rounds alone
 WARM_CALL_S = 0.05  # a call this long was warmed by the validation call: no warm-up round, no lead-in
 BLOCK_S = 0.2  # rounds are kept or set aside in blocks this long (the kernel counts CPU time in 10 ms ticks)
-CALIBRATION_PAUSE_S = 0.01  # before a calibration: OpenMP workers spin ~8 ms after a parallel region, then sleep
 MIN_ROUNDS = 7  # rounds before a contender may stop for precision, and every strategy's least
 MIN_ROUNDS_TO_DROP = 3  # rounds before a strategy may be dropped as no contender
 PRECISION = 0.02  # a contender is precise when its median's 95% interval is within ±2% (one process)
@@ -190,7 +189,6 @@ def _block(active: list[Entry], calibration: machine.Calibration, order: random.
     """Sweeps of the active entries for at least BLOCK_S: each entry's (sweep, seconds per call) rounds, and why
     the block was disturbed ("" if it was not). A pause before the calibration lets the last round's OpenMP workers
     stop spinning, so the calibration measures the machine rather than the last strategy."""
-    time.sleep(CALIBRATION_PAUSE_S)
     slow = calibration.check()
     before = machine.snapshot()
     block: dict[str, list[tuple[int, float]]] = {e.name: [] for e in active}
