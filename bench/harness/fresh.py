@@ -131,7 +131,8 @@ def _at_usual_speed(timer: Any, turn_s: float, run_usual_s: float | None) -> dic
     blocks = [t for times in (kept or [t for _, t in turns]) for t in times]
     quartiles = statistics.quantiles(blocks, n=4) if len(blocks) > 1 else [blocks[0]] * 3
     return {"median_s": statistics.median(blocks), "iqr_s": quartiles[2] - quartiles[0], "blocks": len(blocks),
-            "set_aside": len(turns) - len(kept) if kept else 0, "at_usual_speed": bool(kept)}
+            "set_aside": len(turns) - len(kept) if kept else 0, "at_usual_speed": bool(kept),
+            "calibration_s": min(calibrations)}
 
 
 def at_depth(frames: int, fn: Any) -> Any:
