@@ -1,8 +1,9 @@
 """The fidelity check's numbers: a run's medians against the same calls timed in fresh processes.
 
 `summarize` sets each case re-timed in a fresh process (bench/run/fresh_check.py) beside the run's final median:
-run/fresh per case (not for a case whose fresh process never ran at the run's machine speed: named apart), and per strategy the geometric mean of those ratios with a 95% interval; `summary_line` says
-it in one line (the report's first screen, the end of a run). Torch-free: finishing a run and reporting use it.
+run/fresh per case (a case whose fresh process never ran at the run's machine speed is named apart, not judged),
+and per strategy the geometric mean of those ratios with a 95% interval; `summary_line` says it in one line (the
+report's first screen, the end of a run). Torch-free: finishing a run and reporting use it.
 """
 
 from __future__ import annotations

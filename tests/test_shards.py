@@ -18,7 +18,6 @@ from tests.conftest import copy_run
 from tests.helpers import SMOKE_THREE as SMOKE
 from tests.helpers import bench_main, run_bench
 
-
 # ---- the split -------------------------------------------------------------------------------------------------------
 
 def _unit(n: int) -> shards.Unit:
