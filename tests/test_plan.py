@@ -15,7 +15,7 @@ import pytest
 
 from bench.scale import costs, spent
 from bench.schema import Sizes
-from tests.helpers import REPO, bench_env, bench_main, run_bench
+from tests.helpers import ONE_PROCESS, REPO, bench_env, bench_main, run_bench
 
 
 def test_plan_predicts_without_measuring_or_writing(tmp_path, monkeypatch, capsys):
@@ -55,7 +55,8 @@ def test_plan_of_the_full_grid_is_quick(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_the_plans_skip_list_is_what_the_run_skips(tmp_path):
-    args = ("--grid", "smoke", "--strategies", "grad_loop,jacobian_diagonal,vmap_jacfwd", "--memory-budget", "3KiB")
+    args = ("--grid", "smoke", "--strategies", "grad_loop,jacobian_diagonal,vmap_jacfwd", "--memory-budget", "3KiB",
+            *ONE_PROCESS)
     plan = run_bench(tmp_path, "plan", *args, "--json")
     assert plan.returncode == 0, plan.stderr
     planned = {o["case_id"]: o["message"] for o in json.loads(plan.stdout)["over_budget"]}

@@ -22,7 +22,7 @@ def pytest_suite(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_pytest_on_the_suite_runs_the_same_plugin(tmp_path):
     proc = pytest_suite(tmp_path, "--grid", "smoke", "--strategies", "analytic,grad_loop", "--run", "direct",
-                        "--results-dir", str(tmp_path / "out"), "--dtype", "float64")
+                        "--results-dir", str(tmp_path / "out"), "--dtype", "float64", *ONE_PROCESS)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     records = read_cases(tmp_path / "out" / "direct" / "cases.jsonl")
     assert len(records) == 2 * 4 and {r.dtype for r in records} == {"float64"}
