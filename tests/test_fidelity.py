@@ -108,13 +108,17 @@ def test_a_strategy_left_joins_a_process_already_picked_before_starting_another(
 
 
 class _Timer:
-    """Timer.blocked_autorange's stand-in: each turn's blocks are the next value of `levels`."""
+    """torch.utils.benchmark.Timer's stand-in: each turn's blocks take the next value of `levels`."""
 
     def __init__(self, levels: list[float]):
         self.levels = iter(levels)
 
     def blocked_autorange(self, min_run_time: float):
-        return type("Measurement", (), {"times": [next(self.levels)] * 3})()
+        return type("Measurement", (), {"times": [next(self.levels)] * 3, "number_per_run": 10})()
+
+    def timeit(self, number: int):
+        assert number == 10  # the blocks sized by the first turn
+        return type("Measurement", (), {"times": [next(self.levels)]})()
 
 
 def _calibrations(monkeypatch, levels: list[float]) -> None:
@@ -129,17 +133,17 @@ def test_a_fresh_turn_while_the_machine_ran_slow_is_set_aside_and_timed_again(mo
 
     # calibrations around the turns: the second turn ends in a slow moment, the third starts in it
     _calibrations(monkeypatch, [1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0])
-    found = fresh._at_usual_speed(_Timer([5.0, 9.0, 9.0, 5.0, 5.0, 5.0]), 0.1, None)
+    found = fresh._at_usual_speed(_Timer([5.0, 9.0, 9.0, 5.0, 5.0, 5.0]), 0.0, None)
     assert found["set_aside"] == 2 and found["median_s"] == 5.0 and found["at_usual_speed"]
-    assert found["blocks"] == 3 * fresh.TURNS
+    assert found["blocks"] == 3 + (fresh.TURNS - 1)  # the first turn's 3 blocks, then one block a turn
 
 
 def test_a_fresh_process_slower_than_the_run_throughout_says_so(monkeypatch):
     from bench.harness import fresh
 
     _calibrations(monkeypatch, [2.0] * (fresh.MAX_TURNS + 1))  # the run's usual speed: 1.0
-    found = fresh._at_usual_speed(_Timer([7.0] * fresh.MAX_TURNS), 0.1, run_usual_s=1.0)
-    assert found["median_s"] == 7.0 and not found["at_usual_speed"] and found["blocks"] == 3 * fresh.MAX_TURNS
+    found = fresh._at_usual_speed(_Timer([7.0] * fresh.MAX_TURNS), 0.0, run_usual_s=1.0)
+    assert found["median_s"] == 7.0 and not found["at_usual_speed"] and found["blocks"] == 3 + fresh.MAX_TURNS - 1
 
 
 def test_a_fresh_process_at_another_machine_speed_is_not_judged_but_named():

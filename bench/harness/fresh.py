@@ -120,8 +120,9 @@ def _at_usual_speed(timer: Any, turn_s: float, run_usual_s: float | None) -> dic
 
     calibrations = [machine.calibration_now()]
     turns: list[tuple[float, list[float]]] = []  # (the slower calibration around the turn, its blocks)
+    first = timer.blocked_autorange(min_run_time=turn_s)  # sizes the blocks once: its estimate costs calls too
     while len(turns) < MAX_TURNS:
-        times = timer.blocked_autorange(min_run_time=turn_s).times
+        times = first.times if not turns else _blocks(timer, first.number_per_run, turn_s)
         calibrations.append(machine.calibration_now())
         turns.append((max(calibrations[-2:]), times))
         usual = min([*calibrations, run_usual_s or math.inf])
@@ -133,6 +134,17 @@ def _at_usual_speed(timer: Any, turn_s: float, run_usual_s: float | None) -> dic
     return {"median_s": statistics.median(blocks), "iqr_s": quartiles[2] - quartiles[0], "blocks": len(blocks),
             "set_aside": len(turns) - len(kept) if kept else 0, "at_usual_speed": bool(kept),
             "calibration_s": min(calibrations)}
+
+
+def _blocks(timer: Any, number: int, seconds: float) -> list[float]:
+    """Blocks of `number` calls until `seconds` have passed: each block's seconds per call (what
+    Timer.blocked_autorange does once it has sized its blocks)."""
+    import time
+
+    times, start = [], time.perf_counter()
+    while not times or time.perf_counter() - start < seconds:
+        times.append(timer.timeit(number).times[0])
+    return times
 
 
 def at_depth(frames: int, fn: Any) -> Any:

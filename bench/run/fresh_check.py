@@ -30,7 +30,8 @@ from bench.schema import CaseRecord
 from bench.spec.models import resolve
 
 START_S = 3.0  # a fresh process's start (python, torch, the model) before its first call, until one is measured
-PER_STRATEGY_S = 0.6  # a strategy's warm-up call and Timer.blocked_autorange, besides its compiling
+PER_STRATEGY_S = 1.0  # a strategy's warm-up call and its Timer turns with their calibrations, besides its compiling
+# (0.4 s timed; up to twice that when the machine ran slow and turns were timed again)
 
 
 class Check:
