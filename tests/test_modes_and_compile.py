@@ -18,7 +18,7 @@ from bench.spec.grid import GridError
 from bench.spec.plan import plan_run
 from bench.spec.settings import Settings
 from strategies import REGISTRY
-from tests.helpers import run_bench
+from tests.helpers import ONE_PROCESS, run_bench
 
 HALF_GRAPH = textwrap.dedent(
     '''
@@ -60,7 +60,8 @@ def train_run(tmp_path_factory):
     (site / "half-0.1.dist-info" / "entry_points.txt").write_text("[jacobench.strategies]\nhalf_graph = half:half\n")
     (root / "g.toml").write_text(GRID)
     proc = run_bench(root, "run", "--grid", "g.toml", "--run", "t", "--strategies",
-                     "grad_summed,grad_batched,vmap_jacrev,linearize_batched,analytic,half_graph", site=site)
+                     "grad_summed,grad_batched,vmap_jacrev,linearize_batched,analytic,half_graph", *ONE_PROCESS,
+                     site=site)
     assert proc.returncode == 0, proc.stderr
     return root / "results" / "t"
 
@@ -124,7 +125,7 @@ def test_compiled_strategies_run_only_where_asked(tmp_path, monkeypatch):
 def test_a_compiled_case_times_its_compiling_apart(tmp_path):
     (tmp_path / "g.toml").write_text(GRID.replace('modes = ["jacobian", "train"]', ""))
     proc = run_bench(tmp_path, "run", "--grid", "g.toml", "--run", "c", "--no-report", "--strategies",
-                     "vmap_jacrev,vmap_jacrev_compiled,analytic")
+                     "vmap_jacrev,vmap_jacrev_compiled,analytic", *ONE_PROCESS)
     assert proc.returncode == 0, proc.stderr
     s = pd.read_csv(tmp_path / "results" / "c" / "summary.csv").set_index("strategy")
     assert (s["status"] == "ok").all()
