@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from bench.harness import machine
+from bench.report.best import best_per_shape
 from bench.report.frames import load_run
-from bench.report.tables import best_per_shape
 from tests.helpers import ONE_PROCESS, run_bench
 
 GRID = """

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.scale import costs, spent
+from bench.scale import cost_check, costs, spent
 from bench.schema import Sizes
 from tests.helpers import ONE_PROCESS, REPO, bench_env, bench_main, run_bench
 
@@ -157,7 +157,7 @@ def test_a_measured_case_is_predicted_at_what_it_cost(tmp_path):
             assert estimate.parts[0] == pytest.approx(sample.setup_s, rel=0.02), sample.strategy
             assert estimate.call_s == pytest.approx(sample.call_s, rel=0.02), sample.strategy
         else:
-            assert estimate.seconds == pytest.approx(costs.case_cost(sample), rel=0.02), sample.strategy
+            assert estimate.seconds == pytest.approx(cost_check.case_cost(sample), rel=0.02), sample.strategy
 
 
 def test_a_longer_window_stretches_the_rounds_beyond_their_floor(tmp_path):
@@ -240,7 +240,7 @@ def test_local_linear_follows_a_power_law_where_idw_repeats_the_edge():
 
 
 def test_leave_one_out_scores_every_run():
-    found = costs.leave_one_out(costs.reference_folders(), hide="shape")
+    found = cost_check.leave_one_out(costs.reference_folders(), hide="shape")
     assert {r["run"] for r in found} == {f.name for f in costs.reference_folders()}
     assert all(r["predicted_s"] > 0 and r["measured_s"] > 0 and r["case_factor_median"] >= 1 for r in found)
 
@@ -275,7 +275,7 @@ def test_a_hessian_and_a_laplacian_of_the_same_sizes_are_two_shapes() -> None:
     assert spent._shape_key_of(records[0]) != spent._shape_key_of(records[1])
     samples = [costs.Sample(r.strategy, r.mode, r.model, r.dtype, "cpu", r.sizes, r.status, 1.0, 0.25, 5.0,
                             quantity=r.quantity) for r in records]
-    assert len(costs._by_shape(samples)) == 2
+    assert len(cost_check._by_shape(samples)) == 2 and costs.shape_key(samples[0]) != costs.shape_key(samples[1])
 
 
 def test_a_peer_runs_only_where_the_grid_asks_for_peers(tmp_path, monkeypatch):

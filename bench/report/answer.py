@@ -1,6 +1,6 @@
 """The first table of a run report: which strategy to use, per model and regime, what it costs, and the code to paste.
 
-Per shape, two verdicts by the run's own rule (tables.best_per_shape: the shape's playoff when its best is among the
+Per shape, two verdicts by the run's own rule (best.best_per_shape: the shape's playoff when its best is among the
 strategies considered, else the tie rule on first timings): among the eager strategies, and among the compiled ones.
 A strategy is *good* at a shape when it is the verdict's best or tied with it. A regime is a setting (model,
 device, dtype, mode, quantity) and a batch range: consecutive measured batch sizes that share a strategy good on the
@@ -14,8 +14,8 @@ from collections import Counter
 
 import pandas as pd
 
+from bench.report.best import NONE_VALID, best_per_shape, playoffs_among
 from bench.report.frames import groups
-from bench.report.tables import NONE_VALID, best_per_shape, playoffs_among
 from bench.schema import RESULT_NAME, SETTING, SHAPE_COLUMNS, fmt_ratio
 
 # One row per regime and kind (eager, compiled): tables/answer.csv holds these, the report the display columns.

@@ -1,6 +1,6 @@
 """The "what this means" bullets of a report: which strategy to use, what it costs, what not to miss.
 
-Each function reads one setting's frame (bench/report/frames.py) and its per-shape verdicts (tables.best_per_shape) and
+Each function reads one setting's frame (bench/report/frames.py) and its per-shape verdicts (best.best_per_shape) and
 returns (label, text) pairs; nothing here draws or writes.
 """
 
@@ -10,8 +10,9 @@ from collections import Counter
 
 import pandas as pd
 
+from bench.report.best import NONE_VALID
 from bench.report.recommend import leave_one_out
-from bench.report.tables import NONE_VALID, break_even
+from bench.report.tables import break_even
 from bench.schema import AXES, FAILED, fmt_margin, fmt_ratio, fmt_time
 from bench.stats import TIE_MARGIN
 

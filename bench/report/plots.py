@@ -17,9 +17,9 @@ from typing import Any
 
 import pandas as pd
 
+from bench.report.best import NONE_VALID, best_per_shape
 from bench.report.frames import LoadedRun, groups, plane, setting_tag, strategy_order, sweep_line, where_label
 from bench.report.style import FORWARD, STATUS_COLORS, TRACE_PREFIX, color, marker
-from bench.report.tables import NONE_VALID, best_per_shape
 from bench.results import atomic_write_bytes
 from bench.schema import (
     AXES,

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from bench.neighbours import EXACT, K_NEAREST, idw, log2_distances
+from bench.report.best import NONE_VALID, best_per_shape, playoffs_among
 from bench.report.frames import load_run
-from bench.report.tables import NONE_VALID, best_per_shape, playoffs_among
 from bench.results import ResultsError
 from bench.schema import AXES, FIXED_HIDDEN, SETTING, sizes_id
 

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from bench.report.best import NONE_VALID
 from bench.report.sides import SHAPE, Side
-from bench.report.tables import NONE_VALID
 from bench.schema import fmt_ratio, sizes_id
 from bench.stats import significant, significantly_different
 

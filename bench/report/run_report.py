@@ -16,6 +16,7 @@ import pandas as pd
 from bench import fidelity, stack_depth
 from bench.report import peers
 from bench.report.answer import answer_rows, answer_table, autotune_line
+from bench.report.best import best_per_shape
 from bench.report.document import Block, Document, Section, figure_block, render, table_block
 from bench.report.environment import environment_section
 from bench.report.findings import summary_items
@@ -33,7 +34,6 @@ from bench.report.frames import (
 from bench.report.missing import missing_lines
 from bench.report.plots import plot_run
 from bench.report.tables import (
-    best_per_shape,
     best_table,
     cases_numbers,
     cases_table,

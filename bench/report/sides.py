@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from bench.report.best import best_per_shape
 from bench.report.frames import LoadedRun
-from bench.report.tables import best_per_shape
 from bench.schema import DEVICE_ORDER, SHAPE_COLUMNS
 
 SHAPE = [c for c in SHAPE_COLUMNS if c != "device"]  # a shape as both sides measured it: its quantity included

@@ -2,7 +2,8 @@
 machine of some earlier runs. It is data, not code: fitted from run folders, by default the committed reference
 runs in results/reference; `make plan FROM=results/<run>[,results/<run>...]` fits it to other runs.
 
-How a finished run spent its time, taken apart per case: bench/scale/spent.py.
+How a finished run spent its time, taken apart per case: bench/scale/spent.py. How well the model predicts what
+it has not seen: bench/scale/cost_check.py.
 
 How one case is predicted (same strategy and mode; sizes compared as log2 of B, H, in, out; a different model,
 dtype or device counts as MODEL_PENALTY, DTYPE_PENALTY, DEVICE_PENALTY log2 steps):
@@ -23,14 +24,12 @@ caller of the cost model, `make plan` included, has imported already).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -291,7 +290,7 @@ def window_law(samples: Sequence[Sample]) -> tuple[float, float, float]:
     shapes: dict[tuple, list[float]] = {}
     for s in samples:
         if s.timed:
-            row = shapes.setdefault((s.target_s, *_shape_key(s)), [0.0, 0.0, 0.0, 0.0])
+            row = shapes.setdefault((s.target_s, *shape_key(s)), [0.0, 0.0, 0.0, 0.0])
             row[0] += s.window_s
             row[1] += s.floor_s
             row[2] += s.processes
@@ -339,56 +338,6 @@ def from_run(spec: str) -> CostModel:
     return fit(folders, source=", ".join(str(f) for f in folders))
 
 
-# ---- checking the model ----------------------------------------------------------------------------------------------
-
-def case_cost(s: Sample) -> float:
-    """What a measured case cost its run, as the model counts it (the window's own work included)."""
-    return s.setup_s + s.rounds_s + s.retime_s if s.status not in NOT_RUN else NOT_RUN_S
-
-
-def leave_one_out(folders: Sequence[Path], hide: str = "run") -> list[dict[str, Any]]:
-    """How well the model predicts what it has not seen, for checking it (not for planning). hide="run": each run
-    predicted from the other runs; hide="shape": each shape (model, dtype, sizes, mode, device) of each run predicted
-    from every other shape of all the runs. Per run: predicted and measured seconds of its cases (as `case_cost`
-    counts them: cases over budget or skipped cost what rules make them cost), and the median factor between the
-    predicted and the measured cost of one case."""
-    out = []
-    for held in folders:
-        own = fit([held])
-        if hide == "run":
-            others = [fit([f for f in folders if f != held])]
-            groups = [own.samples]
-        else:
-            everything = fit(folders)
-            groups = list(_by_shape(own.samples).values())
-            others = [_without(everything, _shape_key(group[0])) for group in groups]
-        predicted, measured = [], []
-        for model, group in zip(others, groups, strict=True):
-            queries = [Query(s.strategy, s.mode, s.model, s.dtype, s.device, s.sizes, s.target_s, s.time_s)
-                       for s in group]
-            predicted += [NOT_RUN_S if s.status in NOT_RUN else e.seconds
-                          for s, e in zip(group, model.predict(queries), strict=True)]
-            measured += [case_cost(s) for s in group]
-        factors = [max(p, FLOOR_S) / max(m, FLOOR_S) for p, m, s in
-                   zip(predicted, measured, [s for g in groups for s in g], strict=True) if s.status not in NOT_RUN]
-        out.append({
-            "run": Path(held).name, "hidden": hide, "cases": len(measured),
-            "predicted_s": round(sum(predicted), 1), "measured_s": round(sum(measured), 1),
-            "case_factor_median": round(float(np.exp(np.median(np.abs(np.log(factors))))), 2) if factors else None,
-        })
-    return out
-
-
-def _shape_key(s: Sample) -> tuple:
+def shape_key(s: Sample) -> tuple:
+    """The shape a sample belongs to: model, dtype, sizes, mode, device and quantity."""
     return s.model, s.dtype, s.sizes, s.mode, s.device, s.quantity
-
-
-def _by_shape(samples: Iterable[Sample]) -> dict[tuple, list[Sample]]:
-    groups: dict[tuple, list[Sample]] = {}
-    for s in samples:
-        groups.setdefault(_shape_key(s), []).append(s)
-    return groups
-
-
-def _without(model: CostModel, shape: tuple) -> CostModel:
-    return dataclasses.replace(model, samples=[s for s in model.samples if _shape_key(s) != shape])

@@ -151,8 +151,8 @@ def _per_case(seconds: Any, cases: list[CaseRecord]) -> float | None:
 
 
 def _shape_key_of(r: CaseRecord) -> tuple:
-    """The shape a case record belongs to (as _shape_key of its Sample): a Hessian and a Laplacian of the same sizes
-    are two shapes."""
+    """The shape a case record belongs to (as costs.shape_key of its Sample): a Hessian and a Laplacian of the same
+    sizes are two shapes."""
     return r.model, r.dtype, r.sizes, r.mode, device_kind(r.device), r.quantity
 
 
