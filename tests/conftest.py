@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,3 @@ def whole_smoke_run(tmp_path_factory) -> Path:
     proc = run_bench(root, "run", *SMOKE_THREE, "--run", "whole", "--no-report")
     assert proc.returncode == 0, proc.stderr
     return root / "results" / "whole"
-
-
-def copy_run(run: Path, root: Path) -> None:
-    """A finished run folder copied under root/results, with its name."""
-    shutil.copytree(run, root / "results" / run.name, symlinks=True)

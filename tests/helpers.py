@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -147,3 +148,8 @@ def case_params(names: list[str], case_ids: list[str], compiled_cases: tuple[str
                          marks=[pytest.mark.slow] if strategies.REGISTRY[name].compiled else [])
             for case_id in case_ids for name in names
             if not strategies.REGISTRY[name].compiled or case_id in compiled_cases]
+
+
+def copy_run(run: Path, root: Path) -> None:
+    """A finished run folder copied under root/results, with its name."""
+    shutil.copytree(run, root / "results" / run.name, symlinks=True)

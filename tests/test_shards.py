@@ -14,9 +14,8 @@ from bench import results
 from bench.scale import balance, shards
 from bench.schema import Sizes
 from bench.spec.settings import Settings
-from tests.conftest import copy_run
 from tests.helpers import SMOKE_THREE as SMOKE
-from tests.helpers import bench_main, run_bench
+from tests.helpers import bench_main, copy_run, run_bench
 
 # ---- the split -------------------------------------------------------------------------------------------------------
 

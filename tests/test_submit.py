@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from bench import results
-from tests.conftest import copy_run
 from tests.helpers import SMOKE_THREE as SMOKE
-from tests.helpers import bench_command, bench_env
+from tests.helpers import bench_command, bench_env, copy_run
 
 
 def _submitit_path() -> str:
