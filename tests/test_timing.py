@@ -37,3 +37,28 @@ def test_a_slow_call_is_not_called_again_to_size_its_round():
     entry = timing.Entry("slow", slow, one_call_s=0.001)
     timing._warm_up([entry], order=__import__("random").Random(0))
     assert len(calls) == 1 and entry.iterations == 1 and entry.lead_in >= 1
+
+
+def test_a_slow_episode_longer_than_a_shapes_share_is_waited_out_not_kept(monkeypatch):
+    # three quick calibrations set the usual speed, then the machine runs ×2 slower for four checks: the shape sets
+    # aside its share of blocks (three), then waits for the usual speed instead of keeping the fourth slow block
+    speeds = iter([1.0] * 3 + [2.0] * 4 + [1.0] * 1000)
+    monkeypatch.setattr(machine, "calibration_s", lambda repeats: next(speeds))
+    monkeypatch.setattr(timing, "BLOCK_S", 0.01)
+    monkeypatch.setattr(timing, "PRECISION", 0.0)  # timed for the whole window, not until precise
+    entry = timing.Entry("quick", busy(1e-4), one_call_s=1e-4)
+    result = timing.time_shape([entry], window_s=0.3, calibration=machine.Calibration(),
+                               settler=machine.Settler(0.0, 10.0), guard_s=60)
+    assert result.episode_waits == 1 and result.blocks_set_aside == 4
+    assert result.unstable == "" and len(entry.rounds) >= timing.MIN_ROUNDS
+
+
+def test_a_slow_episode_is_kept_and_named_when_waiting_is_spent(monkeypatch):
+    speeds = iter([1.0] * 3 + [2.0] * 1000)
+    monkeypatch.setattr(machine, "calibration_s", lambda repeats: next(speeds))
+    monkeypatch.setattr(timing, "BLOCK_S", 0.01)
+    monkeypatch.setattr(timing, "PRECISION", 0.0)
+    entry = timing.Entry("quick", busy(1e-4), one_call_s=1e-4)
+    result = timing.time_shape([entry], window_s=0.1, calibration=machine.Calibration(),
+                               settler=machine.Settler(0.0, 0.0), guard_s=60)  # no waiting budget left
+    assert result.unstable.startswith(machine.SLOW_MACHINE) and entry.rounds

@@ -27,6 +27,7 @@ WARMUP_CALIBRATIONS = 3  # the first ones only set the usual speed
 CALIBRATION_REPEATS = 3  # the quickest of 3 runs of the ~0.5 ms workload (about 1.5 ms per check)
 CALIBRATION_PAUSE_S = 0.01  # before a calibration: OpenMP workers spin ~8 ms after a parallel region, then sleep
 EPISODE_WAIT_S = 2.0  # at most this long to wait for a slow episode to pass before measuring again
+SLOW_MACHINE = "the machine ran"  # how the reason for a slow episode starts (Calibration.check)
 _CPUS = os.cpu_count() or 1
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PROC_STAT = Path("/proc/stat")
@@ -117,7 +118,7 @@ class Calibration:
         if usual is None or now <= DRIFT_LIMIT * usual:
             return ""
         self.slow += 1
-        return f"the machine ran ×{now / usual:.2f} slower than usual in this process (calibration)"
+        return f"{SLOW_MACHINE} ×{now / usual:.2f} slower than usual in this process (calibration)"
 
     def summary(self) -> dict[str, float]:
         if not self.history:

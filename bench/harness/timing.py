@@ -5,8 +5,9 @@ A sweep runs one round of each strategy still being timed (a round = `iterations
 in a new shuffled order; sweeps are grouped in blocks of at least BLOCK_S. Before each block a calibration call says
 whether the machine runs at its usual speed in this run; after it, /proc/stat says whether other processes used the
 CPUs. A disturbed block is set aside (its rounds are not kept) and measured again — after waiting for other processes
-to finish when they were the cause; past MIN_SET_ASIDE and half of the shape's blocks, disturbed blocks are kept and
-the shape's strategies are `unstable` with the reason.
+to finish when they were the cause; past MIN_SET_ASIDE and half of the shape's blocks, a slow episode of the machine is
+waited out (EPISODE_WAITS times at most, within the process's waiting budget) and the block measured again; past that,
+disturbed blocks are kept and the shape's strategies are `unstable` with the reason.
 
 After each block every strategy is judged on its kept rounds:
 - a strategy whose median's 95% interval lies wholly above CONTENDER_MARGIN x the median of the fastest strategy that
@@ -46,6 +47,7 @@ MIN_ROUNDS_TO_DROP = 3  # rounds before a strategy may be dropped as no contende
 PRECISION = 0.02  # a contender is precise when its median's 95% interval is within ±2% (one process)
 MAX_ROUNDS = 400
 MIN_SET_ASIDE = 3  # a shape sets aside at least this many disturbed blocks, at most half of its blocks
+EPISODE_WAITS = 3  # past its share of set-aside blocks, a shape waits out a slow episode at most this often
 
 
 @dataclass
@@ -92,6 +94,7 @@ class ShapeTiming:
     blocks_set_aside: int = 0
     sweeps: int = 0  # sweeps run so far, set-aside ones included
     alone_from: int | None = None  # the sweep from which the contenders ran alone (None: no strategy was dropped)
+    episode_waits: int = 0  # waits for a long slow episode of the machine to pass
 
 
 def time_shape(entries: list[Entry], window_s: float, calibration: machine.Calibration,
@@ -115,12 +118,14 @@ def time_shape(entries: list[Entry], window_s: float, calibration: machine.Calib
             block_started = time.perf_counter()
             block, disturbed = _block(active, calibration, order, result)
             result.blocks += 1
-            if disturbed and result.blocks_set_aside < max(MIN_SET_ASIDE, result.blocks // 2):
+            if disturbed and (result.blocks_set_aside < max(MIN_SET_ASIDE, result.blocks // 2)
+                              or _waited_out(disturbed, calibration, settler, result)):
                 result.blocks_set_aside += 1
                 for e in active:
                     e.set_aside += len(block[e.name])
-                if not disturbed.startswith("the machine ran"):  # other processes: wait until they are gone
-                    settler.settle()  # (a slow episode of the machine passes on its own: the next block re-measures)
+                if not disturbed.startswith(machine.SLOW_MACHINE):  # other processes: wait until they are gone
+                    settler.settle()  # (a short slow episode of the machine passes on its own: the next block
+                    # re-measures; a long one is waited out once the shape has set aside its share)
                 aside_s += time.perf_counter() - block_started
                 continue
             if disturbed:
@@ -202,6 +207,17 @@ def _block(active: list[Entry], calibration: machine.Calibration, order: random.
         if not sweep or time.perf_counter() - before.wall >= BLOCK_S or result.sweeps - first >= MAX_ROUNDS:
             break
     return block, machine.disturbance(before, machine.snapshot()) or slow  # other processes: the more specific reason
+
+
+def _waited_out(disturbed: str, calibration: machine.Calibration, settler: machine.Settler,
+                result: ShapeTiming) -> bool:
+    """A slow episode that outlasts the blocks a shape may set aside: wait for the machine's usual speed (at most
+    EPISODE_WAITS times a shape, within the process's waiting budget) rather than keep rounds timed in it; whether
+    the machine came back, so the block is set aside and measured again."""
+    if not disturbed.startswith(machine.SLOW_MACHINE) or result.episode_waits >= EPISODE_WAITS:
+        return False
+    result.episode_waits += 1
+    return settler.wait_for_usual_speed(calibration)
 
 
 def _screened(entries: list[Entry]) -> bool:
