@@ -161,3 +161,28 @@ def test_the_deep_check_compares_with_the_fresh_processes_at_the_run_speed():
                                {"median_s": 1.1e-3}])
     assert row["fresh_s"] == pytest.approx(1.05e-3) and row["judged"]
     assert not fresh_check._row(r, [{"median_s": 5e-3, "at_usual_speed": False}])["judged"]
+
+
+def test_the_fresh_timer_keeps_the_garbage_collector_on_as_a_program_does():
+    from bench.harness import fresh
+
+    seen = []
+    timer = fresh.collected_timer(lambda model, x: seen.append(__import__("gc").isenabled()), None, None)
+    timer.timeit(3)
+    assert len(seen) >= 3 and all(seen)  # timeit alone turns it off
+
+
+def test_the_deep_check_shows_how_far_the_fresh_processes_disagree(capsys):
+    import json
+
+    a, b = _record("a", 2048, median=1.2e-3), _record("b", 2048, median=1.3e-3)
+    rows = [fresh_check._row(a, [{"median_s": 1.0e-3}, {"median_s": 1.25e-3}, {"median_s": 1.05e-3}]),
+            fresh_check._row(b, [{"median_s": 1.0e-3}, {"median_s": 1.02e-3}])]
+    fresh_check._print_rows(rows)
+    out = capsys.readouterr().out.splitlines()
+    assert "outside ±10% (inside the fresh processes' range)" in out[1]  # 1.2 / 1.05: the fresh ones span 1.0-1.25
+    assert out[2].endswith("outside ±10%")
+    assert out[3].startswith("per strategy, the geometric mean of run/fresh: a ×1.143, b ×1.287")
+    summary = json.loads(out[-1])
+    assert summary["inside_fresh_range"] == 1 and summary["fresh_within_10pct"] == 1
+    assert summary["median_fresh_spread"] == pytest.approx((1.25 + 1.02) / 2)
