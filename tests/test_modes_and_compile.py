@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.harness import compiling, runner
+from bench.harness import compiling, outcome
 from bench.report.plots import pareto_front
 from bench.spec import grid
 from bench.spec.grid import GridError
@@ -156,7 +156,7 @@ def test_warnings_of_a_case_are_kept_without_deprecation_noise():
         warnings.warn("old API", FutureWarning, stacklevel=1)
         warnings.warn("There is a performance drop because we have not yet implemented the batching rule for x",
                       UserWarning, stacklevel=1)
-    assert runner.case_warnings(caught) == [
+    assert outcome.case_warnings(caught) == [
         "There is a performance drop because we have not yet implemented the batching rule for x"]
 
 

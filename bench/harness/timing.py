@@ -11,9 +11,10 @@ disturbed blocks are kept and the shape's strategies are `unstable` with the rea
 
 After each block every strategy is judged on its kept rounds:
 - a strategy whose median's 95% interval lies wholly above CONTENDER_MARGIN x the median of the fastest strategy that
-  may win (autodiff, returning J) is not a contender (judged after MIN_ROUNDS_TO_DROP rounds): it stops once it has
-  MIN_ROUNDS rounds (MIN_ROUNDS_TO_DROP when those took its share of the window), with the wider interval of its few
-  rounds;
+  may win (autodiff, returning J) is not a contender (judged after MIN_ROUNDS_TO_DROP rounds): it leaves the sweeps
+  and is timed on its own, round after round as in a user's loop, until it has MIN_ROUNDS rounds (MIN_ROUNDS_TO_DROP
+  when those take its share of the window), with the wider interval of its few rounds; the rounds that decided it
+  are not kept (timed beside heavier strategies, and selected for being slow);
 - once every strategy that is no contender has stopped, the contenders start again alone: their rounds so far are
   not kept (heavy neighbours slow quick calls for milliseconds: caches, the allocator, spinning OpenMP threads; in a
   user's loop the call runs beside itself), and they run side by side (rounds of one sweep are paired in the
@@ -66,6 +67,8 @@ class Entry:
     spent_s: float = 0.0  # wall time of its rounds, set-aside ones included
     set_aside: int = 0  # rounds timed during a disturbance and not kept
     screened: int = 0  # a contender's rounds timed beside strategies that turned out no contenders, not kept
+    raced: int | None = None  # a strategy found no contender: the rounds that decided it (not kept; None: none)
+    unstable: str = ""  # why its own rounds (timed on its own) were kept under disturbance
     contender: bool = True  # False once it is surely more than CONTENDER_MARGIN slower than the fastest
     done: bool = False
     error: BaseException | None = None  # what a call raised while timed (out of memory, a recompile, ...)
@@ -136,6 +139,11 @@ def time_shape(entries: list[Entry], window_s: float, calibration: machine.Calib
             alone = result.alone_from is not None
             _judge([e for e in entries if e.error is None and (e.contender or not alone)],
                    precise_stops=alone or all(e.contender for e in entries), share_s=share_s)
+            solo_started = time.perf_counter()
+            for e in entries:
+                if not e.contender and not e.done and e.error is None:
+                    _solo(e, calibration, result, share_s)
+            aside_s += time.perf_counter() - solo_started  # not the shared window's time
     return result
 
 
@@ -173,11 +181,11 @@ def _seconds_per_call(call: Callable[[], object]) -> float:
     return elapsed / calls
 
 
-def _round(e: Entry) -> list[float]:
+def _round(e: Entry, lead_in: bool = True) -> list[float]:
     """One round of an entry, after its lead-in ([] when its call raised: the entry stops with the error)."""
     start = time.perf_counter()
     try:
-        for _ in range(e.lead_in):
+        for _ in range(e.lead_in if lead_in else 0):
             e.call()
         return measure.time_rounds(e.call, e.iterations, 1)
     except measure.CaseTimeout:
@@ -218,6 +226,30 @@ def _waited_out(disturbed: str, calibration: machine.Calibration, settler: machi
         return False
     result.episode_waits += 1
     return settler.wait_for_usual_speed(calibration)
+
+
+def _solo(e: Entry, calibration: machine.Calibration, result: ShapeTiming, share_s: float) -> None:
+    """A strategy just found no contender, timed again on its own, round after round as in a user's loop, until it
+    has enough rounds (`_enough`); the rounds that decided it are not kept. They were timed beside heavier strategies,
+    and they are the rounds that made it look slow: kept, they read x1.1-1.6 what a fresh process measures at
+    B = 2048 here (the eager strategies a compiled one beats). Its blocks are watched by the calibration call; one
+    timed while the machine ran slow is timed again (MIN_SET_ASIDE times at most), then kept and named."""
+    e.raced, e.rounds, e.round_sweeps = len(e.rounds), [], []
+    for attempt in range(MIN_SET_ASIDE + 1):
+        slow, kept = calibration.check(), len(e.rounds)
+        lead_in = True
+        while e.error is None and not _enough(e, share_s):
+            seconds = _round(e, lead_in)
+            e.rounds += seconds
+            e.round_sweeps += [result.sweeps] * len(seconds)  # a sweep of its own: paired with no other strategy
+            result.sweeps += 1
+            lead_in = False  # back to back from here on
+        if not slow or attempt == MIN_SET_ASIDE:
+            e.unstable = slow
+            break
+        e.set_aside += len(e.rounds) - kept
+        del e.rounds[kept:], e.round_sweeps[kept:]
+    e.done = True
 
 
 def _screened(entries: list[Entry]) -> bool:
@@ -261,7 +293,7 @@ def _judge(entries: list[Entry], precise_stops: bool, share_s: float) -> None:
         for e in contenders:
             e.done = True
     for e in entries:
-        if len(e.rounds) >= MAX_ROUNDS or (not e.contender and _enough(e, share_s)):
+        if len(e.rounds) >= MAX_ROUNDS:
             e.done = True
 
 
@@ -277,12 +309,19 @@ def _window_closed(active: list[Entry], kept_s: float, window_s: float, share_s:
     return kept_s >= window_s and all(_enough(e, share_s) for e in active)
 
 
+def disturbed(e: Entry, result: ShapeTiming) -> str:
+    """Why an entry's kept rounds were timed under disturbance ("" if they were not): the shape's window's, or for a
+    strategy timed on its own once found no contender, its own rounds'."""
+    return e.unstable if e.raced is not None else result.unstable
+
+
 def note(e: Entry) -> str:
     """What the record's message says about how an entry was timed ("" when plainly)."""
     notes = []
     if not e.contender:
-        notes.append(f"{len(e.rounds)} rounds: surely more than {fmt_margin(stats.CONTENDER_MARGIN)} slower than the "
-                     "shape's fastest, timed less")
+        alone = f" on its own, after {e.raced} beside the others decided it" if e.raced is not None else ""
+        notes.append(f"{len(e.rounds)} rounds{alone}: surely more than {fmt_margin(stats.CONTENDER_MARGIN)} slower "
+                     "than the shape's fastest, timed less")
     if e.set_aside:
         notes.append(f"{e.set_aside} rounds timed during a disturbance set aside and measured again")
     if e.screened:

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import strategies
-from bench.harness import machine, measure, runner, timing
-from bench.harness.runner import Outcome
+from bench.harness import machine, measure, outcome, runner, timing
 from bench.harness.skips import predicted_memory
 from bench.run import session
 from bench.run.workers import Worker
@@ -64,8 +63,9 @@ class Pass:
                 where: str = "") -> None:
         status, message, larger = _unfinished(end, where)
         for name in names:
-            done(runner.case_record(strategies.REGISTRY[name], case, device, Outcome(status, message), None,
-                                    predicted_memory(strategies.REGISTRY[name], case)), larger)
+            strategy = strategies.REGISTRY[name]
+            done(outcome.case_record(strategy, case, device, outcome.Outcome(status, message), None,
+                                     predicted_memory(strategy, case)), larger)
 
     def retime(self, case: Case, device: str, records: list[CaseRecord], done: Done) -> None:
         """Pass 2: one shape's contenders timed again (the child picks them: runner.to_retime)."""
@@ -74,7 +74,7 @@ class Pass:
         for r in runner.to_retime(records):
             if r.strategy not in finished:
                 _, message, _ = _unfinished(end)
-                done(runner.added_process(r, None, timing.ShapeTiming([]), f"second process: {message}"), False)
+                done(outcome.added_process(r, None, timing.ShapeTiming([]), f"second process: {message}"), False)
 
     def _run(self, request: dict[str, Any], cases: int, done: Done) -> tuple[set[str], dict[str, Any]]:
         request |= {"usual_s": self.calibration.usual_s(), "settle_left_s": self.settle_left_s}

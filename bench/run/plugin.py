@@ -25,7 +25,7 @@ import pytest
 
 import strategies
 from bench import results, verdicts
-from bench.harness import runner
+from bench.harness import outcome
 from bench.harness.skips import SkipPolicy, predicted_memory
 from bench.run.passes import Pass
 from bench.run.session import RunFolder
@@ -133,8 +133,8 @@ class JacobenchPlugin:
             strategy = strategies.REGISTRY[name]
             skip = self.skips.reason(strategy, case, device, predicted_memory(strategy, case))
             if skip:
-                done(runner.case_record(strategy, case, device, runner.Outcome(*skip), None,
-                                        predicted_memory(strategy, case)), False)
+                done(outcome.case_record(strategy, case, device, outcome.Outcome(*skip), None,
+                                         predicted_memory(strategy, case)), False)
             else:
                 to_run.append(name)
         if to_run:
