@@ -102,6 +102,9 @@ def b_wins(row: pd.Series) -> bool | None:
     return None
 
 
+NO_CROSSOVER = "—"  # the runs differ significantly at too few of the line's batches to say
+
+
 def crossover(line: pd.DataFrame) -> tuple[str, Any]:
     """Smallest batch from which b wins at every larger measured batch of this strategy's line. Said only where
     the runs differ significantly at most of the line's batches: a few significant differences on a line are what
@@ -109,7 +112,7 @@ def crossover(line: pd.DataFrame) -> tuple[str, Any]:
     rows = line.sort_values("batch")
     decided = [(int(r["batch"]), w) for _, r in rows.iterrows() if (w := b_wins(r)) is not None]
     if len(decided) < max(2, (len(rows) + 1) // 2):
-        return "—", None
+        return NO_CROSSOVER, None
     start = None
     for batch, win in reversed(decided):
         if not win:
@@ -234,9 +237,13 @@ def pair_summary(a: Side, b: Side, both: pd.DataFrame) -> list[tuple[str, str]]:
     if same_machine(a, b):
         items += rerun_agreement(a, b, both) + reproducibility(a, b)
     line = sweep_line(both, "batch") if len(both) else both
-    for strategy, rows in (line.groupby("strategy") if len(line) else []):
-        items.append((f"crossover, {strategy}", crossover(rows)[0]))
-    return items
+    found = [(f"crossover, {strategy}", crossover(rows)[0]) for strategy, rows in
+             (line.groupby("strategy") if len(line) else [])]
+    said = [(name, text) for name, text in found if text != NO_CROSSOVER]
+    if found and not said:  # one line, not one dash per strategy
+        said = [("crossover", "none: no strategy's batch line differs significantly between the two at most of its "
+                              "batches")]
+    return items + said
 
 
 def build_compare(run_dirs: list[Path], out_root: Path = Path("results"), plots_root: Path = Path("plots")) -> Path:
