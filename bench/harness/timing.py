@@ -13,8 +13,8 @@ After each block every strategy is judged on its kept rounds:
 - a strategy whose median's 95% interval lies wholly above CONTENDER_MARGIN x the median of the fastest strategy that
   may win (autodiff, returning J) is not a contender (judged after MIN_ROUNDS_TO_DROP rounds): it leaves the sweeps
   and is timed on its own, round after round as in a user's loop, until it has MIN_ROUNDS rounds (MIN_ROUNDS_TO_DROP
-  when those take its share of the window), with the wider interval of its few rounds; the rounds that decided it
-  are not kept (timed beside heavier strategies, and selected for being slow);
+  once those take its share of the window and FEW_ROUNDS_S), with the wider interval of its few rounds; the rounds
+  that decided it are not kept (timed beside heavier strategies, and selected for being slow);
 - once every strategy that is no contender has stopped, the contenders start again alone: their rounds so far are
   not kept (heavy neighbours slow quick calls for milliseconds: caches, the allocator, spinning OpenMP threads; in a
   user's loop the call runs beside itself), and they run side by side (rounds of one sweep are paired in the
@@ -45,6 +45,8 @@ WARM_CALL_S = 0.05  # a call this long was warmed by the validation call: no war
 BLOCK_S = 0.2  # rounds are kept or set aside in blocks this long (the kernel counts CPU time in 10 ms ticks)
 MIN_ROUNDS = 7  # rounds before a contender may stop for precision, and every strategy's least
 MIN_ROUNDS_TO_DROP = 3  # rounds before a strategy may be dropped as no contender
+FEW_ROUNDS_S = 0.3  # a slow call stops at MIN_ROUNDS_TO_DROP rounds only once they took this long: three rounds of
+# a 45 ms call are one moment of the machine (linearize_batched: x0.90-1.18 what a fresh process measured)
 PRECISION = 0.02  # a contender is precise when its median's 95% interval is within ±2% (one process)
 MAX_ROUNDS = 400
 MIN_SET_ASIDE = 3  # a shape sets aside at least this many disturbed blocks, at most half of its blocks
@@ -270,10 +272,10 @@ def _alone(entries: list[Entry], result: ShapeTiming, per_entry_s: float) -> flo
 
 
 def _enough(e: Entry, share_s: float) -> bool:
-    """MIN_ROUNDS rounds, or MIN_ROUNDS_TO_DROP when they already took the strategy's share of the window (a slow
-    call: a few rounds say enough about it, and each costs much)."""
+    """MIN_ROUNDS rounds, or MIN_ROUNDS_TO_DROP when they already took the strategy's share of the window and
+    FEW_ROUNDS_S (a slow call: a few rounds say enough about it, and each costs much)."""
     return len(e.rounds) >= MIN_ROUNDS or (len(e.rounds) >= MIN_ROUNDS_TO_DROP
-                                           and sum(e.rounds) * e.iterations >= share_s)
+                                           and sum(e.rounds) * e.iterations >= max(share_s, FEW_ROUNDS_S))
 
 
 def _judge(entries: list[Entry], precise_stops: bool, share_s: float) -> None:
