@@ -84,3 +84,13 @@ def test_a_strategy_found_no_contender_keeps_only_rounds_timed_on_its_own_after_
     assert not slow.contender and slow.raced >= timing.MIN_ROUNDS_TO_DROP
     assert len(slow.rounds) >= timing.MIN_ROUNDS and max(slow.rounds) < 1.5e-3  # 1 ms back to back, not 3 ms
     assert "on its own, after" in timing.note(slow) and len(set(slow.round_sweeps)) == len(slow.rounds)
+
+
+def test_a_quick_strategy_timed_on_its_own_is_timed_over_more_than_one_moment():
+    # seven rounds of a 0.2 ms call are 15 ms, one moment of the machine: a short slow episode moves all of them
+    fast = timing.Entry("fast", busy(5e-5), one_call_s=5e-5)
+    slow = timing.Entry("slow", busy(3e-4), one_call_s=3e-4)
+    timing.time_shape([fast, slow], window_s=1.0, calibration=machine.Calibration(),
+                      settler=machine.Settler(0.0, 0.0), guard_s=60)
+    assert not slow.contender
+    assert sum(slow.rounds) * slow.iterations >= timing.SOLO_S and len(slow.rounds) > timing.MIN_ROUNDS

@@ -13,8 +13,8 @@ After each block every strategy is judged on its kept rounds:
 - a strategy whose median's 95% interval lies wholly above CONTENDER_MARGIN x the median of the fastest strategy that
   may win (autodiff, returning J) is not a contender (judged after MIN_ROUNDS_TO_DROP rounds): it leaves the sweeps
   and is timed on its own, round after round as in a user's loop, until it has MIN_ROUNDS rounds (MIN_ROUNDS_TO_DROP
-  once those take its share of the window and FEW_ROUNDS_S), with the wider interval of its few rounds; the rounds
-  that decided it are not kept (timed beside heavier strategies, and selected for being slow);
+  once those take its share of the window and FEW_ROUNDS_S) and for SOLO_S at least, with the wider interval of its
+  few rounds; the rounds that decided it are not kept (timed beside heavier strategies, and selected for being slow);
 - once every strategy that is no contender has stopped, the contenders start again alone: their rounds so far are
   not kept (heavy neighbours slow quick calls for milliseconds: caches, the allocator, spinning OpenMP threads; in a
   user's loop the call runs beside itself), and they run side by side (rounds of one sweep are paired in the
@@ -47,6 +47,9 @@ MIN_ROUNDS = 7  # rounds before a contender may stop for precision, and every st
 MIN_ROUNDS_TO_DROP = 3  # rounds before a strategy may be dropped as no contender
 FEW_ROUNDS_S = 0.3  # a slow call stops at MIN_ROUNDS_TO_DROP rounds only once they took this long: three rounds of
 # a 45 ms call are one moment of the machine (linearize_batched: x0.90-1.18 what a fresh process measured)
+SOLO_S = 0.05  # a strategy timed on its own is timed this long at least (its share of the window, if less): seven
+# 2 ms rounds are one moment of the machine (jacobian_sum and func_sum_jacrev, timed one after the other at B = 1,
+# both read x1.85 in one run and x1.0 in the next, beside unchanged strategies)
 PRECISION = 0.02  # a contender is precise when its median's 95% interval is within ±2% (one process)
 MAX_ROUNDS = 400
 MIN_SET_ASIDE = 3  # a shape sets aside at least this many disturbed blocks, at most half of its blocks
@@ -232,15 +235,16 @@ def _waited_out(disturbed: str, calibration: machine.Calibration, settler: machi
 
 def _solo(e: Entry, calibration: machine.Calibration, result: ShapeTiming, share_s: float) -> None:
     """A strategy just found no contender, timed again on its own, round after round as in a user's loop, until it
-    has enough rounds (`_enough`); the rounds that decided it are not kept. They were timed beside heavier strategies,
-    and they are the rounds that made it look slow: kept, they read x1.1-1.6 what a fresh process measures at
-    B = 2048 here (the eager strategies a compiled one beats). Its blocks are watched by the calibration call; one
-    timed while the machine ran slow is timed again (MIN_SET_ASIDE times at most), then kept and named."""
+    has enough rounds (`_enough`) spread over SOLO_S (`_solo_long_enough`); the rounds that decided it are not kept.
+    They were timed beside heavier strategies, and they are the rounds that made it look slow: kept, they read
+    x1.1-1.6 what a fresh process measures at B = 2048 here (the eager strategies a compiled one beats). Its rounds
+    are watched by the calibration call; rounds timed while the machine ran slow are timed again (MIN_SET_ASIDE
+    times at most), then kept and named."""
     e.raced, e.rounds, e.round_sweeps = len(e.rounds), [], []
     for attempt in range(MIN_SET_ASIDE + 1):
         slow, kept = calibration.check(), len(e.rounds)
         lead_in = True
-        while e.error is None and not _enough(e, share_s):
+        while e.error is None and not (_enough(e, share_s) and _solo_long_enough(e, share_s)):
             seconds = _round(e, lead_in)
             e.rounds += seconds
             e.round_sweeps += [result.sweeps] * len(seconds)  # a sweep of its own: paired with no other strategy
@@ -252,6 +256,11 @@ def _solo(e: Entry, calibration: machine.Calibration, result: ShapeTiming, share
         e.set_aside += len(e.rounds) - kept
         del e.rounds[kept:], e.round_sweeps[kept:]
     e.done = True
+
+
+def _solo_long_enough(e: Entry, share_s: float) -> bool:
+    """The rounds timed on its own took SOLO_S (its share of the window, if less), or are MAX_ROUNDS."""
+    return sum(e.rounds) * e.iterations >= min(SOLO_S, share_s) or len(e.rounds) >= MAX_ROUNDS
 
 
 def _screened(entries: list[Entry]) -> bool:
