@@ -79,9 +79,7 @@ def summary_line(fidelity: dict[str, Any] | None) -> str:
     """One line for the report's first screen and the run's end: how far the run's numbers are from a plain
     program's, which strategies are surely off by more than 10%, and which the check could not resolve."""
     if not fidelity or not fidelity.get("strategies"):
-        if fidelity and fidelity.get("fresh") is not None:
-            return "Fidelity: no case was re-timed in a fresh process (the run was too short for its 10% budget)"
-        return ""
+        return _nothing_judged(fidelity) if fidelity and fidelity.get("fresh") is not None else ""
     s = fidelity["strategies"]
     cases = fidelity.get("cases", [])
     ratios = sorted(v["ratio"] for v in s.values())
@@ -98,6 +96,20 @@ def summary_line(fidelity: dict[str, Any] | None) -> str:
         line += ("; past ±10% but within the check's resolution (interval back inside): "
                  + ", ".join(f"{n} {interval_text(s[n])}" for n in unresolved))
     return line
+
+
+def _nothing_judged(fidelity: dict[str, Any]) -> str:
+    """Why the check judged no case: the machine ran slower in every fresh process, a fresh process failed, or the
+    budget did not allow one."""
+    if slower := fidelity.get("slower_machine"):
+        return (f"Fidelity: not judged: {_count(len(slower), 'case')} re-timed in fresh processes, each while the "
+                "machine ran slower than in the run throughout (`python -m bench fidelity RUN` checks again)")
+    failed = fidelity.get("problems") or [f["error"] for f in fidelity.get("fresh", []) if f.get("error")]
+    if failed:
+        return f"Fidelity: not judged: the fresh process failed: {failed[0]}"
+    if fidelity.get("fresh"):
+        return "Fidelity: not judged: no fresh timing matched an ok case of the run"
+    return "Fidelity: no case was re-timed in a fresh process (the run was too short for its 10% budget)"
 
 
 def interval_text(strategy: dict[str, Any]) -> str:

@@ -93,8 +93,18 @@ def test_fresh_timings_without_a_final_record_or_with_an_error_are_left_out():
     checked = fidelity.summarize({"fresh": [{"case_id": "gone", "median_s": 1.0},
                                             {"case_id": r.case_id, "error": "RuntimeError: boom"}]}, [r])
     assert checked["cases"] == [] and checked["strategies"] == {}
-    assert "no case was re-timed" in fidelity.summary_line(checked)
+    assert "not judged: the fresh process failed: RuntimeError: boom" in fidelity.summary_line(checked)
+    assert "no fresh timing matched" in fidelity.summary_line({"fresh": [{"case_id": "gone", "median_s": 1.0}]})
+    assert "no case was re-timed" in fidelity.summary_line({"fresh": [], "problems": []})
     assert fidelity.summary_line(None) == ""
+
+
+def test_a_check_whose_every_fresh_process_ran_slower_says_so_not_that_the_run_was_short():
+    slow = _record("b", 8)
+    checked = fidelity.summarize({"fresh": [_fresh(slow, 3e-3) | {"at_usual_speed": False}]}, [slow])
+    assert checked["strategies"] == {}
+    line = fidelity.summary_line(checked)
+    assert "not judged: 1 case re-timed in fresh processes" in line and "too short" not in line
 
 
 def test_a_strategy_left_joins_a_process_already_picked_before_starting_another():
