@@ -237,13 +237,13 @@ def _solo(e: Entry, calibration: machine.Calibration, result: ShapeTiming, share
     """A strategy just found no contender, timed again on its own, round after round as in a user's loop, until it
     has enough rounds (`_enough`) spread over SOLO_S (`_solo_long_enough`); the rounds that decided it are not kept.
     They were timed beside heavier strategies, and they are the rounds that made it look slow: kept, they read
-    x1.1-1.6 what a fresh process measures at B = 2048 here (the eager strategies a compiled one beats). Its rounds
-    are watched by the calibration call; rounds timed while the machine ran slow are timed again (MIN_SET_ASIDE
-    times at most), then kept and named."""
-    e.raced, e.rounds, e.round_sweeps = len(e.rounds), [], []
+    x1.1-1.6 what a fresh process measures at B = 2048 here (the eager strategies a compiled one beats). The
+    calibration call before its rounds says whether the machine ran slow; if it did, the rounds are timed again
+    (MIN_SET_ASIDE times at most), then kept and named."""
+    e.raced = len(e.rounds)
     for attempt in range(MIN_SET_ASIDE + 1):
-        slow, kept = calibration.check(), len(e.rounds)
-        lead_in = True
+        e.rounds, e.round_sweeps = [], []
+        slow, lead_in = calibration.check(), True
         while e.error is None and not (_enough(e, share_s) and _solo_long_enough(e, share_s)):
             seconds = _round(e, lead_in)
             e.rounds += seconds
@@ -253,8 +253,7 @@ def _solo(e: Entry, calibration: machine.Calibration, result: ShapeTiming, share
         if not slow or attempt == MIN_SET_ASIDE:
             e.unstable = slow
             break
-        e.set_aside += len(e.rounds) - kept
-        del e.rounds[kept:], e.round_sweeps[kept:]
+        e.set_aside += len(e.rounds)
     e.done = True
 
 

@@ -183,33 +183,33 @@ def _row(r: CaseRecord, found: list[dict]) -> dict:
     same call disagree on this machine, the floor under any run/fresh ratio."""
     usual = [f["median_s"] for f in found if f.get("at_usual_speed", True)]
     medians = usual or [f["median_s"] for f in found]
-    return {"case": r.case_id, "strategy": r.strategy, "run_s": r.time_median_s, "fresh_s": statistics.median(medians),
-            "fresh_low_s": min(medians), "fresh_high_s": max(medians), "judged": bool(usual)}
+    fresh_s = statistics.median(medians)
+    return {"case": r.case_id, "strategy": r.strategy, "run_s": r.time_median_s, "fresh_s": fresh_s,
+            "ratio": r.time_median_s / fresh_s, "spread": max(medians) / min(medians),
+            "inside": min(medians) <= r.time_median_s <= max(medians), "judged": bool(usual)}
 
 
 def _print_rows(rows: list[dict]) -> None:
     width = max(len(row["case"]) for row in rows)
     print(f"{'case':<{width}}  {'run':>10}  {'fresh':>10}  run/fresh  fresh max/min")
     for row in rows:
-        ratio = row["run_s"] / row["fresh_s"]
-        inside = row["fresh_low_s"] <= row["run_s"] <= row["fresh_high_s"]
         mark = ("  not judged: the machine ran slower than in the run throughout" if not row["judged"]
-                else "" if abs(ratio - 1) <= TARGET else "  outside ±10%" + (" (inside the fresh processes' range)"
-                                                                              if inside else ""))
-        print(f"{row['case']:<{width}}  {row['run_s'] * 1e3:7.3f} ms  {row['fresh_s'] * 1e3:7.3f} ms  {ratio:9.3f}"
-              f"  {row['fresh_high_s'] / row['fresh_low_s']:13.3f}" + mark)
+                else "" if abs(row["ratio"] - 1) <= TARGET else "  outside ±10%" + (
+                    " (inside the fresh processes' range)" if row["inside"] else ""))
+        print(f"{row['case']:<{width}}  {row['run_s'] * 1e3:7.3f} ms  {row['fresh_s'] * 1e3:7.3f} ms  "
+              f"{row['ratio']:9.3f}  {row['spread']:13.3f}" + mark)
     judged = [row for row in rows if row["judged"]]
     by_strategy: dict[str, list[float]] = {}
     for row in judged:
-        by_strategy.setdefault(row["strategy"], []).append(row["run_s"] / row["fresh_s"])
+        by_strategy.setdefault(row["strategy"], []).append(row["ratio"])
     if by_strategy:
         means = {name: math.exp(statistics.fmean(map(math.log, ratios))) for name, ratios in by_strategy.items()}
         print("per strategy, the geometric mean of run/fresh: " + ", ".join(f"{n} ×{m:.3f}" for n, m in means.items()))
-    deviations = [abs(row["run_s"] / row["fresh_s"] - 1) for row in judged]
-    spreads = [row["fresh_high_s"] / row["fresh_low_s"] for row in judged]
+    deviations = [abs(row["ratio"] - 1) for row in judged]
+    spreads = [row["spread"] for row in judged]
     print(json.dumps({"cases": len(deviations), "within_10pct": sum(d <= TARGET for d in deviations),
                       "max_abs_deviation": round(max(deviations, default=0.0), 4),
                       "not_judged": len(rows) - len(deviations),
-                      "inside_fresh_range": sum(r["fresh_low_s"] <= r["run_s"] <= r["fresh_high_s"] for r in judged),
+                      "inside_fresh_range": sum(row["inside"] for row in judged),
                       "fresh_within_10pct": sum(x <= 1 + TARGET for x in spreads),
                       "median_fresh_spread": round(statistics.median(spreads), 4) if spreads else None}))
