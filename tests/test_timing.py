@@ -2,7 +2,35 @@
 
 import time
 
+import pytest
+
 from bench.harness import machine, timing
+
+
+class FakeClock:
+    """perf_counter for a test: time passes only when a fake call says it took some."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def takes(self, seconds: float):
+        def call() -> None:
+            self.now += seconds
+        return call
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A fake clock on a machine at one speed with no other process: the timing logic alone, not this machine's
+    noise (a busy-wait on loaded CPUs stretches at random)."""
+    fake = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", fake)
+    monkeypatch.setattr(machine, "calibration_now", lambda: 1e-3)
+    monkeypatch.setattr(machine, "disturbance", lambda before, after: "")
+    return fake
 
 
 def busy(seconds: float):
@@ -64,17 +92,17 @@ def test_a_slow_episode_is_kept_and_named_when_waiting_is_spent(monkeypatch):
     assert result.unstable.startswith(machine.SLOW_MACHINE) and entry.rounds
 
 
-def test_a_strategy_found_no_contender_keeps_only_rounds_timed_on_its_own_after_the_decision():
+def test_a_strategy_found_no_contender_keeps_only_rounds_timed_on_its_own_after_the_decision(clock):
     # a call that runs slow right after another strategy's call (the caches, the allocator, OpenMP threads) and quick
     # after itself: the number kept is the one a loop of that call measures, not the rounds that raced the others
     last = []
 
     def neighbour_sensitive() -> None:
-        busy(1e-3 if last[-1:] == ["slow"] else 3e-3)()
+        clock.takes(1e-3 if last[-1:] == ["slow"] else 3e-3)()
         last.append("slow")
 
     def fast_call() -> None:
-        busy(2e-4)()
+        clock.takes(2e-4)()
         last.append("fast")
 
     fast = timing.Entry("fast", fast_call, one_call_s=2e-4)
@@ -82,15 +110,60 @@ def test_a_strategy_found_no_contender_keeps_only_rounds_timed_on_its_own_after_
     timing.time_shape([fast, slow], window_s=0.1, calibration=machine.Calibration(),
                       settler=machine.Settler(0.0, 0.0), guard_s=60)
     assert not slow.contender and slow.raced >= timing.MIN_ROUNDS_TO_DROP
-    assert len(slow.rounds) >= timing.MIN_ROUNDS and max(slow.rounds) < 1.5e-3  # 1 ms back to back, not 3 ms
+    assert len(slow.rounds) >= timing.MIN_ROUNDS and max(slow.rounds) == pytest.approx(1e-3)  # back to back
     assert "on its own, after" in timing.note(slow) and len(set(slow.round_sweeps)) == len(slow.rounds)
 
 
-def test_a_quick_strategy_timed_on_its_own_is_timed_over_more_than_one_moment():
+def test_a_quick_strategy_timed_on_its_own_is_timed_over_more_than_one_moment(clock):
     # seven rounds of a 0.2 ms call are 15 ms, one moment of the machine: a short slow episode moves all of them
-    fast = timing.Entry("fast", busy(5e-5), one_call_s=5e-5)
-    slow = timing.Entry("slow", busy(3e-4), one_call_s=3e-4)
+    fast = timing.Entry("fast", clock.takes(5e-5), one_call_s=5e-5)
+    slow = timing.Entry("slow", clock.takes(3e-4), one_call_s=3e-4)
     timing.time_shape([fast, slow], window_s=1.0, calibration=machine.Calibration(),
                       settler=machine.Settler(0.0, 0.0), guard_s=60)
     assert not slow.contender
     assert sum(slow.rounds) * slow.iterations >= timing.SOLO_S and len(slow.rounds) > timing.MIN_ROUNDS
+
+
+def test_a_strategy_timed_on_its_own_sets_aside_a_stretch_the_machine_ran_slow_in(clock, monkeypatch):
+    # a 45 ms call timed on its own: the machine slows down x1.7 after its first rounds, for two calibrations. The
+    # calibration before its rounds found the usual speed; the rounds of that stretch are timed again, not kept
+    speed = [1.0]
+    monkeypatch.setattr(machine, "calibration_now", lambda: 1e-3 * speed[0])
+
+    def slow_call() -> None:
+        clock.takes(45e-3 * speed[0])()
+
+    solo_checks = []
+    real_check = machine.Calibration.check
+
+    def check(self) -> str:  # slow at the second and third calibration of the solo: after its first stretch
+        if slow.raced is not None:
+            solo_checks.append(1)
+        speed[0] = 1.7 if len(solo_checks) in (2, 3) else 1.0
+        return real_check(self)
+
+    monkeypatch.setattr(machine.Calibration, "check", check)
+    fast = timing.Entry("fast", clock.takes(1e-4), one_call_s=1e-4)
+    slow = timing.Entry("slow", slow_call, one_call_s=45e-3)
+    timing.time_shape([fast, slow], window_s=0.2, calibration=machine.Calibration(run_usual_s=1e-3),
+                      settler=machine.Settler(0.0, 0.0), guard_s=60)
+    assert not slow.contender and len(solo_checks) >= 4 and slow.set_aside > 0
+    assert max(slow.rounds) == pytest.approx(45e-3) and len(slow.rounds) >= timing.MIN_ROUNDS_TO_DROP
+    assert slow.unstable == "" and "set aside" in timing.note(slow)
+
+
+def test_a_strategy_timed_on_its_own_keeps_and_names_a_slow_stretch_once_it_set_aside_its_share(clock, monkeypatch):
+    speed = [1.0]
+    monkeypatch.setattr(machine, "calibration_now", lambda: 1e-3 * speed[0])
+    real_check = machine.Calibration.check
+
+    def check(self) -> str:  # slow from the solo's first calibration on
+        speed[0] = 1.7 if slow.raced is not None else 1.0
+        return real_check(self)
+
+    monkeypatch.setattr(machine.Calibration, "check", check)
+    fast = timing.Entry("fast", clock.takes(1e-4), one_call_s=1e-4)
+    slow = timing.Entry("slow", clock.takes(45e-3), one_call_s=45e-3)
+    timing.time_shape([fast, slow], window_s=0.2, calibration=machine.Calibration(run_usual_s=1e-3),
+                      settler=machine.Settler(0.0, 0.0), guard_s=60)
+    assert not slow.contender and slow.rounds and slow.unstable.startswith(machine.SLOW_MACHINE)

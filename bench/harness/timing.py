@@ -14,7 +14,8 @@ After each block every strategy is judged on its kept rounds:
   may win (autodiff, returning J) is not a contender (judged after MIN_ROUNDS_TO_DROP rounds): it leaves the sweeps
   and is timed on its own, round after round as in a user's loop, until it has MIN_ROUNDS rounds (MIN_ROUNDS_TO_DROP
   once those take its share of the window and FEW_ROUNDS_S) and for SOLO_S at least, with the wider interval of its
-  few rounds; the rounds that decided it are not kept (timed beside heavier strategies, and selected for being slow);
+  few rounds, in stretches of SOLO_BLOCK_S between calibrations (set aside like blocks); the rounds that decided it
+  are not kept (timed beside heavier strategies, and selected for being slow);
 - once every strategy that is no contender has stopped, the contenders start again alone: their rounds so far are
   not kept (heavy neighbours slow quick calls for milliseconds: caches, the allocator, spinning OpenMP threads; in a
   user's loop the call runs beside itself), and they run side by side (rounds of one sweep are paired in the
@@ -50,6 +51,9 @@ FEW_ROUNDS_S = 0.3  # a slow call stops at MIN_ROUNDS_TO_DROP rounds only once t
 SOLO_S = 0.05  # a strategy timed on its own is timed this long at least (its share of the window, if less): seven
 # 2 ms rounds are one moment of the machine (jacobian_sum and func_sum_jacrev, timed one after the other at B = 1,
 # both read x1.85 in one run and x1.0 in the next, beside unchanged strategies)
+SOLO_BLOCK_S = 0.1  # a strategy timed on its own is checked for a slow machine this often: linearize_batched's
+# 45 ms rounds read x1.5-1.7 for 150 ms stretches with no garbage collection in them, and the one calibration before
+# its seven rounds had found the machine at its usual speed
 PRECISION = 0.02  # a contender is precise when its median's 95% interval is within ±2% (one process)
 MAX_ROUNDS = 400
 MIN_SET_ASIDE = 3  # a shape sets aside at least this many disturbed blocks, at most half of its blocks
@@ -147,7 +151,7 @@ def time_shape(entries: list[Entry], window_s: float, calibration: machine.Calib
             solo_started = time.perf_counter()
             for e in entries:
                 if not e.contender and not e.done and e.error is None:
-                    _solo(e, calibration, result, share_s)
+                    _solo(e, calibration, settler, result, share_s)
             aside_s += time.perf_counter() - solo_started  # not the shared window's time
     return result
 
@@ -233,28 +237,47 @@ def _waited_out(disturbed: str, calibration: machine.Calibration, settler: machi
     return settler.wait_for_usual_speed(calibration)
 
 
-def _solo(e: Entry, calibration: machine.Calibration, result: ShapeTiming, share_s: float) -> None:
+def _solo(e: Entry, calibration: machine.Calibration, settler: machine.Settler, result: ShapeTiming,
+          share_s: float) -> None:
     """A strategy just found no contender, timed again on its own, round after round as in a user's loop, until it
     has enough rounds (`_enough`) spread over SOLO_S (`_solo_long_enough`); the rounds that decided it are not kept.
     They were timed beside heavier strategies, and they are the rounds that made it look slow: kept, they read
-    x1.1-1.6 what a fresh process measures at B = 2048 here (the eager strategies a compiled one beats). The
-    calibration call before its rounds says whether the machine ran slow; if it did, the rounds are timed again
-    (MIN_SET_ASIDE times at most), then kept and named."""
+    x1.1-1.6 what a fresh process measures at B = 2048 here (the eager strategies a compiled one beats). The machine
+    is watched as in the shared blocks, every SOLO_BLOCK_S: a stretch of rounds with a slow calibration at either end,
+    or with other processes on the CPUs, is set aside and timed again (MIN_SET_ASIDE times at most, then kept and
+    named)."""
     e.raced = len(e.rounds)
-    for attempt in range(MIN_SET_ASIDE + 1):
-        e.rounds, e.round_sweeps = [], []
-        slow, lead_in = calibration.check(), True
-        while e.error is None and not (_enough(e, share_s) and _solo_long_enough(e, share_s)):
-            seconds = _round(e, lead_in)
-            e.rounds += seconds
-            e.round_sweeps += [result.sweeps] * len(seconds)  # a sweep of its own: paired with no other strategy
-            result.sweeps += 1
-            lead_in = False  # back to back from here on
-        if not slow or attempt == MIN_SET_ASIDE:
-            e.unstable = slow
-            break
-        e.set_aside += len(e.rounds)
+    e.rounds, e.round_sweeps = [], []
+    slow_before, set_aside = calibration.check(), 0
+    while e.error is None and not (_enough(e, share_s) and _solo_long_enough(e, share_s)):
+        kept, before = len(e.rounds), machine.snapshot()
+        _solo_block(e, result, share_s)
+        slow_after = calibration.check()
+        disturbed = machine.disturbance(before, machine.snapshot()) or slow_before or slow_after
+        if disturbed and set_aside < MIN_SET_ASIDE:
+            set_aside += 1
+            e.set_aside += len(e.rounds) - kept
+            del e.rounds[kept:], e.round_sweeps[kept:]
+            if not disturbed.startswith(machine.SLOW_MACHINE):
+                settler.settle()
+        elif disturbed:
+            e.unstable = disturbed
+        slow_before = slow_after
     e.done = True
+
+
+def _solo_block(e: Entry, result: ShapeTiming, share_s: float) -> None:
+    """Rounds of the entry back to back for SOLO_BLOCK_S (fewer once it has enough), after a lead-in: the
+    calibration call before them left the caches and the OpenMP threads as another strategy would."""
+    start, lead_in = time.perf_counter(), True
+    while e.error is None and time.perf_counter() - start < SOLO_BLOCK_S:
+        seconds = _round(e, lead_in)
+        lead_in = False
+        e.rounds += seconds
+        e.round_sweeps += [result.sweeps] * len(seconds)  # a sweep of its own: paired with no other strategy
+        result.sweeps += 1
+        if _enough(e, share_s) and _solo_long_enough(e, share_s):
+            break
 
 
 def _solo_long_enough(e: Entry, share_s: float) -> bool:
