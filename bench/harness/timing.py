@@ -14,7 +14,7 @@ After each block every strategy is judged on its kept rounds:
   may win (autodiff, returning J) is not a contender (judged after MIN_ROUNDS_TO_DROP rounds): it leaves the sweeps
   and is timed on its own, round after round as in a user's loop, until it has MIN_ROUNDS rounds (MIN_ROUNDS_TO_DROP
   once those take its share of the window and FEW_ROUNDS_S) and for SOLO_S at least, with the wider interval of its
-  few rounds, in stretches of SOLO_BLOCK_S between calibrations (set aside like blocks); the rounds that decided it
+  few rounds, in stretches of BLOCK_S between calibrations (set aside like blocks); the rounds that decided it
   are not kept (timed beside heavier strategies, and selected for being slow);
 - once every strategy that is no contender has stopped, the contenders start again alone: their rounds so far are
   not kept (heavy neighbours slow quick calls for milliseconds: caches, the allocator, spinning OpenMP threads; in a
@@ -51,9 +51,6 @@ FEW_ROUNDS_S = 0.3  # a slow call stops at MIN_ROUNDS_TO_DROP rounds only once t
 SOLO_S = 0.05  # a strategy timed on its own is timed this long at least (its share of the window, if less): seven
 # 2 ms rounds are one moment of the machine (jacobian_sum and func_sum_jacrev, timed one after the other at B = 1,
 # both read x1.85 in one run and x1.0 in the next, beside unchanged strategies)
-SOLO_BLOCK_S = 0.1  # a strategy timed on its own is checked for a slow machine this often: linearize_batched's
-# 45 ms rounds read x1.5-1.7 for 150 ms stretches with no garbage collection in them, and the one calibration before
-# its seven rounds had found the machine at its usual speed
 PRECISION = 0.02  # a contender is precise when its median's 95% interval is within ±2% (one process)
 MAX_ROUNDS = 400
 MIN_SET_ASIDE = 3  # a shape sets aside at least this many disturbed blocks, at most half of its blocks
@@ -243,9 +240,10 @@ def _solo(e: Entry, calibration: machine.Calibration, settler: machine.Settler, 
     has enough rounds (`_enough`) spread over SOLO_S (`_solo_long_enough`); the rounds that decided it are not kept.
     They were timed beside heavier strategies, and they are the rounds that made it look slow: kept, they read
     x1.1-1.6 what a fresh process measures at B = 2048 here (the eager strategies a compiled one beats). The machine
-    is watched as in the shared blocks, every SOLO_BLOCK_S: a stretch of rounds with a slow calibration at either end,
-    or with other processes on the CPUs, is set aside and timed again (MIN_SET_ASIDE times at most, then kept and
-    named)."""
+    is watched as in the shared blocks, every BLOCK_S: a stretch of rounds with a slow calibration at either end, or
+    with other processes on the CPUs, is set aside and timed again (MIN_SET_ASIDE times at most, then kept and
+    named). One calibration before all of its rounds was not enough: linearize_batched's 45 ms rounds read x1.5-1.7
+    for stretches of 150 ms with no garbage collection in them, after a calibration that found the usual speed."""
     e.raced = len(e.rounds)
     e.rounds, e.round_sweeps = [], []
     slow_before, set_aside = calibration.check(), 0
@@ -267,10 +265,10 @@ def _solo(e: Entry, calibration: machine.Calibration, settler: machine.Settler, 
 
 
 def _solo_block(e: Entry, result: ShapeTiming, share_s: float) -> None:
-    """Rounds of the entry back to back for SOLO_BLOCK_S (fewer once it has enough), after a lead-in: the
+    """Rounds of the entry back to back for BLOCK_S (fewer once it has enough), after a lead-in: the
     calibration call before them left the caches and the OpenMP threads as another strategy would."""
     start, lead_in = time.perf_counter(), True
-    while e.error is None and time.perf_counter() - start < SOLO_BLOCK_S:
+    while e.error is None and time.perf_counter() - start < BLOCK_S:
         seconds = _round(e, lead_in)
         lead_in = False
         e.rounds += seconds
