@@ -167,3 +167,27 @@ def test_a_strategy_timed_on_its_own_keeps_and_names_a_slow_stretch_once_it_set_
     timing.time_shape([fast, slow], window_s=0.2, calibration=machine.Calibration(run_usual_s=1e-3),
                       settler=machine.Settler(0.0, 0.0), guard_s=60)
     assert not slow.contender and slow.rounds and slow.unstable.startswith(machine.SLOW_MACHINE)
+
+
+def test_a_strategy_timed_on_its_own_waits_out_a_slow_episode_once_it_set_aside_its_share(clock, monkeypatch):
+    # the machine slow for the solo's first five calibrations: three stretches set aside, then the episode waited out
+    # (as a shape's blocks do) rather than kept: the rounds kept are timed at the usual speed
+    speed = [1.0]
+    monkeypatch.setattr(machine, "calibration_now", lambda: 1e-3 * speed[0])
+    monkeypatch.setattr(time, "sleep", lambda seconds: clock.takes(seconds)())
+    solo_checks = []
+    real_check = machine.Calibration.check
+
+    def check(self) -> str:
+        if slow.raced is not None:
+            solo_checks.append(1)
+        speed[0] = 1.7 if 1 <= len(solo_checks) <= 5 else 1.0
+        return real_check(self)
+
+    monkeypatch.setattr(machine.Calibration, "check", check)
+    fast = timing.Entry("fast", clock.takes(1e-4), one_call_s=1e-4)
+    slow = timing.Entry("slow", clock.takes(45e-3), one_call_s=45e-3)
+    result = timing.time_shape([fast, slow], window_s=0.2, calibration=machine.Calibration(run_usual_s=1e-3),
+                               settler=machine.Settler(0.0, 10.0), guard_s=60)
+    assert not slow.contender and result.episode_waits == 1 and slow.unstable == ""
+    assert slow.rounds and max(slow.rounds) == pytest.approx(45e-3)

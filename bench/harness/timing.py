@@ -241,9 +241,10 @@ def _solo(e: Entry, calibration: machine.Calibration, settler: machine.Settler, 
     They were timed beside heavier strategies, and they are the rounds that made it look slow: kept, they read
     x1.1-1.6 what a fresh process measures at B = 2048 here (the eager strategies a compiled one beats). The machine
     is watched as in the shared blocks, every BLOCK_S: a stretch of rounds with a slow calibration at either end, or
-    with other processes on the CPUs, is set aside and timed again (MIN_SET_ASIDE times at most, then kept and
-    named). One calibration before all of its rounds was not enough: linearize_batched's 45 ms rounds read x1.5-1.7
-    for stretches of 150 ms with no garbage collection in them, after a calibration that found the usual speed."""
+    with other processes on the CPUs, is set aside and timed again (MIN_SET_ASIDE times, then after waiting out a
+    slow episode as a shape does, `_waited_out`; what stays disturbed is kept and named). One calibration before
+    all of its rounds was not enough: linearize_batched's 45 ms rounds read x1.5-1.7 for stretches of 150 ms with
+    no garbage collection in them, after a calibration that found the usual speed."""
     e.raced = len(e.rounds)
     e.rounds, e.round_sweeps = [], []
     slow_before, set_aside = calibration.check(), 0
@@ -252,7 +253,9 @@ def _solo(e: Entry, calibration: machine.Calibration, settler: machine.Settler, 
         _solo_block(e, result, share_s)
         slow_after = calibration.check()
         disturbed = machine.disturbance(before, machine.snapshot()) or slow_before or slow_after
-        if disturbed and set_aside < MIN_SET_ASIDE:
+        waited = bool(disturbed) and set_aside >= MIN_SET_ASIDE and _waited_out(disturbed, calibration, settler,
+                                                                                 result)
+        if disturbed and (set_aside < MIN_SET_ASIDE or waited):
             set_aside += 1
             e.set_aside += len(e.rounds) - kept
             del e.rounds[kept:], e.round_sweeps[kept:]
@@ -260,7 +263,7 @@ def _solo(e: Entry, calibration: machine.Calibration, settler: machine.Settler, 
                 settler.settle()
         elif disturbed:
             e.unstable = disturbed
-        slow_before = slow_after
+        slow_before = "" if waited else slow_after  # a wait ends at the usual speed
     e.done = True
 
 
