@@ -196,3 +196,18 @@ def test_the_deep_check_shows_how_far_the_fresh_processes_disagree(capsys):
     summary = json.loads(out[-1])
     assert summary["inside_fresh_range"] == 1 and summary["fresh_within_10pct"] == 1
     assert summary["median_fresh_spread"] == pytest.approx((1.25 + 1.02) / 2)
+
+
+def test_the_deep_check_names_a_miss_the_run_timed_under_disturbance_and_counts_the_steady_cases_apart(capsys):
+    import dataclasses
+    import json
+
+    steady = _record("a", 2048, median=1.0e-3)
+    disturbed = dataclasses.replace(_record("b", 2048, median=1.5e-3), unstable=True)
+    fresh_check._print_rows([fresh_check._row(steady, [{"median_s": 1.0e-3}]),
+                             fresh_check._row(disturbed, [{"median_s": 1.0e-3}])])
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].endswith("outside ±10% (the run kept it as unstable: timed under disturbance)")
+    summary = json.loads(out[-1])
+    assert (summary["cases"], summary["within_10pct"]) == (2, 1)
+    assert (summary["steady_cases"], summary["steady_within_10pct"]) == (1, 1)

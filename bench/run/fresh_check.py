@@ -186,7 +186,8 @@ def _row(r: CaseRecord, found: list[dict]) -> dict:
     fresh_s = statistics.median(medians)
     return {"case": r.case_id, "strategy": r.strategy, "run_s": r.time_median_s, "fresh_s": fresh_s,
             "ratio": r.time_median_s / fresh_s, "spread": max(medians) / min(medians),
-            "inside": min(medians) <= r.time_median_s <= max(medians), "judged": bool(usual)}
+            "inside": min(medians) <= r.time_median_s <= max(medians), "judged": bool(usual),
+            "unstable": bool(r.unstable)}
 
 
 def _print_rows(rows: list[dict]) -> None:
@@ -195,7 +196,8 @@ def _print_rows(rows: list[dict]) -> None:
     for row in rows:
         mark = ("  not judged: the machine ran slower than in the run throughout" if not row["judged"]
                 else "" if abs(row["ratio"] - 1) <= TARGET else "  outside ±10%" + (
-                    " (inside the fresh processes' range)" if row["inside"] else ""))
+                    " (inside the fresh processes' range)" if row["inside"] else "") + (
+                    " (the run kept it as unstable: timed under disturbance)" if row["unstable"] else ""))
         print(f"{row['case']:<{width}}  {row['run_s'] * 1e3:7.3f} ms  {row['fresh_s'] * 1e3:7.3f} ms  "
               f"{row['ratio']:9.3f}  {row['spread']:13.3f}" + mark)
     judged = [row for row in rows if row["judged"]]
@@ -207,7 +209,9 @@ def _print_rows(rows: list[dict]) -> None:
         print("per strategy, the geometric mean of run/fresh: " + ", ".join(f"{n} ×{m:.3f}" for n, m in means.items()))
     deviations = [abs(row["ratio"] - 1) for row in judged]
     spreads = [row["spread"] for row in judged]
+    steady = [abs(row["ratio"] - 1) for row in judged if not row["unstable"]]
     print(json.dumps({"cases": len(deviations), "within_10pct": sum(d <= TARGET for d in deviations),
+                      "steady_cases": len(steady), "steady_within_10pct": sum(d <= TARGET for d in steady),
                       "max_abs_deviation": round(max(deviations, default=0.0), 4),
                       "not_judged": len(rows) - len(deviations),
                       "inside_fresh_range": sum(row["inside"] for row in judged),
