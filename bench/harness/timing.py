@@ -127,14 +127,11 @@ def time_shape(entries: list[Entry], window_s: float, calibration: machine.Calib
             block_started = time.perf_counter()
             block, disturbed = _block(active, calibration, order, result)
             result.blocks += 1
-            if disturbed and (result.blocks_set_aside < max(MIN_SET_ASIDE, result.blocks // 2)
-                              or _waited_out(disturbed, calibration, settler, result)):
+            if _measure_again(disturbed, result.blocks_set_aside, max(MIN_SET_ASIDE, result.blocks // 2),
+                              calibration, settler, result):
                 result.blocks_set_aside += 1
                 for e in active:
                     e.set_aside += len(block[e.name])
-                if not disturbed.startswith(machine.SLOW_MACHINE):  # other processes: wait until they are gone
-                    settler.settle()  # (a short slow episode of the machine passes on its own: the next block
-                    # re-measures; a long one is waited out once the shape has set aside its share)
                 aside_s += time.perf_counter() - block_started
                 continue
             if disturbed:
@@ -223,6 +220,26 @@ def _block(active: list[Entry], calibration: machine.Calibration, order: random.
     return block, machine.disturbance(before, machine.snapshot()) or slow  # other processes: the more specific reason
 
 
+def _measure_again(disturbed: str, set_aside: int, may_set_aside: int, calibration: machine.Calibration,
+                   settler: machine.Settler, result: ShapeTiming) -> str:
+    """Whether rounds timed under `disturbed` (a shape's block, or a stretch of a strategy timed on its own) are set
+    aside and measured again: "" (no: they are kept, and named), "again" (fewer than `may_set_aside` were set aside
+    so far), "after a wait" (past those, a slow episode of the machine was waited out: it runs at its usual speed
+    now). Before measuring again after other processes took the CPUs, wait until they are gone; a short slow episode
+    of the machine passes on its own, and a long one is waited out once the share of set-asides is spent."""
+    if not disturbed:
+        return ""
+    if set_aside < may_set_aside:
+        verdict = "again"
+    elif _waited_out(disturbed, calibration, settler, result):
+        verdict = "after a wait"
+    else:
+        return ""
+    if not disturbed.startswith(machine.SLOW_MACHINE):
+        settler.settle()
+    return verdict
+
+
 def _waited_out(disturbed: str, calibration: machine.Calibration, settler: machine.Settler,
                 result: ShapeTiming) -> bool:
     """A slow episode that outlasts the blocks a shape may set aside: wait for the machine's usual speed (at most
@@ -242,7 +259,7 @@ def _solo(e: Entry, calibration: machine.Calibration, settler: machine.Settler, 
     x1.1-1.6 what a fresh process measures at B = 2048 here (the eager strategies a compiled one beats). The machine
     is watched as in the shared blocks, every BLOCK_S: a stretch of rounds with a slow calibration at either end, or
     with other processes on the CPUs, is set aside and timed again (MIN_SET_ASIDE times, then after waiting out a
-    slow episode as a shape does, `_waited_out`; what stays disturbed is kept and named). One calibration before
+    slow episode as a shape does: `_measure_again`; what stays disturbed is kept and named). One calibration before
     all of its rounds was not enough: linearize_batched's 45 ms rounds read x1.5-1.7 for stretches of 150 ms with
     no garbage collection in them, after a calibration that found the usual speed."""
     e.raced = len(e.rounds)
@@ -253,17 +270,14 @@ def _solo(e: Entry, calibration: machine.Calibration, settler: machine.Settler, 
         _solo_block(e, result, share_s)
         slow_after = calibration.check()
         disturbed = machine.disturbance(before, machine.snapshot()) or slow_before or slow_after
-        waited = bool(disturbed) and set_aside >= MIN_SET_ASIDE and _waited_out(disturbed, calibration, settler,
-                                                                                 result)
-        if disturbed and (set_aside < MIN_SET_ASIDE or waited):
+        again = _measure_again(disturbed, set_aside, MIN_SET_ASIDE, calibration, settler, result)
+        if again:
             set_aside += 1
             e.set_aside += len(e.rounds) - kept
             del e.rounds[kept:], e.round_sweeps[kept:]
-            if not disturbed.startswith(machine.SLOW_MACHINE):
-                settler.settle()
         elif disturbed:
             e.unstable = disturbed
-        slow_before = "" if waited else slow_after  # a wait ends at the usual speed
+        slow_before = "" if again == "after a wait" else slow_after  # a wait ends at the usual speed
     e.done = True
 
 
