@@ -132,28 +132,35 @@ class _Timer:
 
 
 def _calibrations(monkeypatch, levels: list[float]) -> None:
+    import time
+
     from bench.harness import machine
 
     it = iter(levels)
     monkeypatch.setattr(machine, "calibration_now", lambda: next(it))
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # the waits for a slow episode to end
 
 
-def test_a_fresh_turn_while_the_machine_ran_slow_is_set_aside_and_timed_again(monkeypatch):
+def test_a_fresh_turn_while_the_machine_ran_slow_is_set_aside_and_timed_once_the_episode_ended(monkeypatch):
     from bench.harness import fresh
 
-    # calibrations around the turns: the second turn ends in a slow moment, the third starts in it
-    _calibrations(monkeypatch, [1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0])
-    found = fresh._at_usual_speed(_Timer([5.0, 9.0, 9.0, 5.0, 5.0, 5.0]), 0.0, None)
-    assert found["set_aside"] == 2 and found["median_s"] == 5.0 and found["at_usual_speed"]
+    # calibrations around the turns: the second turn ends in a slow moment, which two polls later has passed
+    _calibrations(monkeypatch, [1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0])
+    waits = fresh.Waits()
+    found = fresh._at_usual_speed(_Timer([5.0, 9.0, 5.0, 5.0, 5.0]), 0.0, None, waits)
+    assert found["set_aside"] == 1 and found["median_s"] == 5.0 and found["at_usual_speed"]
     assert found["blocks"] == 3 + (fresh.TURNS - 1)  # the first turn's 3 blocks, then one block a turn
+    assert waits.polls_left == fresh.WAIT_POLLS - 2  # the next turn started after the episode, not in it
 
 
 def test_a_fresh_process_slower_than_the_run_throughout_says_so(monkeypatch):
     from bench.harness import fresh
 
-    _calibrations(monkeypatch, [2.0] * (fresh.MAX_TURNS + 1))  # the run's usual speed: 1.0
-    found = fresh._at_usual_speed(_Timer([7.0] * fresh.MAX_TURNS), 0.0, run_usual_s=1.0)
+    _calibrations(monkeypatch, [2.0] * (fresh.MAX_TURNS + 1 + 5))  # the run's usual speed: 1.0
+    waits = fresh.Waits(polls=5)  # the process's waits run out: its turns are timed in the episode
+    found = fresh._at_usual_speed(_Timer([7.0] * fresh.MAX_TURNS), 0.0, run_usual_s=1.0, waits=waits)
     assert found["median_s"] == 7.0 and not found["at_usual_speed"] and found["blocks"] == 3 + fresh.MAX_TURNS - 1
+    assert waits.polls_left == 0
 
 
 def test_a_fresh_process_at_another_machine_speed_is_not_judged_but_named():

@@ -8,10 +8,11 @@ order) makes one warm-up call (compiling, for a compiled strategy) and then time
 rounds: timeit turns it off), in TURNS turns of min_run_time / TURNS each. Each turn lies
 between two calls of the machine's calibration workload (bench/harness/machine.py, after the same pause the run
 makes), and a turn during which the machine ran slower than DRIFT_LIMIT x its usual speed (the run's, from the
-job's "usual_s", or this process's fastest) is set aside and timed again, up to MAX_TURNS turns: this VM has slow
+job's "usual_s", or this process's fastest) is set aside and timed again, up to MAX_TURNS turns, once the
+calibration finds the episode over (polled every POLL_S, WAIT_POLLS times a process at most): this VM has slow
 episodes of seconds that slow a call x1.3-2.3 and the calibration alike (correlation 0.94 over 478 samples of a
-minute), and the run sets the rounds of such moments aside too, so an unlucky fresh process would otherwise be
-compared at another machine speed. It prints one JSON object: strategy -> {"median_s", "iqr_s", "blocks",
+minute), and the run sets the rounds of such moments aside and waits them out too, so an unlucky fresh process would
+otherwise be compared at another machine speed. It prints one JSON object: strategy -> {"median_s", "iqr_s", "blocks",
 "set_aside", "at_usual_speed"}; a strategy whose call raised gets {"error": ...}. It imports nothing of the harness
 that times a run but the calibration workload: this is the yardstick the run's numbers are checked against
 (bench/run/fresh_check.py).
@@ -36,6 +37,9 @@ from bench.errors import BenchError
 MIN_RUN_TIME_S = 0.4  # Timer.blocked_autorange: blocks of calls until this much time was measured, in TURNS turns
 TURNS = 4
 MAX_TURNS = 8  # turns set aside while the machine ran slow are timed again, up to this many in all
+POLL_S = 0.1  # after a turn that ended in a slow episode, the calibration is polled this often until the episode ends,
+WAIT_POLLS = 40  # at most this many times in a process (4 s in all): as the run waits out a slow episode, a fresh
+# process does; without waiting, its turns all fell in one episode of 16 s, and the run's check judged none of 7 cases
 # glibc malloc's thresholds, fixed in every process that times (the run's workers, these fresh processes). With
 # glibc's defaults they adapt to what the process allocated and freed before, so the same call in a plain program is
 # bimodal: `analytic` at B = 512 (the seed MLP, 8 -> 64 -> 8) took 0.40 ms in 1 of 6 fresh processes and 1.1-1.6 ms
@@ -95,13 +99,13 @@ def time_here(job: dict[str, Any]) -> dict[str, dict[str, float]]:
     model, x = _build(job)
     names = list(job["strategies"])
     random.Random(job.get("seed", 0)).shuffle(names)
-    found = {}
+    found, waits = {}, Waits()
     for name in names:
         call = modes.timed_call(strategies.REGISTRY[name], job["mode"])
         try:
             call(model, x)
             timer = collected_timer(call, model, x)
-            found[name] = _at_usual_speed(timer, job["min_run_time"] / TURNS, job.get("usual_s"))
+            found[name] = _at_usual_speed(timer, job["min_run_time"] / TURNS, job.get("usual_s"), waits)
         except Exception as exc:  # reported per strategy: the others are still timed
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
             found[name] = {"error": f"{type(exc).__name__}: {first}"}
@@ -121,13 +125,39 @@ def collected_timer(call: Any, model: Any, x: Any) -> Any:
                         num_threads=torch.get_num_threads())
 
 
-def _at_usual_speed(timer: Any, turn_s: float, run_usual_s: float | None) -> dict[str, float]:
+class Waits:
+    """The waits for a slow episode to end left to a fresh process (WAIT_POLLS polls of POLL_S)."""
+
+    def __init__(self, polls: int = WAIT_POLLS):
+        self.polls_left = polls
+        self.waited_s = 0.0
+
+    def until_usual(self, calibrations: list[float], usual_s: float) -> None:
+        """Poll the calibration call until it finds the machine at its usual speed again (or the polls run out),
+        each calibration appended: the last one is where the next turn starts."""
+        import time
+
+        from bench.harness import machine
+
+        while self.polls_left > 0 and calibrations[-1] > machine.DRIFT_LIMIT * usual_s:
+            self.polls_left -= 1
+            start = time.perf_counter()
+            time.sleep(POLL_S)
+            calibrations.append(machine.calibration_now())
+            self.waited_s += time.perf_counter() - start
+
+
+def _at_usual_speed(timer: Any, turn_s: float, run_usual_s: float | None, waits: Waits | None = None
+                    ) -> dict[str, float]:
     """Timer turns of `turn_s`, each between two calibrations; those at the machine's usual speed kept (TURNS of
-    them, within MAX_TURNS; all of them if none was): the median and IQR of their blocks' seconds per call."""
+    them, within MAX_TURNS; all of them if none was): the median and IQR of their blocks' seconds per call. A turn
+    that ended in a slow episode is followed by a wait for its end (`waits`), as the run waits one out."""
     import statistics
 
     from bench.harness import machine
 
+    waits = waits or Waits()
+    waited_before = waits.waited_s
     calibrations = [machine.calibration_now()]
     turns: list[tuple[float, list[float]]] = []  # (the slower calibration around the turn, its blocks)
     first = timer.blocked_autorange(min_run_time=turn_s)  # sizes the blocks once: its estimate costs calls too
@@ -138,12 +168,13 @@ def _at_usual_speed(timer: Any, turn_s: float, run_usual_s: float | None) -> dic
         usual = min([*calibrations, run_usual_s or math.inf])
         if sum(level <= machine.DRIFT_LIMIT * usual for level, _ in turns) >= TURNS:
             break
+        waits.until_usual(calibrations, usual)
     kept = [times for level, times in turns if level <= machine.DRIFT_LIMIT * usual]
     blocks = [t for times in (kept or [t for _, t in turns]) for t in times]
     quartiles = statistics.quantiles(blocks, n=4) if len(blocks) > 1 else [blocks[0]] * 3
     return {"median_s": statistics.median(blocks), "iqr_s": quartiles[2] - quartiles[0], "blocks": len(blocks),
             "set_aside": len(turns) - len(kept) if kept else 0, "at_usual_speed": bool(kept),
-            "calibration_s": min(calibrations)}
+            "calibration_s": min(calibrations), "waited_s": round(waits.waited_s - waited_before, 3)}
 
 
 def _blocks(timer: Any, number: int, seconds: float) -> list[float]:
