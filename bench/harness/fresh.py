@@ -13,9 +13,9 @@ calibration finds the episode over (polled every POLL_S, WAIT_POLLS times a proc
 episodes of seconds that slow a call x1.3-2.3 and the calibration alike (correlation 0.94 over 478 samples of a
 minute), and the run sets the rounds of such moments aside and waits them out too, so an unlucky fresh process would
 otherwise be compared at another machine speed. It prints one JSON object: strategy -> {"median_s", "iqr_s", "blocks",
-"set_aside", "at_usual_speed"}; a strategy whose call raised gets {"error": ...}. It imports nothing of the harness
-that times a run but the calibration workload: this is the yardstick the run's numbers are checked against
-(bench/run/fresh_check.py).
+"set_aside", "at_usual_speed", "calibration_s", "waited_s"}; a strategy whose call raised gets {"error": ...}. It
+imports nothing of the harness that times a run but the calibration workload: this is the yardstick the run's numbers
+are checked against (bench/run/fresh_check.py).
 
 With "depths" in the job, each strategy is instead timed from several depths of the Python stack (`depth_here`):
 rounds of calls made `d` frames below the process's top, the depths taking turns round by round (python -m bench
