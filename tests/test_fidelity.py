@@ -163,6 +163,16 @@ def test_a_fresh_process_slower_than_the_run_throughout_says_so(monkeypatch):
     assert waits.polls_left == 0
 
 
+def test_a_fresh_process_waits_for_the_usual_speed_only_before_another_turn(monkeypatch):
+    from bench.harness import fresh
+
+    # every turn ends in a slow moment that one poll later has passed: a wait after each turn but the last
+    _calibrations(monkeypatch, [1.0] + [2.0, 1.0] * (fresh.MAX_TURNS - 1) + [2.0])
+    waits = fresh.Waits()
+    found = fresh._at_usual_speed(_Timer([7.0] * fresh.MAX_TURNS), 0.0, run_usual_s=1.0, waits=waits)
+    assert not found["at_usual_speed"] and waits.polls_left == fresh.WAIT_POLLS - (fresh.MAX_TURNS - 1)
+
+
 def test_a_fresh_process_at_another_machine_speed_is_not_judged_but_named():
     ok, slow = _record("a", 8), _record("b", 8)
     checked = fidelity.summarize({"fresh": [_fresh(ok, 1e-3), _fresh(slow, 3e-3) | {"at_usual_speed": False}]},

@@ -166,9 +166,9 @@ def _at_usual_speed(timer: Any, turn_s: float, run_usual_s: float | None, waits:
         calibrations.append(machine.calibration_now())
         turns.append((max(calibrations[-2:]), times))
         usual = min([*calibrations, run_usual_s or math.inf])
-        if sum(level <= machine.DRIFT_LIMIT * usual for level, _ in turns) >= TURNS:
+        if sum(level <= machine.DRIFT_LIMIT * usual for level, _ in turns) >= TURNS or len(turns) == MAX_TURNS:
             break
-        waits.until_usual(calibrations, usual)
+        waits.until_usual(calibrations, usual)  # only when another turn follows
     kept = [times for level, times in turns if level <= machine.DRIFT_LIMIT * usual]
     blocks = [t for times in (kept or [t for _, t in turns]) for t in times]
     quartiles = statistics.quantiles(blocks, n=4) if len(blocks) > 1 else [blocks[0]] * 3
