@@ -227,3 +227,18 @@ def test_a_fixed_model_runs_end_to_end(user_file, tmp_path):
     answer = run_bench(tmp_path, "recommend", "--results", "results/own", "--batch", "4", "--in-dim", "3",
                        "--out-dim", "2")
     assert answer.returncode == 0 and ("grad_loop" in answer.stdout or "vmap_jacrev" in answer.stdout), answer.stderr
+
+
+def test_a_fixed_model_with_the_wrong_output_is_told_what_to_return(tmp_path):
+    """A scalar per sample returned as (B,) is out = 1 squeezed; a tuple is not a wrong input width."""
+    path = tmp_path / "heads.py"
+    path.write_text("import torch\n"
+                    "class Energy(torch.nn.Linear):\n    def forward(self, x):\n"
+                    "        return super().forward(x).squeeze(-1)\n"
+                    "class Pair(torch.nn.Linear):\n    def forward(self, x):\n        return super().forward(x), x\n"
+                    "def energy():\n    return Energy(3, 1)\n"
+                    "def pair():\n    return Pair(3, 2)\n")
+    with pytest.raises(models.ModelError, match=r"to \(2,\), .*out = 1: return it as \(B, 1\), e.g. y.unsqueeze"):
+        plan(model=f"{path}:energy")
+    with pytest.raises(models.ModelError, match=r"returned a tuple, expected a Tensor \(B, out\)$"):
+        plan(model=f"{path}:pair")

@@ -97,12 +97,15 @@ def own_sizes(model_def: models.ModelDef, in_dim: int | None) -> OwnSizes:
             raise models.ModelError(f"model {model_def.name} has fixed sizes and does not tell its input width "
                                     f"({source}): give it, e.g. IN_DIM=3")
     y, problem = _call(model, torch.randn(PROBE_BATCH, in_dim))
-    if problem:
-        hint = "" if source == "IN_DIM=" else f"; the width {in_dim} came from {source}: give the right one, IN_DIM=n"
+    if problem:  # a call that raised may have had the wrong width; one that returned a tuple had the right one
+        hint = (f"; the width {in_dim} came from {source}: give the right one, IN_DIM=n"
+                if source != "IN_DIM=" and " raised " in problem else "")
         raise models.ModelError(f"model {model_def.name}: {problem}{hint}")
     if y.dim() != 2 or y.shape[0] != PROBE_BATCH:
+        squeezed = ("; one number per sample is out = 1: return it as (B, 1), e.g. y.unsqueeze(-1)"
+                    if y.dim() == 1 and y.shape[0] == PROBE_BATCH else "")
         raise models.ModelError(f"model {model_def.name}: model(x) maps ({PROBE_BATCH}, {in_dim}) to {tuple(y.shape)}, "
-                                f"expected ({PROBE_BATCH}, out): return one row of outputs per sample")
+                                f"expected ({PROBE_BATCH}, out): return one row of outputs per sample{squeezed}")
     return OwnSizes(in_dim, int(y.shape[1]), source)
 
 
