@@ -11,7 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from bench import stats
+from bench import stats, verdicts
+from bench.schema import CaseRecord, Sizes, shape_id
 from bench.stats import Spread, Z
 
 
@@ -168,3 +169,53 @@ def test_a_clear_difference_wins_and_a_small_sure_one_ties():
         decided = stats.decide_spreads(best, spreads, 0.0)
         assert decided.best == "a" and decided.verdict == verdict
         assert decided.ratios["b"][0] == pytest.approx(ratio) and stats.significant(decided.ratios["b"])
+
+
+# ---- the run's noise model, from its records -------------------------------------------------------------------------
+
+def _timed(strategy: str, batch: int, first: float, second: float | None, contender: bool) -> CaseRecord:
+    """An eager case with 7 rounds (1% noise) in one process, or in two centred on `first` and `second`."""
+    times, per_process = two_processes(first, second, 7) if second else (rounds(first, 0.01, 7), [7])
+    sizes = Sizes(batch, 64, 8, 8)
+    return CaseRecord(strategy=strategy, model="mlp", device="cpu", dtype="float32", **sizes._asdict(), status="ok",
+                      round_times_s=times, process_rounds=per_process, contender=contender,
+                      case_id=f"{strategy}-cpu-{shape_id('mlp', 'float32', sizes)}")
+
+
+def test_a_strategy_that_is_no_contender_gets_the_between_process_noise_of_its_kind():
+    """Contenders moved 2% between processes and the strategies timed on their own 20% (10 cases of 210: the run's
+    eager pool, the 95th percentile of all gaps, does not see them): a case timed on its own in one process gets an
+    interval as wide as theirs, a contender the eager pool's; with fewer than MIN_SOLO_CASES of them timed twice,
+    the eager pool serves both (and it is never narrower)."""
+    contenders = [_timed("fast", b, 1e-3, 1.02e-3, True) for b in range(1, 201)]
+    solos = [_timed("slow", b, 1e-2, 1e-2 * (1.2 if b % 2 else 1 / 1.2), False) for b in range(1, 11)]
+    alone, contender_alone = _timed("slow", 99, 1e-2, None, False), _timed("fast", 99, 1e-3, None, True)
+
+    def width(model: verdicts.Noise, record: CaseRecord) -> float:
+        [found] = verdicts.with_intervals([record], model)
+        return math.log(found.time_ci_high_s / found.time_ci_low_s)
+
+    model = verdicts.noise([*contenders, *solos, alone, contender_alone])
+    assert model.solo_time_excess > 50 * model.time_excess
+    assert width(model, alone) > 4 * width(model, contender_alone)
+    assert model.summary()["between_process_sd_time_no_contender"] == pytest.approx(
+        math.sqrt(model.solo_time_excess), abs=1e-4)
+    few = verdicts.noise([*contenders, *solos[:verdicts.MIN_SOLO_CASES - 1], alone])
+    assert few.solo_time_excess == 0.0 and width(few, alone) == pytest.approx(width(few, contender_alone), rel=0.5)
+    quiet = verdicts.noise([*contenders, *[_timed("slow", b, 1e-2, 1e-2, False) for b in range(1, 11)]])
+    assert quiet.time_excess_of(alone) == quiet.time_excess  # never narrower than the contenders'
+
+
+def test_the_reports_noise_line_names_the_wider_noise_of_strategies_that_are_no_contender():
+    from bench.report.environment import noise_line
+
+    noise = {"between_process_sd_time": 0.03, "between_process_sd_time_compiled": 0.05,
+             "between_process_sd_time_no_contender": 0.09, "between_process_sd_ratio": 0.01,
+             "cases_in_two_processes": 90}
+    assert "(compiled strategies ±5.0%; a strategy that is no contender, timed on its own for a moment, ±9.0%)" in (
+        noise_line({"noise": noise}))
+    same = noise | {"between_process_sd_time_no_contender": 0.03}
+    assert "no contender" not in noise_line({"noise": same}) and "(compiled strategies ±5.0%)" in noise_line(
+        {"noise": same})
+    older = {k: v for k, v in noise.items() if k != "between_process_sd_time_no_contender"}  # a run before it
+    assert "no contender" not in noise_line({"noise": older})

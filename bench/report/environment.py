@@ -40,8 +40,12 @@ def noise_line(env: dict[str, Any]) -> str:
     if not noise.get("cases_in_two_processes"):
         return ""
     compiled = noise.get("between_process_sd_time_compiled")
+    solo = noise.get("between_process_sd_time_no_contender") or 0.0
+    others = [f"compiled strategies ±{100 * compiled:.1f}%" if compiled else "",
+              f"a strategy that is no contender, timed on its own for a moment, ±{100 * solo:.1f}%"
+              if solo > noise["between_process_sd_time"] else ""]
     return (f"Noise: a worker process moves a case's median by ±{100 * noise['between_process_sd_time']:.1f}% "
-            + (f"(compiled strategies ±{100 * compiled:.1f}%) " if compiled else "")
+            + (f"({'; '.join(o for o in others if o)}) " if any(others) else "")
             + f"(typical standard deviation, over {noise['cases_in_two_processes']} cases timed in both processes; "
             f"a case that moved more keeps its own) and a paired ratio by "
             f"±{100 * noise['between_process_sd_ratio']:.1f}%; intervals and verdicts include it.")
