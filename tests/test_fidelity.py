@@ -210,8 +210,12 @@ def test_the_deep_check_shows_how_far_the_fresh_processes_disagree(capsys):
     assert "outside ±10% (inside the fresh processes' range)" in out[1]  # 1.2 / 1.05: the fresh ones span 1.0-1.25
     assert out[2].endswith("outside ±10%")
     assert out[3].startswith("per strategy, the geometric mean of run/fresh: a ×1.143, b ×1.287")
+    # each of a's three fresh processes against the median of the other two: 1.0/1.15, 1.25/1.025, 1.05/1.125
+    assert out[4] == ("a plain program held to the same yardstick (each fresh process against the median of the "
+                      "others): 1 of 3 within ±10% (33%); the run: 0 of 2 (0%)")
     summary = json.loads(out[-1])
     assert summary["inside_fresh_range"] == 1 and summary["fresh_within_10pct"] == 1
+    assert summary["plain_processes"] == 3 and summary["plain_within_10pct"] == 1
     assert summary["median_fresh_spread"] == pytest.approx((1.25 + 1.02) / 2)
 
 

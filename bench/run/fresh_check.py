@@ -187,7 +187,15 @@ def _row(r: CaseRecord, found: list[dict]) -> dict:
     return {"case": r.case_id, "strategy": r.strategy, "run_s": r.time_median_s, "fresh_s": fresh_s,
             "ratio": r.time_median_s / fresh_s, "spread": max(medians) / min(medians),
             "inside": min(medians) <= r.time_median_s <= max(medians), "judged": bool(usual),
-            "unstable": bool(r.unstable)}
+            "unstable": bool(r.unstable), "against_rest": against_the_rest(usual)}
+
+
+def against_the_rest(medians: list[float]) -> list[float]:
+    """Each fresh process's median over the median of the others ([] under three): a plain program held to the same
+    yardstick as the run, the score the run cannot be expected to beat on this machine."""
+    if len(medians) < 3:
+        return []
+    return [m / statistics.median(medians[:i] + medians[i + 1:]) for i, m in enumerate(medians)]
 
 
 def _print_rows(rows: list[dict]) -> None:
@@ -210,10 +218,18 @@ def _print_rows(rows: list[dict]) -> None:
     deviations = [abs(row["ratio"] - 1) for row in judged]
     spreads = [row["spread"] for row in judged]
     steady = [abs(row["ratio"] - 1) for row in judged if not row["unstable"]]
+    plain = [ratio for row in judged for ratio in row["against_rest"]]
+    if plain:
+        print(f"a plain program held to the same yardstick (each fresh process against the median of the others): "
+              f"{sum(abs(x - 1) <= TARGET for x in plain)} of {len(plain)} within ±10% "
+              f"({sum(abs(x - 1) <= TARGET for x in plain) / len(plain):.0%}); the run: "
+              f"{sum(d <= TARGET for d in deviations)} of {len(deviations)} "
+              f"({sum(d <= TARGET for d in deviations) / len(deviations):.0%})")
     print(json.dumps({"cases": len(deviations), "within_10pct": sum(d <= TARGET for d in deviations),
                       "steady_cases": len(steady), "steady_within_10pct": sum(d <= TARGET for d in steady),
                       "max_abs_deviation": round(max(deviations, default=0.0), 4),
                       "not_judged": len(rows) - len(deviations),
                       "inside_fresh_range": sum(row["inside"] for row in judged),
                       "fresh_within_10pct": sum(x <= 1 + TARGET for x in spreads),
-                      "median_fresh_spread": round(statistics.median(spreads), 4) if spreads else None}))
+                      "median_fresh_spread": round(statistics.median(spreads), 4) if spreads else None,
+                      "plain_processes": len(plain), "plain_within_10pct": sum(abs(x - 1) <= TARGET for x in plain)}))
