@@ -72,6 +72,9 @@ def test_every_ok_case_keeps_its_rounds_and_an_interval(quiet_run):
         assert r["log_time_sd"] > 0 and r["contender"] in (True, False)
     summary = pd.read_csv(folder / "summary.csv")
     assert {"time_ci_low_s", "time_ci_high_s", "unstable"} <= set(summary.columns)
+    env = json.loads((folder / "env.json").read_text())
+    assert [p["process"] for p in env["processes"]] == [1, 2]
+    assert all(0 <= p["waited_s"] <= p["phases"]["timing"] for p in env["processes"])  # waits happen while timing
     assert "round_times_s" not in summary.columns
 
 

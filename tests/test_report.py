@@ -302,3 +302,16 @@ def test_code_lines_train_through_j_and_shape_the_output_sum() -> None:
     assert code_line("func_sum_jacrev", "train") == \
         'J = strategies.REGISTRY["func_sum_jacrev"](model, x, create_graph=True)'
     assert code_line("grad_summed", "jacobian", "output_sum").endswith("(model, x).unsqueeze(1)")
+
+
+def test_where_the_time_went_says_how_much_of_the_timing_was_waiting():
+    from bench.report.environment import phases_line
+
+    env = {"phases": {"timing": 300.0, "validation": 40.0, "report": 10.0},
+           "processes": [{"process": 1, "wall_s": 250.0, "waited_s": 31.2}, {"process": 2, "wall_s": 100.0,
+                                                                              "waited_s": 8.9}]}
+    assert phases_line(env) == (
+        "Where the harness's time went: 360 s in all over 2 worker processes: timed rounds 300 s (40 s of it waiting "
+        "for a slow episode of the machine or other processes' load to pass), validation 40 s, report 10 s.")
+    older = {**env, "processes": [{k: v for k, v in p.items() if k != "waited_s"} for p in env["processes"]]}
+    assert "waiting" not in phases_line(older)

@@ -26,9 +26,13 @@ def phases_line(env: dict[str, Any]) -> str:
     phases = env.get("phases") if isinstance(env.get("phases"), dict) else {}
     if not phases:
         return ""
-    parts = ", ".join(f"{PHASE_WORDS.get(name, name)} {seconds:.0f} s" for name, seconds in
+    processes = [p for p in env.get("processes", []) if isinstance(p, dict)]
+    waited = sum(p.get("waited_s") or 0.0 for p in processes)
+    waiting = {"timing": f" ({waited:.0f} s of it waiting for a slow episode of the machine or other processes' "
+                         "load to pass)"} if waited >= 0.5 else {}
+    parts = ", ".join(f"{PHASE_WORDS.get(name, name)} {seconds:.0f} s{waiting.get(name, '')}" for name, seconds in
                       sorted(phases.items(), key=lambda kv: -kv[1]) if seconds >= 0.5)
-    walls = [p.get("wall_s") for p in env.get("processes", []) if isinstance(p, dict) and p.get("wall_s")]
+    walls = [p.get("wall_s") for p in processes if p.get("wall_s")]
     total = f"{sum(walls) + phases.get('finish', 0) + phases.get('report', 0):.0f} s in all over " \
             f"{len(walls)} worker process{'es' if len(walls) != 1 else ''}: " if walls else ""
     return f"Where the harness's time went: {total}{parts}."

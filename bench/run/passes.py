@@ -34,6 +34,7 @@ class Pass:
         self.calibration = machine.Calibration(usual_s)  # pass 2 is held to pass 1's usual speed
         self.phases = measure.Phases()  # seconds per phase of the harness, its children's included
         self.settle_left_s = runner.SETTLE_TOTAL_S  # waiting for other processes' load, over the whole pass
+        self.waited_s = 0.0  # spent waiting in its children: slow episodes of the machine, other processes' load
         self.started = time.perf_counter()
         self._worker: Worker | None = None
 
@@ -107,12 +108,14 @@ class Pass:
         self.calibration.history += child.get("calibrations", [])
         self.calibration.slow += child.get("slow", 0)
         self.settle_left_s = max(0.0, self.settle_left_s - child.get("settled_s", 0.0))
+        self.waited_s += child.get("settled_s", 0.0)
 
     def close(self, folder: Path, interrupted: bool) -> None:
         if self._worker is not None:
             self._worker.close()
         session.record_process(folder, self.process, self.phases.rounded(),
-                               self.calibration.summary(), time.perf_counter() - self.started, interrupted)
+                               self.calibration.summary(), time.perf_counter() - self.started, interrupted,
+                               self.waited_s)
 
 
 def _unfinished(end: dict[str, Any], where: str = "") -> tuple[str, str, bool]:

@@ -142,13 +142,15 @@ def _point_latest(plan: RunPlan) -> None:
 
 
 def record_process(folder: Path, process: int, seconds: dict[str, float], calibration: dict[str, float],
-                   wall_s: float, interrupted: bool) -> None:
-    """Add what one worker process did to env.json: its phases in seconds, its machine calibration, its wall time."""
+                   wall_s: float, interrupted: bool, waited_s: float = 0.0) -> None:
+    """Add what one worker process did to env.json: its phases in seconds, its machine calibration, its wall time,
+    and the part of its timing spent waiting (for a slow episode of the machine to end, other processes' load)."""
     env_path = folder / "env.json"
     env = results.read_json(env_path) if env_path.exists() else {}
     env.setdefault("processes", []).append({
         "process": process, "pid": os.getpid(), "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "wall_s": round(wall_s, 2), "phases": seconds, "calibration": calibration, "interrupted": interrupted})
+        "wall_s": round(wall_s, 2), "phases": seconds, "calibration": calibration, "interrupted": interrupted,
+        "waited_s": round(waited_s, 2)})
     results.write_json(env_path, env)
 
 
