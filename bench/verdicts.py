@@ -42,8 +42,9 @@ class Noise:
     eager and compiled strategies (a compiled strategy's speed changes more from one process to the next), and for
     an eager strategy that is no contender: its few rounds, timed on its own in a fraction of a second, are one
     moment of the machine, and a rerun's moment differs more than a contender's rounds spread over the window do.
-    The contenders' pool alone gave intervals that held 88.8% of a rerun's medians for these cases (2,480 cases,
-    seven pairs of quick runs here, both ways); with this pool (never below the eager one), 92.3%."""
+    The eager pool alone (its cases timed twice are mostly contenders) gave intervals that held 88.8% of a rerun's
+    medians for these cases (2,480 cases, seven pairs of quick runs here, both ways); with their own pool (never
+    below the eager one), 92.3%."""
 
     time_excess: float  # of an eager case's median
     compiled_time_excess: float  # of a compiled case's median

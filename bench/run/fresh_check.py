@@ -218,18 +218,18 @@ def _print_rows(rows: list[dict]) -> None:
     deviations = [abs(row["ratio"] - 1) for row in judged]
     spreads = [row["spread"] for row in judged]
     steady = [abs(row["ratio"] - 1) for row in judged if not row["unstable"]]
+    within = sum(d <= TARGET for d in deviations)
     plain = [ratio for row in judged for ratio in row["against_rest"]]
+    plain_within = sum(abs(x - 1) <= TARGET for x in plain)
     if plain:
         print(f"a plain program held to the same yardstick (each fresh process against the median of the others): "
-              f"{sum(abs(x - 1) <= TARGET for x in plain)} of {len(plain)} within ±10% "
-              f"({sum(abs(x - 1) <= TARGET for x in plain) / len(plain):.0%}); the run: "
-              f"{sum(d <= TARGET for d in deviations)} of {len(deviations)} "
-              f"({sum(d <= TARGET for d in deviations) / len(deviations):.0%})")
-    print(json.dumps({"cases": len(deviations), "within_10pct": sum(d <= TARGET for d in deviations),
+              f"{plain_within} of {len(plain)} within ±10% ({plain_within / len(plain):.0%}); the run: {within} of "
+              f"{len(deviations)} ({within / len(deviations):.0%})")
+    print(json.dumps({"cases": len(deviations), "within_10pct": within,
                       "steady_cases": len(steady), "steady_within_10pct": sum(d <= TARGET for d in steady),
                       "max_abs_deviation": round(max(deviations, default=0.0), 4),
                       "not_judged": len(rows) - len(deviations),
                       "inside_fresh_range": sum(row["inside"] for row in judged),
                       "fresh_within_10pct": sum(x <= 1 + TARGET for x in spreads),
                       "median_fresh_spread": round(statistics.median(spreads), 4) if spreads else None,
-                      "plain_processes": len(plain), "plain_within_10pct": sum(abs(x - 1) <= TARGET for x in plain)}))
+                      "plain_processes": len(plain), "plain_within_10pct": plain_within}))
