@@ -51,19 +51,23 @@ class Noise:
     ratio_excess: float  # of a paired ratio between two strategies of a shape
     cases_in_two_processes: int
     pairs_in_two_processes: int
-    solo_time_excess: float = 0.0  # of an eager case that is no contender (at least time_excess)
+    solo_time_excess: float = 0.0  # of the eager cases that are no contender, timed in both processes
+
+    @property
+    def no_contender_excess(self) -> float:
+        """Of an eager case that is no contender: its own pool, never below the eager one."""
+        return max(self.time_excess, self.solo_time_excess)
 
     def time_excess_of(self, record: CaseRecord) -> float:
         if record.compiled:
             return self.compiled_time_excess
-        return max(self.time_excess, self.solo_time_excess) if record.contender is False else self.time_excess
+        return self.no_contender_excess if record.contender is False else self.time_excess
 
     def summary(self) -> dict[str, Any]:
         """For env.json: standard deviations (ln), i.e. about the relative spread a process adds."""
         return {"between_process_sd_time": round(math.sqrt(self.time_excess), 4),
                 "between_process_sd_time_compiled": round(math.sqrt(self.compiled_time_excess), 4),
-                "between_process_sd_time_no_contender": round(math.sqrt(max(self.time_excess,
-                                                                            self.solo_time_excess)), 4),
+                "between_process_sd_time_no_contender": round(math.sqrt(self.no_contender_excess), 4),
                 "between_process_sd_ratio": round(math.sqrt(self.ratio_excess), 4),
                 "cases_in_two_processes": self.cases_in_two_processes,
                 "pairs_in_two_processes": self.pairs_in_two_processes}

@@ -33,10 +33,14 @@ class Pass:
         self.process = process
         self.calibration = machine.Calibration(usual_s)  # pass 2 is held to pass 1's usual speed
         self.phases = measure.Phases()  # seconds per phase of the harness, its children's included
-        self.settle_left_s = runner.SETTLE_TOTAL_S  # waiting for other processes' load, over the whole pass
         self.waited_s = 0.0  # spent waiting in its children: slow episodes of the machine, other processes' load
         self.started = time.perf_counter()
         self._worker: Worker | None = None
+
+    @property
+    def settle_left_s(self) -> float:
+        """What its children may still wait, over the whole pass (runner.SETTLE_TOTAL_S in all)."""
+        return max(0.0, runner.SETTLE_TOTAL_S - self.waited_s)
 
     @property
     def worker(self) -> Worker:
@@ -107,7 +111,6 @@ class Pass:
             self.phases.seconds[phase] += seconds
         self.calibration.history += child.get("calibrations", [])
         self.calibration.slow += child.get("slow", 0)
-        self.settle_left_s = max(0.0, self.settle_left_s - child.get("settled_s", 0.0))
         self.waited_s += child.get("settled_s", 0.0)
 
     def close(self, folder: Path, interrupted: bool) -> None:
