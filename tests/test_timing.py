@@ -191,3 +191,49 @@ def test_a_strategy_timed_on_its_own_waits_out_a_slow_episode_once_it_set_aside_
                                settler=machine.Settler(0.0, 10.0), guard_s=60)
     assert not slow.contender and result.episode_waits == 1 and slow.unstable == ""
     assert slow.rounds and max(slow.rounds) == pytest.approx(45e-3)
+
+
+def test_a_long_call_far_slower_than_the_fastest_keeps_the_rounds_that_decided_it(clock):
+    # a 0.3 s call against a 0.1 ms one: its raced rounds were not selected by noise and its neighbours' lingering
+    # state costs it nothing measurable; timing three more on their own would only cost a second
+    fast = timing.Entry("fast", clock.takes(1e-4), one_call_s=1e-4)
+    slow = timing.Entry("slow", clock.takes(0.3), one_call_s=0.3)
+    timing.time_shape([fast, slow], window_s=0.1, calibration=machine.Calibration(),
+                      settler=machine.Settler(0.0, 0.0), guard_s=60)
+    assert not slow.contender and slow.race_kept
+    assert len(slow.rounds) == slow.raced == timing.MIN_ROUNDS_TO_DROP  # nothing more: three 0.3 s rounds suffice
+    assert "the first 3 beside the others" in timing.note(slow)
+
+
+def test_a_long_call_near_the_margin_is_timed_again_on_its_own(clock):
+    # 60 ms against 30 ms: dropped, but near enough that noise may have picked its slow rounds
+    fast = timing.Entry("fast", clock.takes(0.03), one_call_s=0.03)
+    slow = timing.Entry("slow", clock.takes(0.06), one_call_s=0.06)
+    timing.time_shape([fast, slow], window_s=0.5, calibration=machine.Calibration(),
+                      settler=machine.Settler(0.0, 0.0), guard_s=60)
+    assert not slow.contender and not slow.race_kept and slow.raced >= timing.MIN_ROUNDS_TO_DROP
+    assert "on its own, after" in timing.note(slow)
+
+
+def test_a_kept_deciding_round_needs_the_usual_speed_on_both_sides(clock, monkeypatch):
+    # the calibration after the last deciding block finds the machine slow: that 0.3 s round may have run in the
+    # episode (its block was calibrated before it only), so it is not kept and a round on its own replaces it
+    speed = [1.0]
+    monkeypatch.setattr(machine, "calibration_now", lambda: 1e-3 * speed[0])
+    solo_checks = []
+    real_check = machine.Calibration.check
+
+    def check(self) -> str:
+        if slow.raced is not None:
+            solo_checks.append(1)
+        speed[0] = 1.7 if len(solo_checks) == 1 else 1.0
+        return real_check(self)
+
+    monkeypatch.setattr(machine.Calibration, "check", check)
+    fast = timing.Entry("fast", clock.takes(1e-4), one_call_s=1e-4)
+    slow = timing.Entry("slow", clock.takes(0.3), one_call_s=0.3)
+    timing.time_shape([fast, slow], window_s=0.1, calibration=machine.Calibration(run_usual_s=1e-3),
+                      settler=machine.Settler(0.0, 0.0), guard_s=60)
+    assert not slow.contender and slow.race_kept and slow.raced == timing.MIN_ROUNDS_TO_DROP
+    assert len(slow.rounds) == timing.MIN_ROUNDS_TO_DROP and slow.set_aside == 1  # timed in the slow stretch
+    assert len(set(slow.round_sweeps)) == len(slow.rounds)

@@ -123,6 +123,14 @@ class Calibration:
         self.slow += 1
         return f"{SLOW_MACHINE} ×{now / usual:.2f} slower than usual in this process (calibration)"
 
+    def usual_around(self, index: int) -> bool:
+        """Whether calibration `index` of the history and the one after it both found the usual speed: what ran
+        between them ran at the machine's usual speed."""
+        usual = self.usual_s()
+        if usual is None:
+            return True
+        return index + 1 < len(self.history) and max(self.history[index:index + 2]) <= DRIFT_LIMIT * usual
+
     def summary(self) -> dict[str, float]:
         if not self.history:
             return {}

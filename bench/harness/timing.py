@@ -15,7 +15,8 @@ After each block every strategy is judged on its kept rounds:
   and is timed on its own, round after round as in a user's loop, until it has MIN_ROUNDS rounds (MIN_ROUNDS_TO_DROP
   once those take its share of the window and FEW_ROUNDS_S) and for SOLO_S at least, with the wider interval of its
   few rounds, in stretches of BLOCK_S between calibrations (set aside like blocks); the rounds that decided it
-  are not kept (timed beside heavier strategies, and selected for being slow);
+  are not kept (timed beside heavier strategies, and selected for being slow) unless they are long calls far from
+  the margin (`_race_kept`);
 - once every strategy that is no contender has stopped, the contenders start again alone: their rounds so far are
   not kept (heavy neighbours slow quick calls for milliseconds: caches, the allocator, spinning OpenMP threads; in a
   user's loop the call runs beside itself), and they run side by side (rounds of one sweep are paired in the
@@ -55,6 +56,7 @@ PRECISION = 0.02  # a contender is precise when its median's 95% interval is wit
 MAX_ROUNDS = 400
 MIN_SET_ASIDE = 3  # a shape sets aside at least this many disturbed blocks, at most half of its blocks
 EPISODE_WAITS = 3  # past its share of set-aside blocks, a shape waits out a slow episode at most this often
+FAR_MARGIN = 3.0  # a no-contender's deciding rounds all this many times the fastest's median: not selected by noise
 
 
 @dataclass
@@ -73,7 +75,8 @@ class Entry:
     spent_s: float = 0.0  # wall time of its rounds, set-aside ones included
     set_aside: int = 0  # rounds timed during a disturbance and not kept
     screened: int = 0  # a contender's rounds timed beside strategies that turned out no contenders, not kept
-    raced: int | None = None  # a strategy found no contender: the rounds that decided it (not kept; None: none)
+    raced: int | None = None  # a strategy found no contender: the rounds that decided it (None: none)
+    race_kept: bool = False  # ... and they are kept (`_race_kept`)
     unstable: str = ""  # why its own rounds (timed on its own) were kept under disturbance
     contender: bool = True  # False once it is surely more than CONTENDER_MARGIN slower than the fastest
     done: bool = False
@@ -104,6 +107,7 @@ class ShapeTiming:
     sweeps: int = 0  # sweeps run so far, set-aside ones included
     alone_from: int | None = None  # the sweep from which the contenders ran alone (None: no strategy was dropped)
     episode_waits: int = 0  # waits for a long slow episode of the machine to pass
+    opened_by: dict[int, int] = field(default_factory=dict)  # sweep -> its block's calibration (Calibration.history)
 
 
 def time_shape(entries: list[Entry], window_s: float, calibration: machine.Calibration,
@@ -212,6 +216,7 @@ def _block(active: list[Entry], calibration: machine.Calibration, order: random.
     while True:
         sweep = [e for e in active if e.error is None]
         order.shuffle(sweep)
+        result.opened_by[result.sweeps] = len(calibration.history) - 1
         for e in sweep:
             block[e.name] += [(result.sweeps, seconds) for seconds in _round(e)]
         result.sweeps += 1
@@ -254,8 +259,9 @@ def _waited_out(disturbed: str, calibration: machine.Calibration, settler: machi
 def _solo(e: Entry, calibration: machine.Calibration, settler: machine.Settler, result: ShapeTiming,
           share_s: float) -> None:
     """A strategy just found no contender, timed again on its own, round after round as in a user's loop, until it
-    has enough rounds (`_enough`) spread over SOLO_S (`_solo_long_enough`); the rounds that decided it are not kept.
-    They were timed beside heavier strategies, and they are the rounds that made it look slow: kept, they read
+    has enough rounds (`_enough`) spread over SOLO_S (`_solo_long_enough`); the rounds that decided it are not kept
+    (but for long calls far from the margin: `_race_kept`). They were timed beside heavier strategies, and they are
+    the rounds that made it look slow: kept, they read
     x1.1-1.6 what a fresh process measures at B = 2048 here (the eager strategies a compiled one beats). The machine
     is watched as in the shared blocks, every BLOCK_S: a stretch of rounds with a slow calibration at either end, or
     with other processes on the CPUs, is set aside and timed again (MIN_SET_ASIDE times, then after waiting out a
@@ -263,8 +269,11 @@ def _solo(e: Entry, calibration: machine.Calibration, settler: machine.Settler, 
     all of its rounds was not enough: linearize_batched's 45 ms rounds read x1.5-1.7 for stretches of 150 ms with
     no garbage collection in them, after a calibration that found the usual speed."""
     e.raced = len(e.rounds)
-    e.rounds, e.round_sweeps = [], []
-    slow_before, set_aside = calibration.check(), 0
+    slow_before, set_aside = calibration.check(), 0  # also the calibration after the last block that decided it
+    kept = [i for i, sweep in enumerate(e.round_sweeps)
+            if e.race_kept and calibration.usual_around(result.opened_by[sweep])]
+    e.rounds, e.round_sweeps = [e.rounds[i] for i in kept], [e.round_sweeps[i] for i in kept]
+    e.race_kept = bool(kept)
     while e.error is None and not (_enough(e, share_s) and _solo_long_enough(e, share_s)):
         kept, before = len(e.rounds), machine.snapshot()
         _solo_block(e, result, share_s)
@@ -279,6 +288,19 @@ def _solo(e: Entry, calibration: machine.Calibration, settler: machine.Settler, 
             e.unstable = disturbed
         slow_before = "" if again == "after a wait" else slow_after  # a wait ends at the usual speed
     e.done = True
+
+
+def _race_kept(e: Entry, fastest: float) -> bool:
+    """Whether the rounds that found a strategy no contender may be kept as its first rounds on its own: single calls
+    of WARM_CALL_S or more, every one FAR_MARGIN x the fastest's median or more. A neighbour's lingering caches,
+    allocator and OpenMP threads cost such a call a few percent at most (the first call after another strategy read
+    x0.97-1.05 its steady call at 10-40 ms on this project's VM, against x1.1-1.3 at 1-4 ms), and noise did not select
+    them (a strategy near the margin is dropped on its slow rounds). `_solo` keeps those of them timed between two
+    calibrations at the usual speed: a block is calibrated before it only, and a long call may meet a slow episode
+    that began after. Not timing them again saves most of what a run spends on strategies that are no contender:
+    jacobian_diagonal's 0.3-1.7 s calls, three raced and three more timed on their own, were 28 s of raced rounds
+    thrown away in a `default` run."""
+    return e.iterations == 1 and min(e.rounds) >= max(WARM_CALL_S, FAR_MARGIN * fastest)
 
 
 def _solo_block(e: Entry, result: ShapeTiming, share_s: float) -> None:
@@ -336,6 +358,7 @@ def _judge(entries: list[Entry], precise_stops: bool, share_s: float) -> None:
         _, low, _ = stats.median_order_ci(e.rounds)
         if not stats.is_contender(low, fastest):
             e.contender = False
+            e.race_kept = _race_kept(e, fastest)
     contenders = [e for e in entries if e.contender and not e.done]
     if precise_stops and contenders and all(_precise(e) for e in contenders):
         for e in contenders:
@@ -368,6 +391,8 @@ def note(e: Entry) -> str:
     notes = []
     if not e.contender:
         alone = f" on its own, after {e.raced} beside the others decided it" if e.raced is not None else ""
+        if e.race_kept:
+            alone = f", the first {e.raced} beside the others (they decided it), the rest on its own"
         notes.append(f"{len(e.rounds)} rounds{alone}: surely more than {fmt_margin(stats.CONTENDER_MARGIN)} slower "
                      "than the shape's fastest, timed less")
     if e.set_aside:
