@@ -202,7 +202,7 @@ def test_a_long_call_far_slower_than_the_fastest_keeps_the_rounds_that_decided_i
                       settler=machine.Settler(0.0, 0.0), guard_s=60)
     assert not slow.contender and slow.race_kept
     assert len(slow.rounds) == slow.raced == timing.MIN_ROUNDS_TO_DROP  # nothing more: three 0.3 s rounds suffice
-    assert "the first 3 beside the others" in timing.note(slow)
+    assert timing.note(slow).startswith("3 rounds beside the others, the ones that decided it")
 
 
 def test_a_long_call_near_the_margin_is_timed_again_on_its_own(clock):
@@ -236,4 +236,6 @@ def test_a_kept_deciding_round_needs_the_usual_speed_on_both_sides(clock, monkey
                       settler=machine.Settler(0.0, 0.0), guard_s=60)
     assert not slow.contender and slow.race_kept and slow.raced == timing.MIN_ROUNDS_TO_DROP
     assert len(slow.rounds) == timing.MIN_ROUNDS_TO_DROP and slow.set_aside == 1  # timed in the slow stretch
+    assert slow.race_kept == 2 and "3 rounds, 2 of them beside the others (they decided it), 1 on its own" in \
+        timing.note(slow)
     assert len(set(slow.round_sweeps)) == len(slow.rounds)

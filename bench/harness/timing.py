@@ -16,7 +16,7 @@ After each block every strategy is judged on its kept rounds:
   once those take its share of the window and FEW_ROUNDS_S) and for SOLO_S at least, with the wider interval of its
   few rounds, in stretches of BLOCK_S between calibrations (set aside like blocks); the rounds that decided it
   are not kept (timed beside heavier strategies, and selected for being slow) unless they are long calls far from
-  the margin (`_race_kept`);
+  the margin (`_far_beyond`);
 - once every strategy that is no contender has stopped, the contenders start again alone: their rounds so far are
   not kept (heavy neighbours slow quick calls for milliseconds: caches, the allocator, spinning OpenMP threads; in a
   user's loop the call runs beside itself), and they run side by side (rounds of one sweep are paired in the
@@ -76,7 +76,8 @@ class Entry:
     set_aside: int = 0  # rounds timed during a disturbance and not kept
     screened: int = 0  # a contender's rounds timed beside strategies that turned out no contenders, not kept
     raced: int | None = None  # a strategy found no contender: the rounds that decided it (None: none)
-    race_kept: bool = False  # ... and they are kept (`_race_kept`)
+    far: bool = False  # ... long calls far beyond the margin (`_far_beyond`)
+    race_kept: int = 0  # how many of them are kept (timed at the usual speed: `_solo`)
     unstable: str = ""  # why its own rounds (timed on its own) were kept under disturbance
     contender: bool = True  # False once it is surely more than CONTENDER_MARGIN slower than the fastest
     done: bool = False
@@ -260,7 +261,7 @@ def _solo(e: Entry, calibration: machine.Calibration, settler: machine.Settler, 
           share_s: float) -> None:
     """A strategy just found no contender, timed again on its own, round after round as in a user's loop, until it
     has enough rounds (`_enough`) spread over SOLO_S (`_solo_long_enough`); the rounds that decided it are not kept
-    (but for long calls far from the margin: `_race_kept`). They were timed beside heavier strategies, and they are
+    (but for long calls far from the margin: `_far_beyond`). They were timed beside heavier strategies, and they are
     the rounds that made it look slow: kept, they read
     x1.1-1.6 what a fresh process measures at B = 2048 here (the eager strategies a compiled one beats). The machine
     is watched as in the shared blocks, every BLOCK_S: a stretch of rounds with a slow calibration at either end, or
@@ -270,10 +271,10 @@ def _solo(e: Entry, calibration: machine.Calibration, settler: machine.Settler, 
     no garbage collection in them, after a calibration that found the usual speed."""
     e.raced = len(e.rounds)
     slow_before, set_aside = calibration.check(), 0  # also the calibration after the last block that decided it
-    kept = [i for i, sweep in enumerate(e.round_sweeps)
-            if e.race_kept and calibration.usual_around(result.opened_by[sweep])]
-    e.rounds, e.round_sweeps = [e.rounds[i] for i in kept], [e.round_sweeps[i] for i in kept]
-    e.race_kept = bool(kept)
+    at_usual = [i for i, sweep in enumerate(e.round_sweeps)
+                if e.far and calibration.usual_around(result.opened_by[sweep])]
+    e.rounds, e.round_sweeps = [e.rounds[i] for i in at_usual], [e.round_sweeps[i] for i in at_usual]
+    e.race_kept = len(at_usual)
     while e.error is None and not (_enough(e, share_s) and _solo_long_enough(e, share_s)):
         kept, before = len(e.rounds), machine.snapshot()
         _solo_block(e, result, share_s)
@@ -290,7 +291,7 @@ def _solo(e: Entry, calibration: machine.Calibration, settler: machine.Settler, 
     e.done = True
 
 
-def _race_kept(e: Entry, fastest: float) -> bool:
+def _far_beyond(e: Entry, fastest: float) -> bool:
     """Whether the rounds that found a strategy no contender may be kept as its first rounds on its own: single calls
     of WARM_CALL_S or more, every one FAR_MARGIN x the fastest's median or more. A neighbour's lingering caches,
     allocator and OpenMP threads cost such a call a few percent at most (the first call after another strategy read
@@ -358,7 +359,7 @@ def _judge(entries: list[Entry], precise_stops: bool, share_s: float) -> None:
         _, low, _ = stats.median_order_ci(e.rounds)
         if not stats.is_contender(low, fastest):
             e.contender = False
-            e.race_kept = _race_kept(e, fastest)
+            e.far = _far_beyond(e, fastest)
     contenders = [e for e in entries if e.contender and not e.done]
     if precise_stops and contenders and all(_precise(e) for e in contenders):
         for e in contenders:
@@ -391,8 +392,11 @@ def note(e: Entry) -> str:
     notes = []
     if not e.contender:
         alone = f" on its own, after {e.raced} beside the others decided it" if e.raced is not None else ""
-        if e.race_kept:
-            alone = f", the first {e.raced} beside the others (they decided it), the rest on its own"
+        if e.race_kept == len(e.rounds):
+            alone = " beside the others, the ones that decided it"
+        elif e.race_kept:
+            alone = (f", {e.race_kept} of them beside the others (they decided it), {len(e.rounds) - e.race_kept} on "
+                     "its own")
         notes.append(f"{len(e.rounds)} rounds{alone}: surely more than {fmt_margin(stats.CONTENDER_MARGIN)} slower "
                      "than the shape's fastest, timed less")
     if e.set_aside:
