@@ -239,3 +239,9 @@ def test_a_kept_deciding_round_needs_the_usual_speed_on_both_sides(clock, monkey
     assert slow.race_kept == 2 and "3 rounds, 2 of them beside the others (they decided it), 1 on its own" in \
         timing.note(slow)
     assert len(set(slow.round_sweeps)) == len(slow.rounds)
+
+
+def test_the_note_of_a_strategy_that_kept_no_round_does_not_claim_kept_deciding_rounds():
+    e = timing.Entry("slow", lambda: None, one_call_s=0.3)
+    e.contender, e.raced = False, 3
+    assert timing.note(e).startswith("0 rounds on its own, after 3 beside the others decided it")

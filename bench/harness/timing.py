@@ -392,7 +392,7 @@ def note(e: Entry) -> str:
     notes = []
     if not e.contender:
         alone = f" on its own, after {e.raced} beside the others decided it" if e.raced is not None else ""
-        if e.race_kept == len(e.rounds):
+        if e.race_kept and e.race_kept == len(e.rounds):
             alone = " beside the others, the ones that decided it"
         elif e.race_kept:
             alone = (f", {e.race_kept} of them beside the others (they decided it), {len(e.rounds) - e.race_kept} on "
