@@ -111,7 +111,7 @@ def test_a_strategy_found_no_contender_keeps_only_rounds_timed_on_its_own_after_
                       settler=machine.Settler(0.0, 0.0), guard_s=60)
     assert not slow.contender and slow.raced >= timing.MIN_ROUNDS_TO_DROP
     assert len(slow.rounds) >= timing.MIN_ROUNDS and max(slow.rounds) == pytest.approx(1e-3)  # back to back
-    assert "on its own, after" in timing.note(slow) and len(set(slow.round_sweeps)) == len(slow.rounds)
+    assert " on its own in " in timing.note(slow) and len(set(slow.round_sweeps)) == len(slow.rounds)
 
 
 def test_a_quick_strategy_timed_on_its_own_is_timed_over_more_than_one_moment(clock):
@@ -122,6 +122,27 @@ def test_a_quick_strategy_timed_on_its_own_is_timed_over_more_than_one_moment(cl
                       settler=machine.Settler(0.0, 0.0), guard_s=60)
     assert not slow.contender
     assert sum(slow.rounds) * slow.iterations >= timing.SOLO_S and len(slow.rounds) > timing.MIN_ROUNDS
+
+
+def test_a_strategy_timed_on_its_own_is_timed_in_stretches_between_the_contenders_blocks(clock):
+    # a 45 ms call timed in one stretch is one moment of the machine (linearize_batched read x1.5-1.9 a fresh process
+    # so): one round a turn, a turn after each block of the contenders, until it has its rounds
+    fast = timing.Entry("fast", clock.takes(1e-4), one_call_s=1e-4)
+    slow = timing.Entry("slow", clock.takes(45e-3), one_call_s=45e-3)
+    timing.time_shape([fast, slow], window_s=2.0, calibration=machine.Calibration(),
+                      settler=machine.Settler(0.0, 0.0), guard_s=60)
+    assert not slow.contender and len(slow.rounds) >= timing.MIN_ROUNDS and slow.stretches == len(slow.rounds)
+    between = [s for s in fast.round_sweeps if slow.round_sweeps[0] < s < slow.round_sweeps[-1]]
+    assert len(between) >= len(slow.rounds)  # the contenders' rounds ran between its stretches
+    assert f"on its own in {slow.stretches} stretches, after" in timing.note(slow)
+
+
+def test_a_quick_strategy_timed_on_its_own_is_timed_in_short_stretches(clock):
+    fast = timing.Entry("fast", clock.takes(5e-5), one_call_s=5e-5)
+    slow = timing.Entry("slow", clock.takes(3e-4), one_call_s=3e-4)
+    timing.time_shape([fast, slow], window_s=1.0, calibration=machine.Calibration(),
+                      settler=machine.Settler(0.0, 0.0), guard_s=60)
+    assert not slow.contender and slow.stretches >= timing.SOLO_S / timing.STRETCH_S - 1
 
 
 def test_a_strategy_timed_on_its_own_sets_aside_a_stretch_the_machine_ran_slow_in(clock, monkeypatch):
@@ -170,8 +191,8 @@ def test_a_strategy_timed_on_its_own_keeps_and_names_a_slow_stretch_once_it_set_
 
 
 def test_a_strategy_timed_on_its_own_waits_out_a_slow_episode_once_it_set_aside_its_share(clock, monkeypatch):
-    # the machine slow for the solo's first five calibrations: three stretches set aside, then the episode waited out
-    # (as a shape's blocks do) rather than kept: the rounds kept are timed at the usual speed
+    # the machine slow for the solo's first seven calibrations (two a turn): three turns set aside, then the episode
+    # waited out (as a shape's blocks do) rather than kept: the rounds kept are timed at the usual speed
     speed = [1.0]
     monkeypatch.setattr(machine, "calibration_now", lambda: 1e-3 * speed[0])
     monkeypatch.setattr(time, "sleep", lambda seconds: clock.takes(seconds)())
@@ -181,7 +202,7 @@ def test_a_strategy_timed_on_its_own_waits_out_a_slow_episode_once_it_set_aside_
     def check(self) -> str:
         if slow.raced is not None:
             solo_checks.append(1)
-        speed[0] = 1.7 if 1 <= len(solo_checks) <= 5 else 1.0
+        speed[0] = 1.7 if 1 <= len(solo_checks) <= 7 else 1.0
         return real_check(self)
 
     monkeypatch.setattr(machine.Calibration, "check", check)
@@ -212,7 +233,7 @@ def test_a_long_call_near_the_margin_is_timed_again_on_its_own(clock):
     timing.time_shape([fast, slow], window_s=0.5, calibration=machine.Calibration(),
                       settler=machine.Settler(0.0, 0.0), guard_s=60)
     assert not slow.contender and not slow.race_kept and slow.raced >= timing.MIN_ROUNDS_TO_DROP
-    assert "on its own, after" in timing.note(slow)
+    assert " on its own in " in timing.note(slow) and ", after " in timing.note(slow)
 
 
 def test_a_kept_deciding_round_needs_the_usual_speed_on_both_sides(clock, monkeypatch):

@@ -12,15 +12,16 @@ disturbed blocks are kept and the shape's strategies are `unstable` with the rea
 After each block every strategy is judged on its kept rounds:
 - a strategy whose median's 95% interval lies wholly above CONTENDER_MARGIN x the median of the fastest strategy that
   may win (autodiff, returning J) is not a contender (judged after MIN_ROUNDS_TO_DROP rounds): it leaves the sweeps
-  and is timed on its own, round after round as in a user's loop, until it has MIN_ROUNDS rounds (MIN_ROUNDS_TO_DROP
-  once those take its share of the window and FEW_ROUNDS_S) and for SOLO_S at least, with the wider interval of its
-  few rounds, in stretches of BLOCK_S between calibrations (set aside like blocks); the rounds that decided it
-  are not kept (timed beside heavier strategies, and selected for being slow) unless they are long calls far from
-  the margin (`_far_beyond`);
-- once every strategy that is no contender has stopped, the contenders start again alone: their rounds so far are
-  not kept (heavy neighbours slow quick calls for milliseconds: caches, the allocator, spinning OpenMP threads; in a
-  user's loop the call runs beside itself), and they run side by side (rounds of one sweep are paired in the
-  verdict) for target_s each, or until each has MIN_ROUNDS rounds and an interval within ±PRECISION of its median.
+  and is timed on its own, round after round as in a user's loop, in a stretch of STRETCH_S (one round at least) a
+  turn, a turn of the strategies that are no contender after each block of the contenders (`_solo_turn`), until it
+  has MIN_ROUNDS rounds (MIN_ROUNDS_TO_DROP once those take its share of the window and FEW_ROUNDS_S) and SOLO_S of
+  them at least, with the wider interval of its few rounds; a turn is set aside like a block; the rounds that
+  decided it are not kept (timed beside heavier strategies, and selected for being slow) unless they are long calls
+  far from the margin (`_far_beyond`);
+- once a strategy is no contender, the contenders start again alone: their rounds so far are not kept (heavy
+  neighbours slow quick calls for milliseconds: caches, the allocator, spinning OpenMP threads; in a user's loop the
+  call runs beside itself), and they run side by side (rounds of one sweep are paired in the verdict) for target_s
+  each, or until each has MIN_ROUNDS rounds and an interval within ±PRECISION of its median.
 Each round of a quick strategy starts with LEAD_IN_S of untimed calls: after another strategy, caches, the allocator and
 the OpenMP threads (which spin for milliseconds after a parallel region) slow the first calls. Rounds and lead-ins are
 sized by a warm-up of MIN_ROUND_S of calls, not by the validation call. A strategy whose single call is longer than
@@ -57,6 +58,7 @@ MAX_ROUNDS = 400
 MIN_SET_ASIDE = 3  # a shape sets aside at least this many disturbed blocks, at most half of its blocks
 EPISODE_WAITS = 3  # past its share of set-aside blocks, a shape waits out a slow episode at most this often
 FAR_MARGIN = 3.0  # a no-contender's deciding rounds all this many times the fastest's median: not selected by noise
+STRETCH_S = 0.01  # a strategy timed on its own is timed in stretches this long (one round at least), one a turn
 
 
 @dataclass
@@ -77,7 +79,8 @@ class Entry:
     screened: int = 0  # a contender's rounds timed beside strategies that turned out no contenders, not kept
     raced: int | None = None  # a strategy found no contender: the rounds that decided it (None: none)
     far: bool = False  # ... long calls far beyond the margin (`_far_beyond`)
-    race_kept: int = 0  # how many of them are kept (timed at the usual speed: `_solo`)
+    race_kept: int = 0  # how many of them are kept (timed at the usual speed: `_keep_far_rounds`)
+    stretches: int = 0  # stretches of rounds timed on its own and kept (one a turn: `_solo_turn`)
     unstable: str = ""  # why its own rounds (timed on its own) were kept under disturbance
     contender: bool = True  # False once it is surely more than CONTENDER_MARGIN slower than the fastest
     done: bool = False
@@ -109,6 +112,8 @@ class ShapeTiming:
     alone_from: int | None = None  # the sweep from which the contenders ran alone (None: no strategy was dropped)
     episode_waits: int = 0  # waits for a long slow episode of the machine to pass
     opened_by: dict[int, int] = field(default_factory=dict)  # sweep -> its block's calibration (Calibration.history)
+    solo_turns: int = 0  # turns of the strategies timed on their own (`_solo_turn`), set-aside ones included
+    solo_turns_set_aside: int = 0
 
 
 def time_shape(entries: list[Entry], window_s: float, calibration: machine.Calibration,
@@ -121,36 +126,39 @@ def time_shape(entries: list[Entry], window_s: float, calibration: machine.Calib
     share_s = window_s / max(len(entries), 1)  # one strategy's share of the window
     with measure.time_limit(guard_s, "the timed rounds"):
         _warm_up([e for e in entries if e.one_call_s < WARM_CALL_S], order)
+        slow = None  # the calibration that opens the next block, when the last stretch on their own made it
         while True:
-            active = [e for e in entries if not e.done]
-            if result.alone_from is None and _screened(entries):
+            if result.alone_from is None and any(not e.contender for e in entries):
                 window_s = _alone(entries, result, window_s / len(entries))
                 started, aside_s = time.perf_counter(), 0.0
-                active = [e for e in entries if not e.done]
-            if not active or _window_closed(active, time.perf_counter() - started - aside_s, window_s, share_s):
+            racing = [e for e in entries if e.contender and not e.done and e.error is None]
+            if racing and _window_closed(racing, time.perf_counter() - started - aside_s, window_s, share_s):
+                for e in racing:
+                    e.done = True
+                racing = []
+            if racing:
+                block_started = time.perf_counter()
+                block, disturbed = _block(racing, calibration, order, result, slow)
+                result.blocks += 1
+                if _measure_again(disturbed, result.blocks_set_aside, max(MIN_SET_ASIDE, result.blocks // 2),
+                                  calibration, settler, result):
+                    result.blocks_set_aside += 1
+                    for e in racing:
+                        e.set_aside += len(block[e.name])
+                    aside_s += time.perf_counter() - block_started
+                else:
+                    if disturbed:
+                        result.unstable = disturbed
+                    for e in racing:
+                        e.round_sweeps += [sweep for sweep, _ in block[e.name]]
+                        e.rounds += [seconds for _, seconds in block[e.name]]
+                    _judge([e for e in racing if e.error is None], alone=result.alone_from is not None,
+                           share_s=share_s)
+            solos = [e for e in entries if not e.contender and not e.done and e.error is None]
+            if not racing and not solos:
                 break
-            block_started = time.perf_counter()
-            block, disturbed = _block(active, calibration, order, result)
-            result.blocks += 1
-            if _measure_again(disturbed, result.blocks_set_aside, max(MIN_SET_ASIDE, result.blocks // 2),
-                              calibration, settler, result):
-                result.blocks_set_aside += 1
-                for e in active:
-                    e.set_aside += len(block[e.name])
-                aside_s += time.perf_counter() - block_started
-                continue
-            if disturbed:
-                result.unstable = disturbed
-            for e in active:
-                e.round_sweeps += [sweep for sweep, _ in block[e.name]]
-                e.rounds += [seconds for _, seconds in block[e.name]]
-            alone = result.alone_from is not None
-            _judge([e for e in entries if e.error is None and (e.contender or not alone)],
-                   precise_stops=alone or all(e.contender for e in entries), share_s=share_s)
             solo_started = time.perf_counter()
-            for e in entries:
-                if not e.contender and not e.done and e.error is None:
-                    _solo(e, calibration, settler, result, share_s)
+            slow = _solo_turn(solos, calibration, settler, result, order, share_s) if solos else None
             aside_s += time.perf_counter() - solo_started  # not the shared window's time
     return result
 
@@ -205,12 +213,13 @@ def _round(e: Entry, lead_in: bool = True) -> list[float]:
         e.spent_s += time.perf_counter() - start
 
 
-def _block(active: list[Entry], calibration: machine.Calibration, order: random.Random, result: ShapeTiming
-           ) -> tuple[dict[str, list[tuple[int, float]]], str]:
+def _block(active: list[Entry], calibration: machine.Calibration, order: random.Random, result: ShapeTiming,
+           slow: str | None = None) -> tuple[dict[str, list[tuple[int, float]]], str]:
     """Sweeps of the active entries for at least BLOCK_S: each entry's (sweep, seconds per call) rounds, and why
     the block was disturbed ("" if it was not). A pause before the calibration lets the last round's OpenMP workers
-    stop spinning, so the calibration measures the machine rather than the last strategy."""
-    slow = calibration.check()
+    stop spinning, so the calibration measures the machine rather than the last strategy. `slow`: the verdict of a
+    calibration made just before (closing a turn of the strategies timed on their own), so none is made again."""
+    slow = calibration.check() if slow is None else slow
     before = machine.snapshot()
     block: dict[str, list[tuple[int, float]]] = {e.name: [] for e in active}
     first = result.sweeps
@@ -257,38 +266,59 @@ def _waited_out(disturbed: str, calibration: machine.Calibration, settler: machi
     return settler.wait_for_usual_speed(calibration)
 
 
-def _solo(e: Entry, calibration: machine.Calibration, settler: machine.Settler, result: ShapeTiming,
-          share_s: float) -> None:
-    """A strategy just found no contender, timed again on its own, round after round as in a user's loop, until it
-    has enough rounds (`_enough`) spread over SOLO_S (`_solo_long_enough`); the rounds that decided it are not kept
-    (but for long calls far from the margin: `_far_beyond`). They were timed beside heavier strategies, and they are
-    the rounds that made it look slow: kept, they read
-    x1.1-1.6 what a fresh process measures at B = 2048 here (the eager strategies a compiled one beats). The machine
-    is watched as in the shared blocks, every BLOCK_S: a stretch of rounds with a slow calibration at either end, or
-    with other processes on the CPUs, is set aside and timed again (MIN_SET_ASIDE times, then after waiting out a
-    slow episode as a shape does: `_measure_again`; what stays disturbed is kept and named). One calibration before
-    all of its rounds was not enough: linearize_batched's 45 ms rounds read x1.5-1.7 for stretches of 150 ms with
-    no garbage collection in them, after a calibration that found the usual speed."""
-    e.raced = len(e.rounds)
-    slow_before, set_aside = calibration.check(), 0  # also the calibration after the last block that decided it
+def _solo_turn(solos: list[Entry], calibration: machine.Calibration, settler: machine.Settler,
+               result: ShapeTiming, order: random.Random, share_s: float) -> str:
+    """One turn of the strategies found no contender: a stretch of each (`_stretch`), in a shuffled order, between
+    two calibrations; the closing calibration's verdict (it opens the next block). A strategy is timed on its own,
+    round after round as in a user's loop, in one stretch a turn, a turn after each block of the contenders, until it
+    has enough rounds (`_enough`) over SOLO_S (`_solo_long_enough`): its rounds are spread over the shape's window
+    and no moment of the machine sets its number. Timed in one stretch, linearize_batched's 45-90 ms rounds and
+    grad_loop's 8 ms ones read x1.5-1.9 what a fresh process measured (four to seven rounds, one slow moment); a
+    call's slow moments here come in runs of a tenth of a second to a second (in 1,006 samples 0.12 s apart, a slow
+    sample was followed by a slow one 26-47% of the time and 8 samples later 11-17%, against 12-16% overall).
+    The rounds that decided it are not kept (but for long calls far from the margin: `_far_beyond`): they were
+    timed beside heavier strategies, and they are the rounds that made it look slow (kept, the eager strategies that a
+    compiled one beats at B = 2048 read x1.1-1.6 what a fresh process measures). The machine is watched as in the
+    shared blocks: a turn with a slow calibration at either end, or with other processes on the CPUs, is set aside
+    and timed again (as a shape's blocks are: `_measure_again`; what stays disturbed is kept and named): one
+    calibration before the rounds was not enough, linearize_batched's rounds read x1.5-1.7 for stretches of 150 ms
+    with no garbage collection in them, after a calibration that found the usual speed."""
+    dropped = [e for e in solos if e.raced is None]
+    for e in dropped:
+        e.raced = len(e.rounds)
+    slow_before = calibration.check()  # also the calibration after the block that decided the ones just dropped
+    for e in dropped:
+        _keep_far_rounds(e, calibration, result)
+    kept, before = {e.name: len(e.rounds) for e in solos}, machine.snapshot()
+    order.shuffle(solos)
+    for e in solos:
+        if not (_enough(e, share_s) and _solo_long_enough(e, share_s)):
+            _stretch(e, result, share_s)
+    slow_after = calibration.check()
+    disturbed = machine.disturbance(before, machine.snapshot()) or slow_before or slow_after
+    result.solo_turns += 1
+    again = _measure_again(disturbed, result.solo_turns_set_aside, max(MIN_SET_ASIDE, result.solo_turns // 2),
+                           calibration, settler, result)
+    for e in solos:
+        if again:
+            e.set_aside += len(e.rounds) - kept[e.name]
+            del e.rounds[kept[e.name]:], e.round_sweeps[kept[e.name]:]
+        elif len(e.rounds) > kept[e.name]:
+            e.stretches += 1
+            e.unstable = disturbed or e.unstable
+        if e.error is not None or (_enough(e, share_s) and _solo_long_enough(e, share_s)):
+            e.done = True
+    result.solo_turns_set_aside += bool(again)
+    return "" if again == "after a wait" else slow_after  # a wait ends at the usual speed
+
+
+def _keep_far_rounds(e: Entry, calibration: machine.Calibration, result: ShapeTiming) -> None:
+    """Of the rounds that found a strategy no contender, keep only long calls far from the margin, timed between two
+    calibrations at the usual speed (the one opening their block, and the one just made)."""
     at_usual = [i for i, sweep in enumerate(e.round_sweeps)
                 if e.far and calibration.usual_around(result.opened_by[sweep])]
     e.rounds, e.round_sweeps = [e.rounds[i] for i in at_usual], [e.round_sweeps[i] for i in at_usual]
     e.race_kept = len(at_usual)
-    while e.error is None and not (_enough(e, share_s) and _solo_long_enough(e, share_s)):
-        kept, before = len(e.rounds), machine.snapshot()
-        _solo_block(e, result, share_s)
-        slow_after = calibration.check()
-        disturbed = machine.disturbance(before, machine.snapshot()) or slow_before or slow_after
-        again = _measure_again(disturbed, set_aside, MIN_SET_ASIDE, calibration, settler, result)
-        if again:
-            set_aside += 1
-            e.set_aside += len(e.rounds) - kept
-            del e.rounds[kept:], e.round_sweeps[kept:]
-        elif disturbed:
-            e.unstable = disturbed
-        slow_before = "" if again == "after a wait" else slow_after  # a wait ends at the usual speed
-    e.done = True
 
 
 def _far_beyond(e: Entry, fastest: float) -> bool:
@@ -304,11 +334,12 @@ def _far_beyond(e: Entry, fastest: float) -> bool:
     return e.iterations == 1 and min(e.rounds) >= max(WARM_CALL_S, FAR_MARGIN * fastest)
 
 
-def _solo_block(e: Entry, result: ShapeTiming, share_s: float) -> None:
-    """Rounds of the entry back to back for BLOCK_S (fewer once it has enough), after a lead-in: the
-    calibration call before them left the caches and the OpenMP threads as another strategy would."""
+def _stretch(e: Entry, result: ShapeTiming, share_s: float) -> None:
+    """Rounds of the entry back to back for STRETCH_S (one round at least; fewer once it has enough), after a
+    lead-in: the calibration call or the strategy before them left the caches and the OpenMP threads as another
+    strategy would."""
     start, lead_in = time.perf_counter(), True
-    while e.error is None and time.perf_counter() - start < BLOCK_S:
+    while e.error is None and (lead_in or time.perf_counter() - start < STRETCH_S):
         seconds = _round(e, lead_in)
         lead_in = False
         e.rounds += seconds
@@ -321,12 +352,6 @@ def _solo_block(e: Entry, result: ShapeTiming, share_s: float) -> None:
 def _solo_long_enough(e: Entry, share_s: float) -> bool:
     """The rounds timed on its own took SOLO_S (its share of the window, if less), or are MAX_ROUNDS."""
     return sum(e.rounds) * e.iterations >= min(SOLO_S, share_s) or len(e.rounds) >= MAX_ROUNDS
-
-
-def _screened(entries: list[Entry]) -> bool:
-    """Some strategy is no contender, and every one that is not has its rounds."""
-    dropped = [e for e in entries if not e.contender]
-    return bool(dropped) and all(e.done for e in dropped)
 
 
 def _alone(entries: list[Entry], result: ShapeTiming, per_entry_s: float) -> float:
@@ -347,9 +372,9 @@ def _enough(e: Entry, share_s: float) -> bool:
                                            and sum(e.rounds) * e.iterations >= max(share_s, FEW_ROUNDS_S))
 
 
-def _judge(entries: list[Entry], precise_stops: bool, share_s: float) -> None:
-    """Drop the strategies that surely are no contenders; stop the contenders once they all are precise (not while
-    strategies that are no contenders still run: the contenders will start again alone)."""
+def _judge(entries: list[Entry], alone: bool, share_s: float) -> None:
+    """Drop the strategies that surely are no contenders; stop the contenders once they all are precise (not when
+    one was just dropped before the contenders ran alone: they start again alone, their rounds so far not kept)."""
     if not entries:
         return
     fastest = min((e.median() for e in entries if e.eligible), default=min(e.median() for e in entries))
@@ -361,7 +386,7 @@ def _judge(entries: list[Entry], precise_stops: bool, share_s: float) -> None:
             e.contender = False
             e.far = _far_beyond(e, fastest)
     contenders = [e for e in entries if e.contender and not e.done]
-    if precise_stops and contenders and all(_precise(e) for e in contenders):
+    if (alone or all(e.contender for e in entries)) and contenders and all(_precise(e) for e in contenders):
         for e in contenders:
             e.done = True
     for e in entries:
@@ -391,12 +416,13 @@ def note(e: Entry) -> str:
     """What the record's message says about how an entry was timed ("" when plainly)."""
     notes = []
     if not e.contender:
-        alone = f" on its own, after {e.raced} beside the others decided it" if e.raced is not None else ""
+        stretches = f" in {e.stretches} stretches" if e.stretches > 1 else ""
+        alone = f" on its own{stretches}, after {e.raced} beside the others decided it" if e.raced is not None else ""
         if e.race_kept and e.race_kept == len(e.rounds):
             alone = " beside the others, the ones that decided it"
         elif e.race_kept:
             alone = (f", {e.race_kept} of them beside the others (they decided it), {len(e.rounds) - e.race_kept} on "
-                     "its own")
+                     f"its own{stretches}")
         notes.append(f"{len(e.rounds)} rounds{alone}: surely more than {fmt_margin(stats.CONTENDER_MARGIN)} slower "
                      "than the shape's fastest, timed less")
     if e.set_aside:
