@@ -40,8 +40,8 @@ MIN_SOLO_CASES = 8  # eager strategies that are no contender, timed in both proc
 class Noise:
     """What the run learned about its own noise: ln-scale variances a process adds beyond its rounds, apart for
     eager and compiled strategies (a compiled strategy's speed changes more from one process to the next), and for
-    an eager strategy that is no contender: its few rounds, timed on its own in a fraction of a second, are one
-    moment of the machine, and a rerun's moment differs more than a contender's rounds spread over the window do.
+    an eager strategy that is no contender: its few rounds, timed on its own in a few short stretches, sample fewer
+    moments of the machine than a contender's rounds spread over the window do.
     The eager pool alone (its cases timed twice are mostly contenders) gave intervals that held 88.8% of a rerun's
     medians for these cases (2,480 cases, seven pairs of quick runs here, both ways); with their own pool (never
     below the eager one), 92.3%."""

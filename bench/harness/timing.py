@@ -323,15 +323,17 @@ def _keep_far_rounds(e: Entry, calibration: machine.Calibration, result: ShapeTi
 
 def _far_beyond(e: Entry, fastest: float) -> bool:
     """Whether the rounds that found a strategy no contender may be kept as its first rounds on its own: single calls
-    of WARM_CALL_S or more, every one FAR_MARGIN x the fastest's median or more. A neighbour's lingering caches,
-    allocator and OpenMP threads cost such a call a few percent at most (the first call after another strategy read
-    x0.97-1.05 its steady call at 10-40 ms on this project's VM, against x1.1-1.3 at 1-4 ms), and noise did not select
-    them (a strategy near the margin is dropped on its slow rounds). `_solo` keeps those of them timed between two
-    calibrations at the usual speed: a block is calibrated before it only, and a long call may meet a slow episode
-    that began after. Not timing them again saves most of what a run spends on strategies that are no contender:
-    jacobian_diagonal's 0.3-1.7 s calls, three raced and three more timed on their own, were 28 s of raced rounds
-    thrown away in a `default` run."""
-    return e.iterations == 1 and min(e.rounds) >= max(WARM_CALL_S, FAR_MARGIN * fastest)
+    of BLOCK_S or more (each in a block of its own: moments of the machine apart), every one FAR_MARGIN x the
+    fastest's median or more. A neighbour's lingering caches, allocator and OpenMP threads cost such a call a few
+    percent at most (the first call after another strategy read x0.97-1.05 its steady call at 10-40 ms on this
+    project's VM, against x1.1-1.3 at 1-4 ms), and noise did not select them (a strategy near the margin is dropped on
+    its slow rounds). `_keep_far_rounds` keeps those of them timed between two calibrations at the usual speed: a
+    block is calibrated before it only, and a long call may meet a slow episode that began after. Not timing them
+    again saves most of what a run spends on strategies that are no contender: jacobian_diagonal's 0.3-1.7 s calls,
+    three raced and three more timed on their own, were 28 s of raced rounds thrown away in a `default` run. Shorter
+    calls share a block, one moment: linearize_batched's four 47 ms deciding rounds, kept, read x1.45 a fresh
+    process (B = 1)."""
+    return e.iterations == 1 and min(e.rounds) >= max(BLOCK_S, FAR_MARGIN * fastest)
 
 
 def _stretch(e: Entry, result: ShapeTiming, share_s: float) -> None:

@@ -46,7 +46,7 @@ def noise_line(env: dict[str, Any]) -> str:
     compiled = noise.get("between_process_sd_time_compiled")
     solo = noise.get("between_process_sd_time_no_contender") or 0.0
     others = [f"compiled strategies ±{100 * compiled:.1f}%" if compiled else "",
-              f"a strategy that is no contender, timed on its own for a moment, ±{100 * solo:.1f}%"
+              f"a strategy that is no contender, timed on its own in a few stretches, ±{100 * solo:.1f}%"
               if solo > noise["between_process_sd_time"] else ""]
     return (f"Noise: a worker process moves a case's median by ±{100 * noise['between_process_sd_time']:.1f}% "
             + (f"({'; '.join(o for o in others if o)}) " if any(others) else "")
