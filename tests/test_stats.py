@@ -212,8 +212,8 @@ def test_the_reports_noise_line_names_the_wider_noise_of_strategies_that_are_no_
     noise = {"between_process_sd_time": 0.03, "between_process_sd_time_compiled": 0.05,
              "between_process_sd_time_no_contender": 0.09, "between_process_sd_ratio": 0.01,
              "cases_in_two_processes": 90}
-    assert "(compiled strategies ±5.0%; a strategy that is no contender, timed on its own in a few stretches, ±9.0%)" in (
-        noise_line({"noise": noise}))
+    assert ("(compiled strategies ±5.0%; a strategy that is no contender, timed on its own in a few stretches, "
+            "±9.0%)") in noise_line({"noise": noise})
     same = noise | {"between_process_sd_time_no_contender": 0.03}
     assert "no contender" not in noise_line({"noise": same}) and "(compiled strategies ±5.0%)" in noise_line(
         {"noise": same})
