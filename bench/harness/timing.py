@@ -274,8 +274,8 @@ def _solo_turn(solos: list[Entry], calibration: machine.Calibration, settler: ma
     has enough rounds (`_enough`) over SOLO_S (`_solo_long_enough`): its rounds are spread over the shape's window
     and no moment of the machine sets its number. Timed in one stretch, linearize_batched's 45-90 ms rounds and
     grad_loop's 8 ms ones read x1.5-1.9 what a fresh process measured (four to seven rounds, one slow moment); a
-    call's slow moments here come in runs of a tenth of a second to a second (in 1,006 samples 0.12 s apart, a slow
-    sample was followed by a slow one 26-47% of the time and 8 samples later 11-17%, against 12-16% overall).
+    call's slow moments here cluster (1,006 samples 0.12 s apart, four strategies: a sample over x1.3 the call's usual
+    time was followed by another 37-54% of the time, 0.5 s later 25-31%, 1-2 s later 24-30%, against 12-16% overall).
     The rounds that decided it are not kept (but for long calls far from the margin: `_far_beyond`): they were
     timed beside heavier strategies, and they are the rounds that made it look slow (kept, the eager strategies that a
     compiled one beats at B = 2048 read x1.1-1.6 what a fresh process measures). The machine is watched as in the
