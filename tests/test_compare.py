@@ -130,3 +130,7 @@ def test_a_slower_machine_is_one_change_not_many_slower_strategies(tmp_path: Pat
     assert after and int(after.group(1)) <= 0.05 * int(after.group(2))  # once it is taken out, next to none
     spread = re.search(r"spread ×(\d\.\d+) raw, ×(\d\.\d+) after the machine's change", md)
     assert spread and float(spread.group(1)) > 1.2 and float(spread.group(2)) < 1.02
+    held = re.search(r"hold the other run's median\*\*: (\d+)% of the first run's, (\d+)% of the second's \(they claim "
+                     r"95%\); after the machine's change, (\d+)% of the first run's, (\d+)% of the second's", md)
+    assert held and max(map(int, held.group(1, 2))) < 50 and min(map(int, held.group(3, 4))) >= 80  # per-call costs
+    # do not scale with the machine here: not every case moved by exactly its median change
