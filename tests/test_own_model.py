@@ -41,6 +41,23 @@ USER_MODELS = textwrap.dedent(
         return Heat().eval()
 
 
+    class Tempered(nn.Module):
+        """A learned temperature registered before the layers: the model's own parameter comes first."""
+
+        def __init__(self):
+            super().__init__()
+            self.temperature = nn.Parameter(torch.tensor(1.5))
+            self.inp, self.out = nn.Linear(5, 8), nn.Linear(8, 4)
+
+        def forward(self, x):
+            h = self.inp(x)
+            return self.out(h * torch.sigmoid(self.temperature * h))
+
+
+    def tempered():
+        return Tempered().eval()
+
+
     def plain():
         return nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 2)).eval()
 
@@ -138,6 +155,12 @@ def test_input_width_from_in_dim_when_the_model_does_not_tell_it(user_file):
         plan(model=f"{user_file}:heat", in_dim="5")
     with pytest.raises(models.ModelError, match=r"IN_DIM='x': give the model's input width"):
         plan(model=f"{user_file}:heat", in_dim="x")
+
+
+def test_a_parameter_of_one_number_does_not_hide_the_first_layers_width(user_file):
+    run = plan(model=f"{user_file}:tempered")
+    assert {(c.sizes.in_dim, c.sizes.out_dim) for c in run.cases} == {(5, 4)}
+    assert any("in 5 (from nn.Linear inp.in_features)" in n for n in run.notes)
 
 
 def test_in_dim_is_refused_for_a_sized_factory(user_file):

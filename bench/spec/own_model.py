@@ -110,11 +110,12 @@ def own_sizes(model_def: models.ModelDef, in_dim: int | None) -> OwnSizes:
 
 
 def declared_in_dim(model: nn.Module) -> tuple[int | None, str]:
-    """The input width the model's first layer with weights declares, and where it was read (or why not)."""
+    """The input width the model's first layer with weights declares, and where it was read (or why not). A
+    parameter of one number (a learned temperature or scale) declares no width and hides none: it is passed over."""
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and not isinstance(module, nn.modules.lazy.LazyModuleMixin):
             return module.in_features, f"nn.Linear {name or 'model'}.in_features"
-        own = [key for key, _ in module.named_parameters(recurse=False)]
+        own = [key for key, value in module.named_parameters(recurse=False) if value.dim() > 0]
         if own:
             where = f"layer {name} ({type(module).__name__})" if name else f"the model's own parameter {own[0]}"
             return None, f"{where} comes before any nn.Linear and declares no flat input width"
