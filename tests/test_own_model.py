@@ -58,6 +58,21 @@ USER_MODELS = textwrap.dedent(
         return Tempered().eval()
 
 
+    class Cast(nn.Module):
+        """float64 weights, and a forward that casts its input to them (as users write it)."""
+
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 4)).double()
+
+        def forward(self, x):
+            return self.net(x.double())
+
+
+    def cast():
+        return Cast().eval()
+
+
     def plain():
         return nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 2)).eval()
 
@@ -161,6 +176,11 @@ def test_a_parameter_of_one_number_does_not_hide_the_first_layers_width(user_fil
     run = plan(model=f"{user_file}:tempered")
     assert {(c.sizes.in_dim, c.sizes.out_dim) for c in run.cases} == {(5, 4)}
     assert any("in 5 (from nn.Linear inp.in_features)" in n for n in run.notes)
+
+
+def test_a_float64_model_that_casts_its_input_is_probed_as_built(user_file):
+    run = plan(model=f"{user_file}:cast")
+    assert {(c.sizes.in_dim, c.sizes.out_dim) for c in run.cases} == {(5, 4)}
 
 
 def test_in_dim_is_refused_for_a_sized_factory(user_file):

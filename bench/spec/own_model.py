@@ -47,15 +47,24 @@ def check(model_def: models.ModelDef, sizes: Sizes) -> Probe:
         model = models.instantiate(model_def, sizes)
     dtype, built_on = native_dtype(model), tuple(sorted({str(t.device) for t in [*model.parameters(),
                                                                                   *model.buffers()]}))
-    model = model.float().cpu()
-    x = torch.randn(sizes.batch, sizes.in_dim)  # [2, in]
+    model, probe_dtype = _as_probed(model)
+    x = torch.randn(sizes.batch, sizes.in_dim, dtype=probe_dtype)  # [2, in]
     problem = models.run_problem(model, x, sizes.out_dim)
     if problem:
         raise models.ModelError(f"model {model_def.name}: {problem}{_device_hint(problem)}")
     loose = tuple(f"{name}.{key}" if name else key for name, module in model.named_modules()
                   for key, value in vars(module).items() if isinstance(value, Tensor))
-    return Probe(dtype=dtype, one_sample=models.run_problem(model, torch.randn(1, sizes.in_dim), sizes.out_dim),
+    return Probe(dtype=dtype, one_sample=models.run_problem(model, torch.randn(1, sizes.in_dim, dtype=probe_dtype),
+                                                            sizes.out_dim),
                  training=model.training, graph=graph_problem(model, x), built_on=built_on, loose=loose)
+
+
+def _as_probed(model: nn.Module) -> tuple[nn.Module, torch.dtype]:
+    """The model on the CPU, as built when it is float64 (it is measured so, and its forward may cast its input to
+    its weights), else in float32; and the dtype of the input to probe it with."""
+    if native_dtype(model) == torch.float64:
+        return model.cpu(), torch.float64
+    return model.float().cpu(), torch.float32
 
 
 def _device_hint(problem: str) -> str:
@@ -88,15 +97,14 @@ def parse_in_dim(spec: str) -> int | None:
 def own_sizes(model_def: models.ModelDef, in_dim: int | None) -> OwnSizes:
     """The input and output width of a fixed-size model: IN_DIM= (`in_dim`), else what its first layer declares;
     the output width from model(x). A ModelError that says what to give when neither tells."""
-    model = models.instantiate(model_def, Sizes(PROBE_BATCH, FIXED_HIDDEN, in_dim or 1, 1))
-    model = model.float().cpu()
+    model, dtype = _as_probed(models.instantiate(model_def, Sizes(PROBE_BATCH, FIXED_HIDDEN, in_dim or 1, 1)))
     source = "IN_DIM="
     if in_dim is None:
         in_dim, source = declared_in_dim(model)
         if in_dim is None:
             raise models.ModelError(f"model {model_def.name} has fixed sizes and does not tell its input width "
                                     f"({source}): give it, e.g. IN_DIM=3")
-    y, problem = _call(model, torch.randn(PROBE_BATCH, in_dim))
+    y, problem = _call(model, torch.randn(PROBE_BATCH, in_dim, dtype=dtype))
     if problem:  # a call that raised may have had the wrong width; one that returned a tuple had the right one
         hint = (f"; the width {in_dim} came from {source}: give the right one, IN_DIM=n"
                 if source != "IN_DIM=" and " raised " in problem else "")
