@@ -271,7 +271,7 @@ def _solo_turn(solos: list[Entry], calibration: machine.Calibration, settler: ma
     """One turn of the strategies found no contender: a stretch of each (`_stretch`), in a shuffled order, between
     two calibrations; the closing calibration's verdict (it opens the next block). A strategy is timed on its own,
     round after round as in a user's loop, in one stretch a turn, a turn after each block of the contenders, until it
-    has enough rounds (`_enough`) over SOLO_S (`_solo_long_enough`): its rounds are spread over the shape's window
+    has enough rounds over SOLO_S (`_solo_has_its_rounds`): its rounds are spread over the shape's window
     and no moment of the machine sets its number. Timed in one stretch, linearize_batched's 45-90 ms rounds and
     grad_loop's 8 ms ones read x1.5-1.9 what a fresh process measured (four to seven rounds, one slow moment); a
     call's slow moments here cluster (1,006 samples 0.12 s apart, four strategies: a sample over x1.3 the call's usual
@@ -292,7 +292,7 @@ def _solo_turn(solos: list[Entry], calibration: machine.Calibration, settler: ma
     kept, before = {e.name: len(e.rounds) for e in solos}, machine.snapshot()
     order.shuffle(solos)
     for e in solos:
-        if not (_enough(e, share_s) and _solo_long_enough(e, share_s)):
+        if not _solo_has_its_rounds(e, share_s):
             _stretch(e, result, share_s)
     slow_after = calibration.check()
     disturbed = machine.disturbance(before, machine.snapshot()) or slow_before or slow_after
@@ -306,7 +306,7 @@ def _solo_turn(solos: list[Entry], calibration: machine.Calibration, settler: ma
         elif len(e.rounds) > kept[e.name]:
             e.stretches += 1
             e.unstable = disturbed or e.unstable
-        if e.error is not None or (_enough(e, share_s) and _solo_long_enough(e, share_s)):
+        if e.error is not None or _solo_has_its_rounds(e, share_s):
             e.done = True
     result.solo_turns_set_aside += bool(again)
     return "" if again == "after a wait" else slow_after  # a wait ends at the usual speed
@@ -347,13 +347,15 @@ def _stretch(e: Entry, result: ShapeTiming, share_s: float) -> None:
         e.rounds += seconds
         e.round_sweeps += [result.sweeps] * len(seconds)  # a sweep of its own: paired with no other strategy
         result.sweeps += 1
-        if _enough(e, share_s) and _solo_long_enough(e, share_s):
+        if _solo_has_its_rounds(e, share_s):
             break
 
 
-def _solo_long_enough(e: Entry, share_s: float) -> bool:
-    """The rounds timed on its own took SOLO_S (its share of the window, if less), or are MAX_ROUNDS."""
-    return sum(e.rounds) * e.iterations >= min(SOLO_S, share_s) or len(e.rounds) >= MAX_ROUNDS
+def _solo_has_its_rounds(e: Entry, share_s: float) -> bool:
+    """A strategy timed on its own has enough rounds (`_enough`), and they took SOLO_S (its share of the window, if
+    less) or are MAX_ROUNDS."""
+    return _enough(e, share_s) and (sum(e.rounds) * e.iterations >= min(SOLO_S, share_s)
+                                    or len(e.rounds) >= MAX_ROUNDS)
 
 
 def _alone(entries: list[Entry], result: ShapeTiming, per_entry_s: float) -> float:

@@ -94,7 +94,7 @@ def rerun_agreement(a: Side, b: Side, both: pd.DataFrame) -> list[tuple[str, str
 
 def _coverage(ok: pd.DataFrame, machine: float) -> str:
     """How often each run's interval holds the other run's median, that median divided by the machine's change
-    (`machine`: b's speed over a's, 1.0 for none) from a to b."""
+    (`machine`: the median of b's times over a's, 1.0 for none)."""
     holds_b = (ok["time_median_s_b"] / machine).between(ok["time_ci_low_s_a"], ok["time_ci_high_s_a"])
     holds_a = (ok["time_median_s_a"] * machine).between(ok["time_ci_low_s_b"], ok["time_ci_high_s_b"])
     return f"{holds_b.mean():.0%} of the first run's, {holds_a.mean():.0%} of the second's"
