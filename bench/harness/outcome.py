@@ -74,6 +74,32 @@ def added_process(record: CaseRecord, entry: timing.Entry | None, result: timing
         **verdicts.timing_fields(rounds, process_rounds, pooled=0.0))
 
 
+def replaced_process(record: CaseRecord, entry: timing.Entry, forward_s: float | None = None) -> CaseRecord:
+    """A record whose first timing ran under disturbance (the machine slow, other processes' load), timed again by
+    the next process undisturbed: that timing replaces the first, whose rounds count as set aside."""
+    note = timing.note(entry)
+    again = (f"timed again by a second process, the first having run under disturbance ({len(record.round_times_s)} "
+             "rounds set aside)")
+    return dataclasses.replace(
+        record, round_times_s=list(entry.rounds), process_rounds=[len(entry.rounds)],
+        round_sweeps=list(entry.round_sweeps), iterations=entry.iterations, contender=entry.contender,
+        rounds_set_aside=(record.rounds_set_aside or 0) + len(record.round_times_s) + entry.set_aside,
+        unstable=False, message="; ".join(m for m in (again, note) if m),
+        forward_median_s=forward_s or record.forward_median_s,
+        forward_process_s=[forward_s] if forward_s else record.forward_process_s,
+        wall_s=round((record.wall_s or 0) + entry.spent_s, 4),
+        **verdicts.timing_fields(entry.rounds, [len(entry.rounds)], pooled=0.0))
+
+
+def process_set_aside(record: CaseRecord, entry: timing.Entry, why: str) -> CaseRecord:
+    """A record timed undisturbed by its first process whose second timing ran under disturbance: the second
+    process's rounds are set aside, the record keeps the first's."""
+    return dataclasses.replace(
+        record, rounds_set_aside=(record.rounds_set_aside or 0) + len(entry.rounds) + entry.set_aside,
+        message="; ".join(m for m in (record.message, f"second process set aside: {why}") if m),
+        wall_s=round((record.wall_s or 0) + entry.spent_s, 4))
+
+
 def with_forward(record: CaseRecord, forward_s: float) -> CaseRecord:
     """The record with one more process's forward median; forward_median_s the geometric mean over processes."""
     medians = [*record.forward_process_s, forward_s]

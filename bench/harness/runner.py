@@ -26,7 +26,16 @@ from torch import Tensor, nn
 import strategies
 from bench import rules
 from bench.harness import compiling, machine, measure, modes, reference, second_order, timing
-from bench.harness.outcome import Outcome, added_process, case_record, case_warnings, failure, timed
+from bench.harness.outcome import (
+    Outcome,
+    added_process,
+    case_record,
+    case_warnings,
+    failure,
+    process_set_aside,
+    replaced_process,
+    timed,
+)
 from bench.harness.shapes import PreparedShape, ShapeCache
 from bench.harness.skips import SkipPolicy, predicted_memory
 from bench.schema import CaseRecord, is_jacobian
@@ -197,9 +206,10 @@ class ShapeRunner:
         result = self._window(shape, [*entries, self._forward_entry(shape)]) if entries else timing.ShapeTiming([])
         by_name = {e.name: e for e in entries}
         forward_s = self.forward.median() if self.forward is not None and self.forward.rounds else None
+        combine = _combining(contenders, by_name, result, failed)
         updated = []
         for r in contenders:
-            new = added_process(r, by_name.get(r.strategy), result, failed.get(r.strategy, ""), forward_s)
+            new = combine(r, by_name.get(r.strategy), forward_s)
             updated.append(new)
             done(new, False)
         return updated
@@ -215,9 +225,28 @@ RETIME_MARGIN = 2.5  # the second process re-times strategies within this factor
 # a strategy look slower than it is (compiled ones most), so a contender in either process is one
 
 
+def _combining(records: list[CaseRecord], by_name: dict[str, timing.Entry], result: timing.ShapeTiming,
+               failed: dict[str, str]) -> Callable[[CaseRecord, timing.Entry | None, float | None], CaseRecord]:
+    """How a shape's records take this process's timing, one rule for the whole shape (its records' processes stay
+    aligned, as paired ratios need): a first timing run under disturbance is replaced when this one ran undisturbed;
+    this one is set aside when it ran under disturbance and the first did not; otherwise its rounds are added."""
+    entries = [by_name.get(r.strategy) for r in records]
+    complete = not failed and all(e is not None and e.error is None and e.rounds for e in entries)
+    disturbed = next((why for e in entries if e is not None and e.rounds and (why := timing.disturbed(e, result))), "")
+    first_disturbed = any(r.unstable for r in records)
+    if complete and first_disturbed and not disturbed:
+        return lambda r, e, forward_s: replaced_process(r, e, forward_s)
+    if complete and disturbed and not first_disturbed:
+        return lambda r, e, forward_s: process_set_aside(r, e, disturbed)
+    return lambda r, e, forward_s: added_process(r, e, result, failed.get(r.strategy, ""), forward_s)
+
+
 def to_retime(records: list[CaseRecord]) -> list[CaseRecord]:
-    """The timed strategies of a shape the second process times again: the contenders and those near them."""
+    """The timed strategies of a shape the second process times again: the contenders and those near them; all of
+    them when the first timing ran under disturbance (the second, undisturbed, replaces it)."""
     timed_ok = [r for r in records if r.status == "ok" and r.round_times_s]
+    if any(r.unstable for r in timed_ok):
+        return timed_ok
     winners = [r.time_median_s for r in timed_ok if r.contender and rules.eligible(r)]
     fastest = min(winners, default=min((r.time_median_s for r in timed_ok), default=0.0))
     return [r for r in timed_ok if r.contender or r.time_median_s <= RETIME_MARGIN * fastest]

@@ -1,0 +1,61 @@
+"""How a shape's records take the second process's timing (bench/harness/runner.py `_combining`): a first timing
+run under disturbance is replaced by an undisturbed second one, a disturbed second one is set aside, and the records
+of one shape always keep the same processes (paired ratios are taken process by process)."""
+
+from bench.harness import runner, timing
+from bench.schema import CaseRecord
+
+
+def record(strategy: str, *, contender: bool = True, unstable: bool = False) -> CaseRecord:
+    rounds = [2e-3] * 7
+    return CaseRecord(strategy=strategy, model="mlp", device="cpu", dtype="float32", batch=32, hidden=64, in_dim=8,
+                      out_dim=8, status="ok", time_median_s=2e-3, round_times_s=rounds, process_rounds=[7],
+                      round_sweeps=list(range(7)), contender=contender, unstable=unstable, rounds_set_aside=1,
+                      message="unstable: the machine ran ×1.7 slower than usual" if unstable else "",
+                      forward_median_s=1e-4, forward_process_s=[1e-4], case_id=f"{strategy}-cpu-mlp-B32-H64-in8-out8")
+
+
+def entry(name: str, seconds: float = 1e-3, unstable: str = "") -> timing.Entry:
+    e = timing.Entry(name, lambda: None, one_call_s=seconds)
+    e.rounds, e.round_sweeps, e.unstable = [seconds] * 9, list(range(9)), unstable
+    e.raced = 3 if unstable else None  # timed on its own: its own rounds say whether they were disturbed
+    return e
+
+
+def combined(records, entries, result=None, failed=None):
+    by_name = {e.name: e for e in entries}
+    combine = runner._combining(records, by_name, result or timing.ShapeTiming(entries), failed or {})
+    return [combine(r, by_name.get(r.strategy), 9e-5) for r in records]
+
+
+def test_a_first_timing_under_disturbance_is_replaced_by_an_undisturbed_second():
+    records = [record("a", unstable=True), record("b", contender=False, unstable=True)]
+    assert runner.to_retime(records) == records  # no-contenders too: the whole shape is timed again
+    a, b = combined(records, [entry("a"), entry("b")])
+    assert a.round_times_s == [1e-3] * 9 and a.process_rounds == [9] and a.time_median_s == 1e-3
+    assert not a.unstable and a.rounds_set_aside == 1 + 7
+    assert a.forward_process_s == [9e-5]
+    assert "first having run under disturbance (7 rounds set aside)" in b.message and b.process_rounds == [9]
+
+
+def test_a_disturbed_second_timing_is_set_aside_when_the_first_was_not():
+    records = [record("a"), record("b")]
+    result = timing.ShapeTiming([])
+    result.unstable = "the machine ran ×1.5 slower than usual in this process (calibration)"
+    a, b = combined(records, [entry("a"), entry("b")], result)
+    assert a.round_times_s == [2e-3] * 7 and a.process_rounds == [7] and a.forward_process_s == [1e-4]
+    assert "second process set aside: the machine ran ×1.5 slower" in a.message and a.rounds_set_aside == 1 + 9
+
+
+def test_both_undisturbed_adds_the_second_process():
+    records = [record("a"), record("b")]
+    a, _ = combined(records, [entry("a"), entry("b")])
+    assert a.process_rounds == [7, 9] and len(a.round_times_s) == 16
+
+
+def test_a_strategy_the_second_process_could_not_time_keeps_the_shape_as_it_was_combined():
+    # one record replaced and another not would pair one process's rounds with another's
+    records = [record("a", unstable=True), record("b", unstable=True)]
+    a, b = combined(records, [entry("a")], failed={"b": "second process: RuntimeError: boom"})
+    assert a.process_rounds == [7, 9] and a.unstable
+    assert b.process_rounds == [7] and "boom" in b.message
