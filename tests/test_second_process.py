@@ -3,6 +3,7 @@ run under disturbance is replaced by an undisturbed second one, a disturbed seco
 of one shape always keep the same processes (paired ratios are taken process by process)."""
 
 from bench.harness import runner, timing
+from bench.run import host
 from bench.schema import CaseRecord
 
 
@@ -22,9 +23,9 @@ def entry(name: str, seconds: float = 1e-3, unstable: str = "") -> timing.Entry:
     return e
 
 
-def combined(records, entries, result=None, failed=None):
+def combined(records, entries, result=None, failed=None, first_slow=""):
     by_name = {e.name: e for e in entries}
-    combine = runner._combining(records, by_name, result or timing.ShapeTiming(entries), failed or {})
+    combine = runner._combining(records, by_name, result or timing.ShapeTiming(entries), failed or {}, first_slow)
     return [combine(r, by_name.get(r.strategy), 9e-5) for r in records]
 
 
@@ -59,3 +60,23 @@ def test_a_strategy_the_second_process_could_not_time_keeps_the_shape_as_it_was_
     a, b = combined(records, [entry("a")], failed={"b": "second process: RuntimeError: boom"})
     assert a.process_rounds == [7, 9] and a.unstable
     assert b.process_rounds == [7] and "boom" in b.message
+
+
+def test_a_first_timing_found_slow_in_hindsight_is_replaced_or_named():
+    slow = "the machine ran ×1.70 slower than the run's usual speed"
+    records = [record("a"), record("b", contender=False)]
+    assert runner.to_retime(records, slow) == records
+    a, b = combined(records, [entry("a"), entry("b")], first_slow=slow)
+    assert a.process_rounds == [9] and b.process_rounds == [9] and not a.unstable
+    result = timing.ShapeTiming([])
+    result.unstable = "the machine ran ×1.5 slower than usual in this process (calibration)"
+    a, _ = combined(records, [entry("a"), entry("b")], result, first_slow=slow)
+    assert a.process_rounds == [7, 9] and a.unstable and f"unstable: first process: {slow}" in a.message
+
+
+def test_the_shapes_a_first_pass_ran_slow_are_found_after_it():
+    env = {"processes": [{"process": 1, "calibration": {"usual_s": 6e-4, "shapes": {
+        "cpu-mlp-B1-H64-in8-out8": 1.05e-3, "cpu-mlp-B8-H64-in8-out8": 6.5e-4}}}]}
+    slow = host._ran_slow(env, 6e-4)
+    assert list(slow) == ["cpu-mlp-B1-H64-in8-out8"] and "×1.75 slower" in slow["cpu-mlp-B1-H64-in8-out8"]
+    assert host._ran_slow(env, None) == {} and host._ran_slow({}, 6e-4) == {}

@@ -178,10 +178,12 @@ class ShapeRunner:
                     e.error = e.error or exc
         return result
 
-    def retime_shape(self, case: Case, device: str, records: list[CaseRecord], done: Done) -> list[CaseRecord]:
+    def retime_shape(self, case: Case, device: str, records: list[CaseRecord], done: Done, first_slow: str = ""
+                     ) -> list[CaseRecord]:
         """The second process: the shape's contenders, and the strategies near them, timed together again; their
-        rounds added as this process's, and who is a contender judged again on them."""
-        contenders = to_retime(records)
+        rounds added as this process's (or replacing the first's: `_combining`), and who is a contender judged again
+        on them. `first_slow`: why the first process's timing ran slower than the run's usual speed, in hindsight."""
+        contenders = to_retime(records, first_slow)
         if not contenders:
             return []
         self.shapes.warm_up(case, device, [r.strategy for r in contenders])
@@ -206,7 +208,7 @@ class ShapeRunner:
         result = self._window(shape, [*entries, self._forward_entry(shape)]) if entries else timing.ShapeTiming([])
         by_name = {e.name: e for e in entries}
         forward_s = self.forward.median() if self.forward is not None and self.forward.rounds else None
-        combine = _combining(contenders, by_name, result, failed)
+        combine = _combining(contenders, by_name, result, failed, first_slow)
         updated = []
         for r in contenders:
             new = combine(r, by_name.get(r.strategy), forward_s)
@@ -226,26 +228,35 @@ RETIME_MARGIN = 2.5  # the second process re-times strategies within this factor
 
 
 def _combining(records: list[CaseRecord], by_name: dict[str, timing.Entry], result: timing.ShapeTiming,
-               failed: dict[str, str]) -> Callable[[CaseRecord, timing.Entry | None, float | None], CaseRecord]:
+               failed: dict[str, str], first_slow: str = ""
+               ) -> Callable[[CaseRecord, timing.Entry | None, float | None], CaseRecord]:
     """How a shape's records take this process's timing, one rule for the whole shape (its records' processes stay
-    aligned, as paired ratios need): a first timing run under disturbance is replaced when this one ran undisturbed;
-    this one is set aside when it ran under disturbance and the first did not; otherwise its rounds are added."""
+    aligned, as paired ratios need): a first timing run under disturbance (or, seen in hindsight, `first_slow`, at a
+    slower machine speed than the run's usual one) is replaced when this one ran undisturbed; this one is set aside
+    when it ran under disturbance and the first did not; otherwise its rounds are added."""
     entries = [by_name.get(r.strategy) for r in records]
     complete = not failed and all(e is not None and e.error is None and e.rounds for e in entries)
     disturbed = next((why for e in entries if e is not None and e.rounds and (why := timing.disturbed(e, result))), "")
-    first_disturbed = any(r.unstable for r in records)
+    first_disturbed = bool(first_slow) or any(r.unstable for r in records)
     if complete and first_disturbed and not disturbed:
         return lambda r, e, forward_s: replaced_process(r, e, forward_s)
     if complete and disturbed and not first_disturbed:
         return lambda r, e, forward_s: process_set_aside(r, e, disturbed)
-    return lambda r, e, forward_s: added_process(r, e, result, failed.get(r.strategy, ""), forward_s)
+
+    def added(r: CaseRecord, e: timing.Entry | None, forward_s: float | None) -> CaseRecord:
+        new = added_process(r, e, result, failed.get(r.strategy, ""), forward_s)
+        if first_slow:  # kept: its first timing ran slow, and no later one replaced it
+            new = dataclasses.replace(new, unstable=True,
+                                      message=f"{new.message}; unstable: first process: {first_slow}")
+        return new
+    return added
 
 
-def to_retime(records: list[CaseRecord]) -> list[CaseRecord]:
+def to_retime(records: list[CaseRecord], first_slow: str = "") -> list[CaseRecord]:
     """The timed strategies of a shape the second process times again: the contenders and those near them; all of
-    them when the first timing ran under disturbance (the second, undisturbed, replaces it)."""
+    them when the first timing ran under disturbance or slow (the second, undisturbed, replaces it)."""
     timed_ok = [r for r in records if r.status == "ok" and r.round_times_s]
-    if any(r.unstable for r in timed_ok):
+    if first_slow or any(r.unstable for r in timed_ok):
         return timed_ok
     winners = [r.time_median_s for r in timed_ok if r.contender and rules.eligible(r)]
     fastest = min(winners, default=min((r.time_median_s for r in timed_ok), default=0.0))

@@ -162,7 +162,7 @@ def _child(plan: Any, process: int, request: dict[str, Any], out: IO[str], warm:
         runner.measure_shape(case, device, request["names"], done, calling)
     else:
         records = [CaseRecord.from_dict(r) for r in request["records"]]
-        runner.retime_shape(case, device, records, done)
+        runner.retime_shape(case, device, records, done, request.get("first_slow", ""))
     out.write(json.dumps({"process": {"phases": phases.rounded(), "calibrations": runner.calibration.history,
                                       "slow": runner.calibration.slow, "settled_s": runner.settler.waited_s,
                                       "wall_s": round(time.perf_counter() - started, 3)}}) + "\n")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import fidelity, results
-from bench.harness import environment
+from bench.harness import environment, machine
 from bench.run import fresh_check, session
 from bench.run.passes import Pass
 from bench.run.session import RunFolder
@@ -104,6 +104,7 @@ def later_pass(plan: RunPlan, process: int) -> bool:
     interrupted: list[bool] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(True))
     worker = Pass(plan, process=process, usual_s=usual_s)
+    ran_slow = _ran_slow(env, usual_s)
     try:
         for n, (device, case) in enumerate(pending, start=1):
             if interrupted:
@@ -115,7 +116,8 @@ def later_pass(plan: RunPlan, process: int) -> bool:
                 results.append_case(path, record)
                 updated.append(record)
 
-            worker.retime(case, device, _shape_records(plan, records, device, case), done)
+            worker.retime(case, device, _shape_records(plan, records, device, case), done,
+                          ran_slow.get(f"{device}-{case.shape_id}", ""))
             print(_progress_line(n, len(pending), process, device, case.shape_id, updated), flush=True)
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -138,6 +140,20 @@ def _first_pass_usual(env: dict[str, Any]) -> float | None:
     """The usual calibration time of the run's first pass (its latest session): the speed the second is held to."""
     first = [p for p in env.get("processes", []) if p.get("process") == 1 and p.get("calibration")]
     return first[-1]["calibration"].get("usual_s") if first else None
+
+
+def _ran_slow(env: dict[str, Any], usual_s: float | None) -> dict[str, str]:
+    """The shapes the first pass timed while the machine ran slower than the run's usual speed, seen in hindsight:
+    the median of the calibrations of the shape's timing over DRIFT_LIMIT x the pass's usual level. Each shape is held
+    to the usual level of the shapes before it, so the first shapes of a run that starts in a slow period are held to
+    that period (one run here timed its first shape ×1.7 slower, every eager strategy of it, with nothing set aside)."""
+    first = [p for p in env.get("processes", []) if p.get("process") == 1 and p.get("calibration")]
+    if not usual_s or not first:
+        return {}
+    shapes = first[-1]["calibration"].get("shapes") or {}
+    return {shape: f"the machine ran ×{median / usual_s:.2f} slower than the run's usual speed (the median of its "
+                   "calibrations, seen after the pass)"
+            for shape, median in shapes.items() if median > machine.DRIFT_LIMIT * usual_s}
 
 
 def _first_pass_s(env: dict[str, Any]) -> float:

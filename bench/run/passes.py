@@ -8,6 +8,7 @@ what comes back.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,7 @@ class Pass:
         self.calibration = machine.Calibration(usual_s)  # pass 2 is held to pass 1's usual speed
         self.phases = measure.Phases()  # seconds per phase of the harness, its children's included
         self.waited_s = 0.0  # spent waiting in its children: slow episodes of the machine, other processes' load
+        self.shape_calibration_s: dict[str, float] = {}  # per shape (device-shape id), its calibrations' median
         self.started = time.perf_counter()
         self._worker: Worker | None = None
 
@@ -55,7 +57,7 @@ class Pass:
         left = list(names)
         while left:
             request = {"case": case.as_dict(), "device": device, "names": left}
-            finished, end = self._run(request, len(left), done)
+            finished, end = self._run(request, len(left), done, f"{device}-{case.shape_id}")
             left = [n for n in left if n not in finished]
             culprit = end.get("calling")
             if culprit not in left:  # it died while timing the shape, or ended cleanly: no one to blame alone
@@ -72,16 +74,18 @@ class Pass:
             done(outcome.case_record(strategy, case, device, outcome.Outcome(status, message), None,
                                      predicted_memory(strategy, case)), larger)
 
-    def retime(self, case: Case, device: str, records: list[CaseRecord], done: Done) -> None:
-        """Pass 2: one shape's contenders timed again (the child picks them: runner.to_retime)."""
-        request = {"case": case.as_dict(), "device": device, "records": [r.as_dict() for r in records]}
-        finished, end = self._run(request, len(records), done)
-        for r in runner.to_retime(records):
+    def retime(self, case: Case, device: str, records: list[CaseRecord], done: Done, first_slow: str = "") -> None:
+        """Pass 2: one shape's contenders timed again (the child picks them: runner.to_retime); `first_slow`: why
+        the first process's timing of the shape ran slower than the run's usual speed, seen in hindsight."""
+        request = {"case": case.as_dict(), "device": device, "records": [r.as_dict() for r in records],
+                   "first_slow": first_slow}
+        finished, end = self._run(request, len(records), done, f"{device}-{case.shape_id}")
+        for r in runner.to_retime(records, first_slow):
             if r.strategy not in finished:
                 _, message, _ = _unfinished(end)
                 done(outcome.added_process(r, None, timing.ShapeTiming([]), f"second process: {message}"), False)
 
-    def _run(self, request: dict[str, Any], cases: int, done: Done) -> tuple[set[str], dict[str, Any]]:
+    def _run(self, request: dict[str, Any], cases: int, done: Done, shape: str) -> tuple[set[str], dict[str, Any]]:
         request |= {"usual_s": self.calibration.usual_s(), "settle_left_s": self.settle_left_s}
         finished: set[str] = set()
         end: dict[str, Any] = {"end": None}
@@ -94,7 +98,7 @@ class Pass:
                 finished.add(record.strategy)
                 done(record, bool(message.get("predicts_larger")))
             elif "process" in message:
-                self._note(message["process"])
+                self._note(message["process"], shape)
             elif "end" in message:
                 end = message | {"calling": calling if message["end"] != 0 and calling not in finished else None}
         return finished, end
@@ -106,19 +110,23 @@ class Pass:
         window = max(60.0, 20 * cases * budget.target_s + per_call * cases * timing.MIN_ROUNDS)
         return 2 * max(2 * budget.compile_s, 2 * per_call, 10 * per_call, 30.0, window)
 
-    def _note(self, child: dict[str, Any]) -> None:
+    def _note(self, child: dict[str, Any], shape: str) -> None:
         for phase, seconds in child.get("phases", {}).items():
             self.phases.seconds[phase] += seconds
         self.calibration.history += child.get("calibrations", [])
+        if child.get("calibrations"):
+            self.shape_calibration_s[shape] = round(statistics.median(child["calibrations"]), 7)
         self.calibration.slow += child.get("slow", 0)
         self.waited_s += child.get("settled_s", 0.0)
 
     def close(self, folder: Path, interrupted: bool) -> None:
         if self._worker is not None:
             self._worker.close()
-        session.record_process(folder, self.process, self.phases.rounded(),
-                               self.calibration.summary(), time.perf_counter() - self.started, interrupted,
-                               self.waited_s)
+        summary = self.calibration.summary()
+        if self.shape_calibration_s:
+            summary["shapes"] = self.shape_calibration_s
+        session.record_process(folder, self.process, self.phases.rounded(), summary,
+                               time.perf_counter() - self.started, interrupted, self.waited_s)
 
 
 def _unfinished(end: dict[str, Any], where: str = "") -> tuple[str, str, bool]:
