@@ -163,7 +163,8 @@ def caveat_items(part: pd.DataFrame) -> Items:
     if len(unstable):
         items.append(("timed under disturbance", f"{len(unstable)} of {int((part['status'] == 'ok').sum())} ok cases "
                       "were timed while other processes loaded the CPUs or the machine ran slow, and stayed so after "
-                      "waiting: marked unstable; their numbers are less certain"))
+                      "waiting and, where the run has one, in a second process: marked unstable; their numbers are "
+                      "less certain"))
     slow = part[part["warnings"].map(len) > 0]
     for strategy, rows in slow.groupby("strategy"):
         items.append((f"warned: {strategy}", f"{len(rows)} cases; {rows['warnings'].iloc[0][0]}"))

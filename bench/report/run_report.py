@@ -102,8 +102,9 @@ def run_warnings(run: LoadedRun) -> list[str]:
     unstable = int((ok & run.frame["unstable"]).sum())
     if unstable:
         out.append(f"{unstable} of {int(ok.sum())} ok cases were timed while the machine was disturbed (other "
-                   "processes on the CPUs, stolen or slow CPU time) and stayed so after waiting: they are marked "
-                   "unstable; rerun on a quiet machine before trusting them")
+                   "processes on the CPUs, stolen or slow CPU time) and stayed so after waiting and, where the run "
+                   "has one, in a second process: they are marked unstable; rerun on a quiet machine before trusting "
+                   "them")
     checked = run.env.get("fidelity") or {}
     off, _ = fidelity.judged(checked)
     if off:  # one warning: the strategies whose run/fresh interval lies wholly past ±10%
