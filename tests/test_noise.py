@@ -84,9 +84,14 @@ def test_every_shape_gets_a_verdict_from_interleaved_rounds(quiet_run):
     playoffs = [json.loads(line) for line in (folder / "verdicts.jsonl").read_text().splitlines()]
     latest = {(p["batch"], p["out_dim"]): p for p in playoffs}
     assert len(latest) == 2  # one verdict per shape (the last line of a shape wins)
-    for p in latest.values():
+    records = [json.loads(line) for line in (folder / "cases.jsonl").read_text().splitlines()]
+    for key, p in latest.items():
         assert p["verdict"] in ("winner", "tie") and "analytic" not in p["contenders"]
-        assert p["processes"] == 2  # the contenders were timed again in the second worker process
+        # the contenders were timed again in the second worker process: its rounds added, or, where one of the two
+        # timings ran under disturbance, the undisturbed one kept alone (the message says which)
+        said = " ".join(r["message"] for r in records if (r["batch"], r["out_dim"]) == key and r["status"] == "ok")
+        one = "timed again by a second process" in said or "second process set aside" in said
+        assert p["processes"] == (1 if one else 2)
         if len(p["contenders"]) > 1:
             assert p["rounds"] >= 7 and set(p["ratios"]) == set(p["contenders"]) - {p["best"]}
         assert (p["verdict"] == "tie") == bool(p["tied_with"])
