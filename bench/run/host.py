@@ -136,10 +136,15 @@ def _shape_records(plan: RunPlan, records: dict[tuple, CaseRecord], device: str,
     return [r for r in (records.get(case.key(n, device)) for n in plan.strategies_for(case)) if r]
 
 
+def _first_pass_calibration(env: dict[str, Any]) -> dict[str, Any]:
+    """The calibration summary of the run's first pass (its latest session; {} when none)."""
+    first = [p for p in env.get("processes", []) if p.get("process") == 1 and p.get("calibration")]
+    return first[-1]["calibration"] if first else {}
+
+
 def _first_pass_usual(env: dict[str, Any]) -> float | None:
     """The usual calibration time of the run's first pass (its latest session): the speed the second is held to."""
-    first = [p for p in env.get("processes", []) if p.get("process") == 1 and p.get("calibration")]
-    return first[-1]["calibration"].get("usual_s") if first else None
+    return _first_pass_calibration(env).get("usual_s")
 
 
 def _ran_slow(env: dict[str, Any], usual_s: float | None) -> dict[str, str]:
@@ -147,10 +152,9 @@ def _ran_slow(env: dict[str, Any], usual_s: float | None) -> dict[str, str]:
     the median of the calibrations of the shape's timing over DRIFT_LIMIT x the pass's usual level. Each shape is held
     to the usual level of the shapes before it, so the first shapes of a run that starts in a slow period are held to
     that period (one run here timed its first shape ×1.7 slower, every eager strategy of it, with nothing set aside)."""
-    first = [p for p in env.get("processes", []) if p.get("process") == 1 and p.get("calibration")]
-    if not usual_s or not first:
+    if not usual_s:
         return {}
-    shapes = first[-1]["calibration"].get("shapes") or {}
+    shapes = _first_pass_calibration(env).get("shapes") or {}
     return {shape: f"the machine ran ×{median / usual_s:.2f} slower than the run's usual speed (the median of its "
                    "calibrations, seen after the pass)"
             for shape, median in shapes.items() if median > machine.DRIFT_LIMIT * usual_s}
