@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -41,6 +42,37 @@ def test_the_sample_stays_within_its_budget():
     picked = [r for rows in picks.values() for r in rows]
     assert [r.strategy for r in picked] == ["a"]  # the compiled one (5 s of compiling) does not fit
     assert fresh_check.pick(records, _pending(records), budget_s=1.0) == {}  # not even one process
+
+
+class _Clock:
+    """A fresh process that takes `factor` x its estimated cost, on a clock of its own."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, factor: float):
+        self.now = 0.0
+        monkeypatch.setattr(fresh_check.time, "perf_counter", lambda: self.now)
+
+        def in_fresh_process(job: dict) -> dict:
+            estimate = fresh_check.START_S + len(job["strategies"]) * (fresh_check.PER_STRATEGY_S + 3e-3)
+            self.now += factor * estimate
+            return {name: {"median_s": 1e-3} for name in job["strategies"]}
+
+        monkeypatch.setattr(fresh_check.fresh, "in_fresh_process", in_fresh_process)
+
+
+@pytest.mark.parametrize("factor, timed", [(1.0, [512, 8]), (2.0, [512])])
+def test_a_check_that_costs_more_than_estimated_stops_before_its_budget(monkeypatch, factor, timed):
+    records = [_record("a", 512), _record("b", 8)]
+    one = fresh_check.cost_s(records[:1])
+    pending = [("cpu", SimpleNamespace(shape_id=fresh_check._shape(r))) for r in records]  # (device, Case)
+    check = fresh_check.Check(0.1, records, pending, 10 * 2.2 * one,
+                              {"mlp": "mlp"}, threads=1)
+    assert len(check.picks) == 2  # both fit the budget as estimated
+    _Clock(monkeypatch, factor)
+    for r in records:
+        check.time_fresh("cpu", fresh_check._shape(r))
+    assert [c["key"][4] for c in check.found] == timed
+    assert check.spent_s <= check.budget_s  # the first process, twice its estimate, showed the second would not fit
+    assert len(check.skipped) == 2 - len(timed)
 
 
 def test_only_shapes_still_to_time_again_are_sampled():

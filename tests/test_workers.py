@@ -60,3 +60,41 @@ def test_a_call_that_never_returns_is_killed_and_said_and_the_shape_goes_on(tmp_
     assert "silent for 8 s in planted_hang's first call" in hung["message"]
     assert found["grad_loop"][0]["status"] == "ok"
     assert REPO  # the worker ran this checkout's code (bench_env puts it first on PYTHONPATH)
+
+
+POOL = textwrap.dedent('''
+    import json, time
+    from bench.run.passes import Pass
+    from bench.run.session import open_run
+    from bench.run.workers import Pool, WorkerError
+    from bench.scale.shards import planned
+    from bench.spec.settings import Settings
+
+    plan = planned(Settings(grid="smoke", strategies="grad_loop", run="p", processes="2"))
+    folder = open_run(plan)
+    pool = Pool(folder.path, 2)
+    procs = {p: w.proc for p, w in pool._waiting.items()}
+    both_alive = all(proc.poll() is None for proc in procs.values())
+    first = Pass(plan, process=1, pool=pool)
+    taken = first.worker.proc is procs[1]
+    second_started = pool._waiting[2]._started is True  # take(1) waited for every worker of the pool
+    pool.close()  # the second one no pass took
+    second_ended = procs[2].wait(timeout=60) is not None
+    first.close(folder.path, False)
+    broken = Pool(folder.path / "missing", 1)
+    try:
+        broken.take(1)
+        refused = ""
+    except WorkerError as exc:
+        refused = str(exc)
+    print(json.dumps([both_alive, taken, second_started, second_ended, refused]))
+''')
+
+
+def test_a_runs_workers_start_together_and_a_pass_takes_its_own_once_all_have_started(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", POOL], cwd=tmp_path, env=bench_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    both_alive, taken, second_started, second_ended, refused = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert both_alive and taken and second_started and second_ended
+    assert refused.startswith("worker process 1 did not start")

@@ -22,6 +22,7 @@ from bench.harness import environment, machine
 from bench.run import fresh_check, session
 from bench.run.passes import Pass
 from bench.run.session import RunFolder
+from bench.run.workers import Pool
 from bench.schema import CaseRecord
 from bench.spec.grid import Case
 from bench.spec.plan import RunPlan
@@ -50,30 +51,38 @@ def run(plan: RunPlan, folder: RunFolder, expected: tuple[dict[str, float], floa
           flush=True)
     json_name = ".benchmark-resumed.json" if plan.settings.resume else "benchmark.json"
     load = environment.Load()
-    plugin = JacobenchPlugin(plan, folder)
-    if expected:
-        per_case, total_s = expected
-        plugin.progress.expected = per_case
-        plugin.progress.expected_total_s = total_s - sum(per_case.get(r.case_id, 0.0) for r in folder.finished.values())
-    code = _pytest(plugin, folder.path / json_name)
-    if plan.settings.resume:
-        results.merge_benchmark_json(folder.path / "benchmark.json", folder.path / json_name)
-    if code not in (pytest.ExitCode.OK, pytest.ExitCode.INTERRUPTED, pytest.ExitCode.NO_TESTS_COLLECTED):
-        print(f"jacobench: the suite ended with pytest exit code {int(code)}; results so far are in {folder.path}",
-              file=sys.stderr)
-    complete(plan, plugin.interrupted, load, report)
+    pool = Pool(folder.path, plan.processes)  # every pass's worker starts now, beside pytest's start
+    try:
+        plugin = JacobenchPlugin(plan, folder, pool)
+        if expected:
+            per_case, total_s = expected
+            plugin.progress.expected = per_case
+            plugin.progress.expected_total_s = total_s - sum(per_case.get(r.case_id, 0.0)
+                                                             for r in folder.finished.values())
+        code = _pytest(plugin, folder.path / json_name)
+        if plan.settings.resume:
+            results.merge_benchmark_json(folder.path / "benchmark.json", folder.path / json_name)
+        if code not in (pytest.ExitCode.OK, pytest.ExitCode.INTERRUPTED, pytest.ExitCode.NO_TESTS_COLLECTED):
+            print(f"jacobench: the suite ended with pytest exit code {int(code)}; results so far are in "
+                  f"{folder.path}", file=sys.stderr)
+        complete(plan, plugin.interrupted, load, report, pool)
+    finally:
+        pool.close()
     return exit_code(results.read_json(folder.path / "env.json"), code == pytest.ExitCode.OK
                      or code == pytest.ExitCode.NO_TESTS_COLLECTED, folder.path)
 
 
-def complete(plan: RunPlan, interrupted: bool, load: environment.Load | None = None, report: Report | None = None
-             ) -> None:
+def complete(plan: RunPlan, interrupted: bool, load: environment.Load | None = None, report: Report | None = None,
+             pool: Pool | None = None) -> None:
     """After pass 1: the later passes, with the fidelity check in the second (unless interrupted), the run's numbers,
-    the report. `load`: what else used the machine since the run started, recorded in env.json."""
+    the report. `load`: what else used the machine since the run started, recorded in env.json; `pool`: the run's
+    workers, started with it."""
     for process in range(2, plan.processes + 1):
         if interrupted:
             break
-        interrupted = later_pass(plan, process)
+        interrupted = later_pass(plan, process, pool)
+    if pool is not None:
+        pool.close()  # the workers of passes with nothing to time
     if load is not None:
         session.record_load(plan.folder, load.during())
     counts = session.finish(plan.folder, interrupted)
@@ -86,7 +95,7 @@ def complete(plan: RunPlan, interrupted: bool, load: environment.Load | None = N
         report(plan.folder)
 
 
-def later_pass(plan: RunPlan, process: int) -> bool:
+def later_pass(plan: RunPlan, process: int, pool: Pool | None = None) -> bool:
     """Each shape's contenders timed again in worker process `process` (2, 3, ...), largest shapes first; in the
     second, the fidelity check's fresh processes between its shapes. True when Ctrl-C stopped it."""
     path = plan.folder / "cases.jsonl"
@@ -103,7 +112,7 @@ def later_pass(plan: RunPlan, process: int) -> bool:
                               usual_s)
     interrupted: list[bool] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(True))
-    worker = Pass(plan, process=process, usual_s=usual_s)
+    worker = Pass(plan, process=process, usual_s=usual_s, pool=pool)
     ran_slow = _ran_slow(env, usual_s)
     try:
         for n, (device, case) in enumerate(pending, start=1):

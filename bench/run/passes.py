@@ -18,7 +18,7 @@ import strategies
 from bench.harness import machine, measure, outcome, runner, timing
 from bench.harness.skips import predicted_memory
 from bench.run import session
-from bench.run.workers import Worker
+from bench.run.workers import Pool, Worker
 from bench.schema import CaseRecord
 from bench.spec.grid import Case
 from bench.spec.plan import RunPlan
@@ -29,9 +29,10 @@ Done = Callable[[CaseRecord, bool], None]  # a case's record, and whether its fa
 class Pass:
     """One worker process's pass over shapes; `close` records what it did in env.json."""
 
-    def __init__(self, plan: RunPlan, process: int, usual_s: float | None = None):
+    def __init__(self, plan: RunPlan, process: int, usual_s: float | None = None, pool: Pool | None = None):
         self.plan = plan
         self.process = process
+        self.pool = pool  # the run's workers, started together (None: this pass starts its own)
         self.calibration = machine.Calibration(usual_s)  # pass 2 is held to pass 1's usual speed
         self.phases = measure.Phases()  # seconds per phase of the harness, its children's included
         self.waited_s = 0.0  # spent waiting in its children: slow episodes of the machine, other processes' load
@@ -47,8 +48,9 @@ class Pass:
     @property
     def worker(self) -> Worker:
         if self._worker is None:
-            with self.phases("worker start"):
-                self._worker = Worker(self.plan.folder, self.process)
+            with self.phases("worker start"):  # what is left of it, when the pool started it with the run
+                self._worker = (self.pool.take(self.process) if self.pool is not None
+                                else Worker(self.plan.folder, self.process))
         return self._worker
 
     def measure(self, case: Case, device: str, names: list[str], done: Done) -> None:

@@ -28,6 +28,7 @@ from bench import results, verdicts
 from bench.harness import outcome
 from bench.harness.skips import SkipPolicy, predicted_memory
 from bench.run.passes import Pass
+from bench.run.workers import Pool
 from bench.run.session import RunFolder
 from bench.schema import CaseRecord, fmt_time
 from bench.spec.grid import Case
@@ -95,11 +96,11 @@ class JacobenchPlugin:
 
     __name__ = NAME  # pluggy registers a plugin under its __name__: `pluginmanager.has_plugin(NAME)` finds it
 
-    def __init__(self, plan: RunPlan, folder: RunFolder):
+    def __init__(self, plan: RunPlan, folder: RunFolder, pool: Pool | None = None):
         self.plan = plan
         self.folder = folder
         self.skips = SkipPolicy(plan.memory_budget_bytes, plan.grid.budget.memory_fraction)
-        self.first = Pass(plan, process=1)
+        self.first = Pass(plan, process=1, pool=pool)
         self.progress = Progress()
         self.interrupted = False
         self.report_failures = False  # pytest's terminal is off (python -m bench run): print harness failures

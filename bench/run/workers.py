@@ -5,6 +5,9 @@ what the shape's child measured, and end it.
         for message in worker.measure(request, guard_s):
             ...  # {"record": ...}, {"process": ...}, then {"end": exit code}
 
+A run starts all its workers at once (`Pool`): their start overlaps the host's own and each other's, and none is still
+starting while another one times.
+
 A child that dies (a crash in a strategy, out of memory, killed) ends its shape, not the run: `measure` ends with the
 child's exit code, and the host records the shape's unfinished cases. A child silent for `guard_s` (a call that hangs
 in native code, where no time limit inside the process can reach it) is killed.
@@ -47,15 +50,23 @@ class Worker:
         self._pending = b""  # bytes read past the last whole line
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.proc.stdout, selectors.EVENT_READ)
-        ready = self._read(STARTUP_S)
-        if ready is None or "ready" not in ready:
+        self._started: WorkerError | bool = False  # True once it said it is ready; the error if it never will
+
+    def wait_started(self) -> None:
+        """Return once the worker has started (imported torch, planned the run, warmed the strategies: ~5 s here);
+        WorkerError if it did not."""
+        if self._started is False:
+            ready = self._read(STARTUP_S)
+            self._started = True if ready is not None and "ready" in ready else WorkerError(
+                f"worker process {self.process} did not start (exit code {self.proc.poll()}); see the lines above")
+        if isinstance(self._started, WorkerError):
             self.close()
-            raise WorkerError(f"worker process {process} did not start (exit code {self.proc.poll()}); see the "
-                              "lines above")
+            raise self._started
 
     def measure(self, request: dict[str, Any], guard_s: float) -> Iterator[dict[str, Any]]:
         """Send one shape; yield what its child writes, then {"end": exit code} (negative: the signal that ended
         it). Silent for `guard_s`: the child is killed and the end says so."""
+        self.wait_started()
         self.proc.stdin.write((json.dumps(request) + "\n").encode())
         killed = False
         while True:
@@ -119,3 +130,40 @@ class Worker:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+class Pool:
+    """A run's worker processes, started together when the run starts: each one's start (~5 s here) overlaps the
+    host's (pytest's import and collection) and the others', instead of opening its pass. A worker waiting for its
+    pass reads its stdin and uses no CPU.
+
+        pool = Pool(folder, processes=2)
+        worker = pool.take(1)  # once every worker of the pool has started: none starts while another one times
+        ...
+        pool.close()  # the workers no pass took
+    """
+
+    def __init__(self, folder: Path, processes: int):
+        self._waiting: dict[int, Worker] = {}
+        try:
+            for process in range(1, processes + 1):
+                self._waiting[process] = Worker(folder, process)
+        except BaseException:
+            self.close()
+            raise
+
+    def take(self, process: int) -> Worker:
+        """Worker `process`, once every worker still waiting has started; WorkerError if it did not start."""
+        for worker in self._waiting.values():
+            try:
+                worker.wait_started()
+            except WorkerError:
+                pass  # its own pass raises it, if it comes
+        worker = self._waiting.pop(process)
+        worker.wait_started()
+        return worker
+
+    def close(self) -> None:
+        for worker in self._waiting.values():
+            worker.close()
+        self._waiting.clear()
