@@ -264,3 +264,14 @@ def test_the_deep_check_names_a_miss_the_run_timed_under_disturbance_and_counts_
     summary = json.loads(out[-1])
     assert (summary["cases"], summary["within_10pct"]) == (2, 1)
     assert (summary["steady_cases"], summary["steady_within_10pct"]) == (1, 1)
+
+
+def test_a_fresh_process_past_the_checks_deadline_starts_no_further_strategy():
+    from bench.harness import fresh
+
+    record = _record("grad_batched", 8)
+    job = fresh.spec(record, "mlp", 1, ["grad_batched", "vmap_jacrev", "grad_loop"]) | {"min_run_time": 0.02}
+    timed = fresh.time_here(job | {"deadline": 0.0})  # long past: one strategy is timed, the others are not
+    assert sum("median_s" in t for t in timed.values()) == 1
+    assert sum(t.get("over_budget", False) for t in timed.values()) == 2
+    assert all("median_s" in t for t in fresh.time_here(job).values())  # no deadline: every strategy

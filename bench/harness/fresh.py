@@ -30,6 +30,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from typing import Any
 
 from bench.errors import BenchError
@@ -101,6 +102,9 @@ def time_here(job: dict[str, Any]) -> dict[str, dict[str, float]]:
     random.Random(job.get("seed", 0)).shuffle(names)
     found, waits = {}, Waits()
     for name in names:
+        if found and time.time() > job.get("deadline", math.inf):  # the fidelity check's budget is spent
+            found[name] = {"over_budget": True}
+            continue
         call = modes.timed_call(strategies.REGISTRY[name], job["mode"])
         try:
             call(model, x)
@@ -135,8 +139,6 @@ class Waits:
     def until_usual(self, calibrations: list[float], usual_s: float) -> None:
         """Poll the calibration call until it finds the machine at its usual speed again (or the polls run out),
         each calibration appended: the last one is where the next turn starts."""
-        import time
-
         from bench.harness import machine
 
         while self.polls_left > 0 and calibrations[-1] > machine.DRIFT_LIMIT * usual_s:
@@ -180,8 +182,6 @@ def _at_usual_speed(timer: Any, turn_s: float, run_usual_s: float | None, waits:
 def _blocks(timer: Any, number: int, seconds: float) -> list[float]:
     """Blocks of `number` calls until `seconds` have passed: each block's seconds per call (what
     Timer.blocked_autorange does once it has sized its blocks)."""
-    import time
-
     times, start = [], time.perf_counter()
     while not times or time.perf_counter() - start < seconds:
         times.append(timer.timeit(number).times[0])
@@ -196,8 +196,6 @@ def at_depth(frames: int, fn: Any) -> Any:
 def depth_here(job: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
     """Each strategy's seconds per call in rounds made from each of job["depths"] (frames below the top of the
     process), the depths in a new shuffled order every round: strategy -> {depth: [seconds per call, ...]}."""
-    import time
-
     import strategies
     from bench.harness import modes
 

@@ -64,6 +64,7 @@ class Check:
         started = time.perf_counter()
         job = fresh.spec(picked[0], self.models[picked[0].model], self.threads, [r.strategy for r in picked],
                          self.usual_s)
+        job["deadline"] = time.time() + self.budget_s - self.spent_s  # no strategy starts after it (one at least)
         try:
             timed = fresh.in_fresh_process(job)
         except BenchError as exc:
@@ -71,6 +72,9 @@ class Check:
             timed = {}
         for r in picked:
             entry = timed.get(r.strategy, {"error": "not timed"})
+            if entry.get("over_budget"):
+                self.skipped.append(r.case_id)
+                continue
             self.found.append({"case_id": r.case_id, "key": list(r.key), "strategy": r.strategy, **entry})
         self.spent_s += time.perf_counter() - started
 
