@@ -28,8 +28,8 @@ from bench import results, verdicts
 from bench.harness import outcome
 from bench.harness.skips import SkipPolicy, predicted_memory
 from bench.run.passes import Pass
-from bench.run.workers import Pool
 from bench.run.session import RunFolder
+from bench.run.workers import Pool
 from bench.schema import CaseRecord, fmt_time
 from bench.spec.grid import Case
 from bench.spec.plan import RunPlan
