@@ -2,6 +2,8 @@
 run under disturbance is replaced by an undisturbed second one, a disturbed second one is set aside, and the records
 of one shape always keep the same processes (paired ratios are taken process by process)."""
 
+import dataclasses
+
 from bench.harness import runner, timing
 from bench.run import host
 from bench.schema import CaseRecord
@@ -80,3 +82,14 @@ def test_the_shapes_a_first_pass_ran_slow_are_found_after_it():
     slow = host._ran_slow(env, 6e-4)
     assert list(slow) == ["cpu-mlp-B1-H64-in8-out8"] and "×1.75 slower" in slow["cpu-mlp-B1-H64-in8-out8"]
     assert host._ran_slow(env, None) == {} and host._ran_slow({}, 6e-4) == {}
+
+
+def test_a_whole_shape_timed_again_races_again_only_the_strategies_near_the_fastest():
+    def timed(strategy: str, median: float, contender: bool) -> CaseRecord:
+        return dataclasses.replace(record(strategy, contender=contender, unstable=True), is_jacobian=True,
+                                   time_median_s=median)
+
+    records = [timed("fast", 1e-3, True), timed("near", 2.9e-3, False), timed("far", 3.1e-3, False)]
+    assert runner.to_retime(records) == records
+    assert runner.far_behind(records) == {"far"}  # x3 the fastest contender or more: not raced again
+    assert runner.far_behind([dataclasses.replace(r, is_jacobian=False) for r in records]) == set()  # none may win

@@ -267,3 +267,14 @@ def test_the_note_of_a_strategy_that_kept_no_round_does_not_claim_kept_deciding_
     e = timing.Entry("slow", lambda: None, one_call_s=0.3)
     e.contender, e.raced = False, 3
     assert timing.note(e).startswith("0 rounds on its own, after 3 beside the others decided it")
+
+
+def test_a_strategy_known_to_be_far_behind_is_timed_on_its_own_from_the_start(clock):
+    # a second process timing a disturbed shape whole does not race again what the first found x3 slower or more
+    fast = timing.Entry("fast", clock.takes(1e-4), one_call_s=1e-4)
+    far = timing.Entry("far", clock.takes(45e-3), one_call_s=45e-3, contender=False)
+    timing.time_shape([fast, far], window_s=2.0, calibration=machine.Calibration(),
+                      settler=machine.Settler(0.0, 0.0), guard_s=60)
+    assert far.raced == 0 and not far.contender and len(far.rounds) >= timing.MIN_ROUNDS
+    assert fast.contender and fast.screened == 0 and len(fast.rounds) >= timing.MIN_ROUNDS  # no rounds beside it
+    assert "not raced again" in timing.note(far)

@@ -186,6 +186,7 @@ class ShapeRunner:
         contenders = to_retime(records, first_slow)
         if not contenders:
             return []
+        far = far_behind(contenders)
         self.shapes.warm_up(case, device, [r.strategy for r in contenders])
         shape = self.shapes.prepare(case, device, with_reference=False)
         if shape.status != "ok":
@@ -204,7 +205,7 @@ class ShapeRunner:
                 failed[r.strategy] = f"second process: {type(exc).__name__}: {measure.first_line(exc)}"
                 continue
             entries.append(timing.Entry(r.strategy, functools.partial(call, shape.model, shape.x), one_call,
-                                        eligible=may_win(strategy, case)))
+                                        eligible=may_win(strategy, case), contender=r.strategy not in far))
         result = self._window(shape, [*entries, self._forward_entry(shape)]) if entries else timing.ShapeTiming([])
         by_name = {e.name: e for e in entries}
         forward_s = self.forward.median() if self.forward is not None and self.forward.rounds else None
@@ -261,6 +262,19 @@ def to_retime(records: list[CaseRecord], first_slow: str = "") -> list[CaseRecor
     winners = [r.time_median_s for r in timed_ok if r.contender and rules.eligible(r)]
     fastest = min(winners, default=min((r.time_median_s for r in timed_ok), default=0.0))
     return [r for r in timed_ok if r.contender or r.time_median_s <= RETIME_MARGIN * fastest]
+
+
+def far_behind(records: list[CaseRecord]) -> set[str]:
+    """The strategies of a shape timed again whole that the first process found no contender and FAR_MARGIN x the
+    fastest contender or slower: the second process times them on their own from the start, as it would once they
+    lost the race, without racing them again (a slow episode slows a shape's strategies alike; it does not make up a
+    factor of three). Racing them cost ~3 rounds each, lead-ins and the contenders' rounds beside them, thrown away."""
+    fastest = min((r.time_median_s for r in records if r.contender and r.time_median_s and rules.eligible(r)),
+                  default=None)
+    if fastest is None:
+        return set()
+    return {r.strategy for r in records
+            if not r.contender and r.time_median_s and r.time_median_s >= timing.FAR_MARGIN * fastest}
 
 
 def may_win(strategy: Strategy, case: Case) -> bool:

@@ -421,7 +421,9 @@ def note(e: Entry) -> str:
     notes = []
     if not e.contender:
         stretches = f" in {e.stretches} stretches" if e.stretches > 1 else ""
-        alone = f" on its own{stretches}, after {e.raced} beside the others decided it" if e.raced is not None else ""
+        alone = (f" on its own{stretches}, after {e.raced} beside the others decided it" if e.raced
+                 else f" on its own{stretches}, not raced again (the first process found it far behind the fastest)"
+                 if e.raced == 0 else "")
         if e.race_kept and e.race_kept == len(e.rounds):
             alone = " beside the others, the ones that decided it"
         elif e.race_kept:
