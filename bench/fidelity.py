@@ -89,6 +89,9 @@ def summary_line(fidelity: dict[str, Any] | None) -> str:
     if fidelity.get("slower_machine"):
         line += (f" ({_count(len(fidelity['slower_machine']), 'case')} more not judged: the machine ran slower than "
                  "in the run throughout its fresh process)")
+    if fidelity.get("over_budget"):
+        line += (f" ({_count(len(fidelity['over_budget']), 'picked case')} more left out: the check's budget, "
+                 f"{fidelity.get('share', 0.1):.0%} of the first pass's time, was spent)")
     off, unresolved = judged(fidelity)
     if off:
         line += "; surely off by more than 10%: " + ", ".join(f"{n} {interval_text(s[n])}" for n in off)

@@ -104,6 +104,13 @@ def test_a_strategy_surely_off_by_more_than_ten_percent_is_named():
     assert "surely off by more than 10%: linearize_batched 1.4×" in line and "0 of 1 within ±10%" in line
 
 
+def test_the_line_says_how_many_picked_cases_the_budget_left_out():
+    a = _record("grad_batched", 32)
+    checked = fidelity.summarize({"fresh": [_fresh(a, 1e-3)], "over_budget": ["x", "y"], "share": 0.1}, [a])
+    assert "(2 picked cases more left out: the check's budget, 10% of the first pass's time, was spent)" in (
+        fidelity.summary_line(checked))
+
+
 def test_a_point_past_ten_percent_whose_interval_comes_back_is_not_resolved():
     """×1.2 with a run that moves ±20% from run to run: the interval reaches 1.1, so not surely off (a warning on the
     report's first screen would blame the strategy for the check's own noise)."""
