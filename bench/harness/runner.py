@@ -157,10 +157,10 @@ class ShapeRunner:
         self.forward = timing.Entry(FORWARD, forward, measure.synced_clock() - start, eligible=False)
         return self.forward
 
-    def _window(self, shape: PreparedShape, entries: list[timing.Entry], share: float = 1.0) -> timing.ShapeTiming:
-        """The shape's measuring window: target_s per strategy (times `share`). A recompile while timed, or the guard
-        against a hang, is the error of the strategies it concerns."""
-        window_s = self.plan.grid.budget.target_s * len(entries) * share
+    def _window(self, shape: PreparedShape, entries: list[timing.Entry]) -> timing.ShapeTiming:
+        """The shape's measuring window: target_s per strategy. A recompile while timed, or the guard against a
+        hang, is the error of the strategies it concerns."""
+        window_s = self.plan.grid.budget.target_s * len(entries)
         guard_s = max(60.0, 20 * window_s + self.plan.time_budget_s * len(entries) * timing.MIN_ROUNDS)
         compiled = [e for e in entries if e.name != FORWARD and strategies.REGISTRY[e.name].compiled]
         result = timing.ShapeTiming(entries)
@@ -206,9 +206,7 @@ class ShapeRunner:
                 continue
             entries.append(timing.Entry(r.strategy, functools.partial(call, shape.model, shape.x), one_call,
                                         eligible=may_win(strategy, case), contender=r.strategy not in far))
-        share = 1.0 if timed_whole(records, first_slow) else LATER_WINDOW
-        result = (self._window(shape, [*entries, self._forward_entry(shape)], share) if entries
-                  else timing.ShapeTiming([]))
+        result = self._window(shape, [*entries, self._forward_entry(shape)]) if entries else timing.ShapeTiming([])
         by_name = {e.name: e for e in entries}
         forward_s = self.forward.median() if self.forward is not None and self.forward.rounds else None
         combine = _combining(contenders, by_name, result, failed, first_slow)
@@ -226,9 +224,6 @@ class ShapeRunner:
                            predicted_memory(strategies.REGISTRY[name], case), forward_s)
 
 
-LATER_WINDOW = 0.5  # a later process adds its rounds to the first's in half the window: what it brings is another
-# process (the run's noise between processes), not precision within one; a shape it times whole, whose timing may
-# replace the first's, gets the whole window
 RETIME_MARGIN = 2.5  # the second process re-times strategies within this factor of the fastest: a process can make
 # a strategy look slower than it is (compiled ones most), so a contender in either process is one
 
@@ -262,16 +257,11 @@ def to_retime(records: list[CaseRecord], first_slow: str = "") -> list[CaseRecor
     """The timed strategies of a shape the second process times again: the contenders and those near them; all of
     them when the first timing ran under disturbance or slow (the second, undisturbed, replaces it)."""
     timed_ok = [r for r in records if r.status == "ok" and r.round_times_s]
-    if timed_whole(records, first_slow):
+    if first_slow or any(r.unstable for r in timed_ok):
         return timed_ok
     winners = [r.time_median_s for r in timed_ok if r.contender and rules.eligible(r)]
     fastest = min(winners, default=min((r.time_median_s for r in timed_ok), default=0.0))
     return [r for r in timed_ok if r.contender or r.time_median_s <= RETIME_MARGIN * fastest]
-
-
-def timed_whole(records: list[CaseRecord], first_slow: str = "") -> bool:
-    """Whether the second process times the shape whole: its first timing ran under disturbance, or slow."""
-    return bool(first_slow) or any(r.unstable for r in records if r.status == "ok" and r.round_times_s)
 
 
 def far_behind(records: list[CaseRecord]) -> set[str]:
