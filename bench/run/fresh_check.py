@@ -48,7 +48,7 @@ class Check:
         self.found: list[dict[str, Any]] = []
         self.spent_s = 0.0
         self.estimated_s = 0.0  # what the fresh processes timed so far were estimated to cost (`cost_s`)
-        self.skipped: list[str] = []  # picked, but the budget was spent before their shape came
+        self.skipped: list[str] = []  # picked, but left out to keep the budget (`over_budget` in env.json)
         self.problems: list[str] = []
 
     def time_fresh(self, device: str, shape_id: str) -> None:
