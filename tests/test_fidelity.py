@@ -51,7 +51,10 @@ class _Clock:
         self.now = 0.0
         monkeypatch.setattr(fresh_check.time, "perf_counter", lambda: self.now)
 
+        self.jobs: list[dict] = []
+
         def in_fresh_process(job: dict) -> dict:
+            self.jobs.append(job)
             estimate = fresh_check.START_S + len(job["strategies"]) * (fresh_check.PER_STRATEGY_S + 3e-3)
             self.now += factor * estimate
             return {name: {"median_s": 1e-3} for name in job["strategies"]}
@@ -73,6 +76,19 @@ def test_a_check_that_costs_more_than_estimated_stops_before_its_budget(monkeypa
     assert [c["key"][4] for c in check.found] == timed
     assert check.spent_s <= check.budget_s  # the first process, twice its estimate, showed the second would not fit
     assert len(check.skipped) == 2 - len(timed)
+
+
+def test_a_process_whose_start_and_one_strategy_fit_is_started_with_a_deadline_for_the_rest(monkeypatch):
+    records = [_record("a", 512), *(_record(name, 8) for name in ("b", "c", "d"))]
+    pending = [("cpu", SimpleNamespace(shape_id=fresh_check._shape(r))) for r in records[:2]]
+    whole = fresh_check.cost_s(records[:1]) + fresh_check.cost_s(records[1:])
+    check = fresh_check.Check(0.1, records, pending, 10 * whole, {"mlp": "mlp"}, threads=1)
+    check.budget_s = fresh_check.cost_s(records[:1]) + fresh_check.cost_s(records[1:2]) + 0.1  # not all of b, c, d
+    clock = _Clock(monkeypatch, 1.0)
+    for _, case in pending:
+        check.time_fresh("cpu", case.shape_id)
+    assert len(clock.jobs) == 2 and clock.jobs[1]["strategies"] == ["b", "c", "d"]  # started: the deadline cuts
+    assert clock.jobs[1]["deadline"] < clock.jobs[0]["deadline"]
 
 
 def test_only_shapes_still_to_time_again_are_sampled():

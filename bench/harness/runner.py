@@ -238,7 +238,7 @@ def _combining(records: list[CaseRecord], by_name: dict[str, timing.Entry], resu
     entries = [by_name.get(r.strategy) for r in records]
     complete = not failed and all(e is not None and e.error is None and e.rounds for e in entries)
     disturbed = next((why for e in entries if e is not None and e.rounds and (why := timing.disturbed(e, result))), "")
-    first_disturbed = bool(first_slow) or any(r.unstable for r in records)
+    first_disturbed = timed_whole(records, first_slow)
     if complete and first_disturbed and not disturbed:
         return lambda r, e, forward_s: replaced_process(r, e, forward_s)
     if complete and disturbed and not first_disturbed:
@@ -257,11 +257,22 @@ def to_retime(records: list[CaseRecord], first_slow: str = "") -> list[CaseRecor
     """The timed strategies of a shape the second process times again: the contenders and those near them; all of
     them when the first timing ran under disturbance or slow (the second, undisturbed, replaces it)."""
     timed_ok = [r for r in records if r.status == "ok" and r.round_times_s]
-    if first_slow or any(r.unstable for r in timed_ok):
+    if timed_whole(timed_ok, first_slow):
         return timed_ok
-    winners = [r.time_median_s for r in timed_ok if r.contender and rules.eligible(r)]
-    fastest = min(winners, default=min((r.time_median_s for r in timed_ok), default=0.0))
+    fastest = fastest_winner(timed_ok) or min((r.time_median_s for r in timed_ok), default=0.0)
     return [r for r in timed_ok if r.contender or r.time_median_s <= RETIME_MARGIN * fastest]
+
+
+def timed_whole(records: list[CaseRecord], first_slow: str = "") -> bool:
+    """Whether the first timing of a shape ran under disturbance, or (in hindsight, `first_slow`) slow: the second
+    process times it whole, and replaces it when it runs undisturbed."""
+    return bool(first_slow) or any(r.unstable for r in records)
+
+
+def fastest_winner(records: list[CaseRecord]) -> float | None:
+    """The median of the shape's fastest contender that may win it (None when none)."""
+    return min((r.time_median_s for r in records if r.contender and r.time_median_s and rules.eligible(r)),
+               default=None)
 
 
 def far_behind(records: list[CaseRecord]) -> set[str]:
@@ -269,8 +280,7 @@ def far_behind(records: list[CaseRecord]) -> set[str]:
     fastest contender or slower: the second process times them on their own from the start, as it would once they
     lost the race, without racing them again (a slow episode slows a shape's strategies alike; it does not make up a
     factor of three). Racing them cost ~3 rounds each, lead-ins and the contenders' rounds beside them, thrown away."""
-    fastest = min((r.time_median_s for r in records if r.contender and r.time_median_s and rules.eligible(r)),
-                  default=None)
+    fastest = fastest_winner(records)
     if fastest is None:
         return set()
     return {r.strategy for r in records

@@ -56,11 +56,10 @@ class Check:
         picked = self.picks.get((device, shape_id))
         if not picked:
             return
-        estimate = cost_s(picked)
-        if self.spent_s + estimate * self.overrun() > self.budget_s:  # the budget is what is spent, not estimated
+        least = min(cost_s([r]) for r in picked)  # its start and one strategy: the deadline cuts the rest
+        if self.spent_s + least * self.overrun() > self.budget_s:  # the budget is what is spent, not estimated
             self.skipped += [r.case_id for r in picked]
             return
-        self.estimated_s += estimate
         started = time.perf_counter()
         job = fresh.spec(picked[0], self.models[picked[0].model], self.threads, [r.strategy for r in picked],
                          self.usual_s)
@@ -70,12 +69,11 @@ class Check:
         except BenchError as exc:
             self.problems.append(str(exc))
             timed = {}
-        for r in picked:
-            entry = timed.get(r.strategy, {"error": "not timed"})
-            if entry.get("over_budget"):
-                self.skipped.append(r.case_id)
-                continue
-            self.found.append({"case_id": r.case_id, "key": list(r.key), "strategy": r.strategy, **entry})
+        ran = [r for r in picked if not timed.get(r.strategy, {}).get("over_budget")]
+        self.skipped += [r.case_id for r in picked if r not in ran]
+        self.found += [{"case_id": r.case_id, "key": list(r.key), "strategy": r.strategy,
+                        **timed.get(r.strategy, {"error": "not timed"})} for r in ran]
+        self.estimated_s += cost_s(ran)
         self.spent_s += time.perf_counter() - started
 
     def overrun(self) -> float:
