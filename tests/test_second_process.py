@@ -93,3 +93,15 @@ def test_a_whole_shape_timed_again_races_again_only_the_strategies_near_the_fast
     assert runner.to_retime(records) == records
     assert runner.far_behind(records) == {"far"}  # x3 the fastest contender or more: not raced again
     assert runner.far_behind([dataclasses.replace(r, is_jacobian=False) for r in records]) == set()  # none may win
+
+
+def test_a_strategy_far_behind_whose_own_rounds_held_keeps_its_first_timing():
+    # the contenders' blocks ran under disturbance; "far" was timed on its own, undisturbed, x3 behind
+    fast = dataclasses.replace(record("fast", unstable=True), is_jacobian=True, time_median_s=1e-3)
+    far = dataclasses.replace(record("far", contender=False), is_jacobian=True, time_median_s=3.1e-3)
+    near = dataclasses.replace(record("near", contender=False), is_jacobian=True, time_median_s=2.9e-3)
+    assert runner.to_retime([fast, near, far]) == [fast, near]
+    shaken = dataclasses.replace(far, unstable=True)  # its own rounds kept under disturbance: timed again
+    assert runner.to_retime([fast, near, shaken]) == [fast, near, shaken]
+    slow = "the machine ran ×1.70 slower than the run's usual speed"  # every calibration of the shape: all again
+    assert runner.to_retime([fast, near, far], slow) == [fast, near, far]

@@ -255,10 +255,12 @@ def _combining(records: list[CaseRecord], by_name: dict[str, timing.Entry], resu
 
 def to_retime(records: list[CaseRecord], first_slow: str = "") -> list[CaseRecord]:
     """The timed strategies of a shape the second process times again: the contenders and those near them; all of
-    them when the first timing ran under disturbance or slow (the second, undisturbed, replaces it)."""
+    them when the first timing ran under disturbance or slow (the second, undisturbed, replaces it), but for those
+    far behind whose own rounds ran undisturbed (`held_far_behind`)."""
     timed_ok = [r for r in records if r.status == "ok" and r.round_times_s]
     if timed_whole(timed_ok, first_slow):
-        return timed_ok
+        held = held_far_behind(timed_ok, first_slow)
+        return [r for r in timed_ok if r.strategy not in held]
     fastest = fastest_winner(timed_ok) or min((r.time_median_s for r in timed_ok), default=0.0)
     return [r for r in timed_ok if r.contender or r.time_median_s <= RETIME_MARGIN * fastest]
 
@@ -285,6 +287,18 @@ def far_behind(records: list[CaseRecord]) -> set[str]:
         return set()
     return {r.strategy for r in records
             if not r.contender and r.time_median_s and r.time_median_s >= timing.FAR_MARGIN * fastest}
+
+
+def held_far_behind(records: list[CaseRecord], first_slow: str = "") -> set[str]:
+    """Of a shape timed again whole because its shared blocks ran under disturbance, the strategies far behind
+    (`far_behind`) whose own rounds, timed on their own between two calibrations at the usual speed and with no other
+    process on the CPUs, were kept undisturbed (not `unstable`): their first timing holds and is not timed again. A
+    disturbance of the contenders' blocks says nothing of them; a shape found slow in hindsight (`first_slow`: the
+    median of all its calibrations, their turns' too) is timed again whole. In a `default` run, 105 such strategies
+    timed again whole were ~29 s of calls of its second pass's 195 s (linearize_batched 9.6 s, jacobian_diagonal
+    5.6 s, jvp_loop 4.3 s)."""
+    far = set() if first_slow else far_behind(records)
+    return {r.strategy for r in records if r.strategy in far and not r.unstable}
 
 
 def may_win(strategy: Strategy, case: Case) -> bool:
