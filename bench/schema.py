@@ -271,7 +271,8 @@ class VerdictRecord:
     runner_up_ratio: list[float] | None = None  # [ratio, low, high]: its time / the best's, with the 95% interval
     ratios: dict[str, list[float]] = field(default_factory=dict)  # contender -> [ratio, low, high]
     contenders: list[str] = field(default_factory=list)  # strategies not surely more than the contender margin slower
-    rounds: int = 0  # paired rounds behind the ratios (0: one contender, decided on its lead alone)
+    rounds: int = 0  # paired rounds behind the ratios (a sole contender: its own rounds; its runner_up_ratio is
+    # its lead over the next strategy, two medians timed apart: a point)
     processes: int = 1  # worker processes the paired rounds came from
     unstable: bool = False
     message: str = ""

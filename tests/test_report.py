@@ -14,7 +14,7 @@ from bench import stats
 from bench.report import frames
 from bench.report.run_report import build_report
 from bench.results import ResultsError, append_case, append_line
-from bench.schema import AXES, VerdictRecord, slug
+from bench.schema import AXES, VerdictRecord, fmt_ratio, slug
 
 EVIL = "<script>alert(1)</script>"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -315,3 +315,20 @@ def test_where_the_time_went_says_how_much_of_the_timing_was_waiting():
         "for a slow episode of the machine or other processes' load to pass), validation 40 s, report 10 s.")
     older = {**env, "processes": [{k: v for k, v in p.items() if k != "waited_s"} for p in env["processes"]]}
     assert "waiting" not in phases_line(older)
+
+
+def test_a_sole_contender_names_the_next_strategy_and_its_lead_as_a_point() -> None:
+    # a playoff of one contender: no paired rounds, its lead over the next strategy is two medians timed apart
+    from bench.report.best import best_per_shape
+    from bench.report.tables import best_table
+
+    cases = [record(name, "cpu", BASE, ["batch"]) for name in ("vmap_jacrev", "grad_batched", "grad_loop")]
+    fast, following = sorted(((r.time_median_s, r.strategy) for r in cases))[:2]
+    lead = following[0] / fast[0]
+    playoff = VerdictRecord(model="mlp", device="cpu", dtype="float32", **BASE, best=fast[1], verdict="winner",
+                            runner_up=None, runner_up_ratio=[lead] * 3, contenders=[fast[1]], rounds=59)
+    best = best_per_shape(frames.to_frame(cases), frames.playoffs_frame([playoff])).iloc[0]
+    assert best["fastest"] == fast[1] and best["runner_up"] == following[1]
+    assert best["runner_up_ratio"] == pytest.approx(lead) and pd.isna(best["runner_up_ratio_low"])
+    shown = best_table(best_per_shape(frames.to_frame(cases), frames.playoffs_frame([playoff]))).iloc[0]
+    assert shown["runner-up / fastest"] == fmt_ratio(lead)  # no interval: none was measured

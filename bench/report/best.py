@@ -81,9 +81,13 @@ def _verdict(auto: pd.DataFrame, playoff: pd.Series | None) -> dict[str, Any]:
     """fastest, verdict, tied_with, runner-up and its ratio: from the playoff record, else from the first timings."""
     if playoff is not None and playoff["best"] in set(auto["strategy"]):
         ratio = as_interval(playoff["runner_up_ratio"])  # null or missing numbers read as NaN: shown as —
+        runner_up = playoff["runner_up"] if isinstance(playoff["runner_up"], str) else ""
+        following = [s for s in auto["strategy"] if s != playoff["best"]]
+        if not runner_up and following and math.isfinite(ratio[0]):
+            # a sole contender: its lead over the next strategy, two medians timed apart (a point, no interval)
+            runner_up, ratio = following[0], (ratio[0], math.nan, math.nan)
         return {"fastest": playoff["best"], "verdict": playoff["verdict"], "tied_with": list(playoff["tied_with"]),
-                "runner_up": playoff["runner_up"] if isinstance(playoff["runner_up"], str) else "",
-                "runner_up_ratio": ratio[0], "runner_up_ratio_low": ratio[1],
+                "runner_up": runner_up, "runner_up_ratio": ratio[0], "runner_up_ratio_low": ratio[1],
                 "runner_up_ratio_high": ratio[2], "playoff_rounds": int(playoff["rounds"] or 0),
                 "unstable": bool(playoff["unstable"] or auto["unstable"].any())}
     best = auto.iloc[0]
