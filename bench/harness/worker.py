@@ -27,6 +27,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,6 +40,10 @@ def main(argv: list[str]) -> int:
     # inductor's first compile asks torch.utils.cpp_extension for CUDA_HOME, which logs "No CUDA runtime is found" on
     # a CPU machine with a CUDA toolkit folder: once per child, into the run's progress lines; the run says its devices
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    # torch's forward mode loads its decompositions with torch.jit.script, which warns that torch.jit.script is
+    # deprecated: torch's own call, once per worker, printed into the run's progress lines (the user's code is not
+    # concerned; a case's own warnings are still recorded: bench/harness/runner.py)
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the host's: it stops after the current shape
     torch.set_num_threads(1)  # before anything runs: an OpenMP thread that exists at fork hangs the child
     folder, process = Path(argv[0]), int(argv[1])
