@@ -74,6 +74,23 @@ def test_coupling_is_found_in_every_direction(name, shape):
     torch.testing.assert_close(ref.jacobian, true_diagonal_blocks(model, x), rtol=1e-12, atol=1e-12)
 
 
+def test_a_coupled_reference_taken_in_chunks_is_the_full_jacobians_and_its_penalty_gradients(monkeypatch):
+    # BatchNorm in train mode couples the samples; two samples a chunk: three chunks of one batched backward each
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 2)).double().train()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    monkeypatch.setattr(reference, "COUPLED_CHUNK", 2 * 2 * 6)
+    ref = reference.reference(model, x, train=True)
+    full = torch.autograd.functional.jacobian(model, x, create_graph=True)  # [B, out, B, in], in one piece
+    blocks = torch.diagonal(full, dim1=0, dim2=2).permute(2, 0, 1)
+    params = list(model.parameters())
+    assert ref.coupled
+    torch.testing.assert_close(ref.jacobian, blocks.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ref.penalty_gradient, reference.flat_gradient(blocks.square().sum(), params, True))
+    torch.testing.assert_close(ref.output_sum_penalty_gradient,
+                               reference.flat_gradient(blocks.sum(1).square().sum(), params))
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"B{b}-in{i}-out{o}" for b, i, o in SHAPES])
 @pytest.mark.parametrize("name", list(INDEPENDENT))
 def test_independent_models_take_the_cheap_exact_path(name, shape):

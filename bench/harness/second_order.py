@@ -192,7 +192,7 @@ def of_quantity(quantity: str, model: nn.Module, x: Tensor, memory_budget: int |
     mode the penalty's gradient) or `second_order_reference` (the Hessian or what the Laplacian needs, and in train
     mode the PINN step's gradient)."""
     if quantity == "jacobian":
-        return reference(model, x, memory_budget, hidden=hidden, train=train)
+        return reference(model, x, train=train)
     return second_order_reference(model, x, quantity, memory_budget, hidden=hidden, train=train)
 
 
