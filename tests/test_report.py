@@ -323,7 +323,7 @@ def test_a_sole_contender_names_the_next_strategy_and_its_lead_as_a_point() -> N
     from bench.report.tables import best_table
 
     cases = [record(name, "cpu", BASE, ["batch"]) for name in ("vmap_jacrev", "grad_batched", "grad_loop")]
-    fast, following = sorted(((r.time_median_s, r.strategy) for r in cases))[:2]
+    fast, following = sorted((r.time_median_s, r.strategy) for r in cases)[:2]
     lead = following[0] / fast[0]
     playoff = VerdictRecord(model="mlp", device="cpu", dtype="float32", **BASE, best=fast[1], verdict="winner",
                             runner_up=None, runner_up_ratio=[lead] * 3, contenders=[fast[1]], rounds=59)
