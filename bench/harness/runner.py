@@ -294,9 +294,8 @@ def held_far_behind(records: list[CaseRecord], first_slow: str = "") -> set[str]
     (`far_behind`) whose own rounds, timed on their own between two calibrations at the usual speed and with no other
     process on the CPUs, were kept undisturbed (not `unstable`): their first timing holds and is not timed again. A
     disturbance of the contenders' blocks says nothing of them; a shape found slow in hindsight (`first_slow`: the
-    median of all its calibrations, their turns' too) is timed again whole. In a `default` run, 105 such strategies
-    timed again whole were ~29 s of calls of its second pass's 195 s (linearize_batched 9.6 s, jacobian_diagonal
-    5.6 s, jvp_loop 4.3 s)."""
+    median of all its calibrations, their turns' too) is timed again whole. Few are held in a noisy hour (3 strategies,
+    ~1.4 s of calls, in one `default` run): most shapes timed again whole there were slow in hindsight."""
     far = set() if first_slow else far_behind(records)
     return {r.strategy for r in records if r.strategy in far and not r.unstable}
 
