@@ -5,6 +5,9 @@ replays the graph alone. As in jvp_batched, tangent e_i broadcast over the batch
 Jacobian (valid when row b depends on x[b] alone). Cost: 2 forwards + a make_fx trace (Python, per call) + in JVPs
 vmapped, O(in·B·H·(in+out)); memory O(in·B·H) plus the folded constants. Not differentiable: the trace freezes the
 parameters into the graph as constants, so J's graph never reaches them (gradients would silently be None).
+Wrong, without an error, on a model that writes into a copy of its input (x = x.clone(); x[:, 0] = 0): in torch
+2.14.1 the traced tangent map is the derivative at the input before the write (docs/findings.md); validation marks
+it `wrong`.
 """
 
 import warnings
