@@ -148,6 +148,25 @@ def test_a_recompile_while_timing_is_an_error():
     compiling.reset()
 
 
+@pytest.mark.slow
+def test_a_graph_break_is_named_in_the_case():
+    """A compiled strategy on a model with data-dependent control flow runs partly eagerly: the graph break's reason
+    is one of the first call's warnings (the case's record, the report's 'warned:' line), not log lines in the run's
+    output."""
+    def branchy(t):
+        return torch.tanh(t) if t.sum().item() > 0 else torch.relu(t)
+
+    compiling.reset()
+    with compiling.graph_breaks() as breaks:
+        torch.compile(branchy, dynamic=False)(torch.ones(3))
+    assert breaks and all(b.startswith(compiling.GRAPH_BREAK) for b in breaks)
+    assert any("item()" in b for b in breaks)
+    with compiling.graph_breaks(enabled=False) as none:
+        torch.compile(branchy, dynamic=False)(torch.ones(4))
+    assert none == []
+    compiling.reset()
+
+
 def test_warnings_of_a_case_are_kept_without_deprecation_noise():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

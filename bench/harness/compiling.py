@@ -47,6 +47,29 @@ def no_recompile(enabled: bool = True) -> Iterator[None]:
         raise Recompiled("compiled a new graph while timing")
 
 
+GRAPH_BREAK = "torch.compile broke the graph (that part of the call runs eagerly)"
+
+
+@contextlib.contextmanager
+def graph_breaks(enabled: bool = True) -> Iterator[list[str]]:
+    """The graph breaks dynamo met while compiling inside, one line each ("GRAPH_BREAK: <dynamo's reason>"): a compiled
+    strategy that is timed as partly eager says so in its case. Dynamo counts them by reason; one of them
+    (`Tensor.item()` in a user's model) it also logs as a warning, 27 lines into the run's output per compile with
+    nothing to tie them to a case (the worker leaves that logger out)."""
+    found: list[str] = []
+    if not enabled:
+        yield found
+        return
+    from torch._dynamo.utils import counters
+
+    before = dict(counters["graph_break"])
+    try:
+        yield found
+    finally:
+        found += [f"{GRAPH_BREAK}: {reason.strip().splitlines()[0][:200]}"
+                  for reason, count in counters["graph_break"].items() if count > before.get(reason, 0)]
+
+
 def inductor_cache() -> dict[str, object]:
     """Where inductor keeps compiled kernels and whether it held any when the run started (a warm cache makes
     setup_s much shorter than a first compile on a fresh machine)."""

@@ -119,10 +119,11 @@ class ShapeRunner:
     def _first_call(self, strategy: Strategy, call: Call, shape: PreparedShape
                     ) -> tuple[object, int | None, float, list[str]]:
         """The validation call, under the time budget (the compile budget for a compiled strategy, whose first call
-        compiles): (output, peak bytes, seconds, the warnings it raised). One retry of a timeout, so a moment of
-        load on a shared machine is not recorded as a timeout (which would also skip every larger shape)."""
+        compiles): (output, peak bytes, seconds, the warnings it raised and the graph breaks of its compile). One
+        retry of a timeout, so a moment of load on a shared machine is not recorded as a timeout (which would also
+        skip every larger shape)."""
         limit = self.plan.grid.budget.compile_s if strategy.compiled else self.plan.time_budget_s
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, compiling.graph_breaks(strategy.compiled) as breaks:
             warnings.simplefilter("always")
             for attempt in (1, 2):
                 start = measure.synced_clock()
@@ -133,7 +134,7 @@ class ShapeRunner:
                     if attempt == 2:
                         raise
             seconds = measure.synced_clock() - start
-        return output, peak, seconds, case_warnings(caught)
+        return output, peak, seconds, case_warnings(caught) + breaks
 
     def _time(self, shape: PreparedShape, valid: dict[str, Outcome]) -> dict[str, Outcome]:
         """Every valid strategy of the shape timed together with the forward pass (bench/harness/timing.py)."""

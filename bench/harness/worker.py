@@ -40,6 +40,9 @@ def main(argv: list[str]) -> int:
     # inductor's first compile asks torch.utils.cpp_extension for CUDA_HOME, which logs "No CUDA runtime is found" on
     # a CPU machine with a CUDA toolkit folder: once per child, into the run's progress lines; the run says its devices
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    # dynamo logs a graph break at `Tensor.item()` (a user's model with data-dependent control flow) as a 27-line
+    # warning per compile, with nothing to tie it to a case: the case's record says it (compiling.graph_breaks)
+    logging.getLogger("torch._dynamo.variables.tensor").setLevel(logging.ERROR)
     # torch's forward mode loads its decompositions with torch.jit.script, which warns that torch.jit.script is
     # deprecated: torch's own call, once per worker, printed into the run's progress lines (the user's code is not
     # concerned; a case's own warnings are still recorded: bench/harness/runner.py)
