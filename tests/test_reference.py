@@ -134,8 +134,21 @@ def test_the_models_own_nan_is_refused_with_the_rows():
 
 def test_a_random_model_is_refused():
     noisy = Fn(lambda lin, t: lin(t) + torch.randn(t.shape[0], 2, dtype=t.dtype))
-    with pytest.raises(ModelProblem, match="not deterministic"):
+    with pytest.raises(ModelProblem, match=r"not deterministic: .* \(a random op in its forward\)"):
         reference.reference(noisy, torch.randn(4, 3).double())
+    dropout = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.Linear(8, 2)).train()
+    with pytest.raises(ModelProblem, match=r"\(Dropout in training mode, as the factory returned the model\)"):
+        reference.reference(dropout, torch.randn(4, 3))
+
+
+def test_a_model_that_updates_its_own_state_is_refused_with_the_buffers():
+    """spectral_norm in training mode runs a step of power iteration on every call: the weight, and so the output,
+    moves from one call to the next; the message names the buffers it updates, not 'a random op'."""
+    model = nn.Sequential(nn.utils.parametrizations.spectral_norm(nn.Linear(3, 8)), nn.Tanh(), nn.Linear(8, 2))
+    with pytest.raises(ModelProblem, match=r"its forward updates its own buffers 0\.parametrizations\.weight\.0\._u, "
+                                           r"0\.parametrizations\.weight\.0\._v, as spectral_norm"):
+        reference.reference(model.train(), torch.randn(4, 3))
+    reference.reference(model.eval(), torch.randn(4, 3))  # no update in eval mode: measured
 
 
 def test_validate_says_where_non_finite_numbers_came_from():
