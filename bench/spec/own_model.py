@@ -36,6 +36,7 @@ class Probe:
     graph: str  # why autograd cannot differentiate model(x) with respect to x ("" when it can)
     built_on: tuple[str, ...]  # the devices of its parameters and buffers as built
     loose: tuple[str, ...]  # tensors kept as plain attributes: .to() neither moves nor casts them
+    scripted: bool = False  # a TorchScript module: its speed depends on its first call
 
 
 def check(model_def: models.ModelDef, sizes: Sizes) -> Probe:
@@ -56,7 +57,8 @@ def check(model_def: models.ModelDef, sizes: Sizes) -> Probe:
                   for key, value in vars(module).items() if isinstance(value, Tensor))
     return Probe(dtype=dtype, one_sample=models.run_problem(model, torch.randn(1, sizes.in_dim, dtype=probe_dtype),
                                                             sizes.out_dim),
-                 training=model.training, graph=graph_problem(model, x), built_on=built_on, loose=loose)
+                 training=model.training, graph=graph_problem(model, x), built_on=built_on, loose=loose,
+                 scripted=isinstance(model, torch.jit.ScriptModule))
 
 
 def _as_probed(model: nn.Module) -> tuple[nn.Module, torch.dtype]:
