@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import Tensor, nn
 
+import strategies
 from bench.harness import reference
 from bench.harness.reference import ModelProblem
 
@@ -159,3 +162,35 @@ def test_validate_says_where_non_finite_numbers_came_from():
     assert not check.ok and "strategy returned NaN or inf for 1 of 4 samples (row 2)" in check.message
     assert reference.validate(torch.ones(4, 2, 3), ref, "jacobian", torch.float32).ok
     assert reference.validate(torch.full((4, 3), 2.0), ref, "output_sum", torch.float32).ok
+
+
+class Autocast(nn.Module):
+    """A user's mixed-precision model: its layers under CPU autocast (bfloat16 matmuls), a float32 output."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.net(x).float()
+
+
+def test_a_model_computing_below_its_dtype_is_held_to_that_precision():
+    """Every strategy's J of a bfloat16-autocast model is off the float64 reference by the model's own round-off
+    (all 178 cases of such a user model were `wrong` at float32's tolerance): its results are held to bfloat16's
+    tolerance, and the check says why. A plain float32 model keeps float32's."""
+    torch.manual_seed(0)
+    model, x = Autocast().eval(), torch.randn(16, 8)
+    ref = reference.reference(model, x)
+    assert reference.RTOL[torch.float32] < ref.forward_error <= reference.RTOL[torch.bfloat16]
+    assert reference.tolerance_dtype(torch.float32, ref.forward_error) in reference.LOWER_PRECISION
+    jac = strategies.REGISTRY["vmap_jacrev"](model, x)
+    assert not reference.validate(jac, ref.jacobian, "jacobian", torch.float32).ok  # float32's tolerance
+    check = reference.validate(jac, ref.jacobian, "jacobian", torch.float32, ref.forward_error)
+    assert check.ok and re.match(r"held to (bfloat16|float16)'s tolerance: the model's own float32 output is "
+                                 r"[\d.]+% off its float64 output", check.message)
+    plain = nn.Sequential(nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 4)).eval()
+    plain_ref = reference.reference(plain, x)
+    assert plain_ref.forward_error < 1e-6 and reference.precision_note(torch.float32, plain_ref.forward_error) == ""
+    assert reference.reference(plain.double(), x.double()).forward_error == 0.0

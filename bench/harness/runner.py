@@ -327,5 +327,5 @@ def validate(output: object, ref: reference.Reference | second_order.SecondOrder
         return second_order.validate_second_order(output, ref, case.quantity, dtype, strategy.estimator)
     if case.mode == "train":
         expected = ref.output_sum_penalty_gradient if strategy.returns == "output_sum" else ref.penalty_gradient
-        return reference.validate_gradient(output, expected, dtype)
-    return reference.validate(output, ref.jacobian, strategy.returns, dtype)
+        return reference.validate_gradient(output, expected, dtype, forward_error=ref.forward_error)
+    return reference.validate(output, ref.jacobian, strategy.returns, dtype, ref.forward_error)
