@@ -4,6 +4,7 @@ a model by its path, and the mistakes users make with a model of their own, each
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -124,6 +125,20 @@ USER_MODELS = textwrap.dedent(
 
     def scripted():
         return torch.jit.script(nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)).eval())
+
+
+    class Autocast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(3, 32), nn.Tanh(), nn.Linear(32, 2))
+
+        def forward(self, x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self.net(x).float()
+
+
+    def autocast():
+        return Autocast().eval()
     '''
 )
 
@@ -270,6 +285,13 @@ def test_a_torchscript_model_is_noted_and_first_called_under_no_grad_in_a_fresh_
            "device": "cpu", "dtype": "float32", "threads": 0}
     built = fresh._build(job)
     assert checked == [built]  # the model's first call: the run's check, model(x) under no_grad
+
+
+def test_a_model_computing_below_float32_inside_is_noted(user_file):
+    run = plan(model=f"{user_file}:autocast")
+    noted = r"computes below float32 inside \(autocast, or a cast in forward\): its float32 output is [\d.]+% off"
+    assert any(re.search(noted + r" its float64 copy's, .* validated at b?float16's tolerance", n) for n in run.notes)
+    assert not any("computes below float32" in n for n in plan(model=f"{user_file}:plain").notes)
 
 
 def test_ids_leave_out_the_hidden_width_of_a_fixed_model():

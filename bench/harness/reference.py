@@ -134,13 +134,16 @@ FORWARD_MARGIN = 10  # a derivative carries a few times the round-off of the out
 def tolerance_dtype(dtype: torch.dtype, forward_error: float) -> torch.dtype:
     """The dtype whose tolerance a result of this dtype is held to: its own, unless the model's own output is
     further from its float64 copy's than that tolerance (it computes below its dtype inside: autocast, a cast in
-    forward), then the finest lower precision whose tolerance is FORWARD_MARGIN x that error or more. A user's MLP
+    forward), then the finest lower precision whose tolerance is FORWARD_MARGIN x that error or more (the coarsest
+    one when only its tolerance covers the error: a float64 copy that differs by more is another model). A user's MLP
     under CPU autocast (bfloat16 matmuls) returned float32 outputs 0.19-0.49% off its float64 copy's (B = 1 to
     4096); every strategy's J was off by 0.29-0.74% of its largest entry (its train-mode gradient up to 10%), and
     all 178 of its cases were `wrong` at float32's tolerance (1e-4 of it)."""
     if forward_error <= RTOL.get(dtype, 1e-4):
         return dtype
-    return next((lower for lower in LOWER_PRECISION if FORWARD_MARGIN * forward_error <= RTOL[lower]), dtype)
+    coarsest = LOWER_PRECISION[-1]  # within its tolerance but not its margin: still below the dtype, not another model
+    fallback = coarsest if forward_error <= RTOL[coarsest] else dtype
+    return next((lower for lower in LOWER_PRECISION if FORWARD_MARGIN * forward_error <= RTOL[lower]), fallback)
 
 
 def precision_note(dtype: torch.dtype, forward_error: float) -> str:

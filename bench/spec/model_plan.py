@@ -128,6 +128,7 @@ def _probe(found: ModelSet, name: str, sizes: Sizes, dtypes: tuple[str, ...] | N
         found.notes.append(f"model {name} is measured in training mode, as its factory returns it "
                            "(nn.Module.training=True: Dropout and BatchNorm behave as in training); return "
                            "model.eval() from the factory to measure inference")
+    found.notes += own_model.precision_notes(name, probe)
     if probe.scripted:
         found.notes.append(f"model {name} is a TorchScript module: its speed depends on how it was first called (its "
                            "profiling executor specializes on the first calls). The run, and the fresh processes that "

@@ -37,6 +37,7 @@ class Probe:
     built_on: tuple[str, ...]  # the devices of its parameters and buffers as built
     loose: tuple[str, ...]  # tensors kept as plain attributes: .to() neither moves nor casts them
     scripted: bool = False  # a TorchScript module: its speed depends on its first call
+    forward_error: float = 0.0  # how far its float32 output is from its float64 copy's (reference.forward_error)
 
 
 def check(model_def: models.ModelDef, sizes: Sizes) -> Probe:
@@ -58,7 +59,31 @@ def check(model_def: models.ModelDef, sizes: Sizes) -> Probe:
     return Probe(dtype=dtype, one_sample=models.run_problem(model, torch.randn(1, sizes.in_dim, dtype=probe_dtype),
                                                             sizes.out_dim),
                  training=model.training, graph=graph_problem(model, x), built_on=built_on, loose=loose,
-                 scripted=isinstance(model, torch.jit.ScriptModule))
+                 scripted=isinstance(model, torch.jit.ScriptModule), forward_error=_forward_error(model, x))
+
+
+def precision_notes(name: str, probe: Probe) -> list[str]:
+    """A note when the model computes below float32 inside: what its results are validated at, and why."""
+    from bench.harness import reference
+
+    held = reference.tolerance_dtype(torch.float32, probe.forward_error)
+    if held == torch.float32:
+        return []
+    return [f"model {name} computes below float32 inside (autocast, or a cast in forward): its float32 output is "
+            f"{probe.forward_error:.2%} off its float64 copy's, and so is every strategy's result; they are validated "
+            f"at {str(held).removeprefix('torch.')}'s tolerance"]
+
+
+def _forward_error(model: nn.Module, x: Tensor) -> float:
+    """reference.forward_error of the probed model against its float64 copy (0 where no copy can be made)."""
+    import copy
+
+    from bench.harness import reference
+
+    try:
+        return reference.forward_error(model, x, copy.deepcopy(model).double(), x.double())
+    except Exception:  # a model that cannot run in float64: its cases say so (the reference is float64)
+        return 0.0
 
 
 def _as_probed(model: nn.Module) -> tuple[nn.Module, torch.dtype]:
