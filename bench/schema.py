@@ -183,7 +183,9 @@ class CaseRecord:
     time_min_s: float | None = _column("fastest per-call time of a round")
     time_mean_s: float | None = _column("mean per-call time over the rounds")
     predicted_memory_bytes: int | None = _column("the strategy's memory estimate for this case (budget check)")
-    tolerance: float | None = _column("max_abs_error must stay at or below this (scaled to dtype and to |J|)")
+    tolerance: float | None = _column("max_abs_error must stay at or below this (scaled to dtype and to |J|; to a "
+                                      "lower precision's where the model computes in one inside, e.g. under "
+                                      "autocast, and the message says so)")
     returns: str = _column("what the strategy returns: jacobian, or output_sum (J.sum(1))", "jacobian")
     independent_samples: bool = _column("the strategy is right only when output row b depends on input row b alone",
                                          False)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.schema import FIXED_HIDDEN, Sizes
-from bench.spec import models
+from bench.spec import models, precision
 
 PROBE_BATCH = 2
 
@@ -64,9 +64,7 @@ def check(model_def: models.ModelDef, sizes: Sizes) -> Probe:
 
 def precision_notes(name: str, probe: Probe) -> list[str]:
     """A note when the model computes below float32 inside: what its results are validated at, and why."""
-    from bench.harness import reference
-
-    held = reference.tolerance_dtype(torch.float32, probe.forward_error)
+    held = precision.tolerance_dtype(torch.float32, probe.forward_error)
     if held == torch.float32:
         return []
     return [f"model {name} computes below float32 inside (autocast, or a cast in forward): its float32 output is "
@@ -75,13 +73,11 @@ def precision_notes(name: str, probe: Probe) -> list[str]:
 
 
 def _forward_error(model: nn.Module, x: Tensor) -> float:
-    """reference.forward_error of the probed model against its float64 copy (0 where no copy can be made)."""
+    """precision.forward_error of the probed model against its float64 copy (0 where no copy can be made)."""
     import copy
 
-    from bench.harness import reference
-
     try:
-        return reference.forward_error(model, x, copy.deepcopy(model).double(), x.double())
+        return precision.forward_error(model, x, copy.deepcopy(model).double(), x.double())
     except Exception:  # a model that cannot run in float64: its cases say so (the reference is float64)
         return 0.0
 
