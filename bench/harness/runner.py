@@ -323,7 +323,8 @@ def validate(output: object, ref: reference.Reference | second_order.SecondOrder
     dtype = getattr(torch, case.dtype)
     if case.quantity != "jacobian":
         if case.mode == "train":
-            return second_order.validate_pinn_gradient(output, ref.pinn_gradient, dtype, strategy.estimator)
+            return second_order.validate_pinn_gradient(output, ref.pinn_gradient, dtype, strategy.estimator,
+                                                       ref.forward_error)
         return second_order.validate_second_order(output, ref, case.quantity, dtype, strategy.estimator)
     if case.mode == "train":
         expected = ref.output_sum_penalty_gradient if strategy.returns == "output_sum" else ref.penalty_gradient
