@@ -180,7 +180,7 @@ def test_a_sized_grid_collapses_onto_a_fixed_model(user_file):
 
 
 def test_input_width_from_in_dim_when_the_model_does_not_tell_it(user_file):
-    with pytest.raises(models.ModelError, match=r"IN_DIM=") as refused:
+    with pytest.raises(models.ModelError, match=r"give it as IN_DIM=n, n the width of the \(B, n\) input") as refused:
         plan(model=f"{user_file}:heat")
     assert "frequencies comes before any nn.Linear" in str(refused.value)
     run = plan(model=f"{user_file}:heat", in_dim="3")

@@ -126,7 +126,8 @@ def own_sizes(model_def: models.ModelDef, in_dim: int | None) -> OwnSizes:
         in_dim, source = declared_in_dim(model)
         if in_dim is None:
             raise models.ModelError(f"model {model_def.name} has fixed sizes and does not tell its input width "
-                                    f"({source}): give it, e.g. IN_DIM=3")
+                                    f"({source}): give it as IN_DIM=n, n the width of the (B, n) input model(x) "
+                                    "takes")
     y, problem = _call(model, torch.randn(PROBE_BATCH, in_dim, dtype=dtype))
     if problem:  # a call that raised may have had the wrong width; one that returned a tuple had the right one
         hint = (f"; the width {in_dim} came from {source}: give the right one, IN_DIM=n"
