@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import textwrap
 from pathlib import Path
 
@@ -327,3 +328,13 @@ def test_a_fixed_model_with_the_wrong_output_is_told_what_to_return(tmp_path):
         plan(model=f"{path}:energy")
     with pytest.raises(models.ModelError, match=r"returned a tuple, expected a Tensor \(B, out\)$"):
         plan(model=f"{path}:pair")
+
+
+def test_a_model_file_imports_its_sibling_modules(tmp_path: Path):
+    """A user's model file that imports a module beside it (`from layers import Block`), as it would when run as a
+    script, resolves; the folder goes after the suite's own packages on sys.path."""
+    (tmp_path / "layers.py").write_text("from torch import nn\n\n\nclass Block(nn.Linear):\n    pass\n")
+    (tmp_path / "net.py").write_text("from layers import Block\n\n\ndef net():\n    return Block(3, 2)\n")
+    model_def = models.resolve(f"{tmp_path / 'net.py'}:net")
+    assert model_def.fixed and type(model_def.factory()).__name__ == "Block"
+    assert sys.path.index(str(tmp_path)) > sys.path.index(str(Path(models.__file__).parents[2]))

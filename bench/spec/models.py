@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import sys
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,6 +91,9 @@ def resolve(spec: str) -> ModelDef:
     if not path.is_file():
         raise ModelError(f"MODEL={spec}: file {file} not found")
     module_name = f"jacobench_user_model_{zlib.crc32(str(path.resolve()).encode())}"
+    folder = str(path.resolve().parent)  # its sibling modules import as they do when the file runs as a script
+    if folder not in sys.path:  # after the suite's own packages, so that a user's bench.py shadows none of them
+        sys.path.append(folder)
     try:
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(module_spec)
