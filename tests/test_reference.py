@@ -9,8 +9,10 @@ import torch
 from torch import Tensor, nn
 
 import strategies
-from bench.harness import reference
+from bench.harness import reference, runner
 from bench.harness.reference import ModelProblem
+from bench.schema import Sizes
+from bench.spec.cases import Case
 
 
 class Mixed(nn.Module):
@@ -101,6 +103,25 @@ def test_independent_models_take_the_cheap_exact_path(name, shape):
     ref = reference.reference(model, x)
     assert not ref.coupled
     torch.testing.assert_close(ref.jacobian, true_diagonal_blocks(model, x), rtol=1e-12, atol=1e-12)
+
+
+def test_a_detached_batch_statistic_couples_the_values_not_the_derivatives():
+    """A user's detached batch scale: no derivative flows between samples (the cheap exact path holds), but a sample's
+    output changes with the rest of the batch, so the model is flagged coupled, and a per-sample strategy (vmap,
+    one sample at a time) that comes out wrong is told why."""
+    model, x = model_and_input(lambda x: x / x.abs().max().detach(), 8, 3, 2)
+    assert not reference.samples_coupled(model, x) and reference.values_coupled(model, x)
+    ref = reference.reference(model, x)
+    assert ref.coupled
+    torch.testing.assert_close(ref.jacobian, true_diagonal_blocks(model, x), rtol=1e-12, atol=1e-12)
+    case = Case("mixed", "float64", Sizes(8, 4, 3, 2))
+    check = runner.validate(strategies.REGISTRY["vmap_jacrev"](model, x), ref, strategies.REGISTRY["vmap_jacrev"],
+                            case)
+    assert not check.ok and check.message.endswith(runner.COUPLED_HINT)
+    assert runner.validate(strategies.REGISTRY["grad_batched"](model, x), ref, strategies.REGISTRY["grad_batched"],
+                           case).ok
+    for name in INDEPENDENT:  # round-off and an exact cancellation are no coupling of values either
+        assert not reference.values_coupled(*model_and_input(INDEPENDENT[name], 8, 3, 2))
 
 
 def test_every_pair_of_rows_is_probed():

@@ -34,6 +34,7 @@ from bench.harness.reference import (
     tolerance_dtype,
     trainable,
     validate_gradient,
+    values_coupled,
 )
 
 # Second derivatives go through one more differentiation than J, and a Laplacian adds in of them: the tolerance is
@@ -56,7 +57,8 @@ ESTIMATE_NOTE = "estimate:"  # how the message of an estimator's check begins: i
 @dataclass(frozen=True)
 class SecondOrderReference:
     laplacian: Tensor  # [B, out] float64: the trace of each sample's and output's Hessian
-    coupled: bool  # some output row depends on another sample's input: per-sample strategies are then wrong
+    coupled: bool  # some output row depends on another sample's input (`values_coupled` included): per-sample
+    # strategies are then wrong
     hessian_scale: float  # max |H|: the Hessian's tolerance scales with it
     laplacian_scale: float  # max over (b, o) of Σ_i |H[b, o, i, i]|: the Laplacian's tolerance scales with it
     hessian_norm: Tensor  # [B, out] float64 ‖H[b, o]‖_F: the noise scale of a stochastic estimate of the Laplacian
@@ -123,7 +125,7 @@ def _second_order_reference(model: nn.Module, x: Tensor, quantity: str, memory_b
         raise ModelProblem(f"the model's own float64 second derivatives hold NaN or inf for {_rows(bad, batch)} "
                            "(a derivative that does not exist at this input, e.g. sqrt at 0)")
     ref = SecondOrderReference(
-        laplacian=diagonal.sum(2), coupled=coupled, hessian_scale=scale,
+        laplacian=diagonal.sum(2), coupled=coupled or values_coupled(model64, x64), hessian_scale=scale,
         laplacian_scale=diagonal.abs().sum(2).max().item() if diagonal.numel() else 0.0, hessian_norm=norm,
         hessian=hess.contiguous() if quantity == "hessian" else None,
         forward_error=forward_error(model, x, model64, x64))

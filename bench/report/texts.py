@@ -51,7 +51,8 @@ PINN_STEP = ("train mode for second order times the PINN step: the Laplacian wit
              "PINN step / alone: the fastest step over the fastest call of the quantity alone, at the same shape.")
 TRAIN_TITLE = {"jacobian": "Training through the Jacobian", "hessian": "The PINN training step — Hessian strategies",
                "laplacian": "The PINN training step"}
-COUPLED = ("Output row b depends on other rows (e.g. BatchNorm in training mode): strategies that assume independent "
+COUPLED = ("Output row b depends on other rows (e.g. BatchNorm in training mode, or a statistic of the whole batch, "
+           "even detached): strategies that assume independent "
            "samples return a wrong Jacobian without any error.")
 
 READING = (
