@@ -122,3 +122,31 @@ def test_time_limit_leaves_a_signal_handler_of_the_process_alone(monkeypatch):
             while True:
                 pass
     assert signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)
+
+
+class Checkpointed(nn.Module):
+    """A user's model with activation checkpointing (torch.utils.checkpoint uses saved-tensor hooks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.body = nn.Linear(3, 8), nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+
+    def forward(self, x):
+        return torch.utils.checkpoint.checkpoint(self.body, self.inp(x).tanh(), use_reentrant=False)
+
+
+def test_a_call_that_raises_leaves_saved_tensor_hooks_enabled():
+    """torch.compile failing on a torch.func transform of a checkpointed model left saved-tensor hooks disabled for
+    the whole process: every later autograd call on the model raised. A call that raises, interrupted or not, in
+    the run's worker or in the user's program (autotune), leaves torch's autodiff state as it found it."""
+    torch.manual_seed(0)
+    model, x = Checkpointed(), torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match="broken"), measure.time_limit(0):  # no limit: the user's program
+        torch._C._autograd._saved_tensors_hooks_disable("disabled by a call that failed")
+        raise RuntimeError("broken")
+    assert torch._C._autograd._saved_tensors_hooks_is_enabled()
+    with pytest.raises(strategies.Unsupported), measure.time_limit(0):
+        strategies.REGISTRY["func_sum_jacrev_compiled"](model, x)
+    assert torch._C._autograd._saved_tensors_hooks_is_enabled()
+    torch.testing.assert_close(strategies.REGISTRY["grad_batched"](model, x),
+                               strategies.REGISTRY["vmap_jacfwd"](model, x))  # forward mode uses no saved tensors

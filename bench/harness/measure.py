@@ -45,17 +45,37 @@ def time_limit(seconds: float, what: str = "one call") -> Iterator[None]:
     torch's own cleanup of an interrupted make_fx trace may throw where C++ cannot (terminate), which is why only a
     worker's child allows it. Elsewhere (the user's program calling autotune, a thread, no SIGALRM, or a process with
     its own SIGALRM handler or timer) no limit applies and the caller judges a slow call by its measured time."""
-    if seconds <= 0 or not _interrupts_allowed or not alarm_is_free():
-        yield
-        return
+    with autodiff_state_kept():
+        if seconds <= 0 or not _interrupts_allowed or not alarm_is_free():
+            yield
+            return
+        with _alarm(seconds, what):
+            yield
 
+
+@contextlib.contextmanager
+def autodiff_state_kept() -> Iterator[None]:
+    """torch's global autodiff state (`AutodiffState`) put back as it was when the call inside raises, interrupted or
+    not: a failed call can leave it changed for every later call of the process. A user's checkpointed model
+    (torch.utils.checkpoint) that torch.compile failed to compile under a torch.func transform left saved-tensor hooks
+    disabled, and every later autograd call on it raised "torch.func ... don't yet support saved tensor hooks":
+    5 plain autograd strategies `error` on the two shapes with compiled strategies, `ok` on the others."""
+    state = AutodiffState.now()
+    try:
+        yield
+    except BaseException:
+        state.restore()
+        raise
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float, what: str) -> Iterator[None]:
     fired = []
 
     def on_alarm(signum, frame):
         fired.append(True)
         raise CaseTimeout(what, seconds)
 
-    state = AutodiffState.now()
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
@@ -63,7 +83,8 @@ def time_limit(seconds: float, what: str = "one call") -> Iterator[None]:
     except Exception as exc:
         if not fired:
             raise
-        state.restore()  # whatever the interrupted code raised on its way out (its cleanup may fail too)
+        # whatever the interrupted code raised on its way out (its cleanup may fail too); the state is put back by
+        # autodiff_state_kept
         raise exc if isinstance(exc, CaseTimeout) else CaseTimeout(what, seconds) from exc
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -105,6 +126,7 @@ class AutodiffState:
     dispatch_modes: int  # Python dispatch modes on the stack (make_fx traces under them: linearize)
     infra_modes: tuple[bool, ...]  # which of the fake, proxy and functional modes are set
     function_modes: int  # torch function modes on the stack
+    saved_tensor_hooks: bool  # torch.func disables them inside its transforms (torch.utils.checkpoint uses them)
 
     @classmethod
     def now(cls) -> AutodiffState:
@@ -116,7 +138,7 @@ class AutodiffState:
                    functorch.get_dynamic_layer_stack_depth(), functorch.get_inplace_requires_grad_allowed(),
                    getattr(transforms, "JVP_NESTING", None), torch._C._len_torch_dispatch_stack(),
                    tuple(torch._C._get_dispatch_mode(key) is not None for key in _infra_mode_keys()),
-                   torch._C._len_torch_function_stack())
+                   torch._C._len_torch_function_stack(), torch._C._autograd._saved_tensors_hooks_is_enabled())
 
     def restore(self) -> None:
         import torch._C._functorch as functorch
@@ -142,6 +164,8 @@ class AutodiffState:
         torch.set_grad_enabled(self.grad)
         torch._C._set_fwd_grad_enabled(self.fwd_grad)
         functorch.set_inplace_requires_grad_allowed(self.inplace_requires_grad)
+        if self.saved_tensor_hooks and not torch._C._autograd._saved_tensors_hooks_is_enabled():
+            torch._C._autograd._saved_tensors_hooks_enable()
 
 
 def time_rounds(fn: Callable[[], object], iterations: int, rounds: int) -> list[float]:
@@ -231,9 +255,12 @@ def free(device: str) -> None:
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message (its type when it has none), cut to `limit` characters."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
+    """The first line of an exception's message (its type when it has none), cut to `limit` characters; with the
+    next line when the first only announces it (torch.compile's "backend='inductor' raised:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return (f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0])[:limit]
 
 
 class Phases:
