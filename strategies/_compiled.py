@@ -31,7 +31,9 @@ def compiled(eager: Strategy) -> Callable[[nn.Module, Tensor], Tensor]:
             return compiled_fn()(model, x)
         except (torch._dynamo.exc.TorchDynamoException, NotImplementedError) as exc:
             # dynamo cannot trace this model through the transform: the strategy does not apply, say why
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
+            # "backend='inductor' raised:" announces the cause on the next line
+            first = (f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0])[:200]
             raise Unsupported(f"torch.compile cannot compile {eager.name} for this model: {type(exc).__name__}: "
                               f"{first}") from None
 
