@@ -140,6 +140,10 @@ USER_MODELS = textwrap.dedent(
 
     def autocast():
         return Autocast().eval()
+
+
+    def compiled():
+        return torch.compile(nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)).eval())
     '''
 )
 
@@ -338,3 +342,13 @@ def test_a_model_file_imports_its_sibling_modules(tmp_path: Path):
     model_def = models.resolve(f"{tmp_path / 'net.py'}:net")
     assert model_def.fixed and type(model_def.factory()).__name__ == "Block"
     assert sys.path.index(str(tmp_path)) > sys.path.index(str(Path(models.__file__).parents[2]))
+
+
+def test_a_torch_compiled_model_is_measured_as_its_eager_module(user_file):
+    """A factory returning torch.compile(model): every case was an error (its compile failed in the forked workers);
+    the module it wraps is measured, torch.compile by the *_compiled strategies, and a note says so."""
+    model_def = models.resolve(f"{user_file}:compiled")
+    assert type(models.instantiate(model_def, Sizes(2, FIXED_HIDDEN, 3, 2))).__name__ == "Sequential"
+    assert models.is_compiled_module(models.instantiate(model_def, Sizes(2, FIXED_HIDDEN, 3, 2), keep_compiled=True))
+    run = plan(model=f"{user_file}:compiled")
+    assert any("is a torch.compile'd module: it is measured as the module it wraps" in n for n in run.notes)

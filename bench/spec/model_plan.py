@@ -135,6 +135,11 @@ def _probe(found: ModelSet, name: str, sizes: Sizes, dtypes: tuple[str, ...] | N
                            "check it, call it first under no_grad (each shape's check of model(x)), as a program "
                            "that runs inference first; where the Jacobian is a program's first call, autograd calls "
                            "of a scripted MLP took ×1.7 as long here (122 µs against 70 µs)")
+    if probe.compiled:
+        found.notes.append(f"model {name} is a torch.compile'd module: it is measured as the module it wraps "
+                           "(model._orig_mod), and torch.compile by the *_compiled strategies, which compile the "
+                           "whole Jacobian call with the model inlined (compiled on its own, the model failed to "
+                           "compile in the run's forked worker processes: autograd's threads and fork)")
     if probe.one_sample:
         found.notes.append(f"model {name} fails on a one-sample batch ({probe.one_sample}): its B=1 cases and the "
                            "per-sample strategies (vmap_jacrev, vmap_jacfwd) will end in error")

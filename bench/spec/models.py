@@ -130,8 +130,9 @@ def seed_for(model_name: str, sizes: Sizes) -> int:
     return SEED + zlib.crc32(f"{model_name}-{'-'.join(map(str, sizes))}".encode())
 
 
-def instantiate(model_def: ModelDef, sizes: Sizes) -> nn.Module:
-    """Call the factory; a ModelError that names the call when it raises or returns something else."""
+def instantiate(model_def: ModelDef, sizes: Sizes, keep_compiled: bool = False) -> nn.Module:
+    """Call the factory; a ModelError that names the call when it raises or returns something else. A
+    torch.compile'd module is measured as its eager module (`eager_module`) unless `keep_compiled`."""
     given = "" if model_def.fixed else f"in_dim={sizes.in_dim}, hidden={sizes.hidden}, out_dim={sizes.out_dim}"
     call = f"model {model_def.name}: factory({given})"
     try:
@@ -140,7 +141,20 @@ def instantiate(model_def: ModelDef, sizes: Sizes) -> nn.Module:
         raise ModelError(f"{call} raised {type(exc).__name__}: {first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{call} returned {type(model).__name__}, not an nn.Module")
-    return model
+    return model if keep_compiled else eager_module(model)
+
+
+def is_compiled_module(model: nn.Module) -> bool:
+    """A module the factory wrapped in torch.compile (torch._dynamo's OptimizedModule)."""
+    return type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module)
+
+
+def eager_module(model: nn.Module) -> nn.Module:
+    """The module a torch.compile'd one wraps (the model itself otherwise). Compiled on its own, the model failed
+    to compile in the run's forked worker processes (inductor: "Unable to handle autograd's threading in combination
+    with fork-based multiprocessing", every case an error); torch.compile is measured by the *_compiled strategies,
+    which compile the whole Jacobian call, the model inlined."""
+    return model._orig_mod if is_compiled_module(model) else model
 
 
 def build(model_def: ModelDef, sizes: Sizes, device: str, dtype: torch.dtype) -> tuple[nn.Module, Tensor]:

@@ -37,6 +37,7 @@ class Probe:
     built_on: tuple[str, ...]  # the devices of its parameters and buffers as built
     loose: tuple[str, ...]  # tensors kept as plain attributes: .to() neither moves nor casts them
     scripted: bool = False  # a TorchScript module: its speed depends on its first call
+    compiled: bool = False  # a torch.compile'd module: measured as its eager module (models.eager_module)
     forward_error: float = 0.0  # how far its float32 output is from its float64 copy's (reference.forward_error)
 
 
@@ -46,7 +47,8 @@ def check(model_def: models.ModelDef, sizes: Sizes) -> Probe:
     sizes = sizes._replace(batch=PROBE_BATCH)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(models.seed_for(model_def.name, sizes))
-        model = models.instantiate(model_def, sizes)
+        built = models.instantiate(model_def, sizes, keep_compiled=True)
+    model = models.eager_module(built)
     dtype, built_on = native_dtype(model), tuple(sorted({str(t.device) for t in [*model.parameters(),
                                                                                   *model.buffers()]}))
     model, probe_dtype = _as_probed(model)
@@ -59,7 +61,8 @@ def check(model_def: models.ModelDef, sizes: Sizes) -> Probe:
     return Probe(dtype=dtype, one_sample=models.run_problem(model, torch.randn(1, sizes.in_dim, dtype=probe_dtype),
                                                             sizes.out_dim),
                  training=model.training, graph=graph_problem(model, x), built_on=built_on, loose=loose,
-                 scripted=isinstance(model, torch.jit.ScriptModule), forward_error=_forward_error(model, x))
+                 scripted=isinstance(model, torch.jit.ScriptModule), compiled=models.is_compiled_module(built),
+                 forward_error=_forward_error(model, x))
 
 
 def precision_notes(name: str, probe: Probe) -> list[str]:
