@@ -321,7 +321,7 @@ def within(call: Call, shape: PreparedShape, limit: float) -> object:
 RETRY_BELOW_S = 30.0
 
 COUPLED_HINT = ("the model couples samples (an output row depends on other rows' inputs) and this strategy "
-                "evaluates one sample at a time")
+                "assumes independent samples (it sums over the batch, or evaluates one sample at a time)")
 
 
 def validate(output: object, ref: reference.Reference | second_order.SecondOrderReference, strategy: Strategy,
