@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.cli import main
 from bench.schema import FIXED_HIDDEN, Sizes, shape_id
@@ -144,6 +145,10 @@ USER_MODELS = textwrap.dedent(
 
     def compiled():
         return torch.compile(nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)).eval())
+
+
+    def lazy():
+        return nn.Sequential(nn.LazyLinear(8), nn.LazyBatchNorm1d(), nn.Tanh(), nn.LazyLinear(2))
     '''
 )
 
@@ -352,3 +357,19 @@ def test_a_torch_compiled_model_is_measured_as_its_eager_module(user_file):
     assert models.is_compiled_module(models.instantiate(model_def, Sizes(2, FIXED_HIDDEN, 3, 2), keep_compiled=True))
     run = plan(model=f"{user_file}:compiled")
     assert any("is a torch.compile'd module: it is measured as the module it wraps" in n for n in run.notes)
+
+
+def test_a_model_with_lazy_layers_is_sized_by_in_dim_before_anything_reads_it(user_file):
+    """nn.LazyLinear has no sizes until its first call: the run asked the model for its width and crashed on the
+    uninitialized parameter. Its width is asked for; given, its layers are sized once, in eval mode (a BatchNorm's
+    running statistics stay as built), identically on every build, and the model keeps the mode it was built in."""
+    with pytest.raises(models.ModelError, match=r"layer 0 \(LazyLinear\) is lazy: .*give it as IN_DIM=n"):
+        plan(model=f"{user_file}:lazy")
+    run = plan(model=f"{user_file}:lazy", in_dim="3")
+    assert {(c.sizes.in_dim, c.sizes.out_dim) for c in run.cases} == {(3, 2)}
+    model_def, sizes = models.resolve(f"{user_file}:lazy"), Sizes(16, FIXED_HIDDEN, 3, 2)
+    (model, x), (again, _) = models.build(model_def, sizes, "cpu", torch.float32), models.build(model_def, sizes, "cpu",
+                                                                                              torch.float32)
+    assert not models.lazy_layers(model) and model[0].weight.shape == (8, 3) and model.training
+    assert torch.equal(model[0].weight, again[0].weight) and torch.equal(model[1].running_mean, torch.zeros(8))
+    assert model(x).shape == (16, 2)

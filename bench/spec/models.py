@@ -130,9 +130,11 @@ def seed_for(model_name: str, sizes: Sizes) -> int:
     return SEED + zlib.crc32(f"{model_name}-{'-'.join(map(str, sizes))}".encode())
 
 
-def instantiate(model_def: ModelDef, sizes: Sizes, keep_compiled: bool = False) -> nn.Module:
+def instantiate(model_def: ModelDef, sizes: Sizes, keep_compiled: bool = False, materialize: bool = True) -> nn.Module:
     """Call the factory; a ModelError that names the call when it raises or returns something else. A
-    torch.compile'd module is measured as its eager module (`eager_module`) unless `keep_compiled`."""
+    torch.compile'd module is measured as its eager module (`eager_module`) unless `keep_compiled`; lazy layers
+    (nn.LazyLinear ...) get their sizes from `sizes.in_dim` (`materialized`) unless not `materialize` (the input
+    width is not known yet)."""
     given = "" if model_def.fixed else f"in_dim={sizes.in_dim}, hidden={sizes.hidden}, out_dim={sizes.out_dim}"
     call = f"model {model_def.name}: factory({given})"
     try:
@@ -141,7 +143,37 @@ def instantiate(model_def: ModelDef, sizes: Sizes, keep_compiled: bool = False) 
         raise ModelError(f"{call} raised {type(exc).__name__}: {first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{call} returned {type(model).__name__}, not an nn.Module")
+    if materialize:
+        materialized(eager_module(model), sizes.in_dim, model_def.name)
     return model if keep_compiled else eager_module(model)
+
+
+def lazy_layers(model: nn.Module) -> list[str]:
+    """The names of the layers whose parameters wait for a first call to get their sizes (nn.LazyLinear ...)."""
+    return [name or "model" for name, module in model.named_modules()
+            if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params()]
+
+
+def materialized(model: nn.Module, in_dim: int, name: str) -> nn.Module:
+    """The model with its lazy layers sized by one call on a (2, in_dim) batch of zeros, in eval mode (a
+    BatchNorm's running statistics stay as built) and without autograd; each module's train/eval mode is put back.
+    Sized by the model's first timed or validated call instead, they made that call pay for the initialization
+    and no size could be read from the model before it."""
+    if not lazy_layers(model):
+        return model
+    dtype = next((p.dtype for p in model.parameters()), torch.get_default_dtype())
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, in_dim, dtype=dtype))
+    except Exception as exc:
+        raise ModelError(f"model {name}: sizing its lazy layers ({', '.join(lazy_layers(model))}) by model(x) on "
+                         f"input (2, {in_dim}) raised {type(exc).__name__}: {first_line(exc)}") from None
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    return model
 
 
 def is_compiled_module(model: nn.Module) -> bool:

@@ -123,7 +123,8 @@ def parse_in_dim(spec: str) -> int | None:
 def own_sizes(model_def: models.ModelDef, in_dim: int | None) -> OwnSizes:
     """The input and output width of a fixed-size model: IN_DIM= (`in_dim`), else what its first layer declares;
     the output width from model(x). A ModelError that says what to give when neither tells."""
-    model, dtype = _as_probed(models.instantiate(model_def, Sizes(PROBE_BATCH, FIXED_HIDDEN, in_dim or 1, 1)))
+    model, dtype = _as_probed(models.instantiate(model_def, Sizes(PROBE_BATCH, FIXED_HIDDEN, in_dim or 1, 1),
+                                                 materialize=in_dim is not None))
     source = "IN_DIM="
     if in_dim is None:
         in_dim, source = declared_in_dim(model)
@@ -150,6 +151,8 @@ def declared_in_dim(model: nn.Module) -> tuple[int | None, str]:
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and not isinstance(module, nn.modules.lazy.LazyModuleMixin):
             return module.in_features, f"nn.Linear {name or 'model'}.in_features"
+        if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
+            return None, f"layer {name or 'model'} ({type(module).__name__}) is lazy: its first call sets its sizes"
         own = [key for key, value in module.named_parameters(recurse=False) if value.dim() > 0]
         if own:
             where = f"layer {name} ({type(module).__name__})" if name else f"the model's own parameter {own[0]}"
