@@ -16,6 +16,7 @@ from typing import Any
 from bench.schema import CaseRecord, fmt_ratio
 
 TARGET = 0.10  # a run's median within ±10% of what a fresh process measures
+STRATEGY_TARGET = 0.05  # a strategy's geometric mean of run/fresh within ×0.95–1.05
 
 
 def summarize(fidelity: dict[str, Any] | None, records: Iterable[CaseRecord]) -> dict[str, Any] | None:

@@ -266,12 +266,29 @@ def test_the_deep_check_shows_how_far_the_fresh_processes_disagree(capsys):
     assert out[2].endswith("outside ±10%")
     assert out[3].startswith("per strategy, the geometric mean of run/fresh: a ×1.143, b ×1.287")
     # each of a's three fresh processes against the median of the other two: 1.0/1.15, 1.25/1.025, 1.05/1.125
-    assert out[4] == ("a plain program held to the same yardstick (each fresh process against the median of the "
+    # the per-strategy rule on a plain program: only a has three fresh processes, each of them off by over 5%
+    assert out[4] == ("strategies within ×0.95–1.05: the run 0 of 2; a plain program held to the same rule (one "
+                      "fresh process against the median of the others, each in turn): 0, 0, 0 of 1")
+    assert out[5] == ("a plain program held to the same yardstick (each fresh process against the median of the "
                       "others): 1 of 3 within ±10% (33%); the run: 0 of 2 (0%)")
     summary = json.loads(out[-1])
     assert summary["inside_fresh_range"] == 1 and summary["fresh_within_10pct"] == 1
     assert summary["plain_processes"] == 3 and summary["plain_within_10pct"] == 1
     assert summary["median_fresh_spread"] == pytest.approx((1.25 + 1.02) / 2)
+    assert (summary["strategies"], summary["strategies_within_5pct"]) == (2, 0)
+    assert (summary["plain_strategies"], summary["plain_strategies_within_5pct"]) == (1, [0, 0, 0])
+
+
+def test_the_deep_check_holds_a_plain_program_to_the_per_strategy_rule():
+    """Per strategy, fresh process k against the median of the others, geometric mean over the strategy's cases:
+    a strategy whose cases disagree in opposite directions can still be within x0.95-1.05."""
+    rows = [fresh_check._row(_record("a", 8, median=1e-3), [{"median_s": t} for t in (1.0e-3, 1.02e-3, 1.2e-3)]),
+            fresh_check._row(_record("a", 2048, median=1e-3), [{"median_s": t} for t in (1.0e-3, 0.98e-3, 0.85e-3)]),
+            fresh_check._row(_record("b", 8, median=1e-3), [{"median_s": t} for t in (1.0e-3, 1.0e-3, 1.01e-3)])]
+    counts, strategies = fresh_check.plain_close_strategies(rows)
+    # a, process 0: 1.0/1.11 and 1.0/0.915 -> x0.993; process 1: 1.02/1.1 and 0.98/0.925 -> x0.991;
+    # process 2: 1.2/1.01 and 0.85/0.99 -> x1.010; b is within 1% in every process
+    assert (counts, strategies) == ([2, 2, 2], 2)
 
 
 def test_the_deep_check_names_a_miss_the_run_timed_under_disturbance_and_counts_the_steady_cases_apart(capsys):

@@ -19,13 +19,13 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from bench import results
 from bench.errors import BenchError
-from bench.fidelity import TARGET
+from bench.fidelity import STRATEGY_TARGET, TARGET
 from bench.harness import fresh
 from bench.schema import CaseRecord
 from bench.spec.models import resolve
@@ -221,12 +221,14 @@ def _print_rows(rows: list[dict]) -> None:
         print(f"{row['case']:<{width}}  {row['run_s'] * 1e3:7.3f} ms  {row['fresh_s'] * 1e3:7.3f} ms  "
               f"{row['ratio']:9.3f}  {row['spread']:13.3f}" + mark)
     judged = [row for row in rows if row["judged"]]
-    by_strategy: dict[str, list[float]] = {}
-    for row in judged:
-        by_strategy.setdefault(row["strategy"], []).append(row["ratio"])
-    if by_strategy:
-        means = {name: math.exp(statistics.fmean(map(math.log, ratios))) for name, ratios in by_strategy.items()}
+    means = strategy_means(judged, lambda row: row["ratio"])
+    if means:
         print("per strategy, the geometric mean of run/fresh: " + ", ".join(f"{n} ×{m:.3f}" for n, m in means.items()))
+    run_close, (plain_close, plain_strategies) = close_strategies(means), plain_close_strategies(judged)
+    if plain_close:
+        print(f"strategies within ×{1 - STRATEGY_TARGET:.2f}–{1 + STRATEGY_TARGET:.2f}: the run {run_close} of "
+              f"{len(means)}; a plain program held to the same rule (one fresh process against the median of the "
+              f"others, each in turn): {', '.join(map(str, plain_close))} of {plain_strategies}")
     deviations = [abs(row["ratio"] - 1) for row in judged]
     spreads = [row["spread"] for row in judged]
     steady = [abs(row["ratio"] - 1) for row in judged if not row["unstable"]]
@@ -244,4 +246,28 @@ def _print_rows(rows: list[dict]) -> None:
                       "inside_fresh_range": sum(row["inside"] for row in judged),
                       "fresh_within_10pct": sum(x <= 1 + TARGET for x in spreads),
                       "median_fresh_spread": round(statistics.median(spreads), 4) if spreads else None,
-                      "plain_processes": len(plain), "plain_within_10pct": plain_within}))
+                      "plain_processes": len(plain), "plain_within_10pct": plain_within,
+                      "strategies": len(means), "strategies_within_5pct": run_close,
+                      "plain_strategies": plain_strategies, "plain_strategies_within_5pct": plain_close}))
+
+
+def strategy_means(rows: list[dict], ratio: Callable[[dict], float]) -> dict[str, float]:
+    """Per strategy, the geometric mean of `ratio` over its rows."""
+    by_strategy: dict[str, list[float]] = {}
+    for row in rows:
+        by_strategy.setdefault(row["strategy"], []).append(ratio(row))
+    return {name: math.exp(statistics.fmean(map(math.log, ratios))) for name, ratios in by_strategy.items()}
+
+
+def close_strategies(means: dict[str, float]) -> int:
+    return sum(abs(m - 1) <= STRATEGY_TARGET for m in means.values())
+
+
+def plain_close_strategies(rows: list[dict]) -> tuple[list[int], int]:
+    """The per-strategy rule applied to plain programs: fresh process k of each case as the run, the median of that
+    case's other fresh processes as its yardstick; one count per k, and the number of strategies counted (those
+    with a case of three fresh processes or more at the run's speed)."""
+    rows = [row for row in rows if row["against_rest"]]
+    processes = min((len(row["against_rest"]) for row in rows), default=0)
+    counts = [close_strategies(strategy_means(rows, lambda row, k=k: row["against_rest"][k])) for k in range(processes)]
+    return counts, len({row["strategy"] for row in rows})
