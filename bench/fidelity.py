@@ -35,7 +35,7 @@ def summarize(fidelity: dict[str, Any] | None, records: Iterable[CaseRecord]) ->
             slower_machine.append(c["case_id"])
             continue
         fresh_sd = (c.get("iqr_s") or 0.0) / 1.349 / c["median_s"] / math.sqrt(max(c.get("blocks") or 1, 1))
-        cases.append({"case_id": r.case_id, "strategy": r.strategy, "run_s": r.time_median_s,
+        cases.append({"case_id": r.case_id, "strategy": r.strategy, "process": _process(r), "run_s": r.time_median_s,
                       "fresh_s": c["median_s"], "ratio": r.time_median_s / c["median_s"],
                       "log_sd": math.hypot(r.log_time_sd or 0.0, fresh_sd)})
     strategies = {}
@@ -59,10 +59,15 @@ def judged(fidelity: dict[str, Any] | None) -> tuple[list[str], list[str]]:
 
 
 def surely_off(strategy: dict[str, Any]) -> bool:
-    """The whole 95% interval of a strategy's run/fresh lies more than TARGET from 1: the run's numbers are not what
-    a plain program sees. A point estimate past TARGET whose interval reaches back within it is not resolved: the
-    check (a few cases, a few fresh blocks) cannot tell it from noise."""
-    return strategy["low"] > 1 + TARGET or strategy["high"] < 1 - TARGET
+    """The whole 95% interval of a strategy's run/fresh lies more than TARGET from 1, measured by two fresh processes
+    or more: the run's numbers are not what a plain program sees. Not resolved: a point estimate past TARGET whose
+    interval reaches back within it (the check, a few cases and fresh blocks, cannot tell it from noise), and one
+    fresh process alone: a process's speed for a call is its own. On this VM the same call timed in three fresh
+    processes minutes apart spread up to x1.4 at B = 2048 and x1.8 at B = 1; one process ran one call x1.7 its best
+    for 30 s and another beside it x1.05; judged on one process, 4 of 23 runs here named
+    a strategy surely x0.70-0.75 off, and one user's model every strategy of its fresh process x0.56-0.82."""
+    outside = strategy["low"] > 1 + TARGET or strategy["high"] < 1 - TARGET
+    return outside and strategy.get("processes", 1) >= 2
 
 
 def _geometric_mean(cases: list[dict[str, Any]]) -> dict[str, Any]:
@@ -73,7 +78,13 @@ def _geometric_mean(cases: list[dict[str, Any]]) -> dict[str, Any]:
     within = sum(c["log_sd"] ** 2 for c in cases) / n
     half = 1.96 * math.sqrt((between + within) / n)
     return {"ratio": math.exp(mean), "low": math.exp(mean - half), "high": math.exp(mean + half), "cases": n,
+            "processes": len({c.get("process") for c in cases}),
             "within_10pct": sum(abs(c["ratio"] - 1) <= TARGET for c in cases)}
+
+
+def _process(r: CaseRecord) -> str:
+    """The fresh process that timed a case: the in-run check times the picked cases of one shape in one process."""
+    return r.case_id.removeprefix(f"{r.strategy}-")
 
 
 def summary_line(fidelity: dict[str, Any] | None) -> str:
@@ -97,8 +108,8 @@ def summary_line(fidelity: dict[str, Any] | None) -> str:
     if off:
         line += "; surely off by more than 10%: " + ", ".join(f"{n} {interval_text(s[n])}" for n in off)
     if unresolved:
-        line += ("; past ±10% but within the check's resolution (interval back inside): "
-                 + ", ".join(f"{n} {interval_text(s[n])}" for n in unresolved))
+        line += ("; past ±10% but not resolved by the check (its interval reaches back inside, or one fresh process "
+                 "alone measured it): " + ", ".join(f"{n} {interval_text(s[n])}" for n in unresolved))
     return line
 
 

@@ -81,11 +81,13 @@ def fidelity_lines(fidelity: dict[str, Any] | None) -> list[str]:
              f"warning: fidelity: {head}; surely off by more than 10%:"]
     lines += [f"  {n}: run/fresh {_interval(strategies[n])}" for n in off]
     if unresolved:
-        lines.append("note: past ±10% but within the check's resolution (FIDELITY= a larger share, or "
-                     "`python -m bench fidelity`, tells): "
+        lines.append("note: past ±10% but not resolved by the check (its interval reaches back inside, or one fresh "
+                     "process alone measured it; `python -m bench fidelity` times cases in several): "
                      + ", ".join(f"{n} {_interval(strategies[n])}" for n in unresolved))
     return lines
 
 
 def _interval(s: dict[str, Any]) -> str:
-    return f"{fmt_ratio(s['ratio'])} [{fmt_ratio(s['low'])}–{fmt_ratio(s['high'])}], {s['cases']} cases"
+    processes = s.get("processes", 1)
+    return (f"{fmt_ratio(s['ratio'])} [{fmt_ratio(s['low'])}–{fmt_ratio(s['high'])}], {s['cases']} "
+            f"case{'s' if s['cases'] != 1 else ''}, {processes} fresh process{'es' if processes != 1 else ''}")
