@@ -149,6 +149,28 @@ USER_MODELS = textwrap.dedent(
 
     def lazy():
         return nn.Sequential(nn.LazyLinear(8), nn.LazyBatchNorm1d(), nn.Tanh(), nn.LazyLinear(2))
+
+
+    class Noisy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.net(x + 1e-3 * torch.randn_like(x))
+
+
+    def noisy():
+        return Noisy().eval()
+
+
+    def dropout():
+        return nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.2), nn.Linear(8, 2))
+
+
+    def frozen():
+        model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)).eval()
+        return model.requires_grad_(False)
     '''
 )
 
@@ -373,3 +395,22 @@ def test_a_model_with_lazy_layers_is_sized_by_in_dim_before_anything_reads_it(us
     assert not models.lazy_layers(model) and model[0].weight.shape == (8, 3) and model.training
     assert torch.equal(model[0].weight, again[0].weight) and torch.equal(model[1].running_mean, torch.zeros(8))
     assert model(x).shape == (16, 2)
+
+
+@pytest.mark.parametrize("factory, why", [("noisy", "a random op in its forward"),
+                                          ("dropout", "Dropout in training mode, as the factory returned the model")])
+def test_a_random_model_is_refused_in_one_line_before_the_run(user_file, factory, why):
+    """Every case of it ended in error with this message (208 of 208, 13 s), and its precision probe read the noise
+    as a model computing below float32 ("2.07% off its float64 copy's": a wrong note)."""
+    with pytest.raises(models.ModelError, match=rf"not deterministic: .*\({why}\); no reference can validate it"):
+        plan(model=f"{user_file}:{factory}")
+
+
+def test_a_model_with_nothing_to_train_is_measured_without_train_mode(user_file):
+    """requires_grad=False on every parameter (a frozen network): its train cases all ended in error ("`inputs`
+    argument to `grad()` cannot be empty"); they are left out with a note, and MODE=train alone is refused."""
+    run = plan(model=f"{user_file}:frozen")
+    assert run.cases and {c.mode for c in run.cases} == {"jacobian"}
+    assert any("has no trainable parameters" in n and "train cases are left out" in n for n in run.notes)
+    with pytest.raises(models.ModelError, match=r"no trainable parameters .* MODE=jacobian measures it"):
+        plan(model=f"{user_file}:frozen", mode="train")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from bench.spec.own_model import not_deterministic, why_not_deterministic
 from bench.spec.precision import (  # noqa: F401  (reference.RTOL, reference.forward_error: the harness's API before)
     LOWER_PRECISION,
     RTOL,
@@ -171,26 +172,8 @@ def _float64_copy(model: nn.Module, x: Tensor) -> tuple[nn.Module, Tensor, int]:
         raise ModelProblem(f"the model itself returns NaN or inf (in float64) for {_rows(bad, x64.shape[0])} of this "
                            "input")
     if not torch.equal(y, again):
-        raise ModelProblem("the model is not deterministic: two float64 forward passes on the same input differ "
-                           f"({_why_not_deterministic(model64, state)}); no reference can validate it. To measure it, "
-                           "return model.eval() from the factory (inference: dropout off, no state updated), or make "
-                           "its randomness a fixed input of the model")
+        raise ModelProblem(not_deterministic(why_not_deterministic(model64, state)))
     return model64, x64, y.shape[1]
-
-
-def _why_not_deterministic(model64: nn.Module, state: dict[str, Tensor]) -> str:
-    """What makes two forward passes differ: dropout in training mode, a forward that updates buffers (`state`: the
-    buffers between the two passes; spectral_norm's power iteration updates its vectors on every training-mode
-    call), or else a random op."""
-    random_layers = sorted({type(m).__name__ for m in model64.modules() if m.training and "Dropout" in
-                            type(m).__name__})
-    if random_layers:
-        return f"{', '.join(random_layers)} in training mode, as the factory returned the model"
-    updated = [name for name, b in model64.named_buffers() if name in state and not torch.equal(state[name], b)]
-    if updated:
-        listed = ", ".join(updated[:3]) + (f" and {len(updated) - 3} more" if len(updated) > 3 else "")
-        return f"its forward updates its own buffers {listed}, as spectral_norm's power iteration does in training mode"
-    return "a random op in its forward"
 
 
 def trainable(model: nn.Module) -> list[Tensor]:

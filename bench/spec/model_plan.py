@@ -25,6 +25,16 @@ class ModelSet:
     own: dict[str, grid.Own] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     grid: grid.Grid | None = None  # the grid with its blocks' models by name (a path becomes file.factory)
+    untrainable: set[str] = field(default_factory=set)  # no parameter requires grad: no train-mode cases
+
+    def measurable(self, cases: list[grid.Case]) -> list[grid.Case]:
+        """The cases without the train-mode ones of a model with nothing to train; a ModelError when none is left."""
+        kept = [c for c in cases if not (c.mode == "train" and c.model in self.untrainable)]
+        if cases and not kept:
+            raise models.ModelError(f"model {sorted(self.untrainable)[0]} has no trainable parameters "
+                                    "(requires_grad is False on every one): train mode has nothing to train; "
+                                    "MODE=jacobian measures it")
+        return kept
 
 
 def grid_with_names(the_grid: grid.Grid) -> tuple[grid.Grid, dict[str, models.ModelDef]]:
@@ -129,6 +139,11 @@ def _probe(found: ModelSet, name: str, sizes: Sizes, dtypes: tuple[str, ...] | N
                            "(nn.Module.training=True: Dropout and BatchNorm behave as in training); return "
                            "model.eval() from the factory to measure inference")
     found.notes += own_model.precision_notes(name, probe)
+    if not probe.trainable:
+        found.untrainable.add(name)
+        found.notes.append(f"model {name} has no trainable parameters (requires_grad is False on every one): train "
+                           "mode, which backpropagates through J to the parameters, has nothing to train; its "
+                           "train cases are left out")
     if probe.scripted:
         found.notes.append(f"model {name} is a TorchScript module: its speed depends on how it was first called (its "
                            "profiling executor specializes on the first calls). The run, and the fresh processes that "

@@ -39,6 +39,7 @@ class Probe:
     scripted: bool = False  # a TorchScript module: its speed depends on its first call
     compiled: bool = False  # a torch.compile'd module: measured as its eager module (models.eager_module)
     forward_error: float = 0.0  # how far its float32 output is from its float64 copy's (reference.forward_error)
+    trainable: bool = True  # some parameter requires grad: train mode has something to train
 
 
 def check(model_def: models.ModelDef, sizes: Sizes) -> Probe:
@@ -56,13 +57,54 @@ def check(model_def: models.ModelDef, sizes: Sizes) -> Probe:
     problem = models.run_problem(model, x, sizes.out_dim)
     if problem:
         raise models.ModelError(f"model {model_def.name}: {problem}{_device_hint(problem)}")
+    problem = random_problem(model, x)
+    if problem:  # every case would end in error, with this message
+        raise models.ModelError(f"model {model_def.name}: {problem}")
     loose = tuple(f"{name}.{key}" if name else key for name, module in model.named_modules()
                   for key, value in vars(module).items() if isinstance(value, Tensor))
     return Probe(dtype=dtype, one_sample=models.run_problem(model, torch.randn(1, sizes.in_dim, dtype=probe_dtype),
                                                             sizes.out_dim),
                  training=model.training, graph=graph_problem(model, x), built_on=built_on, loose=loose,
                  scripted=isinstance(model, torch.jit.ScriptModule), compiled=models.is_compiled_module(built),
-                 forward_error=_forward_error(model, x))
+                 forward_error=_forward_error(model, x),
+                 trainable=any(p.requires_grad for p in model.parameters()))
+
+
+def random_problem(model: nn.Module, x: Tensor) -> str:
+    """Why no reference can validate the model (its float64 copy gives two outputs for one input), "" when it can;
+    "" too for a model that cannot run in float64 (its cases say so)."""
+    import copy
+
+    try:
+        model64, x64 = copy.deepcopy(model).double(), x.double()
+        with torch.no_grad():
+            y = model64(x64)
+            state = {name: b.clone() for name, b in model64.named_buffers()}
+            again = model64(x64)
+    except Exception:
+        return ""
+    return "" if torch.equal(y, again) else not_deterministic(why_not_deterministic(model64, state))
+
+
+def not_deterministic(why: str) -> str:
+    return (f"the model is not deterministic: two float64 forward passes on the same input differ ({why}); no "
+            "reference can validate it. To measure it, return model.eval() from the factory (inference: dropout "
+            "off, no state updated), or make its randomness a fixed input of the model")
+
+
+def why_not_deterministic(model64: nn.Module, state: dict[str, Tensor]) -> str:
+    """What makes two forward passes differ: dropout in training mode, a forward that updates buffers (`state`: the
+    buffers between the two passes; spectral_norm's power iteration updates its vectors on every training-mode
+    call), or else a random op."""
+    random_layers = sorted({type(m).__name__ for m in model64.modules() if m.training and "Dropout" in
+                            type(m).__name__})
+    if random_layers:
+        return f"{', '.join(random_layers)} in training mode, as the factory returned the model"
+    updated = [name for name, b in model64.named_buffers() if name in state and not torch.equal(state[name], b)]
+    if updated:
+        listed = ", ".join(updated[:3]) + (f" and {len(updated) - 3} more" if len(updated) > 3 else "")
+        return f"its forward updates its own buffers {listed}, as spectral_norm's power iteration does in training mode"
+    return "a random op in its forward"
 
 
 def precision_notes(name: str, probe: Probe) -> list[str]:
