@@ -147,6 +147,10 @@ USER_MODELS = textwrap.dedent(
         return torch.compile(nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)).eval())
 
 
+    def traced():
+        return torch.jit.trace(nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2)).eval(), torch.randn(4, 5))
+
+
     def lazy():
         return nn.Sequential(nn.LazyLinear(8), nn.LazyBatchNorm1d(), nn.Tanh(), nn.LazyLinear(2))
 
@@ -414,3 +418,11 @@ def test_a_model_with_nothing_to_train_is_measured_without_train_mode(user_file)
     assert any("has no trainable parameters" in n and "train cases are left out" in n for n in run.notes)
     with pytest.raises(models.ModelError, match=r"no trainable parameters .* MODE=jacobian measures it"):
         plan(model=f"{user_file}:frozen", mode="train")
+
+
+@pytest.mark.parametrize("factory, width", [("scripted", 3), ("traced", 5)])
+def test_a_torchscript_model_tells_its_input_width_by_its_first_linear(user_file, factory, width):
+    """Scripted or traced, an nn.Linear becomes a ScriptModule that is no nn.Linear: the run asked for IN_DIM."""
+    run = plan(model=f"{user_file}:{factory}")
+    assert {(c.sizes.in_dim, c.sizes.out_dim) for c in run.cases} == {(width, 2)}
+    assert any(f"in {width} (from TorchScript nn.Linear 0.weight)" in n for n in run.notes)

@@ -193,6 +193,8 @@ def declared_in_dim(model: nn.Module) -> tuple[int | None, str]:
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and not isinstance(module, nn.modules.lazy.LazyModuleMixin):
             return module.in_features, f"nn.Linear {name or 'model'}.in_features"
+        if _scripted_linear(module):  # torch.jit.script or trace of an nn.Linear: its weight is (out, in)
+            return module.weight.shape[1], f"TorchScript nn.Linear {name or 'model'}.weight"
         if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
             return None, f"layer {name or 'model'} ({type(module).__name__}) is lazy: its first call sets its sizes"
         own = [key for key, value in module.named_parameters(recurse=False) if value.dim() > 0]
@@ -200,6 +202,11 @@ def declared_in_dim(model: nn.Module) -> tuple[int | None, str]:
             where = f"layer {name} ({type(module).__name__})" if name else f"the model's own parameter {own[0]}"
             return None, f"{where} comes before any nn.Linear and declares no flat input width"
     return None, "it has no nn.Linear layer"
+
+
+def _scripted_linear(module: nn.Module) -> bool:
+    return (isinstance(module, torch.jit.ScriptModule) and getattr(module, "original_name", "") == "Linear"
+            and getattr(module, "weight", None) is not None and module.weight.dim() == 2)
 
 
 def _call(model: nn.Module, x: Tensor) -> tuple[Tensor | None, str]:
