@@ -232,7 +232,8 @@ def graph_problem(model: nn.Module, x: Tensor) -> str:
     if grad is not None:
         return ""
     return ("model(x) does not depend on x for autograd: forward takes the input out of the graph (torch.no_grad(), "
-            ".detach(), .item() or numpy); no strategy can differentiate it: compute forward with autograd enabled")
+            ".detach(), .item() or numpy), or does not use it; no strategy can differentiate it: compute forward "
+            "from x with autograd enabled")
 
 
 def device_notes(model_name: str, probe: Probe, devices: list[str]) -> list[str]:
