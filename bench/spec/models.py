@@ -157,8 +157,8 @@ def lazy_layers(model: nn.Module) -> list[str]:
 def materialized(model: nn.Module, in_dim: int, name: str) -> nn.Module:
     """The model with its lazy layers sized by one call on a (2, in_dim) batch of zeros, in eval mode (a
     BatchNorm's running statistics stay as built) and without autograd; each module's train/eval mode is put back.
-    Sized by the model's first timed or validated call instead, they made that call pay for the initialization
-    and no size could be read from the model before it."""
+    Left lazy, the run stopped with a traceback while reading the model's sizes (an uninitialized parameter), and
+    a first timed or validated call would have paid for the initialization."""
     if not lazy_layers(model):
         return model
     dtype = next((p.dtype for p in model.parameters()), torch.get_default_dtype())
