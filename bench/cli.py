@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore", FutureWarning)  # torch's deprecation chatter is not the user's problem
     # nn.Module._apply (.to(), .float(), .double()) reads each parameter's .grad, which warns for a scripted or
     # traced model's parameters: torch's own access, once per model the run checks, about nothing the user did
-    warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf", category=UserWarning)
+    warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf",
+                            category=UserWarning)
     warnings.showwarning = _one_line_warning
     try:
         args = build_parser().parse_args(argv)
